@@ -1,0 +1,1 @@
+"""mmsim: the command-line front of the OSv memory simulator."""
