@@ -1,0 +1,108 @@
+"""Boot-time memory setup in OSv's order (reference §10, arch_setup_free_memory).
+
+Physical page 0 is never given; the kernel image sits at 2 MiB; usable memory from the image's
+end up to 1 GiB is given first, the first GiB is linear-mapped (2 MiB leaves) in the main, page
+and mempool areas; then memory below the kernel is given, and every part above 1 GiB is linear-
+mapped (its page tables come from memory already given) and then given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernel.config import E820Entry, KernelConfig
+from mm.constants import (
+    KERNEL_PHYS,
+    KERNEL_VIRT,
+    MAIN_AREA,
+    MEMPOOL_AREA,
+    PAGE_AREA,
+    PAGE_SIZE,
+)
+from mm.page_pool import OutOfPages, PagePool
+from mm.page_range_allocator import PageRangeAllocator
+from mm.pagetables import PageTables, Perm
+
+GIB = 1 << 30
+LINEAR_AREAS = (MAIN_AREA, PAGE_AREA, MEMPOOL_AREA)
+
+
+class BootError(RuntimeError):
+    """The configured machine cannot boot (e.g. not enough memory for its own page tables)."""
+
+
+class _TablePages:
+    """Page-table pages come from alloc_page (straight from the runs before SMP), as in OSv."""
+
+    def __init__(self, pool: PagePool) -> None:
+        self.pool = pool
+        self.cpu = 0
+
+    def alloc_table_page(self) -> int:
+        try:
+            return self.pool.alloc_page(self.cpu)
+        except OutOfPages:
+            raise MemoryError("no page for a page table") from None
+
+    def free_table_page(self, pfn: int) -> None:
+        self.pool.free_page(pfn, self.cpu)
+
+
+@dataclass
+class PhysicalMemory:
+    """What boot leaves behind: the allocator, its page caches and the one page table."""
+
+    ranges: PageRangeAllocator
+    pool: PagePool
+    page_tables: PageTables
+    table_source: _TablePages
+    phys_mem_size: int
+    kernel_end: int
+    e820: list[E820Entry]
+
+
+def _give(ranges: PageRangeAllocator, start: int, end: int) -> None:
+    start = max(start, PAGE_SIZE)  # physical page 0 is never given
+    start = -(-start // PAGE_SIZE) * PAGE_SIZE
+    end = end // PAGE_SIZE * PAGE_SIZE
+    if end > start:
+        ranges.add_initial_range(start // PAGE_SIZE, (end - start) // PAGE_SIZE)
+
+
+def _linear_map(pt: PageTables, start: int, end: int) -> None:
+    for area in LINEAR_AREAS:
+        pt.linear_map(area + start, start, end - start, Perm.RWX)
+
+
+def boot_memory(config: KernelConfig) -> PhysicalMemory:
+    """Hand the e820 map's usable memory to a new allocator and build the linear map."""
+    e820 = config.e820_map()
+    usable = [e for e in e820 if e.type == 1]
+    phys_mem_size = sum(e.length for e in usable)
+    kernel_end = -(-(KERNEL_PHYS + config.kernel_size) // PAGE_SIZE) * PAGE_SIZE
+    ranges = PageRangeAllocator()
+    pool = PagePool(ranges, config.cpus)
+    source = _TablePages(pool)
+
+    # 3. usable memory from the kernel's end up to 1 GiB
+    for e in usable:
+        _give(ranges, max(e.start, kernel_end), min(e.end, GIB))
+    if ranges.free_pages == 0:
+        raise BootError("no usable memory between the kernel image and 1 GiB")
+    try:
+        pt = PageTables(source, giant_pages=config.giant_pages)
+        # 4. the first GiB in the three linear areas, and the kernel image
+        _linear_map(pt, 0, GIB)
+        pt.map(KERNEL_VIRT, [(KERNEL_PHYS // PAGE_SIZE, (kernel_end - KERNEL_PHYS) // PAGE_SIZE)],
+               Perm.RWX)
+        # 5. memory below the kernel, then each part above 1 GiB, mapped before it is given
+        for e in usable:
+            _give(ranges, e.start, min(e.end, KERNEL_PHYS))
+        for e in usable:
+            if e.end > GIB:
+                start = max(e.start, GIB)
+                _linear_map(pt, start, e.end)
+                _give(ranges, start, e.end)
+    except MemoryError:
+        raise BootError("not enough memory below 1 GiB for the linear map's page tables") from None
+    return PhysicalMemory(ranges, pool, pt, source, phys_mem_size, kernel_end, e820)

@@ -1,0 +1,265 @@
+"""The simulated machine's configuration: RAM, CPUs, e820 map and kernel options.
+
+Read from YAML with the safe loader (no object tags) and validated key by key, so that a typo
+is a one-line error naming the file, line and key rather than a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from mm.constants import PAGE_SIZE
+
+MAX_MEMORY = 1 << 46  # 64 TiB: what OSv's 44-bit physical linear map can address
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; str() is the one-line message for the user."""
+
+    def __init__(self, message: str, path: str | None = None, line: int = 0) -> None:
+        where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
+        super().__init__(where + message)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|0[xX][0-9a-fA-F]+)\s*([kmgtKMGT](?:i?[bB])?|[bB])?\s*$")
+_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "b": 0}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string like ``512M``, ``64G``, ``1T`` or ``0x1000`` (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad size {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"negative size {value}")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"bad size {value!r} (use bytes, hex, or a K/M/G/T suffix)")
+    num, unit = m.groups()
+    shift = _SHIFT[unit[0].lower()] if unit else 0
+    if num.lower().startswith("0x"):
+        return int(num, 16) << shift
+    if "." in num:
+        n = float(num) * (1 << shift)
+        if n != int(n):
+            raise ValueError(f"size {value!r} is not a whole number of bytes")
+        return int(n)
+    return int(num) << shift
+
+
+@dataclass(frozen=True)
+class E820Entry:
+    """One entry of the firmware memory map; type 1 is usable RAM, anything else is reserved."""
+
+    start: int
+    length: int
+    type: int = 1
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@dataclass
+class KernelConfig:
+    """Everything `boot` needs. Defaults are OSv's `run.py` VM: 2 GiB, 4 vCPUs, huge pages on."""
+
+    memory: int = 2 << 30
+    cpus: int = 4
+    hugepages: bool = True
+    giant_pages: bool = False
+    kernel_size: int = 0x6C_0000  # 6.75 MiB: OSv's image with libstdc++ and ZFS (§11)
+    e820: list[E820Entry] | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def e820_map(self) -> list[E820Entry]:
+        """The given map, or a QEMU-like one: low RAM, the VGA hole, and the PCI hole under 4 GiB."""
+        if self.e820 is not None:
+            return list(self.e820)
+        mem = self.memory
+        low_end = mem if mem < 0xE000_0000 else 0xC000_0000
+        entries = [
+            E820Entry(0, 0x9FC00, 1),
+            E820Entry(0x9FC00, 0x100000 - 0x9FC00, 2),
+            E820Entry(0x100000, low_end - 0x100000, 1),
+        ]
+        if low_end < mem:
+            entries.append(E820Entry(0xC000_0000, 0x4000_0000, 2))
+            entries.append(E820Entry(0x1_0000_0000, mem - low_end, 1))
+        return entries
+
+
+_KEYS = {
+    "memory": "RAM size, e.g. 512M, 2G, 1T",
+    "cpus": "number of vCPUs (1..256)",
+    "hugepages": "use 2 MiB pages for anonymous memory (true/false)",
+    "giant_pages": "use 1 GiB leaves in the linear map (true/false)",
+    "kernel_size": "size of the kernel image loaded at 2 MiB",
+    "e820": "list of {start, length, type} firmware map entries",
+    "seed": "random seed for anything random",
+}
+
+#: keys later subsystems accept; they validate their own values when they are built
+_DEFERRED_KEYS: set[str] = set()
+
+
+def register_config_keys(keys: dict[str, str]) -> None:
+    """Let a subsystem add its own configuration keys (validated by that subsystem)."""
+    _KEYS.update(keys)
+    _DEFERRED_KEYS.update(keys)
+
+
+def known_keys() -> dict[str, str]:
+    return dict(_KEYS)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key, for error messages."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
+    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=True)
+    mapping["__lines__"] = {
+        loader.construct_object(k): k.start_mark.line + 1 for k, _ in node.value
+    }
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping safely; every error is a ConfigError naming the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except FileNotFoundError:
+        raise ConfigError("no such file", path) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a UTF-8 text file", path) from None
+    except yaml.constructor.ConstructorError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else 0
+        raise ConfigError(f"unsupported YAML tag ({e.problem})", path, line) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        raise ConfigError(f"bad YAML: {getattr(e, 'problem', e)}", path, line) from None
+    if data is None:
+        return {"__lines__": {}}
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of configuration keys", path, 1)
+    return data
+
+
+def _strip_lines(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_lines(v) for k, v in value.items() if k != "__lines__"}
+    if isinstance(value, list):
+        return [_strip_lines(v) for v in value]
+    return value
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"'{key}' must be true or false, not {value!r}")
+
+
+def _as_int(key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"'{key}' must be an integer in {lo}..{hi}, not {value!r}")
+    return value
+
+
+def _e820(value: Any) -> list[E820Entry]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("'e820' must be a non-empty list of {start, length, type}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not {"start", "length"} <= set(item) or set(item) - {
+            "start", "length", "type"}:
+            raise ValueError(f"e820 entry {i}: expected keys start, length and optional type")
+        typ = _as_int("type", item.get("type", 1), 1, 255)
+        out.append(E820Entry(parse_size(item["start"]), parse_size(item["length"]), typ))
+    out.sort(key=lambda e: e.start)
+    for a, b in zip(out, out[1:], strict=False):
+        if b.start < a.end:
+            raise ValueError(f"e820 entries at {a.start:#x} and {b.start:#x} overlap")
+    return out
+
+
+def apply_settings(
+    config: KernelConfig, settings: dict[str, Any], path: str | None = None
+) -> KernelConfig:
+    """Validate ``settings`` (from YAML or the command line) and return an updated config."""
+    lines = settings.get("__lines__", {})
+    updates: dict[str, Any] = {}
+    extra = dict(config.extra)
+    for key, value in settings.items():
+        if key == "__lines__":
+            continue
+        line = lines.get(key, 0)
+        if key not in _KEYS:
+            raise ConfigError(
+                f"unknown key '{key}' (known: {', '.join(sorted(_KEYS))})", path, line
+            )
+        try:
+            if key == "memory":
+                updates[key] = parse_size(value)
+            elif key == "kernel_size":
+                updates[key] = parse_size(value)
+            elif key == "cpus":
+                updates[key] = _as_int(key, value, 1, 256)
+            elif key == "seed":
+                updates[key] = _as_int(key, value, 0, 2**63 - 1)
+            elif key in ("hugepages", "giant_pages"):
+                updates[key] = _as_bool(key, value)
+            elif key == "e820":
+                updates[key] = _e820(_strip_lines(value))
+            else:
+                extra[key] = _strip_lines(value)
+        except ValueError as e:
+            raise ConfigError(str(e), path, line) from None
+    new = dataclasses.replace(config, **updates, extra=extra)
+    try:
+        validate(new)
+    except ValueError as e:
+        raise ConfigError(str(e), path) from None
+    return new
+
+
+def validate(config: KernelConfig) -> None:
+    """Whole-config checks: sizes that a machine can have."""
+    if config.e820 is None:
+        if config.memory < 64 << 20:
+            raise ValueError(f"memory {config.memory} is too small (at least 64M)")
+        if config.memory > MAX_MEMORY:
+            raise ValueError("memory larger than 64T is not addressable by OSv's linear map")
+        if config.memory % PAGE_SIZE:
+            raise ValueError("memory must be a multiple of 4K")
+    usable = sum(e.length for e in config.e820_map() if e.type == 1)
+    if usable < 16 << 20:
+        raise ValueError("less than 16M of usable memory in the e820 map")
+    if max(e.end for e in config.e820_map()) > MAX_MEMORY:
+        raise ValueError("e820 map reaches past 64T")
+    if config.kernel_size <= 0 or config.kernel_size > 1 << 30:
+        raise ValueError("kernel_size must be between 1 byte and 1G")
+
+
+def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> KernelConfig:
+    """Defaults, then the YAML file, then the command line's twins of its keys."""
+    config = KernelConfig()
+    if path:
+        config = apply_settings(config, load_yaml(path), path)
+    if overrides:
+        config = apply_settings(config, {k: v for k, v in overrides.items() if v is not None})
+    return config

@@ -1,0 +1,208 @@
+"""The simulated kernel: boots the memory subsystem and applies trace operations to it.
+
+Subsystems plug in through three narrow hooks: operation handlers (the syscall face a trace
+drives), memory categories (bytes each subsystem holds, for the conservation check and the
+summary) and summary sections. The kernel wires them; they never reach into each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from kernel.app_errors import AppErrors
+from kernel.boot import PhysicalMemory, boot_memory
+from kernel.config import KernelConfig
+from mm.constants import PAGE_SIZE
+from mm.page_pool import OutOfPages
+
+
+class OpLike(Protocol):
+    """What the kernel reads of a trace operation (see the front's trace readers)."""
+
+    kind: str
+    line: int
+    handle: str | None
+    time_ns: int | None
+    cpu: int | None
+
+
+class UnsupportedOperation(Exception):
+    """A trace operation of a subsystem this build does not have (yet)."""
+
+
+class TraceFault(Exception):
+    """An operation the trace got wrong in a way no application could (e.g. a CPU that
+    does not exist, an unknown handle where the format requires a known one)."""
+
+
+class OutOfMemory(Exception):
+    """The simulated machine ran out of memory; ``report`` is the summary's ``oom`` section."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__(report.get("reason", "out of memory"))
+        self.report = report
+
+
+Handler = Callable[[Any], None]
+
+#: which subsystem each trace operation needs, for the "not built yet" message
+_SUBSYSTEM = {
+    "malloc": "malloc pools (mm/slab)", "calloc": "malloc pools (mm/slab)",
+    "memalign": "malloc pools (mm/slab)", "realloc": "malloc pools (mm/slab)",
+    "free": "malloc pools (mm/slab)",
+    "mmap": "virtual memory (mm/)", "munmap": "virtual memory (mm/)",
+    "mprotect": "virtual memory (mm/)", "madvise": "virtual memory (mm/)",
+    "mremap": "virtual memory (mm/)", "touch": "virtual memory (mm/)",
+    "msync": "virtual memory (mm/)",
+    "create": "ZFS (fs/zfs_arc)", "read": "ZFS (fs/zfs_arc)", "write": "ZFS (fs/zfs_arc)",
+    "fsync": "ZFS (fs/zfs_arc)", "unlink": "ZFS (fs/zfs_arc)",
+    "host-balloon": "virtio-balloon (drivers/)",
+}
+
+
+class Kernel:
+    """One booted OSv guest."""
+
+    def __init__(self, config: KernelConfig) -> None:
+        self.config = config
+        self.mem: PhysicalMemory = boot_memory(config)
+        self.pool = self.mem.pool
+        self.ranges = self.mem.ranges
+        self.page_tables = self.mem.page_tables
+        self.pool.start_smp()
+        self.clock_ns = 0
+        self.cpu = 0
+        self.events = 0
+        self.line = 0
+        self.errors = AppErrors()
+        self.oom: dict[str, Any] | None = None
+        self._handlers: dict[str, Handler] = {"cpu": self._op_cpu, "sleep": self._op_sleep}
+        self._categories: dict[str, Callable[[], int]] = {
+            "page_tables": lambda: self.page_tables.table_pages * PAGE_SIZE,
+            "l1_cache": lambda: self.pool.l1_pages * PAGE_SIZE,
+            "l2_cache": lambda: self.pool.l2_pages * PAGE_SIZE,
+        }
+        self._sections: dict[str, Callable[[], Any]] = {}
+        self._after_op: list[Callable[[], None]] = []
+        from kernel.subsystems import attach_all  # the wiring lives in one place
+
+        attach_all(self)
+
+    # -- wiring for subsystems ----------------------------------------------------------
+    def add_handler(self, kind: str, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+    def add_category(self, name: str, bytes_fn: Callable[[], int]) -> None:
+        self._categories[name] = bytes_fn
+
+    def add_section(self, name: str, fn: Callable[[], Any]) -> None:
+        self._sections[name] = fn
+
+    def add_after_op(self, fn: Callable[[], None]) -> None:
+        """Deferred work (kernel threads) run after each operation, in registration order."""
+        self._after_op.append(fn)
+
+    # -- the face traces drive -----------------------------------------------------------
+    def apply(self, op: OpLike) -> None:
+        """Apply one trace operation; application errors are counted, not raised."""
+        self.line = op.line
+        if op.time_ns is not None and op.time_ns > self.clock_ns:
+            self.clock_ns = op.time_ns
+        cpu = self.cpu
+        if op.cpu is not None:
+            self._check_cpu(op.cpu)
+            self.cpu = op.cpu
+        handler = self._handlers.get(op.kind)
+        if handler is None:
+            what = _SUBSYSTEM.get(op.kind, "a subsystem")
+            raise UnsupportedOperation(f"'{op.kind}' needs {what}, which is not built yet")
+        try:
+            handler(op)
+        except OutOfPages as e:
+            self._out_of_memory(int(e.args[0]) if e.args else PAGE_SIZE, op)
+        finally:
+            if op.cpu is not None:
+                self.cpu = cpu
+        self.events += 1
+        self.pool.run_fill_threads()
+        for fn in self._after_op:
+            fn()
+
+    def run(self, ops: Iterable[OpLike], progress: Callable[[int], None] | None = None) -> None:
+        """Apply every operation; ``progress`` is called with the count every 4096 operations."""
+        for n, op in enumerate(ops, 1):
+            self.apply(op)
+            if progress is not None and not n & 4095:
+                progress(4096)
+
+    def _check_cpu(self, cpu: int) -> None:
+        if not 0 <= cpu < self.config.cpus:
+            raise TraceFault(f"cpu {cpu} does not exist (the guest has {self.config.cpus})")
+
+    def _op_cpu(self, op: Any) -> None:
+        self._check_cpu(op.count)
+        self.cpu = op.count
+
+    def _op_sleep(self, op: Any) -> None:
+        self.clock_ns += op.duration_ns
+
+    def _out_of_memory(self, requested: int, op: OpLike) -> None:
+        self.oom = {
+            "reason": "could not reclaim any further",
+            "requested_bytes": requested,
+            "free_bytes": self.ranges.free_pages * PAGE_SIZE,
+            "largest_free_run_bytes": self.ranges.largest_run() * PAGE_SIZE,
+            "line": op.line,
+            "op": op.kind,
+            "consumers": dict(sorted(self.memory_categories().items(),
+                                     key=lambda kv: -kv[1])[:5]),
+        }
+        raise OutOfMemory(self.oom)
+
+    # -- statistics ----------------------------------------------------------------------
+    def memory_categories(self) -> dict[str, int]:
+        """Bytes used, by category; with free memory they add up to total."""
+        return {name: fn() for name, fn in self._categories.items()}
+
+    def check(self) -> None:
+        """Conservation: free + every category == total; raises AssertionError if not."""
+        self.ranges.check()
+        used = sum(self.memory_categories().values())
+        free = self.ranges.free_pages * PAGE_SIZE
+        total = self.ranges.total_pages * PAGE_SIZE
+        assert free + used == total, f"free {free} + used {used} != total {total}"
+
+    def summary(self) -> dict[str, Any]:
+        """The run's results; its keys are documented in docs/summary.md."""
+        total = self.ranges.total_pages * PAGE_SIZE
+        free = self.ranges.free_pages * PAGE_SIZE
+        cats = self.memory_categories()
+        out: dict[str, Any] = {
+            "events": self.events,
+            "time_ns": self.clock_ns,
+            "config": {
+                "memory_bytes": self.config.memory if self.config.e820 is None else None,
+                "ram_bytes": self.mem.phys_mem_size,
+                "cpus": self.config.cpus,
+                "hugepages": self.config.hugepages,
+                "giant_pages": self.config.giant_pages,
+                "seed": self.config.seed,
+            },
+            "memory": {
+                "total_bytes": total,
+                "free_bytes": free,
+                "used_bytes": total - free,
+                "peak_used_bytes": self.ranges.peak_used_pages * PAGE_SIZE,
+                "page_table_bytes": cats["page_tables"],
+                "kernel_image_bytes": self.mem.kernel_end - 0x200000,
+                "free_runs": self.ranges.nr_runs,
+                "largest_free_run_bytes": self.ranges.largest_run() * PAGE_SIZE,
+                "categories": cats,
+            },
+            "app_errors": self.errors.summary(),
+            "oom": self.oom,
+        }
+        for name, fn in self._sections.items():
+            out[name] = fn()
+        return out

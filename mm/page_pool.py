@@ -1,0 +1,242 @@
+"""OSv's single-page caches: a per-CPU L1 stack and the global L2 pool of 32-page batches (§3).
+
+Pages in L1 and L2 are not free (OSv's free_memory counts only the runs), so a freed page stays
+"used" until a fill thread drains it. OSv's fill threads are asynchronous; here they run at
+deterministic points, when the kernel calls :meth:`PagePool.run_fill_threads` (after each
+operation), and only if an allocation or free woke them, as OSv's watermark checks do.
+
+Single-page paths follow OSv step for step. The bulk paths used by page faults and unmaps
+(:meth:`alloc_pages`, :meth:`free_pages`) take from / give to L1 first and then go straight to the
+runs in whole extents, so that a 2 MiB block of 512 small pages costs O(1) work past the L1
+stack; OSv would cycle the same pages through L2 batches one by one (a documented difference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mm.constants import L1_MAX, PAGE_BATCH, PAGE_SIZE
+from mm.page_range_allocator import PageRangeAllocator
+
+L1_LO = L1_MAX // 4
+L1_HI = L1_MAX * 3 // 4
+L1_HALF = L1_MAX // 2
+
+
+class OutOfPages(MemoryError):
+    """No free run can supply the pages asked for."""
+
+
+class PagePool:
+    """L1/L2 page caches in front of a :class:`PageRangeAllocator`."""
+
+    def __init__(self, ranges: PageRangeAllocator, ncpus: int) -> None:
+        self.ranges = ranges
+        self.ncpus = ncpus
+        self._l1: list[list[int]] = [[] for _ in range(ncpus)]
+        self._l2: list[list[int]] = []
+        self.l2_max = ncpus * (L1_MAX // PAGE_BATCH)
+        self.l2_lo = self.l2_max // 4
+        self.l2_hi = self.l2_max * 3 // 4
+        self._l1_woken: set[int] = set()
+        self._l2_woken = False
+        #: before SMP is up, single pages come straight from the runs (OSv's smp_allocator)
+        self.smp = False
+        #: called when a page cannot be had; may free memory (the reclaimer) and return True to retry
+        self.wait_for_memory = None
+
+    # -- counters ------------------------------------------------------------------------
+    @property
+    def l1_pages(self) -> int:
+        return sum(map(len, self._l1))
+
+    def l1_pages_of(self, cpu: int) -> int:
+        return len(self._l1[cpu])
+
+    @property
+    def l2_pages(self) -> int:
+        return len(self._l2) * PAGE_BATCH
+
+    def cached(self) -> Iterator[int]:
+        """Every page held in L1 or L2 (for invariant checks)."""
+        for l1 in self._l1:
+            yield from l1
+        for batch in self._l2:
+            yield from batch
+
+    # -- single pages (OSv's alloc_page / free_page) --------------------------------------
+    def alloc_page(self, cpu: int = 0) -> int:
+        """One page: pop the CPU's L1 stack, refilling it from L2 (and L2 from the runs)."""
+        l1 = self._l1[cpu]
+        if len(l1) < L1_LO:
+            if not self.smp:
+                return self._early_alloc_page()
+            self._l1_woken.add(cpu)
+            if not l1:
+                self._l1_refill(cpu)
+        return l1.pop()
+
+    def free_page(self, pfn: int, cpu: int = 0) -> None:
+        """Push a page on the CPU's L1 stack; a full stack moves a batch to L2 first."""
+        l1 = self._l1[cpu]
+        if len(l1) > L1_HI or not self.smp:
+            if not self.smp:
+                self.ranges.free(pfn, 1)
+                return
+            self._l1_woken.add(cpu)
+            if len(l1) == L1_MAX:
+                self._l1_unfill(cpu)
+        l1.append(pfn)
+
+    def _early_alloc_page(self) -> int:
+        pfn = self.ranges.alloc(1)
+        if pfn is None:
+            raise OutOfPages(PAGE_SIZE)
+        return pfn
+
+    def _l1_refill(self, cpu: int) -> None:
+        l1 = self._l1[cpu]
+        if len(l1) + PAGE_BATCH < L1_HALF:
+            l1.extend(self._l2_alloc_batch())
+
+    def _l1_unfill(self, cpu: int) -> None:
+        l1 = self._l1[cpu]
+        if len(l1) > PAGE_BATCH + L1_HALF:
+            batch = l1[-PAGE_BATCH:]
+            del l1[-PAGE_BATCH:]
+            self._l2_free_batch(batch)
+
+    def _l2_alloc_batch(self) -> list[int]:
+        if len(self._l2) < self.l2_lo:
+            self._l2_woken = True
+        while not self._l2:
+            if not self._l2_refill():
+                raise OutOfPages(PAGE_SIZE)
+        # a batch is popped and then consumed from its end, like OSv's L1 pops
+        return self._l2.pop()
+
+    def _l2_free_batch(self, batch: list[int]) -> None:
+        if len(self._l2) > self.l2_hi:
+            self._l2_woken = True
+        if len(self._l2) == self.l2_max:
+            self._l2_unfill()
+        self._l2.append(batch)
+
+    def _l2_refill(self) -> bool:
+        """Fill L2 to half its size with batches of single pages from the runs."""
+        got_any = False
+        while len(self._l2) < self.l2_max // 2:
+            if self.ranges.free_pages < PAGE_BATCH and self.wait_for_memory is not None:
+                self.wait_for_memory(PAGE_BATCH * PAGE_SIZE)
+            extents = self.ranges.alloc_pages_bulk(PAGE_BATCH)
+            pages = [p for start, n in extents for p in range(start, start + n)]
+            if len(pages) < PAGE_BATCH:  # OSv aborts a partial batch
+                for p in pages:
+                    self.ranges.free(p, 1)
+                break
+            self._l2.append(pages)
+            got_any = True
+        return got_any
+
+    def _l2_unfill(self) -> None:
+        while len(self._l2) > self.l2_max // 2:
+            for p in self._l2.pop():
+                self.ranges.free(p, 1)
+
+    # -- the fill threads ----------------------------------------------------------------
+    def start_smp(self) -> None:
+        """SMP is up: single pages now go through L1/L2, whose fill threads warm them at once."""
+        self.smp = True
+        self._l1_woken.update(range(self.ncpus))
+        self.run_fill_threads()
+
+    def run_fill_threads(self) -> None:
+        """Run the woken L1 fill threads (in CPU order) and then the L2 thread, as OSv's do."""
+        if not self.smp:
+            return
+        for cpu in sorted(self._l1_woken):
+            l1 = self._l1[cpu]
+            try:
+                if len(l1) < L1_LO:
+                    while len(l1) + PAGE_BATCH < L1_HALF:
+                        l1.extend(self._l2_alloc_batch())
+            except OutOfPages:
+                pass
+            if len(l1) > L1_HI:
+                while len(l1) > PAGE_BATCH + L1_HALF:
+                    self._l1_unfill(cpu)
+        self._l1_woken.clear()
+        if self._l2_woken or not self.l2_lo <= len(self._l2) <= self.l2_hi:
+            if len(self._l2) < self.l2_lo:
+                self._l2_refill()
+            if len(self._l2) > self.l2_hi:
+                self._l2_unfill()
+        self._l2_woken = False
+
+    def drain(self) -> int:
+        """Return every cached page to the runs (a shrinker's last resort); pages returned."""
+        n = 0
+        for l1 in self._l1:
+            for p in l1:
+                self.ranges.free(p, 1)
+            n += len(l1)
+            l1.clear()
+        for batch in self._l2:
+            for p in batch:
+                self.ranges.free(p, 1)
+            n += len(batch)
+        self._l2.clear()
+        return n
+
+    # -- bulk paths for faults and unmaps ------------------------------------------------
+    def alloc_pages(self, npages: int, cpu: int = 0) -> list[tuple[int, int]]:
+        """``npages`` single pages as (pfn, n) extents: L1 first, then whole runs.
+
+        Raises :class:`OutOfPages` (after giving everything back) if memory runs out.
+        """
+        out: list[tuple[int, int]] = []
+        l1 = self._l1[cpu]
+        if self.smp and l1:
+            k = min(npages, len(l1))
+            popped = l1[-k:]
+            del l1[-k:]
+            popped.reverse()
+            out = _to_extents(popped)
+            npages -= k
+            if len(l1) < L1_LO:
+                self._l1_woken.add(cpu)
+        if npages:
+            if self.ranges.free_pages < npages and self.wait_for_memory is not None:
+                self.wait_for_memory(npages * PAGE_SIZE)
+            got = self.ranges.alloc_pages_bulk(npages)
+            out.extend(got)
+            if sum(n for _, n in got) < npages:
+                self.free_pages(out, cpu)
+                raise OutOfPages(npages * PAGE_SIZE)
+        return out
+
+    def free_pages(self, extents: list[tuple[int, int]], cpu: int = 0) -> None:
+        """Free single pages: they fill the CPU's L1 stack, the rest go back to the runs."""
+        l1 = self._l1[cpu]
+        for start, n in extents:
+            room = L1_MAX - len(l1) if self.smp else 0
+            k = min(room, n)
+            if k:
+                l1.extend(range(start, start + k))
+            if n > k:
+                self.ranges.free(start + k, n - k)
+        if self.smp and len(l1) > L1_HI:
+            self._l1_woken.add(cpu)
+
+
+def _to_extents(pages: list[int]) -> list[tuple[int, int]]:
+    """Group a sequence of pfns into (start, n) runs of consecutive frames, keeping order."""
+    out: list[tuple[int, int]] = []
+    start = prev = pages[0]
+    for p in pages[1:]:
+        if p != prev + 1:
+            out.append((start, prev - start + 1))
+            start = p
+        prev = p
+    out.append((start, prev - start + 1))
+    return out

@@ -1,0 +1,240 @@
+"""OSv's physical page allocator: free page runs in power-of-two lists plus a size-ordered set.
+
+A free run of n pages lives on list floor(log2 n) when that order is below 16, else in a set
+ordered by size (reference §2). Lists are LIFO: a dict per order keeps insertion order, so its
+"front" is the most recently inserted key and removing any run is O(1). Runs are keyed by their
+first page frame number (pfn); the state is one entry per free run, never one per page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from sortedcontainers import SortedList
+
+from mm.constants import PAGE_RANGES_MAX_ORDER
+
+TREE = PAGE_RANGES_MAX_ORDER  # container index of the size-ordered set
+
+
+def run_order(npages: int) -> int:
+    """Container a free run of ``npages`` belongs to (16 = the size-ordered set)."""
+    return min(npages.bit_length() - 1, TREE)
+
+
+def _ceil_order(npages: int) -> int:
+    return min((npages - 1).bit_length(), TREE)
+
+
+class PageRangeAllocator:
+    """Free physical memory as coalesced runs of pages, with OSv's allocation policy."""
+
+    def __init__(self) -> None:
+        self._lists: list[dict[int, int]] = [{} for _ in range(TREE)]
+        self._tree: SortedList = SortedList()  # (npages, start)
+        self._by_start: dict[int, int] = {}
+        self._by_end: dict[int, int] = {}  # exclusive end pfn -> start pfn
+        self._mask = 0  # bit k set iff container k is non-empty
+        self.free_pages = 0
+        self.total_pages = 0
+        #: the most pages ever out of the runs (used, cached or in page tables)
+        self.peak_used_pages = 0
+        #: called with the number of pages each time the runs lose pages (OSv's on_alloc)
+        self.on_alloc: Callable[[int], None] | None = None
+
+    # -- containers ---------------------------------------------------------------------
+    def _insert(self, start: int, npages: int) -> None:
+        order = run_order(npages)
+        if order == TREE:
+            self._tree.add((npages, start))
+        else:
+            self._lists[order][start] = npages
+        self._mask |= 1 << order
+        self._by_start[start] = npages
+        self._by_end[start + npages] = start
+
+    def _remove(self, start: int, npages: int) -> None:
+        order = run_order(npages)
+        if order == TREE:
+            self._tree.remove((npages, start))
+            if not self._tree:
+                self._mask &= ~(1 << TREE)
+        else:
+            lst = self._lists[order]
+            del lst[start]
+            if not lst:
+                self._mask &= ~(1 << order)
+        del self._by_start[start]
+        del self._by_end[start + npages]
+
+    def _take(self, start: int, npages: int, piece_start: int, piece_pages: int) -> None:
+        """Remove ``piece`` from the free run ``start``; the parts around it stay free."""
+        self._remove(start, npages)
+        if piece_start > start:
+            self._insert(start, piece_start - start)
+        end = start + npages
+        piece_end = piece_start + piece_pages
+        if piece_end < end:
+            self._insert(piece_end, end - piece_end)
+        self.free_pages -= piece_pages
+        if self.total_pages - self.free_pages > self.peak_used_pages:
+            self.peak_used_pages = self.total_pages - self.free_pages
+        if self.on_alloc is not None:
+            self.on_alloc(piece_pages)
+
+    # -- the allocator's interface -------------------------------------------------------
+    def add_initial_range(self, start: int, npages: int) -> None:
+        """free_initial_memory_range: hand boot memory to the allocator; it counts in total."""
+        if npages <= 0:
+            return
+        self.total_pages += npages
+        self.free(start, npages)
+
+    def alloc(self, npages: int, contiguous: bool = True) -> int | None:
+        """Allocate ``npages``; the caller gets the low part of the chosen run (§2)."""
+        if npages <= 0:
+            raise ValueError("alloc of no pages")
+        e = _ceil_order(npages)
+        eligible = self._mask >> e << e
+        if eligible & ((1 << TREE) - 1):
+            order = (eligible & -eligible).bit_length() - 1
+            lst = self._lists[order]
+            start = next(reversed(lst))
+            run = lst[start]
+        elif eligible:
+            run, start = self._tree[-1]
+            if run < npages:
+                return None
+        elif contiguous and e > 0 and self._mask >> (e - 1) & 1:
+            for start in reversed(self._lists[e - 1]):
+                if self._lists[e - 1][start] >= npages:
+                    run = self._lists[e - 1][start]
+                    break
+            else:
+                return None
+        else:
+            return None
+        self._take(start, run, start, npages)
+        return start
+
+    def alloc_pages_bulk(self, npages: int) -> list[tuple[int, int]]:
+        """The pages ``npages`` successive single-page allocs would get, as (pfn, n) extents.
+
+        After a single page is split off the lowest non-empty container's front run, the
+        remainder goes to the front of a list no higher than before, and every lower list is
+        empty: so the same run keeps being chosen until it is used up. Bulk allocation takes it
+        from its low end in one step. Returns fewer pages when memory runs out.
+        """
+        out: list[tuple[int, int]] = []
+        while npages > 0 and self._mask:
+            mask = self._mask
+            if mask & ((1 << TREE) - 1):
+                order = (mask & -mask).bit_length() - 1
+                start = next(reversed(self._lists[order]))
+                run = self._lists[order][start]
+            else:
+                run, start = self._tree[-1]
+            take = min(run, npages)
+            self._take(start, run, start, take)
+            out.append((start, take))
+            npages -= take
+        return out
+
+    def alloc_aligned(
+        self, npages: int, align_pages: int, offset_pages: int = 0
+    ) -> int | None:
+        """Carve ``npages`` from the high end of a run so that start+offset is aligned (§2).
+
+        Visits the size-ordered set ascending, then lists 15 down to max(log2 pages, 1) - 1,
+        taking the first run the piece fits in.
+        """
+        if npages <= 0 or align_pages <= 0 or align_pages & (align_pages - 1):
+            raise ValueError("bad aligned allocation")
+
+        def fit(start: int, run: int) -> int | None:
+            end = start + run
+            s = ((end - npages + offset_pages) // align_pages) * align_pages - offset_pages
+            return s if s >= start else None
+
+        for run, start in self._tree:
+            if run >= npages:
+                s = fit(start, run)
+                if s is not None:
+                    self._take(start, run, s, npages)
+                    return s
+        low = max(npages.bit_length() - 1, 1) - 1
+        for order in range(TREE - 1, low - 1, -1):
+            if not self._mask >> order & 1:
+                continue
+            for start in reversed(self._lists[order]):
+                run = self._lists[order][start]
+                if run >= npages:
+                    s = fit(start, run)
+                    if s is not None:
+                        self._take(start, run, s, npages)
+                        return s
+        return None
+
+    def free(self, start: int, npages: int) -> None:
+        """Return a run, merging it with free neighbours on both sides."""
+        if npages <= 0:
+            return
+        self.free_pages += npages
+        prev_start = self._by_end.get(start)
+        if prev_start is not None:
+            prev_pages = self._by_start[prev_start]
+            self._remove(prev_start, prev_pages)
+            start, npages = prev_start, npages + prev_pages
+        next_pages = self._by_start.get(start + npages)
+        if next_pages is not None:
+            self._remove(start + npages, next_pages)
+            npages += next_pages
+        self._insert(start, npages)
+
+    # -- inspection ----------------------------------------------------------------------
+    def runs(self) -> Iterator[tuple[int, int]]:
+        """Free runs as (start, npages), in address order."""
+        for start in sorted(self._by_start):
+            yield start, self._by_start[start]
+
+    @property
+    def nr_runs(self) -> int:
+        return len(self._by_start)
+
+    def largest_run(self) -> int:
+        """Pages in the largest free run (what the biggest single request could get)."""
+        if self._tree:
+            return self._tree[-1][0]
+        for order in range(TREE - 1, -1, -1):
+            if self._lists[order]:
+                return max(self._lists[order].values())
+        return 0
+
+    def runs_by_size(self) -> Iterator[tuple[int, int]]:
+        """Runs in OSv's wake_waiters order: the set ascending, then lists high to low."""
+        for run, start in self._tree:
+            yield start, run
+        for order in range(TREE - 1, -1, -1):
+            for start in reversed(self._lists[order]):
+                yield start, self._lists[order][start]
+
+    def check(self) -> None:
+        """Assert the structural invariants (used by tests and `mmsim fuzz`)."""
+        seen = 0
+        prev_end = -1
+        for start, npages in self.runs():
+            assert npages > 0, "empty run"
+            assert start > prev_end, f"run {start:#x} overlaps or touches the previous one"
+            prev_end = start + npages
+            order = run_order(npages)
+            if order == TREE:
+                assert (npages, start) in self._tree, "run missing from the size-ordered set"
+            else:
+                assert self._lists[order].get(start) == npages, "run on the wrong list"
+            assert self._by_end[start + npages] == start
+            seen += npages
+        assert seen == self.free_pages, f"free count {self.free_pages} != pages in runs {seen}"
+        assert len(self._tree) + sum(map(len, self._lists)) == len(self._by_start)
+        for order in range(TREE + 1):
+            nonempty = bool(self._tree) if order == TREE else bool(self._lists[order])
+            assert bool(self._mask >> order & 1) == nonempty, f"mask bit {order} is stale"

@@ -1,0 +1,142 @@
+"""The `mmsim` command: replay traces against a simulated OSv guest and report.
+
+Exit codes: 0 success, 2 bad input or options (one line naming the file and line), 3 the
+simulated guest ran out of memory (the summary's ``oom`` section says why).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from kernel import (
+    BootError,
+    ConfigError,
+    Kernel,
+    OutOfMemory,
+    TraceFault,
+    UnsupportedOperation,
+    load_config,
+)
+from mmsim.progress import Progress
+from mmsim.summary_text import format_summary
+from mmsim.trace import READERS, TraceError, read_trace
+
+EXIT_BAD_INPUT = 2
+EXIT_OOM = 3
+
+
+class InputError(click.ClickException):
+    """A user error that ends the command with one line on stderr and exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"mmsim: error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    """Click group whose usage errors are one line, like every other error of mmsim."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.UsageError as e:
+            hint = f" (see 'mmsim {e.ctx.info_name} --help')" if e.ctx and e.ctx.parent else ""
+            click.echo(f"mmsim: error: {e.format_message()}{hint}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("mmsim: aborted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mmsim")
+def main() -> None:
+    """Simulate the memory subsystem of the OSv library OS under a workload trace."""
+
+
+def kernel_options(f: Any) -> Any:
+    """The command-line twins of the configuration file's keys, shared by every command."""
+    f = click.option("--seed", type=int, help="Seed for anything random (default 0).")(f)
+    f = click.option("--hugepages/--no-hugepages", default=None,
+                     help="Use 2 MiB pages for anonymous memory (default on).")(f)
+    f = click.option("--cpus", type=int, help="Number of vCPUs (default 4).")(f)
+    f = click.option("--memory", metavar="SIZE", help="Guest RAM, e.g. 512M, 2G, 1T (default 2G).")(f)
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     help="YAML configuration file; command-line options override it.")(f)
+    return f
+
+
+def build_config(config_path: str | None, **overrides: Any) -> Any:
+    try:
+        return load_config(config_path, overrides)
+    except ConfigError as e:
+        raise InputError(str(e)) from None
+
+
+def boot(config: Any) -> Kernel:
+    try:
+        return Kernel(config)
+    except BootError as e:
+        raise InputError(f"cannot boot: {e}") from None
+
+
+def write_json(summary: dict, dest: str) -> None:
+    text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(dest, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise InputError(f"{dest}: cannot write ({e.strerror})") from None
+
+
+@main.command()
+@click.argument("trace", type=click.Path())
+@click.option("--format", "fmt", default="auto", show_default=True,
+              help=f"Trace format: auto or one of {', '.join(sorted(READERS))}.")
+@kernel_options
+@click.option("--json", "json_path", metavar="PATH|-", help="Write the summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No readable summary.")
+def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus: int | None,
+        hugepages: bool | None, seed: int | None, json_path: str | None, quiet: bool) -> None:
+    """Boot a guest and replay TRACE through it."""
+    config = build_config(config_path, memory=memory, cpus=cpus, hugepages=hugepages, seed=seed)
+    try:
+        ops = read_trace(trace, fmt)
+        kernel = boot(config)
+        exit_code = 0
+        with Progress("replaying", trace) as progress:
+            try:
+                kernel.run(ops, progress.update)
+            except OutOfMemory as e:
+                exit_code = EXIT_OOM
+                oom = e.report
+                click.echo(
+                    f"mmsim: {trace}:{oom['line']}: out of memory: {oom['op']} needed "
+                    f"{oom['requested_bytes']} bytes, {oom['free_bytes']} free, largest free "
+                    f"run {oom['largest_free_run_bytes']}", err=True)
+    except TraceError as e:
+        raise InputError(str(e)) from None
+    except (UnsupportedOperation, TraceFault) as e:
+        raise InputError(f"{trace}:{kernel.line}: {e}") from None
+    summary = kernel.summary()
+    summary["trace"] = trace
+    if json_path:
+        write_json(summary, json_path)
+    if not quiet:
+        click.echo(format_summary(summary), err=json_path == "-")
+    if exit_code:
+        sys.exit(exit_code)

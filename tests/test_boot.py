@@ -1,0 +1,112 @@
+"""Booting guests of every size, and e820 maps with holes (reference §10)."""
+
+import pytest
+
+from kernel import BootError, ConfigError, Kernel, KernelConfig, load_config
+from kernel.config import E820Entry
+from mm.constants import (
+    KERNEL_PHYS,
+    KERNEL_VIRT,
+    L1_MAX,
+    MAIN_AREA,
+    MEMPOOL_AREA,
+    PAGE_AREA,
+    PAGE_SIZE,
+)
+
+GIB = 1 << 30
+
+
+def page_set(kernel: Kernel) -> list[tuple[int, int]]:
+    return list(kernel.ranges.runs())
+
+
+@pytest.mark.parametrize("memory", [512 << 20, 2 * GIB, 64 * GIB, 1 << 40])
+def test_boot_sizes(memory):
+    k = Kernel(KernelConfig(memory=memory, cpus=4))
+    k.check()
+    kernel_end = k.mem.kernel_end
+    # what the allocator got: every whole usable page but page 0 and the kernel image
+    expected = sum(e.end // PAGE_SIZE - -(-e.start // PAGE_SIZE)
+                   for e in k.config.e820_map() if e.type == 1)
+    expected -= 1 + (kernel_end - KERNEL_PHYS) // PAGE_SIZE
+    assert k.ranges.total_pages == expected
+    # the linear map covers all RAM in the three areas, with 2 MiB leaves where aligned
+    top = max(e.end for e in k.config.e820_map() if e.type == 1)
+    for area in (MAIN_AREA, PAGE_AREA, MEMPOOL_AREA):
+        phys, _, leaf = k.page_tables.translate(area + top - (4 << 20))
+        assert phys == top - (4 << 20)
+        assert leaf == 2 << 20
+    assert k.page_tables.translate(KERNEL_VIRT)[0] == KERNEL_PHYS
+    # page tables: one PD per GiB in each area at least, counted as used
+    assert k.page_tables.table_pages >= 3 * (top // GIB)
+    assert k.summary()["memory"]["page_table_bytes"] == k.page_tables.table_pages * PAGE_SIZE
+
+
+def test_page_zero_and_kernel_are_never_given():
+    k = Kernel(KernelConfig(memory=512 << 20, cpus=1))
+    k.pool.drain()  # put L1/L2 pages back in the runs to see every page the allocator owns
+    owned = page_set(k)
+    for start, n in owned:
+        assert start > 0
+        assert start + n <= KERNEL_PHYS // PAGE_SIZE or start >= k.mem.kernel_end // PAGE_SIZE
+
+
+def test_warm_caches_after_boot():
+    k = Kernel(KernelConfig(memory=2 * GIB, cpus=4))
+    # each CPU's L1 is refilled to [224, 256) and L2 holds half its batches (§3, §11)
+    for cpu in range(4):
+        assert 224 <= k.pool.l1_pages_of(cpu) < 256
+    assert k.pool.l2_pages == 4 * (L1_MAX // 2)
+    cats = k.memory_categories()
+    assert cats["l1_cache"] + cats["l2_cache"] > 0
+    assert k.summary()["memory"]["free_bytes"] == k.ranges.free_pages * PAGE_SIZE
+
+
+def test_e820_with_holes():
+    e820 = [
+        E820Entry(0, 0x9F000, 1),
+        E820Entry(0x9F000, 0x61000, 2),
+        E820Entry(0x100000, 0x3FF00000, 1),      # up to 1 GiB
+        E820Entry(0x40000000, 0x40000000, 2),    # a 1 GiB reserved hole
+        E820Entry(0x80000000, 0x80000000, 1),    # 2 GiB usable above it
+    ]
+    k = Kernel(KernelConfig(e820=e820, cpus=2))
+    k.check()
+    k.pool.drain()
+    for start, n in page_set(k):
+        s, e = start * PAGE_SIZE, (start + n) * PAGE_SIZE
+        assert not (s < 0x80000000 and e > 0x40000000), "a free run lies in the hole"
+    assert k.page_tables.translate(MAIN_AREA + 0x80000000)[0] == 0x80000000
+    assert k.summary()["config"]["ram_bytes"] == 0x9F000 + 0x3FF00000 + 0x80000000
+
+
+def test_e820_from_yaml(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("cpus: 2\ne820:\n  - {start: 0, length: 640K}\n"
+                 "  - {start: 1M, length: 511M}\n  - {start: 1G, length: 1G, type: 2}\n"
+                 "  - {start: 2G, length: 1G}\n")
+    cfg = load_config(str(p))
+    k = Kernel(cfg)
+    k.check()
+    assert k.mem.phys_mem_size == (640 << 10) + (511 << 20) + GIB
+
+
+def test_overlapping_e820_is_rejected(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("e820:\n  - {start: 0, length: 1G}\n  - {start: 512M, length: 1G}\n")
+    with pytest.raises(ConfigError, match="overlap"):
+        load_config(str(p))
+
+
+def test_no_memory_below_one_gib_cannot_boot():
+    e820 = [E820Entry(0, 0x1000, 1), E820Entry(0x40000000, 0x40000000, 1)]
+    with pytest.raises(BootError):
+        Kernel(KernelConfig(e820=e820))
+
+
+def test_giant_pages_shrink_the_linear_map():
+    small = Kernel(KernelConfig(memory=64 * GIB))
+    giant = Kernel(KernelConfig(memory=64 * GIB, giant_pages=True))
+    assert giant.page_tables.table_pages < small.page_tables.table_pages
+    assert giant.page_tables.translate(MAIN_AREA + 8 * GIB)[2] == GIB
