@@ -152,7 +152,7 @@ class PagePool:
 
     def run_fill_threads(self) -> None:
         """Run the woken L1 fill threads (in CPU order) and then the L2 thread, as OSv's do."""
-        if not self.smp:
+        if not (self._l1_woken or self._l2_woken) or not self.smp:
             return
         for cpu in sorted(self._l1_woken):
             l1 = self._l1[cpu]
@@ -166,7 +166,7 @@ class PagePool:
                 while len(l1) > PAGE_BATCH + L1_HALF:
                     self._l1_unfill(cpu)
         self._l1_woken.clear()
-        if self._l2_woken or not self.l2_lo <= len(self._l2) <= self.l2_hi:
+        if not self.l2_lo <= len(self._l2) <= self.l2_hi:
             if len(self._l2) < self.l2_lo:
                 self._l2_refill()
             if len(self._l2) > self.l2_hi:
