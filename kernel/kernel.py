@@ -93,6 +93,10 @@ class Kernel:
     def add_handler(self, kind: str, handler: Handler) -> None:
         self._handlers[kind] = handler
 
+    def has_handler(self, kind: str) -> bool:
+        """True if some subsystem already handles ``kind`` (so another can stand back)."""
+        return kind in self._handlers
+
     def add_category(self, name: str, bytes_fn: Callable[[], int]) -> None:
         self._categories[name] = bytes_fn
 
