@@ -1,0 +1,121 @@
+"""The interface every buffer-cache replacement policy implements, and the registry of policies.
+
+A policy decides which records stay cached; it never touches memory itself. The file system
+owns the buffers: it is told through ``on_evict(key)`` when a record leaves the cache, and it
+allocates a buffer after a miss. A new policy is one new module ``policy_<name>.py`` in this
+package defining ``POLICY`` (a :class:`CachePolicy` subclass): it is found by its file name,
+so no list has to be edited.
+
+Keys are ints chosen by the caller (the file system packs file id and record index). Sizes are
+bytes; with equal-sized records every byte quantity is that size times the object count.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+EvictFn = Callable[[int], None]
+
+
+def _no_evict(key: int) -> None:
+    """Default eviction callback: nothing to release (policy used on its own)."""
+
+
+class CachePolicy(ABC):
+    """A replacement policy over keyed, sized records with a byte capacity.
+
+    ``access`` is the whole hot path: it returns whether the key was cached and, on a miss,
+    makes room (calling ``on_evict`` for each record pushed out) and admits the key.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, capacity: int, on_evict: EvictFn = _no_evict) -> None:
+        if capacity <= 0:
+            raise ValueError(f"cache capacity must be positive, not {capacity}")
+        self.capacity = capacity
+        self.on_evict = on_evict
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    @abstractmethod
+    def access(self, key: int, size: int) -> bool:
+        """Reference ``key``; True on a hit. A miss admits it (evicting others first)."""
+
+    @abstractmethod
+    def remove(self, key: int) -> bool:
+        """Forget ``key`` (file removed or record rewritten), resident or ghost; True if cached.
+
+        No ``on_evict`` call: the caller releases the buffer itself.
+        """
+
+    @abstractmethod
+    def __contains__(self, key: int) -> bool:
+        """Whether ``key`` is resident (ghosts do not count)."""
+
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """Bytes of resident records."""
+
+    @abstractmethod
+    def evict_bytes(self, nbytes: int) -> int:
+        """Push out at least ``nbytes`` if there is that much; bytes freed (the shrinker's
+        soft path). The capacity target is left unchanged."""
+
+    @property
+    def target(self) -> int:
+        """The size the policy evicts down to (ZFS's arc_c); the capacity for fixed policies."""
+        return self.capacity
+
+    def lowmem(self) -> int:
+        """Hard memory pressure (ZFS's arc_lowmem); bytes freed at once. Fixed policies: 0."""
+        return 0
+
+    def tick(self, now_ns: int, reclaim_needed: bool) -> None:
+        """Periodic work of the cache's own thread (ZFS's reclaim thread); none by default."""
+        return None
+
+    def lists(self) -> dict[str, int]:
+        """Bytes on each of the policy's lists, for the summary (resident and ghost)."""
+        return {}
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and sizes for the summary's ``arc`` section."""
+        total = self.hits + self.misses
+        return {
+            "policy": self.name,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_ratio": self.hits / total if total else 0.0,
+            "size_bytes": self.size,
+            "evictions": self.evictions,
+        }
+
+
+def available_policies() -> list[str]:
+    """Names of the policy modules shipped in this package, sorted."""
+    pkg = importlib.import_module(__package__ or "fs.zfs_arc")
+    names = [
+        m.name[len("policy_"):]
+        for m in pkgutil.iter_modules(pkg.__path__)
+        if m.name.startswith("policy_")
+    ]
+    return sorted(names)
+
+
+def policy_class(name: str) -> type[CachePolicy]:
+    """The class of policy ``name``; ValueError naming the known ones if there is none."""
+    if not name.isidentifier() or name not in available_policies():
+        known = ", ".join(available_policies())
+        raise ValueError(f"unknown cache policy '{name}' (known: {known})")
+    module = importlib.import_module(f"{__package__ or 'fs.zfs_arc'}.policy_{name}")
+    cls = getattr(module, "POLICY", None)
+    if not (isinstance(cls, type) and issubclass(cls, CachePolicy)):
+        raise ValueError(f"cache policy module '{name}' defines no POLICY class")
+    return cls
