@@ -1,0 +1,208 @@
+"""Workload traces: read them, whatever their format, as a stream of :class:`Op`.
+
+Every reader (native, and later mtrace/strace/block traces) yields the same Op
+records, so the simulator never cares where a trace came from. Readers register here
+by format name, with an optional detector so ``read_trace(path)`` can pick the right
+one from the file's first bytes::
+
+    from mmsim.trace import read_trace
+    for op in read_trace("examples/hello.trace"):
+        ...
+
+A new reader module calls ``register_reader("name", reader, detector)`` at import and
+is imported at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from .native import (
+    HEADER,
+    HEADER_RE,
+    format_op,
+    native_error,
+    parse_native,
+    read_native,
+    write_native,
+)
+from .ops import (
+    OP_KINDS,
+    PROT_EXEC,
+    PROT_NONE,
+    PROT_READ,
+    PROT_RW,
+    PROT_WRITE,
+    Op,
+    TraceError,
+)
+from .source import open_trace_binary, open_trace_text
+from .units import format_duration, format_size, format_size_exact, parse_duration, parse_size
+
+__all__ = [
+    "HEADER",
+    "OP_KINDS",
+    "PROT_EXEC",
+    "PROT_NONE",
+    "PROT_READ",
+    "PROT_RW",
+    "PROT_WRITE",
+    "READERS",
+    "Op",
+    "TraceError",
+    "TracePeek",
+    "detect_format",
+    "format_duration",
+    "format_op",
+    "format_size",
+    "format_size_exact",
+    "open_trace_binary",
+    "open_trace_text",
+    "parse_duration",
+    "parse_native",
+    "parse_size",
+    "peek_trace",
+    "read_native",
+    "read_trace",
+    "register_reader",
+    "write_native",
+]
+
+Reader = Callable[[str], Iterator[Op]]
+
+
+@dataclass(frozen=True, slots=True)
+class TracePeek:
+    """The start of a (decompressed) trace, shown to format detectors.
+
+    One peek serves every detector, so the file is opened and decompressed once.
+    """
+
+    path: str
+    head: bytes  # first PEEK_BYTES bytes after decompression
+    lines: list[str]  # complete lines of head (at most PEEK_LINES), newline stripped
+    complete: bool  # head is the whole file
+    is_text: bool  # head is UTF-8 without NUL bytes
+
+
+Detector = Callable[[TracePeek], bool]
+
+PEEK_BYTES = 64 << 10
+PEEK_LINES = 64
+
+READERS: dict[str, Reader] = {}
+"""Readers by format name, in registration order (which is also detection order)."""
+_DETECTORS: dict[str, Detector] = {}
+
+
+def register_reader(
+    name: str, reader: Reader, detector: Detector | None = None, *, replace: bool = False
+) -> None:
+    """Make ``reader`` available as format ``name``; ``detector`` lets "auto" choose it.
+
+    Formats without a detector can only be read by naming them. Registering a name
+    twice is an error unless ``replace`` (it is almost always two modules colliding).
+    """
+    if name == "auto":
+        raise ValueError("'auto' is reserved for format detection")
+    if name in READERS and not replace:
+        raise ValueError(f"trace format '{name}' is already registered")
+    READERS[name] = reader
+    _DETECTORS.pop(name, None)
+    if detector is not None:
+        _DETECTORS[name] = detector
+
+
+def _known() -> str:
+    return ", ".join(["auto", *READERS])
+
+
+def peek_trace(path: str | os.PathLike[str]) -> tuple[TracePeek, TraceError | None]:
+    """Read the start of a trace for detection.
+
+    A read error (e.g. a truncated archive) after some data does not stop detection:
+    it is returned with the peek so the caller can report it if nothing matches, and
+    otherwise the reader will report it with its line number.
+    """
+    name = os.fspath(path)
+    error: TraceError | None = None
+    chunks: list[bytes] = []
+    size = 0
+    complete = False
+    with open_trace_binary(name) as stream:
+        try:
+            while size < PEEK_BYTES:
+                chunk = stream.read(PEEK_BYTES - size)
+                if not chunk:
+                    complete = True
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            else:
+                complete = not stream.peek(1)
+        except TraceError as exc:
+            error = exc
+    head = b"".join(chunks)
+    pieces = head.split(b"\n")
+    if not complete or pieces[-1] == b"":
+        pieces.pop()  # a cut-off last line, or the empty rest after the final newline
+    pieces = pieces[:PEEK_LINES]
+    try:
+        # a multibyte character may be cut at the end of head: only whole lines count
+        b"\n".join(pieces).decode("utf-8")
+        is_text = b"\0" not in head
+    except UnicodeDecodeError:
+        is_text = False
+    lines = [p.decode("utf-8", "replace").rstrip("\r") for p in pieces]
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
+    return TracePeek(name, head, lines, complete, is_text), error
+
+
+def _detect_native(peek: TracePeek) -> bool:
+    """Native if it says so in its header, or if its first lines parse as native."""
+    if not peek.is_text or (not peek.lines and not peek.complete):
+        return False
+    if peek.lines and HEADER_RE.fullmatch(peek.lines[0].strip()):
+        return True  # even a bad header: the native reader then explains what is wrong
+    return native_error(peek.lines, peek.path) is None
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Name of the registered format ``path`` is in, judged from its first lines/bytes."""
+    peek, error = peek_trace(path)
+    for name, detector in _DETECTORS.items():
+        if detector(peek):
+            return name
+    if error is not None:
+        raise error
+    if peek.is_text and "native" in READERS:
+        # Most likely a native trace with a mistake: say where, as reading it would.
+        native = native_error(peek.lines, peek.path)
+        if native is not None:
+            raise TraceError(
+                peek.path, native.line, f"{native.message} (format not recognized; tried native)"
+            )
+    raise TraceError(peek.path, 0, f"unrecognized trace format (known: {_known()})")
+
+
+def read_trace(path: str | os.PathLike[str], fmt: str = "auto") -> Iterator[Op]:
+    """Stream the Ops of the trace at ``path``, in format ``fmt`` or the detected one.
+
+    Format problems (unknown name, undetectable file, missing file with "auto") raise
+    TraceError here; problems inside the trace raise it while iterating.
+    """
+    name = os.fspath(path)
+    if fmt == "auto":
+        fmt = detect_format(name)
+    reader = READERS.get(fmt)
+    if reader is None:
+        raise TraceError(name, 0, f"unknown format '{fmt}' (known: {_known()})")
+    return reader(name)
+
+
+register_reader("native", read_native, _detect_native)
+# Further readers register themselves when imported here, e.g.:
+# from . import mtrace  # noqa: E402, F401

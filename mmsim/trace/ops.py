@@ -1,0 +1,108 @@
+"""The operation record every trace reader yields, and the error they all raise.
+
+One flat record for all operation kinds (rather than a class per kind) keeps readers,
+writers and the simulator's dispatch simple and cheap: a trace can hold hundreds of
+millions of operations, and ``slots`` keeps each record small.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+__all__ = [
+    "OP_KINDS",
+    "PROT_EXEC",
+    "PROT_NONE",
+    "PROT_READ",
+    "PROT_RW",
+    "PROT_WRITE",
+    "Op",
+    "TraceError",
+]
+
+PROT_NONE = 0
+PROT_READ = 1
+PROT_WRITE = 2
+PROT_EXEC = 4
+PROT_RW = PROT_READ | PROT_WRITE
+
+OP_KINDS: tuple[str, ...] = (
+    # malloc pools / page-range allocator
+    "malloc",
+    "calloc",
+    "memalign",
+    "realloc",
+    "free",
+    # mmap / VMAs / page faults
+    "mmap",
+    "munmap",
+    "mprotect",
+    "madvise",
+    "mremap",
+    "touch",
+    "msync",
+    # files: ZFS ARC
+    "create",
+    "read",
+    "write",
+    "fsync",
+    "unlink",
+    # virtio-balloon
+    "host-balloon",
+    # scheduler
+    "sleep",
+    "cpu",
+)
+
+MADVICE: tuple[str, ...] = ("dontneed", "hugepage", "nohugepage")
+
+
+@dataclass(slots=True)
+class Op:
+    """One traced operation; fields not used by ``kind`` keep their defaults."""
+
+    kind: str  # one of OP_KINDS
+    line: int  # 1-based line number in the source (0 if none)
+    handle: str | None = None
+    # SIZE of malloc/realloc/calloc/memalign/create/host-balloon, mmap LEN, mremap NEWLEN
+    size: int = 0
+    count: int = 0  # calloc N; cpu N
+    align: int = 0  # memalign ALIGN
+    offset: int = 0  # OFF of munmap/mprotect/madvise/touch/msync/read/write, mmap off=
+    # LEN of mprotect/madvise/touch/read/write, and of munmap/msync (None = whole mapping)
+    length: int | None = None
+    path: str | None = None  # file= of mmap, PATH of file operations
+    prot: int = PROT_RW  # R=1 W=2 X=4 bit flags; mmap default rw; mprotect PROT
+    shared: bool = False
+    populate: bool = False
+    hugetlb: bool = False
+    fixed: bool = False  # mmap addr=ADDR fixed
+    addr: int | None = None  # mmap addr=ADDR hint
+    advice: str | None = None  # madvise: dontneed|hugepage|nohugepage
+    write: bool = True  # touch r|w (default w); False for read, True for write
+    duration_ns: int = 0  # sleep DURATION
+    time_ns: int | None = None  # optional @TIME stamp
+    cpu: int | None = None  # optional per-line cpu=N selector
+
+
+class TraceError(Exception):
+    """A trace cannot be read; says where (file and line) so the user can fix it.
+
+    ``line`` is 0 when the problem is not tied to a line (missing file, unknown format).
+    """
+
+    path: str
+    line: int
+    message: str
+
+    def __init__(self, path: str | os.PathLike[str], line: int, message: str) -> None:
+        super().__init__(os.fspath(path), line, message)
+        self.path = os.fspath(path)
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.path}:{self.line}: {self.message}"
+        return f"{self.path}: {self.message}"
