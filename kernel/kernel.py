@@ -124,7 +124,7 @@ class Kernel:
         try:
             handler(op)
         except OutOfPages as e:
-            self._out_of_memory(int(e.args[0]) if e.args else PAGE_SIZE, op)
+            self._out_of_memory(e, op)
         finally:
             if op.cpu is not None:
                 self.cpu = cpu
@@ -151,14 +151,19 @@ class Kernel:
     def _op_sleep(self, op: Any) -> None:
         self.clock_ns += op.duration_ns
 
-    def _out_of_memory(self, requested: int, op: OpLike) -> None:
+    def _out_of_memory(self, e: OutOfPages, op: OpLike) -> None:
+        shrinkers = getattr(self, "shrinkers", None)
         self.oom = {
-            "reason": "could not reclaim any further",
-            "requested_bytes": requested,
+            "reason": getattr(e, "reason", "no free run fits the request"),
+            "requested_bytes": int(e.args[0]) if e.args else PAGE_SIZE,
             "free_bytes": self.ranges.free_pages * PAGE_SIZE,
             "largest_free_run_bytes": self.ranges.largest_run() * PAGE_SIZE,
             "line": op.line,
             "op": op.kind,
+            "time_ns": self.clock_ns,
+            "shrinkers_last_yield_bytes": {
+                name: st["last_yield_bytes"] for name, st in shrinkers.summary().items()
+            } if shrinkers is not None else {},
             "consumers": dict(sorted(self.memory_categories().items(),
                                      key=lambda kv: -kv[1])[:5]),
         }

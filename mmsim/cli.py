@@ -87,7 +87,7 @@ def build_config(config_path: str | None, **overrides: Any) -> Any:
 def boot(config: Any) -> Kernel:
     try:
         return Kernel(config)
-    except BootError as e:
+    except (BootError, ConfigError) as e:
         raise InputError(f"cannot boot: {e}") from None
 
 
@@ -125,9 +125,9 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
                 exit_code = EXIT_OOM
                 oom = e.report
                 click.echo(
-                    f"mmsim: {trace}:{oom['line']}: out of memory: {oom['op']} needed "
-                    f"{oom['requested_bytes']} bytes, {oom['free_bytes']} free, largest free "
-                    f"run {oom['largest_free_run_bytes']}", err=True)
+                    f"mmsim: {trace}:{oom['line']}: out of memory ({oom['reason']}): "
+                    f"{oom['op']} needed {oom['requested_bytes']} bytes, {oom['free_bytes']} "
+                    f"free, largest free run {oom['largest_free_run_bytes']}", err=True)
     except TraceError as e:
         raise InputError(str(e)) from None
     except (UnsupportedOperation, TraceFault) as e:

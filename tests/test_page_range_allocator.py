@@ -1,7 +1,14 @@
 """The physical page allocator against OSv's rules (reference §2, §3, §12.3-4)."""
 
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    precondition,
+    rule,
+)
 
 from mm.page_pool import L1_HI, L1_MAX, OutOfPages, PagePool
 from mm.page_range_allocator import TREE, PageRangeAllocator, run_order

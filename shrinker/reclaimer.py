@@ -1,0 +1,123 @@
+"""OSv's reclaimer (reference §5): woken under the 10 % watermark, asks every shrinker, wakes
+waiters whose request a single free run can serve, and declares out-of-memory when it cannot.
+
+The reclaimer is a kernel thread in OSv. Here a wake sets a flag and :meth:`Reclaimer.run` is the
+thread's pass, which the kernel runs at a deterministic point (after the operation that woke it,
+or later in simulated time); a wake while a wake is pending is lost, as OSv's wake-one is. A
+thread that must wait for memory (``wait_for_memory``) runs a hard pass at once, since in a
+one-application simulation nothing else could run first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mm.constants import MIN_EMERGENCY_POOL, PAGE_SIZE, WATERMARK_LO_PERCENT
+from mm.page_pool import OutOfPages
+from mm.page_range_allocator import PageRangeAllocator
+from shrinker.registry import ShrinkerRegistry
+
+
+class ReclaimFailed(OutOfPages):
+    """Out of memory: the reclaimer could not make a single free run large enough."""
+
+    def __init__(self, requested: int, reason: str) -> None:
+        super().__init__(requested)
+        self.requested = requested
+        self.reason = reason
+
+
+class Reclaimer:
+    """Memory pressure detection and the shrinker passes, with OSv's thresholds."""
+
+    def __init__(self, ranges: PageRangeAllocator, registry: ShrinkerRegistry) -> None:
+        self.ranges = ranges
+        self.registry = registry
+        self.pending = False
+        self.wakes = 0
+        self.lost_wakes = 0
+        self.passes = 0
+        self.hard_passes = 0
+        self.waits = 0
+        self.last_target = 0
+        #: bytes of JVM heap counted as free while the balloon is on (§5 on_alloc); 0 otherwise
+        self.jvm_heap_bytes: Callable[[], int] = lambda: 0
+        #: observers told of each pass: fn(target, hard, freed)
+        self.on_pass: list[Callable[[int, bool, int], None]] = []
+
+    @property
+    def watermark_lo(self) -> int:
+        """10 % of total, in bytes (recomputed as boot hands memory over)."""
+        return self.ranges.total_pages * PAGE_SIZE * WATERMARK_LO_PERCENT // 100
+
+    def free_bytes(self) -> int:
+        return self.ranges.free_pages * PAGE_SIZE
+
+    def target(self) -> int:
+        """Bytes to reclaim: watermark - free under pressure, else 0 (only two levels used)."""
+        free = self.free_bytes()
+        return self.watermark_lo - free if free < self.watermark_lo else 0
+
+    # -- the allocator's pressure hook ---------------------------------------------------
+    def on_alloc(self, npages: int) -> None:
+        """Called each time the runs lose pages: wake the reclaimer under the watermark."""
+        if self.ranges.free_pages * PAGE_SIZE + self.jvm_heap_bytes() < self.watermark_lo:
+            if self.pending:
+                self.lost_wakes += 1
+            else:
+                self.pending = True
+                self.wakes += 1
+
+    def wake(self) -> None:
+        if not self.pending:
+            self.pending = True
+            self.wakes += 1
+
+    # -- the thread ------------------------------------------------------------------------
+    def run(self) -> int:
+        """One soft pass if woken: every shrinker gets the target (which may be 0)."""
+        if not self.pending:
+            return 0
+        self.pending = False
+        return self._pass(hard=False)
+
+    def _pass(self, hard: bool) -> int:
+        target = self.target()
+        self.last_target = target
+        self.passes += 1
+        self.hard_passes += hard
+        freed = self.registry.shrink_all(target, hard)
+        for fn in self.on_pass:
+            fn(target, hard, freed)
+        return freed
+
+    # -- waiting for memory ------------------------------------------------------------------
+    def fits(self, nbytes: int) -> bool:
+        """Whether one free run can serve ``nbytes`` (OSv wakes a waiter only then)."""
+        return self.ranges.largest_run() * PAGE_SIZE >= nbytes
+
+    def wait_for_memory(self, nbytes: int) -> None:
+        """Block until one free run can serve ``nbytes``, or raise :class:`ReclaimFailed`."""
+        if nbytes > self.ranges.total_pages * PAGE_SIZE:
+            raise ReclaimFailed(nbytes, "unreasonable allocation: more than total memory")
+        if self.fits(nbytes):
+            return
+        self.waits += 1
+        self.pending = False
+        self._pass(hard=True)
+        if not self.fits(nbytes):
+            free = self.free_bytes()
+            reason = ("fragmentation: no single free run fits although free memory would"
+                      if free >= nbytes else "could not reclaim any further")
+            raise ReclaimFailed(nbytes, reason)
+
+    def wait_for_minimum_memory(self) -> None:
+        """Before a large allocation: with shrinkers present, keep 4 MiB free (§5)."""
+        free = self.free_bytes()
+        if free < MIN_EMERGENCY_POOL and self.registry.active_count:
+            self.wait_for_memory(MIN_EMERGENCY_POOL - free)
+
+    def summary(self) -> dict[str, int]:
+        return {"wakes": self.wakes, "lost_wakes": self.lost_wakes, "passes": self.passes,
+                "hard_passes": self.hard_passes, "waits": self.waits,
+                "watermark_lo_bytes": self.watermark_lo, "last_target_bytes": self.last_target}

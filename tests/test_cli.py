@@ -1,0 +1,122 @@
+"""The `mmsim` command as a user meets it: exit codes and one-line errors naming file:line."""
+
+import gzip
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mmsim.cli import main
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit), f"traceback: {result.exception!r}"
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def trace(tmp_path):
+    def write(text: str, name: str = "t.trace") -> str:
+        p = tmp_path / name
+        p.write_text(text)
+        return str(p)
+    return write
+
+
+def test_json_summary_of_a_minimal_trace(trace):
+    path = trace("# mmsim-trace v1\ncpu 1\nsleep 5ms\n@1s sleep 1ms\n")
+    code, out, _ = run("run", path, "--memory", "512M", "--cpus", "2", "--json", "-", "-q")
+    assert code == 0
+    s = json.loads(out)
+    assert s["events"] == 3
+    assert s["time_ns"] == 1_001_000_000
+    mem = s["memory"]
+    assert mem["total_bytes"] == mem["free_bytes"] + sum(mem["categories"].values())
+    assert 0 < mem["page_table_bytes"] <= mem["peak_used_bytes"]
+    assert s["oom"] is None
+    assert s["config"]["cpus"] == 2
+
+
+def test_json_to_a_file_and_readable_summary(trace, tmp_path):
+    out_path = tmp_path / "s.json"
+    code, out, _ = run("run", trace("sleep 1s\n"), "--json", str(out_path))
+    assert code == 0
+    assert "peak used" in out
+    assert json.loads(out_path.read_text())["events"] == 1
+
+
+def test_bad_option_is_one_line():
+    code, _, err = run("run", "x.trace", "--bogus")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "--bogus" in err
+
+
+def test_bad_memory_value(trace):
+    code, _, err = run("run", trace("sleep 1s\n"), "--memory", "12Q")
+    assert code == 2 and "12Q" in err and err.count("\n") == 1
+
+
+def test_unknown_operation_names_file_and_line(trace):
+    path = trace("sleep 1s\n\nmallok a 10\n")
+    code, _, err = run("run", path)
+    assert code == 2
+    assert f"{path}:3:" in err and "mallok" in err
+    assert err.count("\n") == 1
+
+
+def test_malformed_line_names_file_and_line(trace):
+    path = trace("# comment\nsleep\n")
+    code, _, err = run("run", path)
+    assert code == 2 and f"{path}:2:" in err
+
+
+def test_cpu_that_does_not_exist(trace):
+    path = trace("sleep 1s\ncpu 9\n")
+    code, _, err = run("run", path, "--cpus", "2")
+    assert code == 2 and f"{path}:2:" in err and "cpu 9" in err
+
+
+def test_truncated_gz(tmp_path):
+    data = gzip.compress(b"sleep 1ms\n" * 20000)
+    p = tmp_path / "t.trace.gz"
+    p.write_bytes(data[: len(data) // 2])
+    code, _, err = run("run", str(p))
+    assert code == 2 and str(p) in err and err.count("\n") == 1
+
+
+def test_missing_file():
+    code, _, err = run("run", "/nonexistent/t.trace")
+    assert code == 2 and "/nonexistent/t.trace" in err
+
+
+def test_yaml_with_python_object_tag_is_refused(tmp_path, trace):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("memory: 1G\ncpus: !!python/object/apply:os.system ['echo pwned']\n")
+    code, _, err = run("run", trace("sleep 1s\n"), "--config", str(cfg))
+    assert code == 2 and f"{cfg}:2:" in err and "pwned" not in err
+
+
+def test_yaml_unknown_key_names_line(tmp_path, trace):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("memory: 1G\nhugepage: true\n")
+    code, _, err = run("run", trace("sleep 1s\n"), "--config", str(cfg))
+    assert code == 2 and f"{cfg}:2:" in err and "hugepage" in err
+
+
+def test_command_line_overrides_config(tmp_path, trace):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("memory: 1G\ncpus: 2\nhugepages: false\n")
+    code, out, _ = run("run", trace("sleep 1s\n"), "--config", str(cfg), "--cpus", "3",
+                       "--json", "-", "-q")
+    s = json.loads(out)
+    assert code == 0 and s["config"]["cpus"] == 3 and s["config"]["hugepages"] is False
+    assert s["config"]["memory_bytes"] == 1 << 30
+
+
+def test_same_trace_same_summary(trace):
+    path = trace("cpu 1\nsleep 3ms\ncpu 0\n")
+    a = run("run", path, "--json", "-", "-q")[1]
+    b = run("run", path, "--json", "-", "-q")[1]
+    assert json.loads(a) == json.loads(b)

@@ -1,0 +1,127 @@
+"""OSv's pressure behaviours (§5, §12.5-6): wake threshold, targets, hard mode, OOM kinds."""
+
+import pytest
+
+from kernel import Kernel, KernelConfig
+from mm.constants import PAGE_SIZE
+from mm.page_range_allocator import PageRangeAllocator
+from shrinker import Reclaimer, ReclaimFailed, ShrinkerRegistry
+
+MIB = 1 << 20
+
+
+class Recorder:
+    """A shrinker that frees pages it was handed, and records the arguments it got."""
+
+    name = "recorder"
+
+    def __init__(self, ranges: PageRangeAllocator) -> None:
+        self.ranges = ranges
+        self.held: list[tuple[int, int]] = []
+        self.calls: list[tuple[int, bool]] = []
+
+    def request_memory(self, target: int, hard: bool) -> int:
+        self.calls.append((target, hard))
+        freed = 0
+        while self.held and freed < max(target, 1):
+            start, n = self.held.pop()
+            self.ranges.free(start, n)
+            freed += n * PAGE_SIZE
+        return freed
+
+
+def setup(pages: int = 25600):  # 100 MiB
+    ranges = PageRangeAllocator()
+    registry = ShrinkerRegistry()
+    reclaimer = Reclaimer(ranges, registry)
+    ranges.on_alloc = reclaimer.on_alloc
+    ranges.add_initial_range(1, pages)
+    rec = Recorder(ranges)
+    registry.register(rec)
+    return ranges, reclaimer, rec
+
+
+def test_woken_exactly_when_free_falls_under_ten_percent():
+    ranges, reclaimer, rec = setup()
+    wm_pages = reclaimer.watermark_lo // PAGE_SIZE
+    n = ranges.free_pages - wm_pages
+    rec.held.append((ranges.alloc(n), n))  # now free == watermark exactly
+    assert not reclaimer.pending
+    rec.held.append((ranges.alloc(1), 1))  # one page under the watermark
+    assert reclaimer.pending and reclaimer.wakes == 1
+    rec.held.append((ranges.alloc(1), 1))
+    assert reclaimer.wakes == 1 and reclaimer.lost_wakes == 1  # a wake while pending is lost
+    reclaimer.run()
+    assert rec.calls == [(2 * PAGE_SIZE, False)]  # target = watermark - free, soft
+
+
+def test_every_shrinker_is_called_even_with_target_zero():
+    ranges, reclaimer, rec = setup()
+    reclaimer.wake()
+    reclaimer.run()
+    assert rec.calls == [(0, False)]
+
+
+def test_waiter_gets_a_hard_pass_and_is_served():
+    ranges, reclaimer, rec = setup()
+    n = ranges.free_pages
+    rec.held.append((ranges.alloc(n), n))
+    reclaimer.wait_for_memory(10 * MIB)
+    assert rec.calls[-1][1] is True
+    assert reclaimer.fits(10 * MIB)
+
+
+def test_no_wait_when_a_single_run_fits():
+    ranges, reclaimer, rec = setup()
+    reclaimer.wait_for_memory(10 * MIB)
+    assert rec.calls == [] and reclaimer.waits == 0
+
+
+def test_fragmentation_oom_although_total_free_would_suffice():
+    ranges, reclaimer, rec = setup(pages=4096)
+    # free every other 256-page block: half the memory free, no run larger than 1 MiB
+    blocks = [ranges.alloc(256) for _ in range(16)]
+    for b in blocks[::2]:
+        ranges.free(b, 256)
+    assert ranges.free_pages * PAGE_SIZE == 8 * MIB
+    with pytest.raises(ReclaimFailed) as e:
+        reclaimer.wait_for_memory(2 * MIB)
+    assert "fragmentation" in e.value.reason
+
+
+def test_request_above_total_is_refused_at_once():
+    ranges, reclaimer, rec = setup()
+    with pytest.raises(ReclaimFailed) as e:
+        reclaimer.wait_for_memory(ranges.total_pages * PAGE_SIZE + PAGE_SIZE)
+    assert "unreasonable" in e.value.reason
+    assert rec.calls == []
+
+
+def test_minimum_memory_waits_only_with_shrinkers():
+    ranges, reclaimer, rec = setup()
+    n = ranges.free_pages - 256  # leave 1 MiB free
+    rec.held.append((ranges.alloc(n), n))
+    reclaimer.wait_for_minimum_memory()
+    assert rec.calls and rec.calls[-1][1] is True
+    empty = Reclaimer(ranges, ShrinkerRegistry())
+    ranges.alloc(ranges.free_pages)
+    empty.wait_for_minimum_memory()  # no shrinker: proceed without waiting
+    assert empty.waits == 0
+
+
+def test_user_shrinker_from_configuration(tmp_path, monkeypatch):
+    mod = tmp_path / "my_policy.py"
+    mod.write_text(
+        "calls = []\n"
+        "def give_back(target, hard):\n"
+        "    calls.append((target, hard))\n"
+        "    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    k = Kernel(KernelConfig(memory=256 << 20, cpus=1,
+                            extra={"shrinkers": ["my_policy:give_back"]}))
+    assert "give_back" in k.summary()["shrinker"]
+    k.reclaimer.wake()
+    k.reclaimer.run()
+    import my_policy
+    assert my_policy.calls == [(0, False)]
+    assert k.summary()["shrinker"]["give_back"]["calls"] == 1
