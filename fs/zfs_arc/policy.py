@@ -21,8 +21,19 @@ from typing import Any, ClassVar
 EvictFn = Callable[[int], None]
 
 
+NEVER = 1 << 62
+
+
 def _no_evict(key: int) -> None:
     """Default eviction callback: nothing to release (policy used on its own)."""
+
+
+def _zero() -> int:
+    return 0
+
+
+def _false() -> bool:
+    return False
 
 
 class CachePolicy(ABC):
@@ -34,14 +45,27 @@ class CachePolicy(ABC):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, capacity: int, on_evict: EvictFn = _no_evict) -> None:
+    #: target bytes of the recency side (ARC's p); 0 for policies without one
+    p: float = 0.0
+    #: when :meth:`tick` next has work (simulated ns); never for policies without a thread
+    next_tick_ns: int = NEVER
+
+    def __init__(
+        self, capacity: int, on_evict: EvictFn = _no_evict, *, c_min: int | None = None
+    ) -> None:
         if capacity <= 0:
             raise ValueError(f"cache capacity must be positive, not {capacity}")
         self.capacity = capacity
+        #: the floor of an adaptive target; fixed-size policies have c_min = c_max = capacity
+        self.c_min = capacity if c_min is None else min(c_min, capacity)
         self.on_evict = on_evict
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        #: simulated time in ns and "memory is low" (ZFS: kmem_used > 3/4 kmem_size); the
+        #: file system points these at the kernel
+        self.clock: Callable[[], int] = _zero
+        self.memory_low: Callable[[], bool] = _false
 
     @abstractmethod
     def access(self, key: int, size: int) -> bool:
@@ -77,9 +101,10 @@ class CachePolicy(ABC):
         """Hard memory pressure (ZFS's arc_lowmem); bytes freed at once. Fixed policies: 0."""
         return 0
 
-    def tick(self, now_ns: int, reclaim_needed: bool) -> None:
-        """Periodic work of the cache's own thread (ZFS's reclaim thread); none by default."""
+    def tick(self, now_ns: int) -> None:
+        """Run the cache's own thread if due (ZFS's reclaim thread); none by default."""
         return None
+
 
     def lists(self) -> dict[str, int]:
         """Bytes on each of the policy's lists, for the summary (resident and ghost)."""
@@ -94,6 +119,10 @@ class CachePolicy(ABC):
             "misses": self.misses,
             "hit_ratio": self.hits / total if total else 0.0,
             "size_bytes": self.size,
+            "c_bytes": self.target,
+            "p_bytes": self.p,
+            "c_min_bytes": self.c_min,
+            "c_max_bytes": self.capacity,
             "evictions": self.evictions,
         }
 

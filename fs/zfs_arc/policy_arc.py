@@ -153,10 +153,5 @@ class ArcPolicy(CachePolicy):
             "mru_ghost_count": len(self._b1), "mfu_ghost_count": len(self._b2),
         }
 
-    def stats(self) -> dict:
-        out = super().stats()
-        out["p_bytes"] = self.p
-        return out
-
 
 POLICY = ArcPolicy

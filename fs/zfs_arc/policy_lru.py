@@ -63,7 +63,7 @@ class LruPolicy(CachePolicy):
         return self._evict_until(max(self._bytes - nbytes, 0))
 
     def lists(self) -> dict[str, int]:
-        return {"lru_bytes": self._bytes, "lru_count": len(self._d)}
+        return {"mru_bytes": self._bytes, "mru_count": len(self._d)}
 
 
 POLICY = LruPolicy
