@@ -1,0 +1,212 @@
+"""The mmap family of system calls, driven by trace handles (reference §6).
+
+A trace names each mapping with a handle (``mmap H LEN``); later operations give offsets from
+the mapping's start, so the same trace replays whatever addresses the simulator picks. What an
+application would see - an errno, SIGSEGV, SIGBUS - is counted as an application error and the
+replay goes on. So is a handle the trace misuses (unknown, or re-used while still mapped).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from mm.address_space import AddressSpace, VmError
+from mm.constants import KERNEL_PHYS, KERNEL_VIRT, PAGE_SIZE
+from mm.file_backing import FileTable
+from mm.hugepage import HugePagePolicy
+from mm.vma import ANON, FILE
+
+if TYPE_CHECKING:
+    from kernel.kernel import Kernel
+
+__all__ = ["Mman", "attach"]
+
+
+class _KernelFiles:
+    """File sizes from the filesystem subsystem if one set ``kernel.files``, else our table.
+
+    Looked up at each call: the ZFS subsystem attaches after this one.
+    """
+
+    def __init__(self, kernel: Kernel, table: FileTable) -> None:
+        self._kernel = kernel
+        self.table = table
+
+    def size(self, path: str) -> int | None:
+        fs = getattr(self._kernel, "files", None)
+        if fs is not None:
+            return fs.size(path)
+        return self.table.size(path)
+
+
+class Mman:
+    """Trace handles over one :class:`AddressSpace`, and the summary of its use."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.file_table = FileTable()
+        image = kernel.mem.kernel_end - KERNEL_PHYS
+        self.space = AddressSpace(
+            kernel.page_tables,
+            kernel.pool,
+            kernel.ranges,
+            HugePagePolicy(enabled=kernel.config.hugepages),
+            files=_KernelFiles(kernel, self.file_table),
+            reserved=[(0, PAGE_SIZE), (KERNEL_VIRT, KERNEL_VIRT + image)],
+            cpu=lambda: kernel.cpu,
+            on_huge_page_shortage=self._wake_reclaimer,
+        )
+        self.handles: dict[str, tuple[int, int]] = {}  # handle -> (address, length)
+        self.handle_errors: Counter = Counter()
+
+    def _wake_reclaimer(self) -> None:
+        """OSv wakes the reclaimer when a huge page is not available (if one is built)."""
+        wake = getattr(self.kernel, "wake_reclaimer", None)
+        if wake is not None:
+            wake()
+
+    # -- handles -------------------------------------------------------------------------
+    @staticmethod
+    def _owner(handle: str) -> tuple[str, str]:
+        return ("mmap", handle)
+
+    def _live(self, handle: str) -> bool:
+        return self.space.vmas.owner_bytes(self._owner(handle)) > 0
+
+    def _lookup(self, op: Any) -> tuple[int, int] | None:
+        got = self.handles.get(op.handle)
+        if got is not None and not self._live(op.handle):
+            del self.handles[op.handle]  # all of it was unmapped (e.g. by a MAP_FIXED)
+            got = None
+        if got is None:
+            self._error(op, "unknown_handle", f"'{op.handle}' is not a live mapping")
+        return got
+
+    def _error(self, op: Any, kind: str, message: str) -> None:
+        if kind in ("unknown_handle", "handle_in_use"):
+            self.handle_errors[kind] += 1
+        self.kernel.errors.report(kind, op.line, op.kind, message)
+
+    def _forget_if_gone(self, handle: str) -> None:
+        if handle in self.handles and not self._live(handle):
+            del self.handles[handle]
+
+    # -- operations ----------------------------------------------------------------------
+    def op_mmap(self, op: Any) -> None:
+        if op.handle in self.handles and self._live(op.handle):
+            self._error(op, "handle_in_use", f"'{op.handle}' is still mapped")
+            return
+        try:
+            addr = self.space.mmap(
+                op.size, op.prot, shared=op.shared, path=op.path, offset=op.offset,
+                populate=op.populate, hugetlb=op.hugetlb, fixed=op.fixed, addr=op.addr,
+                owner=self._owner(op.handle),
+            )
+        except VmError as e:
+            self._error(op, e.kind, e.message)
+            return
+        self.handles[op.handle] = (addr, op.size)
+
+    def _whole_or_range(self, op: Any, base: int, length: int) -> tuple[int, int]:
+        if op.length is None:
+            return base, length
+        return base + op.offset, op.length
+
+    def op_munmap(self, op: Any) -> None:
+        got = self._lookup(op)
+        if got is None:
+            return
+        addr, length = self._whole_or_range(op, *got)
+        try:
+            self.space.munmap(addr, length)
+        except VmError as e:
+            self._error(op, e.kind, e.message)
+        self._forget_if_gone(op.handle)
+
+    def op_mprotect(self, op: Any) -> None:
+        got = self._lookup(op)
+        if got is not None:
+            try:
+                self.space.mprotect(got[0] + op.offset, op.length or 0, op.prot)
+            except VmError as e:
+                self._error(op, e.kind, e.message)
+
+    def op_madvise(self, op: Any) -> None:
+        got = self._lookup(op)
+        if got is not None:
+            try:
+                self.space.madvise(got[0] + op.offset, op.length or 0, op.advice or "")
+            except VmError as e:
+                self._error(op, e.kind, e.message)
+
+    def op_mremap(self, op: Any) -> None:
+        got = self._lookup(op)
+        if got is None:
+            return
+        try:
+            addr = self.space.mremap(got[0], got[1], op.size, fixed=op.fixed)
+        except VmError as e:
+            self._error(op, e.kind, e.message)
+            return
+        self.handles[op.handle] = (addr, op.size)
+
+    def op_touch(self, op: Any) -> None:
+        got = self._lookup(op)
+        if got is not None:
+            try:
+                self.space.touch(got[0] + op.offset, op.length or 0, op.write)
+            except VmError as e:
+                self._error(op, e.kind, e.message)
+
+    def op_msync(self, op: Any) -> None:
+        got = self._lookup(op)
+        if got is not None:
+            try:
+                self.space.msync(*self._whole_or_range(op, *got))
+            except VmError as e:
+                self._error(op, e.kind, e.message)
+
+    def op_create(self, op: Any) -> None:
+        self.file_table.create(op.path, op.size)
+
+    def op_unlink(self, op: Any) -> None:
+        if not self.file_table.unlink(op.path):
+            self._error(op, "ENOENT", f"unlink: no such file '{op.path}'")
+
+    # -- statistics ----------------------------------------------------------------------
+    def section(self) -> dict[str, Any]:
+        """The summary's ``mmap`` section."""
+        space = self.space
+        st = space.stats
+        errors = Counter(st.errors)
+        errors.update(self.handle_errors)
+        return {
+            "vmas": len(space.vmas),
+            "mapped_bytes": space.mapped_bytes,
+            "resident_bytes": space.resident_bytes,
+            "huge_pages": space.huge_pages,
+            "small_pages": space.small_pages,
+            "faults": st.faults,
+            "segv": st.segv,
+            "sigbus": st.sigbus,
+            "tlb_flushes": st.tlb_flushes,
+            "huge_fallbacks": st.huge_fallbacks,
+            "errors": dict(sorted(errors.items())),
+        }
+
+
+def attach(kernel: Kernel) -> Mman:
+    """Create the address space, register the mmap-family handlers, categories and section."""
+    mman = Mman(kernel)
+    kernel.address_space = mman.space  # type: ignore[attr-defined]
+    kernel.mman = mman  # type: ignore[attr-defined]
+    for kind in ("mmap", "munmap", "mprotect", "madvise", "mremap", "touch", "msync"):
+        kernel.add_handler(kind, getattr(mman, f"op_{kind}"))
+    for kind in ("create", "unlink"):
+        if not kernel.has_handler(kind):
+            kernel.add_handler(kind, getattr(mman, f"op_{kind}"))
+    kernel.add_category("anonymous", lambda: mman.space.resident[ANON])
+    kernel.add_category("file", lambda: mman.space.resident[FILE])
+    kernel.add_section("mmap", mman.section)
+    return mman
