@@ -1,0 +1,373 @@
+"""ZFS as the simulator sees it: named files cut into records, read and written through the ARC.
+
+A file is created with a size (its data is taken to be on the disk already, as for an image
+taken from a host folder) and a record size: the dataset's ``recordsize`` (128 KiB by default)
+for files larger than that, otherwise one record of the file's size rounded up to 512 bytes,
+which grows with the file until it reaches ``recordsize`` (as zfs_write grows a single block).
+Block-trace files have a fixed record size, and their offsets count trace blocks (``unit``).
+
+Reads look each record up in the cache policy; a miss allocates a buffer (real pages, see
+buffers.py) and reads the record from the disk, which advances simulated time. Writes make the
+record's buffer dirty (reading it first when only part of it is written); dirty buffers go to
+disk on fsync, at each transaction-group sync (every 5 simulated seconds) and when evicted.
+Differences from ZFS: dirty buffers stay on the MRU/MFU lists instead of the anonymous state,
+and a rewritten record keeps its cache identity (ZFS gives it a new block pointer).
+
+For the virtual-memory code (file mmap, later): :meth:`ZfsFileSystem.get_buffer` returns a
+record's buffer after reading it through the cache, ``ArcBuffer.mapped`` counts mappings, and
+``on_unmap(buffer)`` is called before a mapped buffer is evicted (OSv unmaps it; the next
+access faults it in again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from drivers.virtio_blk import VirtioBlk
+from fs.zfs_arc.buffers import MAX_BUFFER, ArcBuffer, BufferAllocator, OutOfPages
+from fs.zfs_arc.policy import CachePolicy
+
+FID_BITS = 32
+FID_MASK = (1 << FID_BITS) - 1
+MIN_BLOCK = 512
+DEFAULT_RECORDSIZE = 128 << 10
+TXG_TIMEOUT_NS = 5_000_000_000
+SHRINK_MIN = 16 << 20  # the ARC shrinker's minimum per soft call (§8)
+
+
+class ZfsFile:
+    """One file: size, record size, and its cached buffers by record index."""
+
+    __slots__ = ("fid", "path", "size", "recordsize", "unit", "fixed", "bufs", "dirty")
+
+    def __init__(self, fid: int, path: str, size: int, recordsize: int, unit: int,
+                 fixed: bool) -> None:
+        self.fid = fid
+        self.path = path
+        self.size = size
+        self.recordsize = recordsize
+        self.unit = unit  # bytes of offset per record (the record size, or a trace block)
+        self.fixed = fixed  # the record size never changes (block-trace files)
+        self.bufs: dict[int, ArcBuffer] = {}
+        self.dirty: set[int] = set()
+
+
+def single_block_size(size: int, recordsize: int) -> int:
+    """Block size of a file that fits one record: its size rounded up to 512, at most recordsize."""
+    return min(max(MIN_BLOCK, -(-size // MIN_BLOCK) * MIN_BLOCK), recordsize)
+
+
+class ZfsFileSystem:
+    """Files, the ARC in front of them, and the disk behind them."""
+
+    def __init__(self, policy: CachePolicy, buffers: BufferAllocator, disk: VirtioBlk,
+                 clock: Callable[[], int], set_clock: Callable[[int], None],
+                 recordsize: int = DEFAULT_RECORDSIZE) -> None:
+        if recordsize & (recordsize - 1) or not MIN_BLOCK <= recordsize <= MAX_BUFFER:
+            raise ValueError(f"recordsize must be a power of two in 512..1M, not {recordsize}")
+        self.policy = policy
+        self.buffers = buffers
+        self.disk = disk
+        self.recordsize = recordsize
+        self._clock = clock
+        self._set_clock = set_clock
+        self._files: dict[str, ZfsFile] = {}
+        self._by_fid: dict[int, ZfsFile] = {}
+        self._dirty_files: dict[int, ZfsFile] = {}
+        self._next_fid = 0
+        self._spare: ArcBuffer | None = None
+        self._recycling = False
+        self._next_txg = TXG_TIMEOUT_NS
+        #: called with a mapped buffer before the ARC evicts it (the VM code unmaps it)
+        self.on_unmap: Callable[[ArcBuffer], None] | None = None
+        self.read_bytes = 0
+        self.written_bytes = 0
+        self.recycled = 0
+        self.shrink_calls = 0
+        policy.on_evict = self._on_evict
+
+    # -- files -----------------------------------------------------------------------------
+    def size(self, path: str) -> int | None:
+        """Size of the file at ``path`` in bytes, None if there is none (for file mappings)."""
+        f = self._files.get(path)
+        return None if f is None else f.size
+
+    def exists(self, path: str) -> bool:
+        return path in self._files
+
+    def file(self, path: str) -> ZfsFile | None:
+        return self._files.get(path)
+
+    @property
+    def nfiles(self) -> int:
+        return len(self._files)
+
+    def create(self, path: str, size: int, recordsize: int = 0, unit: int = 0) -> ZfsFile:
+        """Create (or truncate and recreate) ``path``; ``recordsize`` fixes the record size."""
+        if path in self._files:
+            self.unlink(path)
+        fid = self._next_fid
+        self._next_fid += 1
+        if recordsize:
+            f = ZfsFile(fid, path, size, recordsize, unit or recordsize, True)
+        else:
+            rs = self.recordsize if size > self.recordsize else single_block_size(
+                size, self.recordsize)
+            f = ZfsFile(fid, path, size, rs, rs, False)
+        self._files[path] = f
+        self._by_fid[fid] = f
+        return f
+
+    def unlink(self, path: str) -> bool:
+        """Remove ``path``: its buffers are freed, its dirty data dropped unwritten."""
+        f = self._files.pop(path, None)
+        if f is None:
+            return False
+        self._drop_buffers(f)
+        f.dirty.clear()
+        self._dirty_files.pop(f.fid, None)
+        del self._by_fid[f.fid]
+        return True
+
+    def _drop_buffers(self, f: ZfsFile) -> None:
+        for idx, buf in list(f.bufs.items()):
+            self.policy.remove(idx << FID_BITS | f.fid)
+            if buf.mapped and self.on_unmap is not None:
+                self.on_unmap(buf)
+            self.buffers.free(buf)
+        f.bufs.clear()
+
+    # -- the cache -------------------------------------------------------------------------
+    def _on_evict(self, key: int) -> None:
+        f = self._by_fid.get(key & FID_MASK)
+        if f is None:
+            return
+        idx = key >> FID_BITS
+        buf = f.bufs.pop(idx, None)
+        if buf is None:  # evicted before its buffer arrived (a reclaim during the fill)
+            return
+        if buf.dirty:
+            self._write_back(f, idx, wait=False)
+        if buf.mapped and self.on_unmap is not None:
+            self.on_unmap(buf)
+            buf.mapped = 0
+        if self._recycling and self._spare is None:
+            self._spare = buf
+        else:
+            self.buffers.free(buf)
+
+    def _access(self, f: ZfsFile, idx: int, read_disk: bool) -> ArcBuffer | None:
+        """Look record ``idx`` up; on a miss fill a buffer, from the disk if ``read_disk``."""
+        key = idx << FID_BITS | f.fid
+        rs = f.recordsize
+        self._recycling = True
+        try:
+            if self.policy.access(key, rs):
+                return f.bufs.get(idx)
+        finally:
+            self._recycling = False
+        spare = self._spare
+        self._spare = None
+        if spare is not None and self.buffers.fits(spare, rs):
+            buf = spare
+            buf.size = rs
+            buf.dirty = False
+            self.recycled += 1
+        else:
+            if spare is not None:
+                self.buffers.free(spare)
+            buf = self._alloc(rs, key)
+        if read_disk:
+            self._set_clock(self.disk.read(self._clock(), rs))
+        if key in self.policy:
+            f.bufs[idx] = buf
+            return buf
+        self.buffers.free(buf)  # too big to cache, or reclaimed while it was filled
+        return None
+
+    def _alloc(self, size: int, key: int) -> ArcBuffer:
+        try:
+            return self.buffers.alloc(size)
+        except OutOfPages:
+            # the reclaimer (if any) has already run the shrinkers; squeeze the ARC itself once
+            self.request_memory(size, hard=True)
+            try:
+                return self.buffers.alloc(size)
+            except OutOfPages:
+                self.policy.remove(key)
+                raise
+
+    def read(self, path: str, offset: int, length: int | None) -> int | None:
+        """Read through the cache; bytes read (short at EOF), None if there is no such file."""
+        f = self._files.get(path)
+        if f is None:
+            return None
+        end = f.size if length is None else offset + length
+        if end > f.size:
+            end = f.size
+        if end <= offset:
+            return 0
+        u = f.unit
+        first = offset // u
+        last = (end - 1) // u
+        if first == last:
+            self._access(f, first, True)
+        else:
+            for idx in range(first, last + 1):
+                self._access(f, idx, True)
+        self.read_bytes += end - offset
+        return end - offset
+
+    def write(self, path: str, offset: int, length: int | None) -> int | None:
+        """Write through the cache (records become dirty); bytes written, None if no file."""
+        f = self._files.get(path)
+        if f is None:
+            return None
+        if length is None:
+            length = max(f.size - offset, 0)
+        if length <= 0:
+            return 0
+        end = offset + length
+        old_size = f.size
+        if end > f.size:
+            if f.fixed:
+                end = f.size  # a block device does not grow
+                if end <= offset:
+                    return 0
+            else:
+                self._grow(f, end)
+        u = f.unit
+        for idx in range(offset // u, (end - 1) // u + 1):
+            start = idx * u
+            whole = offset <= start and end >= start + u
+            # a partial write of data that exists reads the record first
+            buf = self._access(f, idx, read_disk=not whole and start < old_size)
+            if buf is None:
+                buf = f.bufs.get(idx)
+            if buf is None:  # not cacheable: write through
+                self.disk.write(self._clock(), f.recordsize)
+                continue
+            buf.dirty = True
+            f.dirty.add(idx)
+            self._dirty_files[f.fid] = f
+        self.written_bytes += end - offset
+        return end - offset
+
+    def _grow(self, f: ZfsFile, end: int) -> None:
+        """Extend the file; a one-record file's block grows (its cached record is dropped)."""
+        rs = f.recordsize
+        if rs < self.recordsize:
+            new_rs = self.recordsize if end > self.recordsize else single_block_size(
+                end, self.recordsize)
+            if new_rs != rs:
+                was_dirty = bool(f.dirty)
+                self._drop_buffers(f)
+                f.dirty.clear()
+                f.recordsize = f.unit = new_rs
+                if was_dirty:  # the old block's data is carried into the new one
+                    self.disk.write(self._clock(), rs)
+        f.size = end
+
+    def get_buffer(self, path: str, offset: int) -> ArcBuffer | None:
+        """The buffer of the record holding ``offset``, read through the cache (for mmap)."""
+        f = self._files.get(path)
+        if f is None or not 0 <= offset < f.size:
+            return None
+        idx = offset // f.unit
+        buf = self._access(f, idx, True)
+        return buf if buf is not None else f.bufs.get(idx)
+
+    # -- writing back --------------------------------------------------------------------
+    def _write_back(self, f: ZfsFile, idx: int, wait: bool) -> None:
+        f.dirty.discard(idx)
+        buf = f.bufs.get(idx)
+        if buf is not None:
+            buf.dirty = False
+        done = self.disk.write(self._clock(), f.recordsize)
+        if wait and done > self._clock():
+            self._set_clock(done)
+        if not f.dirty:
+            self._dirty_files.pop(f.fid, None)
+
+    def fsync(self, path: str) -> bool:
+        """Write the file's dirty records and wait for them; False if there is no such file."""
+        f = self._files.get(path)
+        if f is None:
+            return False
+        for idx in sorted(f.dirty):
+            self._write_back(f, idx, wait=True)
+        return True
+
+    def sync_all(self) -> None:
+        """A transaction-group sync: every dirty record goes to disk in the background."""
+        for f in list(self._dirty_files.values()):
+            for idx in sorted(f.dirty):
+                self._write_back(f, idx, wait=False)
+
+    @property
+    def dirty_records(self) -> int:
+        return sum(len(f.dirty) for f in self._dirty_files.values())
+
+    # -- threads and memory pressure -----------------------------------------------------
+    def after_op(self, now_ns: int) -> None:
+        """The ARC reclaim thread and the txg sync, when their time has come."""
+        policy = self.policy
+        if now_ns >= policy.next_tick_ns:
+            policy.tick(now_ns)
+        if now_ns >= self._next_txg:
+            if self._dirty_files:
+                self.sync_all()
+            self._next_txg = now_ns - now_ns % TXG_TIMEOUT_NS + TXG_TIMEOUT_NS
+
+    def request_memory(self, target: int, hard: bool) -> int:
+        """OSv's ARC shrinker: on hard pressure arc_lowmem first; then arc_sized_adjust of at
+        least 16 MiB until that much is freed or a call frees nothing. Returns ARC bytes freed
+        (record bytes, as OSv counts them; the pages freed can be more)."""
+        self.shrink_calls += 1
+        freed = 0
+        if hard:
+            freed = self.policy.lowmem()
+            if freed >= target > 0:
+                return freed
+        goal = max(target, SHRINK_MIN)
+        total = 0
+        while total < goal:
+            got = self.policy.evict_bytes(goal - total)
+            if got <= 0:
+                break
+            total += got
+        return freed + total
+
+    # -- statistics ------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """The summary's ``arc`` section."""
+        out = self.policy.stats()
+        out.update(self.policy.lists())
+        out.update({
+            "buffers": self.buffers.buffers,
+            "buffer_bytes": self.buffers.pages * 4096,
+            "recycled": self.recycled,
+            "files": len(self._files),
+            "dirty_records": self.dirty_records,
+            "read_bytes": self.read_bytes,
+            "written_bytes": self.written_bytes,
+            "shrinker_calls": self.shrink_calls,
+        })
+        return out
+
+    def check(self) -> None:
+        """Every cached record has exactly one buffer and the buffer count adds up."""
+        n = 0
+        pages = 0
+        for f in self._files.values():
+            for idx, buf in f.bufs.items():
+                assert (idx << FID_BITS | f.fid) in self.policy, "buffer of an uncached record"
+                n += 1
+                pages += buf.npages
+            assert all(buf.dirty for idx, buf in f.bufs.items() if idx in f.dirty)
+        assert self._spare is None, "a recycled buffer was left over"
+        assert n == self.buffers.buffers and pages == self.buffers.pages, "buffer leak"
+        resident = self.policy.lists().get("mru_count", 0) + self.policy.lists().get(
+            "mfu_count", 0)
+        assert resident == n, f"{resident} records cached but {n} buffers"

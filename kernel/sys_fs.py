@@ -1,0 +1,162 @@
+"""Wires ZFS, its ARC and the virtio-blk disk into the kernel: file operations, memory, summary.
+
+Configuration keys (validated here, at boot): ``cache_policy`` (zfs, arc, lru, or any
+``fs/zfs_arc/policy_<name>.py``), ``arc_size`` (fixes the capacity: c_min = c_max), ``recordsize``
+(the dataset's, 128K by default), ``block_size`` (record size of block-trace files, overriding
+the trace's own block), ``disk_latency`` and ``disk_bandwidth``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from drivers.virtio_blk import DEFAULT_BANDWIDTH, DEFAULT_LATENCY_NS, VirtioBlk
+from fs.zfs_arc.buffers import MAX_BUFFER, BufferAllocator
+from fs.zfs_arc.fs import DEFAULT_RECORDSIZE, MIN_BLOCK, ZfsFileSystem
+from fs.zfs_arc.policy import policy_class
+from fs.zfs_arc.policy_zfs import arc_init
+from kernel.boot import BootError
+from kernel.config import parse_size, register_config_keys
+from mm.constants import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from kernel.kernel import Kernel
+
+__all__ = ["ArcShrinker", "FsConfig", "attach"]
+
+register_config_keys({
+    "cache_policy": "ARC replacement policy: zfs (default), arc (FAST'03) or lru",
+    "arc_size": "fixed ARC capacity, e.g. 512M (c_min = c_max); default from the RAM size",
+    "recordsize": "ZFS record size, a power of two in 512..1M (default 128K)",
+    "block_size": "record size of block-trace files (default: the trace's block, 512 for .lis)",
+    "disk_latency": "virtio-blk latency per request, e.g. 100us (default; an integer is ns)",
+    "disk_bandwidth": "virtio-blk bandwidth in bytes per second, e.g. 500M (default)",
+})
+
+
+def _pow2_size(key: str, value: Any, lo: int, hi: int) -> int:
+    n = parse_size(value)
+    if n & (n - 1) or not lo <= n <= hi:
+        raise ValueError(f"'{key}' must be a power of two in {lo}..{hi}, not {value!r}")
+    return n
+
+
+class FsConfig:
+    """The file system's settings from ``config.extra``; ValueError names the bad key."""
+
+    def __init__(self, extra: dict[str, Any]) -> None:
+        self.policy = str(extra.get("cache_policy") or "zfs")
+        policy_class(self.policy)  # raises for an unknown name
+        arc_size = extra.get("arc_size")
+        self.arc_size = parse_size(arc_size) if arc_size is not None else None
+        if self.arc_size is not None and self.arc_size < MIN_BLOCK:
+            raise ValueError(f"'arc_size' must be at least {MIN_BLOCK} bytes")
+        rs = extra.get("recordsize")
+        self.recordsize = _pow2_size("recordsize", rs, MIN_BLOCK, MAX_BUFFER) if rs else (
+            DEFAULT_RECORDSIZE)
+        bs = extra.get("block_size")
+        self.block_size = _pow2_size("block_size", bs, MIN_BLOCK, MAX_BUFFER) if bs else None
+        lat = extra.get("disk_latency")
+        self.disk_latency_ns = DEFAULT_LATENCY_NS if lat is None else _duration(lat)
+        bw = extra.get("disk_bandwidth")
+        self.disk_bandwidth = DEFAULT_BANDWIDTH if bw is None else parse_size(bw)
+        if self.disk_bandwidth <= 0:
+            raise ValueError("'disk_bandwidth' must be positive")
+
+
+def _duration(value: Any) -> int:
+    from mmsim.trace.units import parse_duration
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return parse_duration(str(value))
+
+
+class ArcShrinker:
+    """OSv's arc_shrinker, for the reclaimer's registry (``request_memory(target, hard)``)."""
+
+    name = "arc"
+
+    def __init__(self, fs: ZfsFileSystem) -> None:
+        self.fs = fs
+
+    def request_memory(self, target: int, hard: bool) -> int:
+        return self.fs.request_memory(target, hard)
+
+
+class _Handlers:
+    """The trace operations on files; application errors are counted, not raised."""
+
+    def __init__(self, kernel: Kernel, fs: ZfsFileSystem, block_size: int | None) -> None:
+        self.kernel = kernel
+        self.fs = fs
+        self.block_size = block_size
+
+    def _enoent(self, op: Any) -> None:
+        self.kernel.errors.report("ENOENT", op.line, op.kind, f"{op.path}: no such file")
+
+    def create(self, op: Any) -> None:
+        unit = op.align  # block-trace readers give their block here; 0 for ordinary files
+        if unit:
+            self.fs.create(op.path, op.size, self.block_size or unit, unit)
+        else:
+            self.fs.create(op.path, op.size)
+
+    def read(self, op: Any) -> None:
+        if self.fs.read(op.path, op.offset, op.length) is None:
+            self._enoent(op)
+
+    def write(self, op: Any) -> None:
+        if self.fs.write(op.path, op.offset, op.length) is None:
+            self._enoent(op)
+
+    def fsync(self, op: Any) -> None:
+        if not self.fs.fsync(op.path):
+            self._enoent(op)
+
+    def unlink(self, op: Any) -> None:
+        if not self.fs.unlink(op.path):
+            self._enoent(op)
+
+
+def attach(kernel: Kernel) -> ZfsFileSystem:
+    """Build the file system from the configuration and plug it into ``kernel``."""
+    try:
+        cfg = FsConfig(kernel.config.extra)
+    except ValueError as e:
+        raise BootError(str(e)) from None
+    phys = kernel.mem.phys_mem_size
+    if cfg.arc_size is not None:
+        c_min = c_max = cfg.arc_size
+    else:
+        c_min, c_max, _ = arc_init(phys)
+    policy = policy_class(cfg.policy)(c_max, c_min=c_min)
+    ranges = kernel.ranges
+    low_pages = 3 * phys // 4 // PAGE_SIZE  # kmem_used > 3/4 kmem_size
+    policy.memory_low = lambda: ranges.total_pages - ranges.free_pages > low_pages
+    policy.clock = lambda: kernel.clock_ns
+    reclaimer = getattr(kernel, "reclaimer", None)
+    buffers = BufferAllocator(
+        kernel.pool, cpu=lambda: kernel.cpu,
+        before_large=getattr(reclaimer, "wait_for_minimum_memory", None))
+    disk = VirtioBlk(cfg.disk_latency_ns, cfg.disk_bandwidth)
+
+    def set_clock(t: int) -> None:
+        if t > kernel.clock_ns:
+            kernel.clock_ns = t
+
+    fs = ZfsFileSystem(policy, buffers, disk, lambda: kernel.clock_ns, set_clock,
+                       cfg.recordsize)
+    handlers = _Handlers(kernel, fs, cfg.block_size)
+    for kind in ("create", "read", "write", "fsync", "unlink"):
+        kernel.add_handler(kind, getattr(handlers, kind))
+    kernel.files = fs  # type: ignore[attr-defined]
+    kernel.zfs = fs  # type: ignore[attr-defined]
+    kernel.add_category("arc", lambda: buffers.pages * PAGE_SIZE)
+    kernel.add_section("arc", fs.stats)
+    kernel.add_section("disk", disk.stats)
+    kernel.add_after_op(lambda: fs.after_op(kernel.clock_ns))
+    registry = getattr(kernel, "shrinkers", None)
+    if registry is not None:  # OSv registers the ARC's shrinker when ZFS starts
+        registry.register(ArcShrinker(fs))
+    return fs
