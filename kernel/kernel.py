@@ -85,6 +85,7 @@ class Kernel:
         }
         self._sections: dict[str, Callable[[], Any]] = {}
         self._after_op: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         from kernel.subsystems import attach_all  # the wiring lives in one place
 
         attach_all(self)
@@ -106,6 +107,17 @@ class Kernel:
     def add_after_op(self, fn: Callable[[], None]) -> None:
         """Deferred work (kernel threads) run after each operation, in registration order."""
         self._after_op.append(fn)
+
+    def subscribe(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
+        """Be told of kernel events (pressure passes, shrinker yields, OOM, balloon moves)."""
+        self._listeners.append(fn)
+
+    def emit(self, name: str, **fields: Any) -> None:
+        """Tell subscribers that ``name`` happened now; cheap when nobody listens."""
+        if self._listeners:
+            record = {"time_ns": self.clock_ns, "event": self.events, "line": self.line, **fields}
+            for fn in self._listeners:
+                fn(name, record)
 
     # -- the face traces drive -----------------------------------------------------------
     def apply(self, op: OpLike) -> None:
@@ -167,6 +179,7 @@ class Kernel:
             "consumers": dict(sorted(self.memory_categories().items(),
                                      key=lambda kv: -kv[1])[:5]),
         }
+        self.emit("oom", requested_bytes=self.oom["requested_bytes"], reason=self.oom["reason"])
         raise OutOfMemory(self.oom)
 
     # -- statistics ----------------------------------------------------------------------

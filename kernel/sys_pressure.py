@@ -64,6 +64,9 @@ def attach(kernel: Kernel) -> None:
     kernel.pool.wait_for_memory = reclaimer.wait_for_memory
     registry.register(PagePoolShrinker(kernel))
     kernel.add_after_op(reclaimer.run)
+    reclaimer.on_pass.append(lambda target, hard, freed: kernel.emit(
+        "reclaim", target_bytes=target, hard=hard, freed_bytes=freed,
+        by_shrinker={n: s["last_yield_bytes"] for n, s in registry.summary().items()}))
     kernel.add_section("shrinker", lambda: {**registry.summary(), "reclaimer": reclaimer.summary()})
 
 
