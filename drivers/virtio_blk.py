@@ -43,7 +43,11 @@ class VirtioBlk:
         """Issue a read at ``now_ns``; returns when it completes (the reader waits till then)."""
         self.reads += 1
         self.read_bytes += nbytes
-        return self._serve(now_ns, nbytes)
+        start = now_ns if now_ns > self._free_at else self._free_at  # _serve, inlined
+        service = self.latency_ns + nbytes * 1_000_000_000 // self.bandwidth
+        self.busy_ns += service
+        self._free_at = start + service
+        return self._free_at
 
     def write(self, now_ns: int, nbytes: int) -> int:
         """Issue a write at ``now_ns``; returns its completion time (callers may not wait)."""

@@ -102,10 +102,6 @@ class _Handlers:
         else:
             self.fs.create(op.path, op.size)
 
-    def read(self, op: Any) -> None:
-        if self.fs.read(op.path, op.offset, op.length) is None:
-            self._enoent(op)
-
     def write(self, op: Any) -> None:
         if self.fs.write(op.path, op.offset, op.length) is None:
             self._enoent(op)
@@ -141,21 +137,18 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
         before_large=getattr(reclaimer, "wait_for_minimum_memory", None))
     disk = VirtioBlk(cfg.disk_latency_ns, cfg.disk_bandwidth)
 
-    def set_clock(t: int) -> None:
-        if t > kernel.clock_ns:
-            kernel.clock_ns = t
-
-    fs = ZfsFileSystem(policy, buffers, disk, lambda: kernel.clock_ns, set_clock,
-                       cfg.recordsize)
+    fs = ZfsFileSystem(policy, buffers, disk, kernel, cfg.recordsize)
     handlers = _Handlers(kernel, fs, cfg.block_size)
-    for kind in ("create", "read", "write", "fsync", "unlink"):
+    for kind in ("create", "write", "fsync", "unlink"):
         kernel.add_handler(kind, getattr(handlers, kind))
+    kernel.add_handler("read", fs.read_op)
+    fs.on_error = lambda kind, op, message: kernel.errors.report(kind, op.line, op.kind, message)
     kernel.files = fs  # type: ignore[attr-defined]
     kernel.zfs = fs  # type: ignore[attr-defined]
     kernel.add_category("arc", lambda: buffers.pages * PAGE_SIZE)
     kernel.add_section("arc", fs.stats)
     kernel.add_section("disk", disk.stats)
-    kernel.add_after_op(lambda: fs.after_op(kernel.clock_ns))
+    kernel.add_after_op(fs.after_op)
     registry = getattr(kernel, "shrinkers", None)
     if registry is not None:  # OSv registers the ARC's shrinker when ZFS starts
         registry.register(ArcShrinker(fs))

@@ -85,9 +85,10 @@ class BufferAllocator:
         self.pages -= buf.npages
         self.buffers -= 1
 
-    def fits(self, buf: ArcBuffer, size: int) -> bool:
-        """Whether ``buf`` can be recycled for a record of ``size`` (arc_evict's recycling)."""
-        return buf.npages == buffer_pages(size)
+    @staticmethod
+    def pages_for(size: int) -> int:
+        """Pages a buffer of ``size`` takes (a recycled buffer must have as many)."""
+        return 1 if size <= PAGE_SIZE else -(-(size + HEADER) // PAGE_SIZE)
 
 
 __all__ = ["ArcBuffer", "BufferAllocator", "OutOfPages", "buffer_pages"]

@@ -22,11 +22,11 @@ access faults it in again).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from drivers.virtio_blk import VirtioBlk
 from fs.zfs_arc.buffers import MAX_BUFFER, ArcBuffer, BufferAllocator, OutOfPages
-from fs.zfs_arc.policy import CachePolicy
+from fs.zfs_arc.policy import NEVER, CachePolicy
 
 FID_BITS = 32
 FID_MASK = (1 << FID_BITS) - 1
@@ -36,10 +36,17 @@ TXG_TIMEOUT_NS = 5_000_000_000
 SHRINK_MIN = 16 << 20  # the ARC shrinker's minimum per soft call (§8)
 
 
+class Clock(Protocol):
+    """Where simulated time lives (the kernel): ``clock_ns`` is read and advanced."""
+
+    clock_ns: int
+
+
 class ZfsFile:
     """One file: size, record size, and its cached buffers by record index."""
 
-    __slots__ = ("fid", "path", "size", "recordsize", "unit", "fixed", "bufs", "dirty")
+    __slots__ = ("fid", "path", "size", "_recordsize", "npages", "unit", "fixed", "bufs",
+                 "dirty")
 
     def __init__(self, fid: int, path: str, size: int, recordsize: int, unit: int,
                  fixed: bool) -> None:
@@ -52,6 +59,15 @@ class ZfsFile:
         self.bufs: dict[int, ArcBuffer] = {}
         self.dirty: set[int] = set()
 
+    @property
+    def recordsize(self) -> int:
+        return self._recordsize
+
+    @recordsize.setter
+    def recordsize(self, value: int) -> None:
+        self._recordsize = value
+        self.npages = BufferAllocator.pages_for(value)  # what each of its buffers costs
+
 
 def single_block_size(size: int, recordsize: int) -> int:
     """Block size of a file that fits one record: its size rounded up to 512, at most recordsize."""
@@ -62,23 +78,25 @@ class ZfsFileSystem:
     """Files, the ARC in front of them, and the disk behind them."""
 
     def __init__(self, policy: CachePolicy, buffers: BufferAllocator, disk: VirtioBlk,
-                 clock: Callable[[], int], set_clock: Callable[[int], None],
-                 recordsize: int = DEFAULT_RECORDSIZE) -> None:
+                 clock: Clock, recordsize: int = DEFAULT_RECORDSIZE) -> None:
         if recordsize & (recordsize - 1) or not MIN_BLOCK <= recordsize <= MAX_BUFFER:
             raise ValueError(f"recordsize must be a power of two in 512..1M, not {recordsize}")
         self.policy = policy
         self.buffers = buffers
         self.disk = disk
         self.recordsize = recordsize
-        self._clock = clock
-        self._set_clock = set_clock
+        self._time = clock  # simulated time: reads wait for the disk
         self._files: dict[str, ZfsFile] = {}
         self._by_fid: dict[int, ZfsFile] = {}
         self._dirty_files: dict[int, ZfsFile] = {}
         self._next_fid = 0
-        self._spare: ArcBuffer | None = None
-        self._recycling = False
+        self._spare: ArcBuffer | None = None  # the last evicted buffer, for the next miss
         self._next_txg = TXG_TIMEOUT_NS
+        self._next_timer = min(policy.next_tick_ns, NEVER)
+        self._access_fn = policy.access
+        self._disk_read = disk.read
+        #: reports an application error: (kind, path); the kernel wiring counts it
+        self.on_error: Callable[[str, Any, str], None] | None = None
         #: called with a mapped buffer before the ARC evicts it (the VM code unmaps it)
         self.on_unmap: Callable[[ArcBuffer], None] | None = None
         self.read_bytes = 0
@@ -152,34 +170,45 @@ class ZfsFileSystem:
         if buf.mapped and self.on_unmap is not None:
             self.on_unmap(buf)
             buf.mapped = 0
-        if self._recycling and self._spare is None:
+        if self._spare is None:  # arc_evict recycles an evicted buffer for the new record
             self._spare = buf
         else:
             self.buffers.free(buf)
 
+    def _free_spare(self) -> None:
+        if self._spare is not None:
+            self.buffers.free(self._spare)
+            self._spare = None
+
     def _access(self, f: ZfsFile, idx: int, read_disk: bool) -> ArcBuffer | None:
         """Look record ``idx`` up; on a miss fill a buffer, from the disk if ``read_disk``."""
         key = idx << FID_BITS | f.fid
+        if self._access_fn(key, f.recordsize):
+            return f.bufs.get(idx)
+        return self._fill(f, idx, key, read_disk)
+
+    def _fill(self, f: ZfsFile, idx: int, key: int, read_disk: bool) -> ArcBuffer | None:
+        """After a miss: a buffer (recycled from the eviction if it fits) and the disk read."""
         rs = f.recordsize
-        self._recycling = True
-        try:
-            if self.policy.access(key, rs):
-                return f.bufs.get(idx)
-        finally:
-            self._recycling = False
         spare = self._spare
-        self._spare = None
-        if spare is not None and self.buffers.fits(spare, rs):
-            buf = spare
-            buf.size = rs
-            buf.dirty = False
+        if spare is not None and spare.npages == f.npages:
+            self._spare = None
+            spare.size = rs
+            spare.dirty = False
             self.recycled += 1
+            if read_disk:
+                t = self._time
+                t.clock_ns = self._disk_read(t.clock_ns, rs)
+            if rs <= self.policy.capacity:  # nothing ran that could have evicted it
+                f.bufs[idx] = spare
+                return spare
+            buf = spare
         else:
-            if spare is not None:
-                self.buffers.free(spare)
-            buf = self._alloc(rs, key)
-        if read_disk:
-            self._set_clock(self.disk.read(self._clock(), rs))
+            self._free_spare()
+            buf = self._alloc(rs, key)  # may run shrinkers, which may evict this very key
+            if read_disk:
+                t = self._time
+                t.clock_ns = self._disk_read(t.clock_ns, rs)
         if key in self.policy:
             f.bufs[idx] = buf
             return buf
@@ -211,13 +240,33 @@ class ZfsFileSystem:
         u = f.unit
         first = offset // u
         last = (end - 1) // u
-        if first == last:
-            self._access(f, first, True)
+        if first == last:  # the common case, inlined
+            key = first << FID_BITS | f.fid
+            if not self._access_fn(key, f.recordsize):
+                self._fill(f, first, key, True)
         else:
             for idx in range(first, last + 1):
                 self._access(f, idx, True)
         self.read_bytes += end - offset
         return end - offset
+
+    def read_op(self, op: Any) -> None:
+        """A trace's ``read PATH OFF LEN`` (the hot path of block traces: one call less)."""
+        f = self._files.get(op.path)
+        length = op.length
+        if f is None or length is None or op.offset % f.unit or length != f.unit:
+            if self.read(op.path, op.offset, length) is None and self.on_error is not None:
+                self.on_error("ENOENT", op, f"{op.path}: no such file")
+            return
+        offset = op.offset
+        if offset + length > f.size:
+            self.read(op.path, offset, length)
+            return
+        idx = offset // length
+        key = idx << FID_BITS | f.fid
+        if not self._access_fn(key, f.recordsize):
+            self._fill(f, idx, key, True)
+        self.read_bytes += length
 
     def write(self, path: str, offset: int, length: int | None) -> int | None:
         """Write through the cache (records become dirty); bytes written, None if no file."""
@@ -246,10 +295,12 @@ class ZfsFileSystem:
             if buf is None:
                 buf = f.bufs.get(idx)
             if buf is None:  # not cacheable: write through
-                self.disk.write(self._clock(), f.recordsize)
+                self.disk.write(self._time.clock_ns, f.recordsize)
                 continue
             buf.dirty = True
             f.dirty.add(idx)
+            if not self._dirty_files and self._next_txg < self._next_timer:
+                self._next_timer = self._next_txg
             self._dirty_files[f.fid] = f
         self.written_bytes += end - offset
         return end - offset
@@ -266,7 +317,7 @@ class ZfsFileSystem:
                 f.dirty.clear()
                 f.recordsize = f.unit = new_rs
                 if was_dirty:  # the old block's data is carried into the new one
-                    self.disk.write(self._clock(), rs)
+                    self.disk.write(self._time.clock_ns, rs)
         f.size = end
 
     def get_buffer(self, path: str, offset: int) -> ArcBuffer | None:
@@ -284,9 +335,10 @@ class ZfsFileSystem:
         buf = f.bufs.get(idx)
         if buf is not None:
             buf.dirty = False
-        done = self.disk.write(self._clock(), f.recordsize)
-        if wait and done > self._clock():
-            self._set_clock(done)
+        t = self._time
+        done = self.disk.write(t.clock_ns, f.recordsize)
+        if wait and done > t.clock_ns:
+            t.clock_ns = done
         if not f.dirty:
             self._dirty_files.pop(f.fid, None)
 
@@ -310,15 +362,25 @@ class ZfsFileSystem:
         return sum(len(f.dirty) for f in self._dirty_files.values())
 
     # -- threads and memory pressure -----------------------------------------------------
-    def after_op(self, now_ns: int) -> None:
-        """The ARC reclaim thread and the txg sync, when their time has come."""
+    def after_op(self) -> None:
+        """Kernel threads, after each operation: the ARC reclaim thread and the txg sync."""
+        if self._spare is not None:
+            self._free_spare()
+        now = self._time.clock_ns
+        if now < self._next_timer:
+            return
         policy = self.policy
-        if now_ns >= policy.next_tick_ns:
-            policy.tick(now_ns)
-        if now_ns >= self._next_txg:
+        if now >= policy.next_tick_ns:
+            policy.tick(now)
+            self._free_spare()
+        if now >= self._next_txg:
             if self._dirty_files:
                 self.sync_all()
-            self._next_txg = now_ns - now_ns % TXG_TIMEOUT_NS + TXG_TIMEOUT_NS
+            self._next_txg = now - now % TXG_TIMEOUT_NS + TXG_TIMEOUT_NS
+        nxt = policy.next_tick_ns
+        if self._dirty_files and self._next_txg < nxt:
+            nxt = self._next_txg
+        self._next_timer = nxt
 
     def request_memory(self, target: int, hard: bool) -> int:
         """OSv's ARC shrinker: on hard pressure arc_lowmem first; then arc_sized_adjust of at
@@ -328,6 +390,7 @@ class ZfsFileSystem:
         freed = 0
         if hard:
             freed = self.policy.lowmem()
+            self._next_timer = -1  # the reclaim thread was woken
             if freed >= target > 0:
                 return freed
         goal = max(target, SHRINK_MIN)
@@ -337,6 +400,7 @@ class ZfsFileSystem:
             if got <= 0:
                 break
             total += got
+        self._free_spare()
         return freed + total
 
     # -- statistics ------------------------------------------------------------------------

@@ -21,8 +21,10 @@ class ArcPolicy(CachePolicy):
 
     name = "arc"
 
-    def __init__(self, capacity: int, on_evict: EvictFn = _no_evict) -> None:
-        super().__init__(capacity, on_evict)
+    def __init__(
+        self, capacity: int, on_evict: EvictFn = _no_evict, *, c_min: int | None = None
+    ) -> None:
+        super().__init__(capacity, on_evict)  # a fixed capacity: c_min = c_max
         self.p = 0.0
         # key -> size, least recently used first
         self._t1: OrderedDict[int, int] = OrderedDict()

@@ -12,8 +12,10 @@ class LruPolicy(CachePolicy):
 
     name = "lru"
 
-    def __init__(self, capacity: int, on_evict: EvictFn = _no_evict) -> None:
-        super().__init__(capacity, on_evict)
+    def __init__(
+        self, capacity: int, on_evict: EvictFn = _no_evict, *, c_min: int | None = None
+    ) -> None:
+        super().__init__(capacity, on_evict)  # a fixed capacity: c_min = c_max
         self._d: OrderedDict[int, int] = OrderedDict()
         self._bytes = 0
 

@@ -1,0 +1,441 @@
+"""The ARC: OSv's sizing rules, the paper's hit ratios, scan resistance, memory pressure, costs.
+
+Expected hit ratios come from outside the simulator: the ARC paper's OLTP table as measured with
+libCacheSim (../shared/data/arc-paper/README.md), the scan-mix figures of anchors.md, and, on
+generated traces, straightforward transcriptions of the paper's Fig. 4 and of LRU written here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from fs.zfs_arc.buffers import buffer_pages
+from fs.zfs_arc.fs import SHRINK_MIN
+from fs.zfs_arc.policy import available_policies, policy_class
+from fs.zfs_arc.policy_arc import ArcPolicy
+from fs.zfs_arc.policy_lru import LruPolicy
+from fs.zfs_arc.policy_zfs import ZfsArcPolicy, arc_init
+from kernel import Kernel, load_config
+from mm.constants import PAGE_SIZE
+from mmsim.trace import Op, read_trace
+from mmsim.trace import blocktrace as _blocktrace  # noqa: F401  (registers the formats)
+
+MIB = 1 << 20
+GIB = 1 << 30
+OLTP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "arc-paper",
+                    "OLTP.lis.zst")
+if not os.path.exists(OLTP):
+    OLTP = "/work/shared/data/arc-paper/OLTP.lis.zst"
+BLOCK = 512  # .lis pages
+
+
+# -- independent references ------------------------------------------------------------------
+def paper_arc_hits(trace: list[int], c: int) -> list[bool]:
+    """Fig. 4 of Megiddo & Modha, transcribed with plain lists (slow, obviously right)."""
+    t1: list[int] = []
+    t2: list[int] = []
+    b1: list[int] = []
+    b2: list[int] = []
+    p = 0.0
+    out = []
+
+    def replace(x: int) -> None:
+        if t1 and ((x in b2 and len(t1) == p) or len(t1) > p):
+            b1.append(t1.pop(0))
+        else:
+            b2.append(t2.pop(0))
+
+    for x in trace:
+        if x in t1 or x in t2:
+            (t1 if x in t1 else t2).remove(x)
+            t2.append(x)
+            out.append(True)
+            continue
+        out.append(False)
+        if x in b1:
+            p = min(p + max(len(b2) / len(b1), 1.0), c)
+            replace(x)
+            b1.remove(x)
+            t2.append(x)
+        elif x in b2:
+            p = max(p - max(len(b1) / len(b2), 1.0), 0.0)
+            replace(x)
+            b2.remove(x)
+            t2.append(x)
+        else:
+            if len(t1) + len(b1) == c:
+                if len(t1) < c:
+                    b1.pop(0)
+                    replace(x)
+                else:
+                    t1.pop(0)
+            elif len(t1) + len(b1) + len(t2) + len(b2) >= c:
+                if len(t1) + len(b1) + len(t2) + len(b2) == 2 * c:
+                    b2.pop(0)
+                replace(x)
+            t1.append(x)
+    return out
+
+
+def plain_lru_hits(trace: list[int], c: int) -> list[bool]:
+    cache: list[int] = []
+    out = []
+    for x in trace:
+        hit = x in cache
+        out.append(hit)
+        if hit:
+            cache.remove(x)
+        elif len(cache) == c:
+            cache.pop(0)
+        cache.append(x)
+    return out
+
+
+def run_policy(policy, trace: list[int], size: int = 1) -> list[bool]:  # type: ignore[no-untyped-def]
+    return [policy.access(x, size) for x in trace]
+
+
+def generated_traces(n: int = 40) -> list[tuple[list[int], int]]:
+    rng = random.Random(5)
+    out = []
+    for _ in range(n):
+        objects = rng.randint(2, 80)
+        c = rng.randint(1, 30)
+        length = rng.randint(50, 1500)
+        if rng.random() < 0.5:
+            trace = [rng.randint(0, objects) for _ in range(length)]
+        else:  # skewed, with loops and scans mixed in
+            trace = []
+            while len(trace) < length:
+                r = rng.random()
+                if r < 0.6:
+                    trace.append(int(rng.paretovariate(0.8)) % objects)
+                elif r < 0.8:
+                    start = rng.randint(0, 500)
+                    trace.extend(range(start, start + rng.randint(1, 2 * c + 1)))
+                else:
+                    trace.extend(rng.sample(range(objects), min(objects, c)))
+        out.append((trace, c))
+    return out
+
+
+# -- arc_init ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ram, c_max, c_min", [
+    (2 * GIB, 1280 * MIB, 160 * MIB),  # §8's examples
+    (8 * GIB, 7 * GIB, 896 * MIB),
+    # by hand from §8's rules: c_max = 5/8 RAM under 1 GiB, c_min = c_max/8 while that is the
+    # larger of the two floors, else max(RAM/32, 16 MiB)
+    (512 * MIB, 320 * MIB, 40 * MIB),
+    (256 * MIB, 160 * MIB, 20 * MIB),
+    (128 * MIB, 80 * MIB, 16 * MIB),
+    (64 * GIB, 63 * GIB, 63 * GIB // 8),
+])
+def test_arc_init_sizes_as_osv(ram: int, c_max: int, c_min: int) -> None:
+    got_min, got_max, meta = arc_init(ram)
+    assert (got_max, got_min) == (c_max, c_min)
+    assert meta == c_max // 4
+
+
+def test_a_booted_guest_sizes_its_arc_from_its_ram() -> None:
+    k = Kernel(load_config(None, {"memory": "2G"}))
+    arc = k.summary()["arc"]
+    phys = k.mem.phys_mem_size  # usable e820 memory, a little under 2 GiB
+    assert arc["c_max_bytes"] == phys * 5 // 8
+    assert arc["c_min_bytes"] == arc["c_max_bytes"] // 8
+    assert arc["c_bytes"] == arc["c_max_bytes"] and arc["p_bytes"] == arc["c_bytes"] // 2
+    k = Kernel(load_config(None, {"memory": "2G", "arc_size": "64M"}))
+    arc = k.summary()["arc"]
+    assert arc["c_min_bytes"] == arc["c_max_bytes"] == arc["c_bytes"] == 64 * MIB
+
+
+# -- the paper's algorithm ------------------------------------------------------------------------
+def test_arc_and_lru_equal_straightforward_transcriptions_hit_for_hit() -> None:
+    for trace, c in generated_traces():
+        assert run_policy(ArcPolicy(c), trace) == paper_arc_hits(trace, c), (c, trace[:50])
+        assert run_policy(LruPolicy(c), trace) == plain_lru_hits(trace, c)
+
+
+def test_arc_counts_bytes_exactly_as_objects_for_equal_records() -> None:
+    for trace, c in generated_traces(10):
+        assert run_policy(ArcPolicy(c * 4096), trace, 4096) == paper_arc_hits(trace, c)
+
+
+def test_arc_and_lru_equal_libcachesim_hit_for_hit() -> None:
+    lcs = pytest.importorskip("libcachesim")
+    for trace, c in generated_traces(25):
+        for ours, theirs in ((ArcPolicy, lcs.ARC), (LruPolicy, lcs.LRU)):
+            cache = theirs(cache_size=c)
+            expected = []
+            for x in trace:
+                req = lcs.Request()
+                req.obj_id = x
+                req.obj_size = 1
+                expected.append(cache.get(req))
+            assert run_policy(ours(c), trace) == expected, (ours.name, c)
+
+
+@pytest.fixture(scope="module")
+def oltp_ids() -> list[int]:
+    if not os.path.exists(OLTP):
+        pytest.skip("the OLTP trace is not in ../shared/data/arc-paper")
+    ops = read_trace(OLTP, "lis")
+    assert next(ops).kind == "create"
+    return [op.offset // BLOCK for op in ops]
+
+
+def test_oltp_trace_has_the_papers_footprint(oltp_ids: list[int]) -> None:
+    assert len(oltp_ids) == 914_145
+    assert len(set(oltp_ids)) == 186_880
+
+
+@pytest.mark.parametrize("name, c, expected", [
+    ("lru", 1000, 32.83), ("arc", 1000, 38.95), ("lru", 2000, 42.47), ("arc", 2000, 46.08),
+])
+def test_oltp_hit_ratios_of_the_paper(oltp_ids: list[int], name: str, c: int,
+                                      expected: float) -> None:
+    policy = policy_class(name)(c * BLOCK)
+    access = policy.access
+    for x in oltp_ids:
+        access(x, BLOCK)
+    assert policy.hits + policy.misses == len(oltp_ids)
+    assert round(100 * policy.hits / len(oltp_ids), 2) == expected
+
+
+def test_mmsim_run_reproduces_the_oltp_arc_ratio() -> None:
+    if not os.path.exists(OLTP):
+        pytest.skip("the OLTP trace is not in ../shared/data/arc-paper")
+    from mmsim.cli import main
+
+    result = CliRunner().invoke(main, ["run", OLTP, "--cache-policy", "arc", "--arc-size",
+                                       str(1000 * BLOCK), "--json", "-", "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    arc, disk = summary["arc"], summary["disk"]
+    assert arc["hits"] + arc["misses"] == 914_145
+    assert round(100 * arc["hit_ratio"], 2) == 38.95
+    assert disk["reads"] == arc["misses"] and disk["read_bytes"] == arc["misses"] * BLOCK
+    assert summary["time_ns"] >= disk["busy_ns"] > 0  # misses waited for the disk
+    # each 512-byte record is a page (posix_memalign(4096, 512)): 1000 pages cached
+    assert arc["buffers"] == 1000 and summary["memory"]["categories"]["arc"] == 1000 * PAGE_SIZE
+
+
+# -- behaviours ---------------------------------------------------------------------------
+def scan_mix(rounds: int = 50, seed: int = 1) -> list[int]:
+    """anchors.md: 800 hot objects, 4000 hot requests, then 2000 never-seen objects, repeated."""
+    rng = random.Random(seed)
+    trace: list[int] = []
+    fresh = itertools.count(10_000)
+    for _ in range(rounds):
+        trace.extend(rng.randrange(800) for _ in range(4000))
+        trace.extend(next(fresh) for _ in range(2000))
+    return trace
+
+
+def test_scan_mix_arc_keeps_its_hot_set_and_lru_does_not() -> None:
+    trace = scan_mix()
+    arc = sum(run_policy(ArcPolicy(1000), trace)) / len(trace)
+    lru = sum(run_policy(LruPolicy(1000), trace)) / len(trace)
+    assert arc == pytest.approx(0.664, abs=0.005)  # the ceiling is 4000/6000 less warm-up
+    assert lru == pytest.approx(0.534, abs=0.01)
+    assert arc > lru + 0.1
+
+
+def boot(memory: str = "512M", **extra: object) -> Kernel:
+    return Kernel(load_config(None, {"memory": memory, **extra}))
+
+
+def replay(k: Kernel, path: str, records: list[int], rs: int) -> None:
+    for i, r in enumerate(records, 1):
+        k.apply(Op("read", i, path=path, offset=r * rs, length=rs))
+
+
+@pytest.mark.parametrize("policy", ["zfs", "arc", "lru"])
+def test_a_one_time_scan_evicts_the_hot_set_only_under_lru(policy: str) -> None:
+    rs = 4096
+    k = boot(cache_policy=policy, arc_size=1000 * rs, recordsize=rs)
+    k.apply(Op("create", 0, path="/db", size=1 << 30))
+    trace = scan_mix(rounds=12)
+    replay(k, "/db", trace[:6000 * 4], rs)  # warm up
+    arc = k.summary()["arc"]
+    hits0, misses0 = arc["hits"], arc["misses"]
+    replay(k, "/db", trace[6000 * 4:], rs)
+    arc = k.summary()["arc"]
+    ratio = (arc["hits"] - hits0) / (arc["hits"] - hits0 + arc["misses"] - misses0)
+    if policy == "lru":
+        assert ratio < 0.56
+    else:
+        assert ratio > 0.64  # hot requests hit; only the scan misses
+    k.check()
+
+
+def test_lru_miss_ratio_never_rises_with_size(oltp_ids: list[int]) -> None:
+    prefix = oltp_ids[:150_000]
+    misses = []
+    for c in (50, 100, 200, 400, 800, 1600, 3200, 6400):
+        p = LruPolicy(c)
+        for x in prefix:
+            p.access(x, 1)
+        misses.append(p.misses)
+    assert misses == sorted(misses, reverse=True) and misses[0] > misses[-1]
+
+
+# -- memory: buffers, reclaim, shrinker -----------------------------------------------------
+@pytest.mark.parametrize("recordsize, pages", [
+    (128 << 10, 33), (512, 1), (4096, 1), (8192, 3), (1 << 20, 257)])
+def test_a_record_costs_what_posix_memalign_4096_costs(recordsize: int, pages: int) -> None:
+    assert buffer_pages(recordsize) == pages
+    k = boot(recordsize=recordsize)
+    k.apply(Op("create", 1, path="/f", size=4 * recordsize))
+    used0 = k.ranges.total_pages - k.ranges.free_pages - k.pool.l1_pages - k.pool.l2_pages
+    k.apply(Op("read", 2, path="/f", offset=0, length=1))
+    cats = k.memory_categories()
+    assert cats["arc"] == pages * PAGE_SIZE
+    used1 = k.ranges.total_pages - k.ranges.free_pages - k.pool.l1_pages - k.pool.l2_pages
+    assert used1 - used0 == pages  # out of the runs (or L1/L2) and nowhere else
+    assert k.summary()["arc"]["size_bytes"] == recordsize
+    k.check()
+
+
+def eat(k: Kernel, nbytes: int) -> list[tuple[int, int]]:
+    """Another subsystem's memory, taken straight from the runs."""
+    got = k.ranges.alloc_pages_bulk(nbytes // PAGE_SIZE)
+    k.add_category("test_eaten", lambda: sum(n for _, n in got) * PAGE_SIZE)
+    return got
+
+
+def fill_arc(k: Kernel, nrecords: int, rs: int = 128 << 10) -> None:
+    k.apply(Op("create", 1, path="/big", size=nrecords * rs))
+    k.apply(Op("read", 2, path="/big", offset=0, length=nrecords * rs))
+
+
+def test_zfs_arc_shrinks_by_a_32nd_every_other_second_under_pressure_and_not_below_c_min() -> None:
+    k = boot("256M")
+    zfs = k.zfs.policy
+    c_min, c_max = zfs.c_min, zfs.capacity
+    fill_arc(k, 1400)  # 175 MiB of records: fills the ARC to c_max (160 MiB)
+    assert zfs.size >= c_max - (128 << 10) and zfs.c == c_max
+    assert not zfs.memory_low()
+    eat(k, 30 * MIB)  # now free < 25 %
+    assert zfs.memory_low()
+    seen = [zfs.c]
+    for second in range(1, 200):
+        k.apply(Op("sleep", 10 + second, duration_ns=1_000_000_000))
+        seen.append(zfs.c)
+        assert zfs.c >= c_min
+        assert zfs.size <= zfs.c
+    drops = [a - b for a, b in zip(seen, seen[1:]) if a != b]
+    assert drops, "the ARC never shrank"
+    for a, b in zip(seen, seen[1:]):
+        assert b == a or b == max(a - a // 32, c_min)  # aggressive passes only
+    # alternating aggressive/conservative: never two drops in a row while pressure lasts
+    assert all(not (seen[i] > seen[i + 1] > seen[i + 2]) for i in range(len(seen) - 2))
+    assert seen[-1] < c_max
+    if not zfs.memory_low():  # relieved: the target stopped falling above c_min
+        assert seen[-1] == seen[-2] >= c_min
+    k.check()
+    k.zfs.check()
+
+
+def test_under_sustained_pressure_c_falls_to_c_min_and_stays_there() -> None:
+    k = boot("256M")
+    zfs = k.zfs.policy
+    eat(k, 175 * MIB)  # free stays under 25 % whatever the ARC does
+    rs = 128 << 10
+    k.apply(Op("create", 1, path="/big", size=1400 * rs))
+    for i in range(400):
+        k.apply(Op("read", 2 + i, path="/big", offset=i * rs, length=rs))
+        k.apply(Op("sleep", 2 + i, duration_ns=50_000_000))
+        assert zfs.c >= zfs.c_min
+    assert zfs.c == zfs.c_min and zfs.no_grow
+    assert k.oom is None
+    k.check()
+    k.zfs.check()
+
+
+def test_zfs_arc_does_not_shrink_with_enough_free_memory() -> None:
+    k = boot("256M")
+    fill_arc(k, 400)
+    c = k.zfs.policy.c
+    for second in range(30):
+        k.apply(Op("sleep", 10 + second, duration_ns=1_000_000_000))
+    assert k.zfs.policy.c == c and not k.zfs.policy.no_grow
+
+
+def test_request_memory_soft_frees_16_mib_and_keeps_c_hard_shrinks_via_lowmem() -> None:
+    k = boot("512M")
+    zfs = k.zfs.policy
+    fill_arc(k, 600)  # 75 MiB
+    size0, c0 = zfs.size, zfs.c
+    freed = k.zfs.request_memory(0, hard=False)
+    assert freed >= SHRINK_MIN and zfs.size == size0 - freed
+    assert zfs.c == c0  # arc_sized_adjust leaves the target alone
+    freed = k.zfs.request_memory(20 * MIB, hard=False)
+    assert freed >= 20 * MIB and zfs.c == c0
+    k.check()
+    # hard: arc_lowmem wakes the reclaim thread, whose pass shrinks c (aggressively) at once
+    size1 = zfs.size
+    freed = k.zfs.request_memory(MIB, hard=True)
+    assert freed >= SHRINK_MIN and zfs.size == size1 - freed
+    k.apply(Op("sleep", 99, duration_ns=1))
+    assert zfs.c < c0 and zfs.c >= zfs.c_min
+    k.check()
+    k.zfs.check()
+
+
+def test_the_reclaimer_reaches_the_arc_through_the_shrinker_registry() -> None:
+    k = boot("256M")
+    registry = getattr(k, "shrinkers", None)
+    if registry is None:
+        pytest.skip("no shrinker registry in this build")
+    assert "arc" in registry.stats
+    fill_arc(k, 800)
+    before = k.zfs.policy.size
+    registry.shrink_all(0, False)
+    assert before - k.zfs.policy.size >= SHRINK_MIN
+
+
+def test_reads_are_short_at_eof_and_missing_files_are_enoent() -> None:
+    k = boot()
+    k.apply(Op("create", 1, path="/f", size=1000))
+    k.apply(Op("read", 2, path="/f", offset=500, length=4096))
+    k.apply(Op("read", 3, path="/f", offset=5000, length=10))
+    k.apply(Op("read", 4, path="/nope", offset=0, length=10))
+    s = k.summary()
+    assert s["arc"]["read_bytes"] == 500
+    assert s["app_errors"]["by_kind"] == {"ENOENT": 1}
+    assert s["arc"]["size_bytes"] == 1024  # one block: the file's size rounded up to 512
+    assert k.files.size("/f") == 1000 and k.files.size("/nope") is None
+
+
+def test_writes_go_to_disk_on_fsync_and_txg_sync_and_unlink_frees_buffers() -> None:
+    k = boot(recordsize="4K")
+    k.apply(Op("create", 1, path="/f", size=0))
+    k.apply(Op("write", 2, path="/f", offset=0, length=64 << 10))
+    assert k.files.size("/f") == 64 << 10
+    assert k.summary()["arc"]["dirty_records"] == 16 and k.summary()["disk"]["writes"] == 0
+    t0 = k.clock_ns
+    k.apply(Op("fsync", 3, path="/f"))
+    disk = k.summary()["disk"]
+    assert disk["writes"] == 16 and disk["write_bytes"] == 64 << 10 and k.clock_ns > t0
+    k.apply(Op("write", 4, path="/f", offset=100, length=10))  # a cached record: no read
+    assert k.summary()["disk"]["reads"] == 0
+    k.apply(Op("sleep", 5, duration_ns=6_000_000_000))  # the transaction group syncs
+    assert k.summary()["disk"]["writes"] == 17 and k.summary()["arc"]["dirty_records"] == 0
+    arc_bytes = k.memory_categories()["arc"]
+    assert arc_bytes == 16 * PAGE_SIZE
+    k.apply(Op("unlink", 6, path="/f"))
+    assert k.memory_categories()["arc"] == 0 and k.files.size("/f") is None
+    k.check()
+
+
+def test_every_shipped_policy_is_found_by_its_file_name() -> None:
+    assert {"zfs", "arc", "lru"} <= set(available_policies())
+    assert policy_class("zfs") is ZfsArcPolicy
+    with pytest.raises(ValueError, match="unknown cache policy 'nope'.*arc"):
+        policy_class("nope")
