@@ -21,9 +21,11 @@ from kernel import (
     UnsupportedOperation,
     load_config,
 )
+from kernel import sys_fs as _sys_fs  # noqa: F401  (registers the file system's config keys)
 from mmsim.progress import Progress
 from mmsim.summary_text import format_summary
 from mmsim.trace import READERS, TraceError, read_trace
+from mmsim.trace import blocktrace as _blocktrace  # noqa: F401  (registers lis, oracleGeneral, ids)
 
 EXIT_BAD_INPUT = 2
 EXIT_OOM = 3
@@ -108,12 +110,18 @@ def write_json(summary: dict, dest: str) -> None:
 @click.option("--format", "fmt", default="auto", show_default=True,
               help=f"Trace format: auto or one of {', '.join(sorted(READERS))}.")
 @kernel_options
+@click.option("--cache-policy", metavar="NAME",
+              help="ARC replacement policy: zfs (default), arc or lru.")
+@click.option("--arc-size", metavar="SIZE", help="Fix the ARC's capacity (c_min = c_max).")
+@click.option("--block-size", metavar="SIZE", help="Record size of a block trace's file.")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No readable summary.")
 def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus: int | None,
-        hugepages: bool | None, seed: int | None, json_path: str | None, quiet: bool) -> None:
+        hugepages: bool | None, seed: int | None, cache_policy: str | None, arc_size: str | None,
+        block_size: str | None, json_path: str | None, quiet: bool) -> None:
     """Boot a guest and replay TRACE through it."""
-    config = build_config(config_path, memory=memory, cpus=cpus, hugepages=hugepages, seed=seed)
+    config = build_config(config_path, memory=memory, cpus=cpus, hugepages=hugepages, seed=seed,
+                          cache_policy=cache_policy, arc_size=arc_size, block_size=block_size)
     try:
         ops = read_trace(trace, fmt)
         kernel = boot(config)
