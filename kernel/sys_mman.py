@@ -62,9 +62,9 @@ class Mman:
 
     def _wake_reclaimer(self) -> None:
         """OSv wakes the reclaimer when a huge page is not available (if one is built)."""
-        wake = getattr(self.kernel, "wake_reclaimer", None)
-        if wake is not None:
-            wake()
+        reclaimer = getattr(self.kernel, "reclaimer", None)
+        if reclaimer is not None:
+            reclaimer.wake()
 
     # -- handles -------------------------------------------------------------------------
     @staticmethod

@@ -123,6 +123,10 @@ class AddressSpace:
     def mapped_bytes(self) -> int:
         return self.vmas.mapped_bytes
 
+    def present(self, addr: int, length: int) -> int:
+        """Bytes of ``[addr, addr + length)`` backed by a page (PROT_NONE pages included)."""
+        return self.pt.present_bytes(addr, length)
+
     def _file_size(self, vma: Vma) -> int:
         size = self.files.size(vma.path) if self.files is not None and vma.path else None
         return vma.file_size if size is None else size
@@ -546,7 +550,19 @@ class AddressSpace:
         if not pieces:
             return
         total = sum(b - a for a, b in pieces) >> PAGE_SHIFT
-        extents = self.pool.alloc_pages(total, self._cpu())
+        cpu = self._cpu()
+        if total <= self.ranges.free_pages + self.pool.l1_pages_of(cpu):
+            extents = self.pool.alloc_pages(total, cpu)
+        else:
+            # short of memory: ask per 2 MiB, so that waiting for memory needs no single run
+            # of the whole size (OSv allocates, and waits, page by page)
+            extents = []
+            try:
+                for done in range(0, total, PAGES_PER_HUGE):
+                    extents += self.pool.alloc_pages(min(PAGES_PER_HUGE, total - done), cpu)
+            except OutOfPages:
+                self.pool.free_pages(extents, cpu)
+                raise
         i = 0
         used = 0  # pages of extents[i] already given
         for n, (a, b) in enumerate(pieces):
@@ -578,22 +594,26 @@ class AddressSpace:
         self.vmas.check()
         resident = {ANON: 0, FILE: 0}
         pages = {PAGE_SIZE: 0, HUGE: 0}
-        in_vmas = 0
-        for vma in self.vmas:
-            for ext in self.pt.extents(vma.start, vma.length):
-                assert ext.perm == Perm(vma.prot), f"PTE perm at {ext.vaddr:#x} != VMA prot"
-                assert ext.leaf_size in pages, f"unexpected leaf size at {ext.vaddr:#x}"
-                resident[vma.kind] += ext.length
-                pages[ext.leaf_size] += ext.npages
-                in_vmas += ext.length
+        vmas = list(self.vmas)
+        vi = 0
+        for ext in self.pt.extents(0, MMAP_AREA_END):
+            if any(s <= ext.vaddr < e for s, e in self.vmas.reserved):
+                continue  # the kernel image's own mapping
+            assert ext.leaf_size in pages, f"unexpected leaf size at {ext.vaddr:#x}"
+            pages[ext.leaf_size] += ext.npages
+            a = ext.vaddr
+            while a < ext.end:
+                while vi < len(vmas) and vmas[vi].end <= a:
+                    vi += 1
+                assert vi < len(vmas) and vmas[vi].start <= a, f"page {a:#x} is in no VMA"
+                vma = vmas[vi]
+                assert ext.perm == Perm(vma.prot), f"PTE perm at {a:#x} != VMA prot"
+                piece = min(ext.end, vma.end) - a
+                resident[vma.kind] += piece
+                a += piece
         assert resident == self.resident, f"resident {self.resident} != page tables {resident}"
         assert pages[HUGE] == self.huge_pages * PAGES_PER_HUGE, "huge page count is stale"
         assert pages[PAGE_SIZE] == self.small_pages, "small page count is stale"
-        present = self.pt.present_bytes(0, MMAP_AREA_END)
-        for s, e in self.vmas.reserved:
-            present -= self.pt.present_bytes(s, e - s)
-        assert present == in_vmas, "a present page lies outside every VMA"
-
 
 def _split_span(a: int, b: int, hs: int, he: int) -> list[tuple[int, int, bool]]:
     """``[a, b)`` cut into the parts below, inside (True) and above the huge span ``[hs, he)``."""
