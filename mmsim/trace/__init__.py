@@ -206,3 +206,4 @@ def read_trace(path: str | os.PathLike[str], fmt: str = "auto") -> Iterator[Op]:
 register_reader("native", read_native, _detect_native)
 # Further readers register themselves when imported here, e.g.:
 # from . import mtrace  # noqa: E402, F401
+from . import strace  # noqa: E402, F401

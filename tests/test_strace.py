@@ -1,0 +1,218 @@
+"""The strace importer: real logs replay to the mapped bytes the log itself implies."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kernel import Kernel, KernelConfig
+from mmsim.cli import main
+from mmsim.trace import TraceError, detect_format, format_op, read_trace
+from mmsim.trace.strace import read_strace
+
+FIXTURES = Path(__file__).parent / "fixtures" / "strace"
+LOGS = sorted(FIXTURES.glob("*.strace"))
+PAGE = 4096
+
+
+def independent_mapped_bytes(path: Path) -> int:
+    """A second, deliberately naive reading of a log: a set of application pages."""
+    pages: set[int] = set()
+    pending: dict[str, str] = {}
+    brk: int | None = None
+
+    def span(addr: int, length: int) -> range:
+        return range(addr // PAGE, (addr + length + PAGE - 1) // PAGE)
+
+    for line in path.read_text().splitlines():
+        m = re.match(r"^(?:\[pid\s+(\d+)\]\s+|(\d+)\s+)?(?:[\d:.]+\s+)?(.*)$", line.strip())
+        assert m is not None
+        pid, rest = m[1] or m[2] or "0", m[3]
+        if rest.endswith(" <unfinished ...>"):
+            pending[pid] = rest[: -len(" <unfinished ...>")]
+            continue
+        resumed = re.match(r"^<\.\.\. \w+ resumed>\s?(.*)$", rest)
+        if resumed:
+            rest = pending.pop(pid) + resumed[1]
+        call = re.match(r"^(\w+)\((.*)\)\s+=\s+(\S+)", rest)
+        if call is None or call[3].startswith("-") or call[3] == "?":
+            continue
+        name, ret = call[1], call[3]
+        args = [a.strip() for a in call[2].split(",")]
+        num = [0 if a == "NULL" else int(a, 0) if re.fullmatch(r"-?(0x)?[0-9a-f]+", a) else None
+               for a in args]
+        if name == "mmap":
+            pages.update(span(int(ret, 0), num[1]))
+        elif name == "munmap":
+            pages.difference_update(span(num[0], num[1]))
+        elif name == "mremap":
+            pages.difference_update(span(num[0], num[1]))
+            pages.update(span(int(ret, 0), num[2]))
+        elif name == "brk":
+            new = int(ret, 0)
+            if brk is None or (args[0] == "NULL" and new != brk):
+                brk = new
+                continue
+            old_top, new_top = -(-brk // PAGE), -(-new // PAGE)
+            pages.update(range(old_top, new_top))
+            pages.difference_update(range(new_top, old_top))
+            brk = new
+    return len(pages) * PAGE
+
+
+def replay(path: Path | str, **kw: object) -> Kernel:
+    kernel = Kernel(KernelConfig(memory=512 << 20, cpus=2))
+    kernel.run(read_trace(path, "strace") if not kw else read_strace(path, **kw))  # type: ignore[arg-type]
+    kernel.check()
+    kernel.address_space.check()  # type: ignore[attr-defined]
+    return kernel
+
+
+def write_log(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "log.strace"
+    path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------- real logs
+
+
+def test_fixtures_exist_with_their_commands() -> None:
+    assert len(LOGS) >= 2
+    readme = (FIXTURES / "README.md").read_text()
+    for log in LOGS:
+        assert "strace -f" in readme and f"-o {log.name}" in readme
+
+
+@pytest.mark.parametrize("log", LOGS, ids=lambda p: p.name)
+def test_fixture_replays_to_the_logs_mapped_bytes(log: Path) -> None:
+    assert detect_format(log) == "strace"
+    kernel = replay(log)
+    assert kernel.summary()["mmap"]["mapped_bytes"] == independent_mapped_bytes(log)
+    assert kernel.summary()["mmap"]["vmas"] > 10
+
+
+def test_python_fixture_features_are_exercised() -> None:
+    log = FIXTURES / "python_threads.strace"
+    reader = read_strace(log)
+    ops = list(reader)
+    kinds = {op.kind for op in ops}
+    assert {"mmap", "munmap", "mprotect", "madvise", "mremap", "create"} <= kinds
+    assert reader.stats.failed["ENOMEM"] == 3  # the 64 TiB bytearray
+    assert all(op.time_ns is not None for op in ops)
+    assert max(op.time_ns for op in ops) > 0  # type: ignore[type-var]
+    for op in ops:
+        format_op(op)  # every op is expressible in the native format
+
+
+def test_cli_runs_a_log_auto_detected() -> None:
+    result = CliRunner().invoke(main, ["run", str(LOGS[0]), "--memory", "512M", "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        main, ["run", str(LOGS[0]), "--format", "strace", "--json", "-", "--quiet"])
+    assert result.exit_code == 0 and '"mmap"' in result.output
+
+
+# ---------------------------------------------------------------------------- translation
+
+
+def test_unfinished_and_resumed_are_joined_per_pid(tmp_path: Path) -> None:
+    log = write_log(tmp_path, """
+        100 03:00:00.000000 mmap(NULL, 8192, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0 <unfinished ...>
+        101 03:00:00.000100 mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0 <unfinished ...>
+        100 03:00:00.000200 <... mmap resumed>) = 0x7f0000000000 <0.000200>
+        101 03:00:00.000300 <... mmap resumed>) = 0x7f0000100000 <0.000200>
+        101 03:00:00.000400 munmap(0x7f0000000000, 4096) = 0 <0.000010>
+        101 03:00:00.000500 +++ exited with 0 +++
+    """)
+    ops = list(read_strace(log))
+    assert [(o.kind, o.handle, o.size, o.prot) for o in ops[:2]] == [
+        ("mmap", "m1", 8192, 3), ("mmap", "m2", 4096, 1)]
+    assert (ops[2].kind, ops[2].handle, ops[2].offset, ops[2].length) == ("munmap", "m1", 0, 4096)
+    assert [o.time_ns for o in ops] == [200_000, 300_000, 400_000]
+    assert [o.line for o in ops] == [3, 4, 5]
+    assert replay(log).summary()["mmap"]["mapped_bytes"] == 8192
+
+
+def test_pid_filter_and_bracket_prefix(tmp_path: Path) -> None:
+    log = write_log(tmp_path, """
+        mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+        [pid   7] mmap(NULL, 8192, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000100000
+    """)
+    assert detect_format(log) == "strace"
+    assert [o.size for o in read_strace(log)] == [4096, 8192]
+    assert [o.size for o in read_strace(log, pid=7)] == [8192]
+
+
+def test_failed_and_unknown_calls_are_skipped_and_counted(tmp_path: Path) -> None:
+    log = write_log(tmp_path, """
+        1 mmap(NULL, 70368744181760, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = -1 ENOMEM (Cannot allocate memory)
+        1 mprotect(0x5564b831d000, 4096, PROT_READ) = 0
+        1 mlock(0x5564b831d000, 4096) = 0
+        1 madvise(0x5564b831d000, 4096, MADV_WILLNEED) = 0
+        1 exit_group(0) = ?
+    """)
+    reader = read_strace(log)
+    assert list(reader) == []
+    st = reader.stats
+    assert st.failed == {"ENOMEM": 1, "?": 1}
+    assert st.unknown_address == 1
+    assert st.skipped == {"mlock": 1, "madvise MADV_WILLNEED": 1}
+
+
+def test_fixed_overlays_file_descriptors_and_brk(tmp_path: Path) -> None:
+    log = write_log(tmp_path, """
+        5 brk(NULL) = 0x555555559000
+        5 mmap(NULL, 20480, PROT_READ, MAP_PRIVATE|MAP_DENYWRITE, 3, 0) = 0x7f0000000000
+        5 mmap(0x7f0000001000, 8192, PROT_READ|PROT_EXEC, MAP_PRIVATE|MAP_FIXED|MAP_DENYWRITE, 3, 0x1000) = 0x7f0000001000
+        5 mprotect(0x7f0000000000, 20480, PROT_READ) = 0
+        5 brk(0x55555557a000) = 0x55555557a000
+        5 brk(0x555555569000) = 0x555555569000
+        5 munmap(0x7f0000000000, 20480) = 0
+    """)
+    ops = [format_op(o) for o in read_strace(log)]
+    assert ops == [
+        "create /strace/fd3 20K",
+        "mmap m1 20K file=/strace/fd3 prot=r",
+        "munmap m1 4K 8K",
+        "mmap m2 8K file=/strace/fd3 off=4K prot=rx",
+        "mprotect m1 0 4K r",
+        "mprotect m2 0 8K r",
+        "mprotect m1 12K 8K r",
+        "mmap m3 132K",
+        "munmap m3 64K 68K",
+        "munmap m1 0 4K",
+        "munmap m2 0 8K",
+        "munmap m1 12K 8K",
+    ]
+    kernel = replay(log)
+    assert kernel.summary()["mmap"]["mapped_bytes"] == 64 << 10
+    assert kernel.summary()["mmap"]["errors"] == {}
+
+
+def test_mremap_of_a_whole_mapping_follows_it(tmp_path: Path) -> None:
+    log = write_log(tmp_path, """
+        9 mmap(NULL, 1052672, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+        9 mremap(0x7f0000000000, 1052672, 2101248, MREMAP_MAYMOVE) = 0x7f1000000000
+        9 munmap(0x7f1000000000, 4096) = 0
+        9 mremap(0x7f1000001000, 4096, 8192, MREMAP_MAYMOVE) = 0x7f2000000000
+    """)
+    ops = [format_op(o) for o in read_strace(log)]
+    assert ops[1] == "mremap m1 2052K"
+    assert ops[2] == "munmap m1 0 4K"
+    assert ops[3:] == ["munmap m1 4K 4K", "mmap m2 8K"]  # part of a mapping: unmap, map anew
+    assert replay(log).summary()["mmap"]["mapped_bytes"] == 2101248 - 8192 + 8192
+
+
+def test_not_strace(tmp_path: Path) -> None:
+    path = tmp_path / "x.strace"
+    path.write_text("mmap a 4K\n")
+    assert detect_format(path) == "native"
+    path.write_text("1 mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, 3, 0) = 0x1000\nnonsense here\n")
+    with pytest.raises(TraceError):
+        detect_format(path)
+    with pytest.raises(TraceError, match=":2:"):
+        list(read_strace(path))
