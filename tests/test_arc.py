@@ -22,6 +22,7 @@ from fs.zfs_arc.policy_arc import ArcPolicy
 from fs.zfs_arc.policy_lru import LruPolicy
 from fs.zfs_arc.policy_zfs import ZfsArcPolicy, arc_init
 from kernel import Kernel, load_config
+from kernel import sys_fs as _sys_fs  # noqa: F401  (registers cache_policy, arc_size...)
 from mm.constants import PAGE_SIZE
 from mmsim.trace import Op, read_trace
 from mmsim.trace import blocktrace as _blocktrace  # noqa: F401  (registers the formats)
@@ -345,17 +346,25 @@ def test_zfs_arc_shrinks_by_a_32nd_every_other_second_under_pressure_and_not_bel
 def test_under_sustained_pressure_c_falls_to_c_min_and_stays_there() -> None:
     k = boot("256M")
     zfs = k.zfs.policy
-    eat(k, 175 * MIB)  # free stays under 25 % whatever the ARC does
     rs = 128 << 10
-    k.apply(Op("create", 1, path="/big", size=1400 * rs))
-    for i in range(400):
-        k.apply(Op("read", 2 + i, path="/big", offset=i * rs, length=rs))
-        k.apply(Op("sleep", 2 + i, duration_ns=50_000_000))
+    fill_arc(k, 240)  # 30 MiB cached, the ARC still growing
+    eat(k, 175 * MIB)  # free stays under 25 % even with the ARC at c_min
+    assert zfs.memory_low()
+    seen = []
+    for i in range(600):  # keep re-reading the 30 MiB: the ARC stays full at its target
+        k.apply(Op("read", 10 + i, path="/big", offset=(i % 240) * rs, length=rs))
+        k.apply(Op("sleep", 10 + i, duration_ns=200_000_000))
         assert zfs.c >= zfs.c_min
+        assert zfs.size >= zfs.c_min - rs  # its own reclaim never evicts under c_min
+        seen.append(zfs.c)
     assert zfs.c == zfs.c_min and zfs.no_grow
+    assert len(set(seen)) > 10  # it got there by 1/32 steps
     assert k.oom is None
     k.check()
     k.zfs.check()
+    # only a shrinker call takes the ARC's size under c_min (the target stays)
+    k.zfs.request_memory(0, hard=False)
+    assert zfs.size < zfs.c_min - rs and zfs.c == zfs.c_min
 
 
 def test_zfs_arc_does_not_shrink_with_enough_free_memory() -> None:
