@@ -1,0 +1,202 @@
+"""`mmsim fuzz`: hypothesis state machines over a booted kernel, as a user's configuration sets it.
+
+The machine drives the kernel through the same operations a trace does (malloc family, the mmap
+family, touches, files, CPU switches, time) and checks the kernel's invariants after every step:
+pages conserved (free + every category == total), free runs coalesced and in their containers.
+When one breaks, hypothesis shrinks the operations, and the smallest failing sequence is written
+as a native trace that `mmsim run --check` replays. Users can subclass :class:`KernelMachine` or
+call :func:`make_machine` from their own pytest.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import hypothesis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from kernel import Kernel, KernelConfig, OutOfMemory
+from mmsim.trace.native import write_native
+from mmsim.trace.ops import Op
+
+PAGE = 4096
+MIB = 1 << 20
+
+#: malloc sizes around OSv's boundaries: pool classes, whole pages, runs, the mmap threshold
+malloc_sizes = st.one_of(
+    st.integers(1, 1024),
+    st.integers(1025, 4096),
+    st.integers(4097, 64 * 1024),
+    st.sampled_from([8, 16, 1024, 1025, 4096, 4097, 8192, 2_093_056, 2_093_057, 3 * MIB]),
+)
+map_lengths = st.one_of(
+    st.integers(1, 64).map(lambda n: n * PAGE),
+    st.integers(1, 6).map(lambda n: n * 2 * MIB),
+    st.integers(1, 6).map(lambda n: n * 2 * MIB + PAGE),
+)
+prots = st.sampled_from([1, 3, 3, 3, 5, 0])
+
+
+class KernelMachine(RuleBasedStateMachine):
+    """Random operations against one kernel; ``config`` is set by :func:`make_machine`."""
+
+    config: KernelConfig = KernelConfig(memory=256 * MIB, cpus=2)
+    #: the operations of the most recent run (after shrinking: the minimal failing one)
+    last_ops: list[Op] = []
+
+    mallocs = Bundle("mallocs")
+    maps = Bundle("maps")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel = Kernel(self.config)
+        self.ops: list[Op] = []
+        type(self).last_ops = self.ops
+        self.names = 0
+        self.out_of_memory = False
+
+    def _name(self, prefix: str) -> str:
+        self.names += 1
+        return f"{prefix}{self.names}"
+
+    def _apply(self, op: Op) -> None:
+        if self.out_of_memory:  # a simulated OOM ends the run's story, it is not a bug
+            return
+        op.line = len(self.ops) + 2  # line 1 is the trace's header
+        self.ops.append(op)
+        try:
+            self.kernel.apply(op)
+        except OutOfMemory:
+            self.out_of_memory = True
+
+    # -- malloc family ---------------------------------------------------------------------
+    @rule(target=mallocs, size=malloc_sizes)
+    def malloc(self, size: int) -> str:
+        h = self._name("m")
+        self._apply(Op("malloc", 0, handle=h, size=size))
+        return h
+
+    @rule(target=mallocs, n=st.integers(1, 64), size=st.integers(1, 4096))
+    def calloc(self, n: int, size: int) -> str:
+        h = self._name("m")
+        self._apply(Op("calloc", 0, handle=h, count=n, size=size))
+        return h
+
+    @rule(target=mallocs, align=st.sampled_from([8, 64, 4096, 8192, 2 * MIB]),
+          size=st.integers(1, 3 * MIB))
+    def memalign(self, align: int, size: int) -> str:
+        h = self._name("m")
+        self._apply(Op("memalign", 0, handle=h, align=align, size=size))
+        return h
+
+    @rule(h=mallocs, size=malloc_sizes)
+    def realloc(self, h: str, size: int) -> None:
+        self._apply(Op("realloc", 0, handle=h, size=size))
+
+    @rule(h=consumes(mallocs))
+    def free(self, h: str) -> None:
+        self._apply(Op("free", 0, handle=h))
+
+    # -- mmap family -----------------------------------------------------------------------
+    @rule(target=maps, length=map_lengths, prot=prots, populate=st.booleans(),
+          shared=st.booleans())
+    def mmap(self, length: int, prot: int, populate: bool, shared: bool) -> tuple[str, int]:
+        h = self._name("v")
+        self._apply(Op("mmap", 0, handle=h, size=length, prot=prot, populate=populate,
+                       shared=shared))
+        return h, length
+
+    @rule(m=maps, data=st.data(), write=st.booleans())
+    def touch(self, m: tuple[str, int], data: st.DataObject, write: bool) -> None:
+        off, length = _subrange(data, m[1])
+        self._apply(Op("touch", 0, handle=m[0], offset=off, length=length, write=write))
+
+    @rule(m=maps, data=st.data(), prot=prots)
+    def mprotect(self, m: tuple[str, int], data: st.DataObject, prot: int) -> None:
+        off, length = _subrange(data, m[1])
+        self._apply(Op("mprotect", 0, handle=m[0], offset=off, length=length, prot=prot))
+
+    @rule(m=maps, data=st.data(), advice=st.sampled_from(["dontneed", "hugepage", "nohugepage"]))
+    def madvise(self, m: tuple[str, int], data: st.DataObject, advice: str) -> None:
+        off, length = _subrange(data, m[1])
+        self._apply(Op("madvise", 0, handle=m[0], offset=off, length=length, advice=advice))
+
+    @rule(m=maps, data=st.data())
+    def munmap_part(self, m: tuple[str, int], data: st.DataObject) -> None:
+        off, length = _subrange(data, m[1])
+        self._apply(Op("munmap", 0, handle=m[0], offset=off, length=length))
+
+    @rule(m=consumes(maps))
+    def munmap(self, m: tuple[str, int]) -> None:
+        self._apply(Op("munmap", 0, handle=m[0]))
+
+    # -- files, CPUs and time ----------------------------------------------------------------
+    @rule(n=st.integers(0, 3), size=st.integers(1, 2 * MIB))
+    def create(self, n: int, size: int) -> None:
+        self._apply(Op("create", 0, path=f"/f{n}", size=size))
+
+    @rule(n=st.integers(0, 3), off=st.integers(0, 2 * MIB), length=st.integers(1, 512 * 1024),
+          write=st.booleans())
+    def file_io(self, n: int, off: int, length: int, write: bool) -> None:
+        kind = "write" if write else "read"
+        self._apply(Op(kind, 0, path=f"/f{n}", offset=off, length=length, write=write))
+
+    @rule(data=st.data())
+    def cpu(self, data: st.DataObject) -> None:
+        self._apply(Op("cpu", 0, count=data.draw(st.integers(0, self.config.cpus - 1))))
+
+    @rule(ms=st.integers(1, 1500))
+    def sleep(self, ms: int) -> None:
+        self._apply(Op("sleep", 0, duration_ns=ms * 1_000_000))
+
+    @invariant()
+    def kernel_invariants(self) -> None:
+        self.kernel.check()
+
+
+def _subrange(data: st.DataObject, length: int) -> tuple[int, int]:
+    pages = max(1, length // PAGE)
+    first = data.draw(st.integers(0, pages - 1))
+    count = data.draw(st.integers(1, pages - first))
+    return first * PAGE, count * PAGE
+
+
+def make_machine(config: KernelConfig) -> type[KernelMachine]:
+    """A :class:`KernelMachine` subclass bound to ``config`` (user shrinkers included)."""
+    return type("ConfiguredKernelMachine", (KernelMachine,), {"config": config, "last_ops": []})
+
+
+@dataclass
+class FuzzResult:
+    ok: bool
+    examples: int
+    error: str | None = None
+    trace: str | None = None  # the shrunk counterexample, as a native trace
+
+
+def fuzz(config: KernelConfig, examples: int = 100, seed: int = 0, steps: int = 50) -> FuzzResult:
+    """Run the machine; on failure return the minimal failing operations as a native trace."""
+    machine = make_machine(config)
+    hypothesis.seed(seed)(machine)
+    run_settings = settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck), print_blob=False,
+    )
+    try:
+        run_state_machine_as_test(machine, settings=run_settings)
+    except Exception as e:  # an invariant or a simulator crash: both are what fuzz hunts
+        out = io.StringIO()
+        write_native(machine.last_ops, out)
+        message = f"{type(e).__name__}: {e}".splitlines()[0]
+        return FuzzResult(False, examples, message, out.getvalue())
+    return FuzzResult(True, examples)
