@@ -140,6 +140,7 @@ def test_unfinished_and_resumed_are_joined_per_pid(tmp_path: Path) -> None:
 def test_pid_filter_and_bracket_prefix(tmp_path: Path) -> None:
     log = write_log(tmp_path, """
         mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+        strace: Process 7 attached
         [pid   7] mmap(NULL, 8192, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000100000
     """)
     assert detect_format(log) == "strace"

@@ -213,8 +213,8 @@ class StraceReader:
             return
         rest = m["rest"]
         time_ns = self._time(m["time"]) if m["time"] else None
-        if rest.startswith(("+++", "---")):
-            return
+        if rest.startswith(("+++", "---", "strace: ")):
+            return  # exits, signals, strace's own notes ("Process N attached")
         if rest.endswith(_UNFINISHED):
             self._pending[pid_text] = rest[: -len(_UNFINISHED)]
             return
@@ -398,7 +398,7 @@ def detect_strace(peek) -> bool:  # noqa: ANN001 - a TracePeek (imported lazily 
         line = line.strip()
         if _DETECT_RE.match(line):
             calls += 1
-        elif not _OTHER_LINE_RE.match(line):
+        elif not _OTHER_LINE_RE.match(line) and not line.startswith("strace: "):
             return False
     return calls > 0
 
