@@ -1,0 +1,226 @@
+"""The malloc family as a trace drives it: handles name the application's pointers.
+
+Bad frees are the application's bugs, caught as a sanitizer would and counted (the replay goes
+on): ``invalid_free`` (a handle never allocated), ``double_free`` and ``realloc_freed`` (a handle
+freed before). Like a sanitizer's quarantine, freed handles are remembered for the last
+:data:`QUARANTINE` frees only, so memory stays bounded by the live blocks; an older one freed
+again counts as ``invalid_free``.
+
+Other handle rules: ``realloc`` of a handle never allocated is realloc(NULL) (a malloc);
+``realloc H 0`` frees H; ``malloc`` of a live handle loses the old block, which stays allocated
+and live (a leak, as ``p = malloc(); p = malloc();`` is). A call that returns NULL (an impossible
+size) binds nothing and counts in ``failed_calls``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mm.constants import PAGE_SIZE
+from mm.slab import POOL_CLASSES, Malloc, MallocAbort
+
+try:
+    from mm.address_space import VmError
+except ImportError:  # no virtual memory in this build: the stand-in mapper never raises it
+
+    class VmError(Exception):  # type: ignore[no-redef]
+        """Placeholder: the address space's error type."""
+
+
+if TYPE_CHECKING:
+    from kernel.kernel import Kernel
+
+__all__ = ["QUARANTINE", "MallocFace", "attach"]
+
+#: freed handles remembered to tell a double free from an invalid one (two halves of this)
+QUARANTINE = 1 << 16
+_HALF = QUARANTINE // 2
+_CLASS_NAMES = [str(s) for s in POOL_CLASSES]
+
+
+class MallocFace:
+    """Handles -> blocks of one :class:`Malloc`, with the application's statistics."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.malloc = Malloc(kernel.pool, getattr(kernel, "address_space", None))
+        reclaimer = getattr(kernel, "reclaimer", None)
+        if reclaimer is not None:
+            self.malloc.wait_for_minimum_memory = reclaimer.wait_for_minimum_memory
+        self.live: dict[str, tuple[int, int]] = {}  # handle -> (address, requested size)
+        self.leaked: list[tuple[int, int]] = []  # blocks whose handle was bound again
+        self._freed: dict[str, int] = {}  # handle -> line of its free (newest half)
+        self._freed_old: dict[str, int] = {}
+        self.calls = dict.fromkeys(("malloc", "calloc", "memalign", "realloc", "free"), 0)
+        self.failed = 0
+        self.invalid_frees = 0
+        self.live_bytes = 0
+        self.live_bytes_peak = 0
+        self.heap_at_peak = 0
+        self.heap_bytes_peak = 0
+
+    # -- the handlers ---------------------------------------------------------------------
+    def op_malloc(self, op: Any) -> None:
+        self.calls["malloc"] += 1
+        size = op.size
+        try:
+            addr = self.malloc.malloc(size, self.kernel.cpu)
+        except VmError:  # no room for the mapping: malloc returns NULL
+            addr = 0
+        self._bind(op.handle, addr, size)
+
+    def op_calloc(self, op: Any) -> None:
+        self.calls["calloc"] += 1
+        try:
+            addr = self.malloc.calloc(op.count, op.size, self.kernel.cpu)
+        except VmError:
+            addr = 0
+        self._bind(op.handle, addr, op.count * op.size)
+
+    def op_memalign(self, op: Any) -> None:
+        self.calls["memalign"] += 1
+        try:
+            addr = self.malloc.memalign(op.align, op.size, self.kernel.cpu)
+        except MallocAbort as e:
+            self.kernel.errors.report("osv_abort", op.line, op.kind, str(e))
+            addr = 0
+        except VmError:
+            addr = 0
+        self._bind(op.handle, addr, op.size)
+
+    def op_free(self, op: Any) -> None:
+        self.calls["free"] += 1
+        handle = op.handle
+        block = self.live.pop(handle, None)
+        if block is None:
+            self._bad_free(op, "double_free", "invalid_free")
+            return
+        self.malloc.free(block[0], self.kernel.cpu)
+        self.live_bytes -= block[1]
+        self._forget(handle, op.line)
+
+    def op_realloc(self, op: Any) -> None:
+        self.calls["realloc"] += 1
+        handle = op.handle
+        size = op.size
+        block = self.live.get(handle)
+        if block is None:
+            if handle in self._freed or handle in self._freed_old:
+                self._bad_free(op, "realloc_freed", "")
+            try:
+                addr = self.malloc.malloc(size, self.kernel.cpu)
+            except VmError:
+                addr = 0
+            self._bind(handle, addr, size)
+            return
+        if not size:
+            self.malloc.realloc(block[0], 0, self.kernel.cpu)
+            del self.live[handle]
+            self.live_bytes -= block[1]
+            self._forget(handle, op.line)
+            return
+        try:
+            addr = self.malloc.realloc(block[0], size, self.kernel.cpu)
+        except VmError:
+            addr = 0
+        if not addr:
+            self.failed += 1
+            return
+        self.live[handle] = (addr, size)
+        self._grew(size - block[1])
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def _bind(self, handle: str, addr: int, size: int) -> None:
+        if not addr:
+            self.failed += 1
+            return
+        old = self.live.get(handle)
+        if old is not None:
+            self.leaked.append(old)
+        self.live[handle] = (addr, size)
+        self._grew(size)
+
+    def _grew(self, delta: int) -> None:
+        live = self.live_bytes + delta
+        self.live_bytes = live
+        heap = self.malloc.heap_bytes
+        if heap > self.heap_bytes_peak:
+            self.heap_bytes_peak = heap
+        if live > self.live_bytes_peak:
+            self.live_bytes_peak = live
+            self.heap_at_peak = heap
+
+    def _forget(self, handle: str, line: int) -> None:
+        freed = self._freed
+        freed[handle] = line
+        if len(freed) >= _HALF:
+            self._freed_old = freed
+            self._freed = {}
+
+    def _bad_free(self, op: Any, freed_kind: str, unknown_kind: str) -> None:
+        handle = op.handle
+        line = self._freed.get(handle, self._freed_old.get(handle))
+        if line is not None:
+            what = "free" if freed_kind == "double_free" else "realloc"
+            self.kernel.errors.report(freed_kind, op.line, op.kind,
+                                      f"{what} of '{handle}', already freed at line {line}")
+        elif unknown_kind:
+            self.kernel.errors.report(unknown_kind, op.line, op.kind,
+                                      f"free of '{handle}', which was never allocated")
+        else:
+            return
+        self.invalid_frees += 1
+
+    # -- results ---------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """The ``malloc`` section (docs: the module docstring and docs/summary.md)."""
+        m = self.malloc
+        classes: dict[str, dict[str, int]] = {
+            name: {"blocks": 0, "requested_bytes": 0, "usable_bytes": 0, "memory_bytes": 0}
+            for name in [*_CLASS_NAMES, "early", "page", "large", "mapped"]}
+        for addr, size in [*self.live.values(), *self.leaked]:
+            c = classes[m.kind_of(addr)]
+            c["blocks"] += 1
+            c["requested_bytes"] += size
+            c["usable_bytes"] += m.usable_size(addr)
+        for size, pages in m.pool_pages_by_class().items():
+            classes[str(size)]["memory_bytes"] = pages * PAGE_SIZE
+        classes["early"]["memory_bytes"] = m.early.npages * PAGE_SIZE
+        classes["page"]["memory_bytes"] = m.whole_pages * PAGE_SIZE
+        classes["large"]["memory_bytes"] = m.large.run_pages * PAGE_SIZE
+        classes["mapped"]["memory_bytes"] = m.large.mapped_bytes
+        requested = sum(c["requested_bytes"] for c in classes.values())
+        usable = sum(c["usable_bytes"] for c in classes.values())
+        peak = self.live_bytes_peak
+        return {
+            "calls": dict(self.calls),
+            "failed_calls": self.failed,
+            "invalid_frees": self.invalid_frees,
+            "live_blocks": len(self.live) + len(self.leaked),
+            "live_bytes": self.live_bytes,
+            "live_bytes_peak": peak,
+            "usable_bytes": usable,
+            "internal_fragmentation_bytes": usable - requested,
+            "heap_bytes": m.heap_bytes,
+            "heap_bytes_peak": self.heap_bytes_peak,
+            "heap_bytes_at_live_peak": self.heap_at_peak,
+            "peak_utilization": round(peak / self.heap_at_peak, 6) if self.heap_at_peak else None,
+            "cross_cpu_frees": m.cross_cpu_frees,
+            "cross_cpu_pending": m.pending_cross_cpu(),
+            "pool_pages_returned": m.pool_pages_returned,
+            "classes": classes,
+        }
+
+
+def attach(kernel: Kernel) -> MallocFace:
+    """Register malloc's handlers, its three memory categories and the ``malloc`` section."""
+    face = MallocFace(kernel)
+    kernel.malloc = face  # type: ignore[attr-defined]
+    for kind in ("malloc", "calloc", "memalign", "realloc", "free"):
+        kernel.add_handler(kind, getattr(face, f"op_{kind}"))
+    m = face.malloc
+    kernel.add_category("malloc_pools", lambda: m.pool_pages * PAGE_SIZE)
+    kernel.add_category("malloc_pages", lambda: m.whole_pages * PAGE_SIZE)
+    kernel.add_category("malloc_large", lambda: m.large_pages * PAGE_SIZE)
+    kernel.add_section("malloc", face.summary)
+    return face
