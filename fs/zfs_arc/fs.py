@@ -45,7 +45,7 @@ class Clock(Protocol):
 class ZfsFile:
     """One file: size, record size, and its cached buffers by record index."""
 
-    __slots__ = ("fid", "path", "size", "_recordsize", "npages", "unit", "fixed", "bufs",
+    __slots__ = ("fid", "path", "size", "recordsize", "npages", "unit", "fixed", "bufs",
                  "dirty")
 
     def __init__(self, fid: int, path: str, size: int, recordsize: int, unit: int,
@@ -53,20 +53,15 @@ class ZfsFile:
         self.fid = fid
         self.path = path
         self.size = size
-        self.recordsize = recordsize
+        self.set_recordsize(recordsize)
         self.unit = unit  # bytes of offset per record (the record size, or a trace block)
         self.fixed = fixed  # the record size never changes (block-trace files)
         self.bufs: dict[int, ArcBuffer] = {}
         self.dirty: set[int] = set()
 
-    @property
-    def recordsize(self) -> int:
-        return self._recordsize
-
-    @recordsize.setter
-    def recordsize(self, value: int) -> None:
-        self._recordsize = value
-        self.npages = BufferAllocator.pages_for(value)  # what each of its buffers costs
+    def set_recordsize(self, recordsize: int) -> None:
+        self.recordsize = recordsize
+        self.npages = BufferAllocator.pages_for(recordsize)  # what each of its buffers costs
 
 
 def single_block_size(size: int, recordsize: int) -> int:
@@ -253,20 +248,18 @@ class ZfsFileSystem:
     def read_op(self, op: Any) -> None:
         """A trace's ``read PATH OFF LEN`` (the hot path of block traces: one call less)."""
         f = self._files.get(op.path)
-        length = op.length
-        if f is None or length is None or op.offset % f.unit or length != f.unit:
-            if self.read(op.path, op.offset, length) is None and self.on_error is not None:
-                self.on_error("ENOENT", op, f"{op.path}: no such file")
-            return
-        offset = op.offset
-        if offset + length > f.size:
-            self.read(op.path, offset, length)
-            return
-        idx = offset // length
-        key = idx << FID_BITS | f.fid
-        if not self._access_fn(key, f.recordsize):
-            self._fill(f, idx, key, True)
-        self.read_bytes += length
+        if f is not None:
+            u = f.unit
+            offset = op.offset
+            if op.length == u and not offset % u and offset + u <= f.size:  # one whole record
+                idx = offset // u
+                key = idx << FID_BITS | f.fid
+                if not self._access_fn(key, f.recordsize):
+                    self._fill(f, idx, key, True)
+                self.read_bytes += u
+                return
+        if self.read(op.path, op.offset, op.length) is None and self.on_error is not None:
+            self.on_error("ENOENT", op, f"{op.path}: no such file")
 
     def write(self, path: str, offset: int, length: int | None) -> int | None:
         """Write through the cache (records become dirty); bytes written, None if no file."""
@@ -315,7 +308,8 @@ class ZfsFileSystem:
                 was_dirty = bool(f.dirty)
                 self._drop_buffers(f)
                 f.dirty.clear()
-                f.recordsize = f.unit = new_rs
+                f.set_recordsize(new_rs)
+                f.unit = new_rs
                 if was_dirty:  # the old block's data is carried into the new one
                     self.disk.write(self._time.clock_ns, rs)
         f.size = end

@@ -94,13 +94,27 @@ class ArcPolicy(CachePolicy):
             if self._t1b + self._t2b + size > c:
                 self._make_room(size, False)
         elif t1b + self._t2b + size > c:  # B, with a full cache (the paper: |L1| + |L2| >= c)
-            total = t1b + self._t2b + self._b1b + self._b2b
             b2 = self._b2
-            while b2 and total + size > 2 * c:
-                s = b2.popitem(last=False)[1]
-                self._b2b -= s
-                total -= s
-            self._make_room(size, False)
+            if t1b + self._t2b + self._b1b + self._b2b + size > 2 * c:
+                total = t1b + self._t2b + self._b1b + self._b2b
+                while b2 and total + size > 2 * c:
+                    s = b2.popitem(last=False)[1]
+                    self._b2b -= s
+                    total -= s
+            if t1b and (t1b > self.p or not t2):  # one REPLACE, inlined: T1's oldest to B1
+                k, s = t1.popitem(last=False)
+                self._t1b = t1b = t1b - s
+                self._b1[k] = s
+                self._b1b += s
+            else:  # T2's oldest to B2
+                k, s = t2.popitem(last=False)
+                self._t2b -= s
+                b2[k] = s
+                self._b2b += s
+            self.evictions += 1
+            self.on_evict(k)
+            if t1b + self._t2b + size > c:  # records of other sizes: more to replace
+                self._make_room(size, False)
         t1[key] = size
         self._t1b += size
         return False
