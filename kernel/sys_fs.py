@@ -142,6 +142,7 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     for kind in ("create", "write", "fsync", "unlink"):
         kernel.add_handler(kind, getattr(handlers, kind))
     kernel.add_handler("read", fs.read_op)
+    kernel.add_handler("blockread", fs.block_read_op)  # mmsim.trace.blocktrace's fast path
     fs.on_error = lambda kind, op, message: kernel.errors.report(kind, op.line, op.kind, message)
     kernel.files = fs  # type: ignore[attr-defined]
     kernel.zfs = fs  # type: ignore[attr-defined]

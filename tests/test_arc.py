@@ -187,7 +187,7 @@ def oltp_ids() -> list[int]:
         pytest.skip("the OLTP trace is not in ../shared/data/arc-paper")
     ops = read_trace(OLTP, "lis")
     assert next(ops).kind == "create"
-    return [op.offset // BLOCK for op in ops]
+    return [b for op in ops for b in op.blocks]  # BlockReads: the requests in order
 
 
 def test_oltp_trace_has_the_papers_footprint(oltp_ids: list[int]) -> None:

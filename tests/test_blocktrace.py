@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import struct
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import zstandard
 from click.testing import CliRunner
 
 from mmsim.trace import TraceError, detect_format, read_trace
-from mmsim.trace.blocktrace import BLOCK_PATH, id_of
+from mmsim.trace.blocktrace import BLOCK_PATH, BlockReads, id_of, read_ids, read_lis, read_oracle
+
+READERS_ONE = {"lis": read_lis, "oracleGeneral": read_oracle, "ids": read_ids}
 
 RECORD = struct.Struct("<IQIq")
 
@@ -34,16 +37,22 @@ def write(path: Path, data: bytes, compression: str) -> Path:
 
 
 def requests(path: Path, fmt: str) -> tuple[int, list[tuple[int, int]]]:
-    """(block size, [(line, block id)]) of a block trace."""
+    """(block size, [(line, block id)]) of a block trace, the same one request at a time."""
     ops = list(read_trace(path, fmt))
     create = ops[0]
     assert create.kind == "create" and create.path == BLOCK_PATH
     block = create.align
     out = []
-    for op in ops[1:]:
-        assert op.kind == "read" and op.path == BLOCK_PATH and op.length == block
-        assert op.offset % block == 0
-        out.append((op.line, op.offset // block))
+    for batch in ops[1:]:
+        assert isinstance(batch, BlockReads) and batch.kind == "blockread"
+        assert batch.line == batch.lines[0] and batch.count == len(batch.blocks)
+        for op in batch.expand():
+            assert op.kind == "read" and op.path == BLOCK_PATH and op.length == block
+            assert op.offset % block == 0
+            out.append((op.line, op.offset // block))
+    one_by_one = list(READERS_ONE[fmt](path))
+    assert [(op.line, op.offset // block) for op in one_by_one[1:]] == out
+    assert all(op.kind == "read" for op in one_by_one[1:])
     return block, out
 
 
@@ -131,6 +140,25 @@ def test_a_truncated_archive_is_an_error_not_a_short_trace(tmp_path: Path) -> No
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match="no such file"):
         list(read_trace(tmp_path / "nope.lis", "lis"))
+
+
+def test_batches_replay_exactly_as_one_read_per_request(tmp_path: Path) -> None:
+    from kernel import Kernel, load_config
+    from kernel import sys_fs as _sys_fs  # noqa: F401
+
+    rng = random.Random(3)
+    ids = [int(rng.paretovariate(0.7)) % 3000 for _ in range(20_000)]
+    path = write(tmp_path / "t.bin", oracle_bytes(ids), "zst")
+    results = []
+    for ops in (read_trace(path, "oracleGeneral"), read_oracle(path)):
+        k = Kernel(load_config(None, {"memory": "256M", "arc_size": "2M"}))
+        k.run(ops)
+        s = k.summary()
+        results.append((s["arc"]["hits"], s["arc"]["misses"], s["arc"]["mru_count"],
+                        s["arc"]["p_bytes"], s["disk"], s["time_ns"], s["memory"]["categories"]))
+        k.check()
+    assert results[0] == results[1]
+    assert results[0][0] > 0 and results[0][1] > 0
 
 
 def test_mmsim_run_replays_a_block_trace_with_a_block_size(tmp_path: Path) -> None:

@@ -261,6 +261,36 @@ class ZfsFileSystem:
         if self.read(op.path, op.offset, op.length) is None and self.on_error is not None:
             self.on_error("ENOENT", op, f"{op.path}: no such file")
 
+    def block_read_op(self, op: Any) -> None:
+        """Many one-block reads at once (mmsim.trace.blocktrace.BlockReads, the fast path):
+        the same work as one ``read`` per block, without an operation's overhead for each."""
+        f = self._files.get(op.path)
+        blocks = op.blocks
+        if f is None or op.length != f.unit or (max(blocks) + 1) * f.unit > f.size:
+            lines = op.lines
+            for i, b in enumerate(blocks):  # the general path, request by request
+                op.line = lines[i]
+                if self.read(op.path, b * op.length, op.length) is None and self.on_error:
+                    self.on_error("ENOENT", op, f"{op.path}: no such file")
+            return
+        fid = f.fid
+        rs = f.recordsize
+        access = self._access_fn
+        clock = self._time
+        i = 0
+        try:
+            for i, b in enumerate(blocks):  # noqa: B007  (i is read by the except clause)
+                key = b << FID_BITS | fid
+                if not access(key, rs):
+                    self._fill(f, b, key, True)
+                    if clock.clock_ns >= self._next_timer:  # as after a single read
+                        self._free_spare()
+                        self._run_timers()
+        except OutOfPages:
+            op.line = op.lines[i]  # the kernel's OOM report names the request's line
+            raise
+        self.read_bytes += f.unit * len(blocks)
+
     def write(self, path: str, offset: int, length: int | None) -> int | None:
         """Write through the cache (records become dirty); bytes written, None if no file."""
         f = self._files.get(path)
@@ -360,9 +390,11 @@ class ZfsFileSystem:
         """Kernel threads, after each operation: the ARC reclaim thread and the txg sync."""
         if self._spare is not None:
             self._free_spare()
+        if self._time.clock_ns >= self._next_timer:
+            self._run_timers()
+
+    def _run_timers(self) -> None:
         now = self._time.clock_ns
-        if now < self._next_timer:
-            return
         policy = self.policy
         if now >= policy.next_tick_ns:
             policy.tick(now)
