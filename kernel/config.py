@@ -53,6 +53,24 @@ def parse_size(value: Any) -> int:
     return int(num) << shift
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s)?\s*$")
+_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9}
+
+
+def parse_duration(value: Any) -> int:
+    """Nanoseconds from a number of seconds or a string like ``500us``, ``1.5ms``, ``2s``."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad duration {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"negative duration {value}")
+        return round(value * 10**9)
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"bad duration {value!r} (use a number with ns, us, ms or s)")
+    return round(float(m.group(1)) * _NS[m.group(2) or "s"])
+
+
 @dataclass(frozen=True)
 class E820Entry:
     """One entry of the firmware memory map; type 1 is usable RAM, anything else is reserved."""

@@ -46,6 +46,9 @@ class OutOfMemory(Exception):
 
 Handler = Callable[[Any], None]
 
+#: granularity at which kernel threads see simulated time pass (the balloon polls every 500 ms)
+TICK_NS = 100_000_000
+
 #: which subsystem each trace operation needs, for the "not built yet" message
 _SUBSYSTEM = {
     "malloc": "malloc pools (mm/slab)", "calloc": "malloc pools (mm/slab)",
@@ -124,7 +127,7 @@ class Kernel:
         """Apply one trace operation; application errors are counted, not raised."""
         self.line = op.line
         if op.time_ns is not None and op.time_ns > self.clock_ns:
-            self.clock_ns = op.time_ns
+            self.advance_to(op.time_ns)
         cpu = self.cpu
         if op.cpu is not None:
             self._check_cpu(op.cpu)
@@ -141,9 +144,7 @@ class Kernel:
             if op.cpu is not None:
                 self.cpu = cpu
         self.events += 1
-        self.pool.run_fill_threads()
-        for fn in self._after_op:
-            fn()
+        self._run_threads()
 
     def run(self, ops: Iterable[OpLike], progress: Callable[[int], None] | None = None) -> None:
         """Apply every operation; ``progress`` is called with the count every 4096 operations."""
@@ -161,7 +162,20 @@ class Kernel:
         self.cpu = op.count
 
     def _op_sleep(self, op: Any) -> None:
-        self.clock_ns += op.duration_ns
+        self.advance_to(self.clock_ns + op.duration_ns)
+
+    def advance_to(self, t_ns: int) -> None:
+        """Let simulated time pass: kernel threads run at every tick on the way, in order, so a
+        long sleep sees the balloon's polls, the ARC's reclaim and the reclaimer interleave."""
+        while self.clock_ns < t_ns:
+            self.clock_ns = min(t_ns, self.clock_ns + TICK_NS)
+            if self.clock_ns < t_ns:
+                self._run_threads()
+
+    def _run_threads(self) -> None:
+        self.pool.run_fill_threads()
+        for fn in self._after_op:
+            fn()
 
     def _out_of_memory(self, e: OutOfPages, op: OpLike) -> None:
         shrinkers = getattr(self, "shrinkers", None)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from kernel.config import ConfigError, register_config_keys
+from kernel.config import ConfigError, parse_duration, register_config_keys
 from mm.constants import PAGE_SIZE
 from shrinker import Reclaimer, ShrinkerRegistry
 
 if TYPE_CHECKING:
     from kernel.kernel import Kernel
 
-register_config_keys({"shrinkers": "list of user shrinkers as 'module:attr'"})
+register_config_keys({
+    "shrinkers": "list of user shrinkers as 'module:attr'",
+    "reclaimer_wake_latency": "simulated delay between a wake and the reclaimer's pass (e.g. 1ms)",
+})
 
 
 class PagePoolShrinker:
@@ -34,6 +37,14 @@ class PagePoolShrinker:
 
     def request_memory(self, target: int, hard: bool) -> int:
         return self.pool.drain() * PAGE_SIZE if hard else 0
+
+
+def _wake_latency(value: Any) -> int:
+    """A duration (``1ms``, ``0.5s``, a number of seconds) in nanoseconds."""
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(f"'reclaimer_wake_latency': {e}") from None
 
 
 def load_user_shrinker(spec: Any) -> Any:
@@ -63,7 +74,20 @@ def attach(kernel: Kernel) -> None:
     kernel.ranges.on_alloc = reclaimer.on_alloc
     kernel.pool.wait_for_memory = reclaimer.wait_for_memory
     registry.register(PagePoolShrinker(kernel))
-    kernel.add_after_op(reclaimer.run)
+    latency = _wake_latency(kernel.config.extra.get("reclaimer_wake_latency", 0))
+    woken_at: list[int | None] = [None]
+
+    def reclaimer_thread() -> None:
+        if not reclaimer.pending:
+            woken_at[0] = None
+            return
+        if woken_at[0] is None:
+            woken_at[0] = kernel.clock_ns
+        if kernel.clock_ns - woken_at[0] >= latency:
+            woken_at[0] = None
+            reclaimer.run()
+
+    kernel.add_after_op(reclaimer_thread)
     reclaimer.on_pass.append(lambda target, hard, freed: kernel.emit(
         "reclaim", target_bytes=target, hard=hard, freed_bytes=freed,
         by_shrinker={n: s["last_yield_bytes"] for n, s in registry.summary().items()}))
