@@ -162,6 +162,7 @@ class ZfsFileSystem:
             return
         if buf.dirty:
             self._write_back(f, idx, wait=False)
+            buf.dirty = False
         if buf.mapped and self.on_unmap is not None:
             self.on_unmap(buf)
             buf.mapped = 0

@@ -52,6 +52,7 @@ class ArcPolicy(CachePolicy):
         c = self.capacity
         if size > c:
             return False  # can never fit: served without being cached
+        in_b2 = False
         s = self._b1.pop(key, None)
         if s is not None:  # case II: recency was undervalued
             b2b = self._b2b
@@ -60,63 +61,60 @@ class ArcPolicy(CachePolicy):
             step = b2b / b1b if b2b > b1b else 1.0  # |B1| as it was when the request came
             p = self.p + step * size
             self.p = p if p < c else float(c)
-            if self._t1b + self._t2b + size > c:
-                self._make_room(size, False)
-            t2[key] = size
-            self._t2b += size
-            return False
-        s = self._b2.pop(key, None)
-        if s is not None:  # case III: frequency was undervalued
-            b2b = self._b2b
-            b1b = self._b1b
-            self._b2b = b2b - s
-            step = b1b / b2b if b1b > b2b else 1.0
-            p = self.p - step * size
-            self.p = p if p > 0.0 else 0.0
-            if self._t1b + self._t2b + size > c:
-                self._make_room(size, True)
-            t2[key] = size
-            self._t2b += size
-            return False
-        # case IV: a new key
+            dest = t2
+        else:
+            s = self._b2.pop(key, None)
+            if s is not None:  # case III: frequency was undervalued
+                b2b = self._b2b
+                b1b = self._b1b
+                self._b2b = b2b - s
+                step = b1b / b2b if b1b > b2b else 1.0
+                p = self.p - step * size
+                self.p = p if p > 0.0 else 0.0
+                dest = t2
+                in_b2 = True
+            else:  # case IV, a new key: first the ghosts' part
+                dest = t1
+                t1b = self._t1b
+                if t1b + self._b1b + size > c:  # A: |T1| + |B1| = c
+                    if t1b + size <= c:  # |T1| < c: drop B1's oldest
+                        b1 = self._b1
+                        while b1 and self._t1b + self._b1b + size > c:
+                            self._b1b -= b1.popitem(last=False)[1]
+                    else:  # T1 fills the cache: its oldest leaves without a ghost
+                        while t1 and self._t1b + self._t2b + size > c:
+                            k, s = t1.popitem(last=False)
+                            self._t1b -= s
+                            self.evictions += 1
+                            self.on_evict(k)
+                elif t1b + self._t2b + size > c:  # B with a full cache: |L1| + |L2| = 2c?
+                    total = t1b + self._t2b + self._b1b + self._b2b
+                    b2 = self._b2
+                    while b2 and total + size > 2 * c:
+                        s = b2.popitem(last=False)[1]
+                        self._b2b -= s
+                        total -= s
         t1b = self._t1b
-        if t1b + self._b1b + size > c:  # A: |T1| + |B1| = c
-            if t1b + size <= c:  # |T1| < c: drop B1's oldest, then replace
-                b1 = self._b1
-                while b1 and self._t1b + self._b1b + size > c:
-                    self._b1b -= b1.popitem(last=False)[1]
-            else:  # T1 fills the cache: its oldest leaves without a ghost
-                while t1 and self._t1b + self._t2b + size > c:
-                    k, s = t1.popitem(last=False)
-                    self._t1b -= s
-                    self.evictions += 1
-                    self.on_evict(k)
-            if self._t1b + self._t2b + size > c:
-                self._make_room(size, False)
-        elif t1b + self._t2b + size > c:  # B, with a full cache (the paper: |L1| + |L2| >= c)
-            b2 = self._b2
-            if t1b + self._t2b + self._b1b + self._b2b + size > 2 * c:
-                total = t1b + self._t2b + self._b1b + self._b2b
-                while b2 and total + size > 2 * c:
-                    s = b2.popitem(last=False)[1]
-                    self._b2b -= s
-                    total -= s
-            if t1b and (t1b > self.p or not t2):  # one REPLACE, inlined: T1's oldest to B1
-                k, s = t1.popitem(last=False)
-                self._t1b = t1b = t1b - s
+        if t1b + self._t2b + size > c:  # REPLACE, the first one inlined
+            if t1b and (t1b > self.p or (in_b2 and t1b == self.p) or not t2):
+                k, s = t1.popitem(last=False)  # T1's oldest to B1
+                self._t1b = t1b - s
                 self._b1[k] = s
                 self._b1b += s
             else:  # T2's oldest to B2
                 k, s = t2.popitem(last=False)
                 self._t2b -= s
-                b2[k] = s
+                self._b2[k] = s
                 self._b2b += s
             self.evictions += 1
             self.on_evict(k)
-            if t1b + self._t2b + size > c:  # records of other sizes: more to replace
-                self._make_room(size, False)
-        t1[key] = size
-        self._t1b += size
+            if self._t1b + self._t2b + size > c:  # records of other sizes: more to replace
+                self._make_room(size, in_b2)
+        dest[key] = size
+        if dest is t1:
+            self._t1b += size
+        else:
+            self._t2b += size
         return False
 
     def _make_room(self, size: int, in_b2: bool) -> None:
