@@ -51,26 +51,53 @@ class MallocFace:
         self.leaked: list[tuple[int, int]] = []  # blocks whose handle was bound again
         self._freed: dict[str, int] = {}  # handle -> line of its free (newest half)
         self._freed_old: dict[str, int] = {}
-        self.calls = dict.fromkeys(("malloc", "calloc", "memalign", "realloc", "free"), 0)
+        self.n_malloc = self.n_calloc = self.n_memalign = self.n_realloc = self.n_free = 0
+        self._malloc = self.malloc.malloc
+        self._free = self.malloc.free
         self.failed = 0
         self.invalid_frees = 0
         self.live_bytes = 0
         self.live_bytes_peak = 0
         self.heap_at_peak = 0
-        self.heap_bytes_peak = 0
 
-    # -- the handlers ---------------------------------------------------------------------
+    # -- the handlers (op_malloc and op_free are the hot path of a replay: kept inline) -----
     def op_malloc(self, op: Any) -> None:
-        self.calls["malloc"] += 1
+        self.n_malloc += 1
         size = op.size
         try:
-            addr = self.malloc.malloc(size, self.kernel.cpu)
+            addr = self._malloc(size, self.kernel.cpu)
         except VmError:  # no room for the mapping: malloc returns NULL
             addr = 0
-        self._bind(op.handle, addr, size)
+        if not addr:
+            self.failed += 1
+            return
+        block = (addr, size)
+        old = self.live.setdefault(op.handle, block)
+        if old is not block:
+            self.leaked.append(old)
+            self.live[op.handle] = block
+        live = self.live_bytes = self.live_bytes + size
+        if live > self.live_bytes_peak:
+            self.live_bytes_peak = live
+            self.heap_at_peak = self.malloc.heap_bytes
+
+    def op_free(self, op: Any) -> None:
+        self.n_free += 1
+        handle = op.handle
+        block = self.live.pop(handle, None)
+        if block is None:
+            self._bad_free(op, "double_free", "invalid_free")
+            return
+        self._free(block[0], self.kernel.cpu)
+        self.live_bytes -= block[1]
+        freed = self._freed
+        freed[handle] = op.line
+        if len(freed) >= _HALF:
+            self._freed_old = freed
+            self._freed = {}
 
     def op_calloc(self, op: Any) -> None:
-        self.calls["calloc"] += 1
+        self.n_calloc += 1
         try:
             addr = self.malloc.calloc(op.count, op.size, self.kernel.cpu)
         except VmError:
@@ -78,7 +105,7 @@ class MallocFace:
         self._bind(op.handle, addr, op.count * op.size)
 
     def op_memalign(self, op: Any) -> None:
-        self.calls["memalign"] += 1
+        self.n_memalign += 1
         try:
             addr = self.malloc.memalign(op.align, op.size, self.kernel.cpu)
         except MallocAbort as e:
@@ -88,19 +115,8 @@ class MallocFace:
             addr = 0
         self._bind(op.handle, addr, op.size)
 
-    def op_free(self, op: Any) -> None:
-        self.calls["free"] += 1
-        handle = op.handle
-        block = self.live.pop(handle, None)
-        if block is None:
-            self._bad_free(op, "double_free", "invalid_free")
-            return
-        self.malloc.free(block[0], self.kernel.cpu)
-        self.live_bytes -= block[1]
-        self._forget(handle, op.line)
-
     def op_realloc(self, op: Any) -> None:
-        self.calls["realloc"] += 1
+        self.n_realloc += 1
         handle = op.handle
         size = op.size
         block = self.live.get(handle)
@@ -141,14 +157,10 @@ class MallocFace:
         self._grew(size)
 
     def _grew(self, delta: int) -> None:
-        live = self.live_bytes + delta
-        self.live_bytes = live
-        heap = self.malloc.heap_bytes
-        if heap > self.heap_bytes_peak:
-            self.heap_bytes_peak = heap
+        live = self.live_bytes = self.live_bytes + delta
         if live > self.live_bytes_peak:
             self.live_bytes_peak = live
-            self.heap_at_peak = heap
+            self.heap_at_peak = self.malloc.heap_bytes
 
     def _forget(self, handle: str, line: int) -> None:
         freed = self._freed
@@ -193,7 +205,9 @@ class MallocFace:
         usable = sum(c["usable_bytes"] for c in classes.values())
         peak = self.live_bytes_peak
         return {
-            "calls": dict(self.calls),
+            "calls": {"malloc": self.n_malloc, "calloc": self.n_calloc,
+                      "memalign": self.n_memalign, "realloc": self.n_realloc,
+                      "free": self.n_free},
             "failed_calls": self.failed,
             "invalid_frees": self.invalid_frees,
             "live_blocks": len(self.live) + len(self.leaked),
@@ -202,7 +216,7 @@ class MallocFace:
             "usable_bytes": usable,
             "internal_fragmentation_bytes": usable - requested,
             "heap_bytes": m.heap_bytes,
-            "heap_bytes_peak": self.heap_bytes_peak,
+            "heap_bytes_peak": m.heap_bytes_peak,
             "heap_bytes_at_live_peak": self.heap_at_peak,
             "peak_utilization": round(peak / self.heap_at_peak, 6) if self.heap_at_peak else None,
             "cross_cpu_frees": m.cross_cpu_frees,

@@ -79,6 +79,7 @@ class Malloc:
         self.pool_pages_returned = 0
         #: bytes of memory malloc holds, mappings included (the heap size for utilization)
         self.heap_bytes = 0
+        self.heap_bytes_peak = 0
 
     # -- pages held, for the kernel's categories ------------------------------------------
     @property
@@ -112,10 +113,24 @@ class Malloc:
     def malloc(self, size: int, cpu: int = 0) -> int:
         """malloc(size): the object's address, or 0 (NULL) for an impossible size."""
         if size <= MAX_OBJECT and self.pool.smp:
+            # Pool.alloc, inlined: this is the path nearly every call of a trace takes
             pool = self._pools[cpu][_MALLOC_CLASS[size]]
-            if pool.head is None:
-                self._add_page(pool, cpu)
-            return pool.alloc()
+            page = pool.head
+            if page is None:
+                page = self._add_page(pool, cpu)
+            page.nalloc += 1
+            freed = page.freed
+            if freed:
+                addr = freed.pop()
+                if freed or page.fresh < page.end:
+                    return addr
+            else:
+                addr = page.fresh
+                page.fresh = nxt = addr + pool.size
+                if nxt < page.end:
+                    return addr
+            pool.unlink(page)  # full: it leaves the list
+            return addr
         return self._std_malloc(size, malloc_alignment(size), cpu)
 
     def memalign(self, align: int, size: int, cpu: int = 0) -> int:
@@ -171,24 +186,30 @@ class Malloc:
         if kind == "early":
             before = self.early.npages
             addr = self.early.alloc(size, align)
-            self.heap_bytes += (self.early.npages - before) << PAGE_SHIFT
+            self._grow_heap((self.early.npages - before) << PAGE_SHIFT)
             return addr
         if kind == "page":
             pfn = self.pool.alloc_page(cpu if smp else 0)
             self._whole.add(pfn)
-            self.heap_bytes += PAGE_SIZE
+            self._grow_heap(PAGE_SIZE)
             return PAGE_AREA + (pfn << PAGE_SHIFT)
         self._cpu = cpu
         large = self.large
         before = (large.run_pages << PAGE_SHIFT) + large.mapped_bytes
         addr = large.alloc(size, align)
-        self.heap_bytes += (large.run_pages << PAGE_SHIFT) + large.mapped_bytes - before
+        self._grow_heap((large.run_pages << PAGE_SHIFT) + large.mapped_bytes - before)
         return addr
 
-    def _add_page(self, pool: Pool, cpu: int) -> None:
+    def _add_page(self, pool: Pool, cpu: int) -> PoolPage:
         pfn = self.pool.alloc_page(cpu)
-        self._pages[pfn] = pool.add_page(pfn)
-        self.heap_bytes += PAGE_SIZE
+        page = self._pages[pfn] = pool.add_page(pfn)
+        self._grow_heap(PAGE_SIZE)
+        return page
+
+    def _grow_heap(self, delta: int) -> None:
+        self.heap_bytes += delta
+        if self.heap_bytes > self.heap_bytes_peak:
+            self.heap_bytes_peak = self.heap_bytes
 
     # -- free --------------------------------------------------------------------------------
     def free(self, addr: int, cpu: int = 0) -> None:
@@ -203,10 +224,13 @@ class Malloc:
                     self.heap_bytes += (self.early.npages - before) << PAGE_SHIFT
                     return
                 raise InvalidPointer(f"free({addr:#x}): not a pool object")
-            if not self.pool.smp:
-                cpu = 0
-            if page.cpu == cpu:
-                self._free_same_cpu(page, addr)
+            if page.cpu == cpu or not self.pool.smp:
+                if page.nalloc > 1 and (page.freed or page.fresh < page.end):
+                    # Pool.free's common case, inlined: the page stays where it is
+                    page.nalloc -= 1
+                    page.freed.append(addr)
+                else:
+                    self._free_same_cpu(page, addr)
             else:
                 self._free_other_cpu(page.cpu, cpu, addr)
         elif area == _AREA_PAGE:
