@@ -17,6 +17,12 @@ def human(n: int | float) -> str:
     raise AssertionError("unreachable")
 
 
+def _line(section: dict[str, Any]) -> str:
+    """The scalar fields of a section on one line, byte counts in binary units."""
+    return "  ".join(f"{k} {human(v) if '_bytes' in k and isinstance(v, int) else v}"
+                     for k, v in section.items() if not isinstance(v, (dict, list)))
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """Sections in a fixed order; byte counts in binary units, other figures as they are."""
     mem = s["memory"]
@@ -34,9 +40,14 @@ def format_summary(s: dict[str, Any]) -> str:
         if name in ("trace", "events", "time_ns", "memory", "config", "app_errors", "oom"):
             continue
         if isinstance(section, dict):
-            lines.append(f"{name:<12} " + "  ".join(
-                f"{k} {human(v) if k.endswith('_bytes') else v}"
-                for k, v in section.items() if not isinstance(v, (dict, list))))
+            flat = _line(section)
+            if flat:
+                lines.append(f"{name:<12} {flat}")
+            else:
+                lines.append(name)
+            for sub, value in section.items():
+                if isinstance(value, dict) and _line(value):
+                    lines.append(f"  {sub}: {_line(value)}")
     errs = s["app_errors"]
     if errs["total"]:
         lines.append(f"app errors   {errs['total']}: " + ", ".join(
