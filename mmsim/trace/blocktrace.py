@@ -98,8 +98,8 @@ def _ops(batches: Iterator[Batch], block: int, batch: int) -> Iterator[Op]:
             yield BlockReads(lines[i:i + batch], ids[i:i + batch], block)
 
 
-def _chunks(name: str, stream) -> Iterator[tuple[int, list[bytes]]]:  # type: ignore[no-untyped-def]
-    """(number of the first line, lines) of a text stream, read in large chunks for speed."""
+def _chunks(name: str, stream) -> Iterator[tuple[int, bytes]]:  # type: ignore[no-untyped-def]
+    """(number of the first line, whole lines) of a text stream, in large chunks for speed."""
     rest = b""
     lineno = 1
     with stream:
@@ -110,12 +110,14 @@ def _chunks(name: str, stream) -> Iterator[tuple[int, list[bytes]]]:  # type: ig
                 raise TraceError(name, lineno + rest.count(b"\n"), exc.message) from None
             if not chunk:
                 if rest:
-                    yield lineno, [rest]  # a last line without a newline
+                    yield lineno, rest + b"\n"  # a last line without a newline
                 return
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            yield lineno, lines
-            lineno += len(lines)
+            chunk = rest + chunk
+            cut = chunk.rfind(b"\n") + 1
+            rest = chunk[cut:]
+            if cut:
+                yield lineno, chunk[:cut]
+                lineno += chunk.count(b"\n", 0, cut)
 
 
 def read_lis(path: str | os.PathLike[str], batch: int = 0) -> Iterator[Op]:
@@ -125,10 +127,10 @@ def read_lis(path: str | os.PathLike[str], batch: int = 0) -> Iterator[Op]:
 
 
 def _lis(name: str, stream) -> Iterator[Batch]:  # type: ignore[no-untyped-def]
-    for first, chunk in _chunks(name, stream):
+    for first, text in _chunks(name, stream):
         lines: list[int] = []
         ids: list[int] = []
-        for lineno, line in enumerate(chunk, first):
+        for lineno, line in enumerate(text.split(b"\n")[:-1], first):
             try:
                 a, n, _, _ = line.split()
                 start = int(a)
@@ -210,10 +212,10 @@ def read_ids(path: str | os.PathLike[str], batch: int = 0) -> Iterator[Op]:
 
 
 def _ids(name: str, stream) -> Iterator[Batch]:  # type: ignore[no-untyped-def]
-    for first, chunk in _chunks(name, stream):
+    for first, text in _chunks(name, stream):
         lines: list[int] = []
         ids: list[int] = []
-        for lineno, line in enumerate(chunk, first):
+        for lineno, line in enumerate(text.split(b"\n")[:-1], first):
             token = line.strip()
             if token.isdigit():
                 n = int(token)
