@@ -1,7 +1,7 @@
 """A state machine over ZFS file operations, time and memory pressure, for every cache policy.
 
-Random interleavings of creates, reads, writes, fsyncs and unlinks, other subsystems taking
-and returning memory, time passing (the ARC's reclaim thread, txg syncs) and shrinker calls.
+Random interleavings of creates, reads, writes, fsyncs and unlinks, mallocs and frees, other
+subsystems taking and returning memory, time passing (the ARC's reclaim thread, txg syncs) and shrinker calls.
 After every step: every page is accounted for (kernel.check), each cached record has exactly
 one buffer, the files' sizes and read lengths match a plain model, and the ZFS target c never
 falls below c_min; soft shrinker calls never move it.
@@ -31,6 +31,7 @@ class ArcMachine(RuleBasedStateMachine):
         self.sizes: dict[str, int] = {}
         self.enoent = 0
         self.eaten: list[list[tuple[int, int]]] = []
+        self.handles: set[str] = set()
         self.line = 0
 
     @rule(memory=st.sampled_from(["96M", "128M"]), recordsize=st.sampled_from(RECORDSIZES),
@@ -108,9 +109,25 @@ class ArcMachine(RuleBasedStateMachine):
     def other_subsystem_takes_memory(self, fraction: float) -> None:
         assert self.k is not None
         r = self.k.ranges
-        npages = int((r.free_pages - 2048) * fraction)  # keeps 8 MiB: no OOM from this alone
+        npages = int((r.free_pages - 8192) * fraction)  # keeps 32 MiB for the mallocs below
         if npages > 0:
             self.eaten.append(r.alloc_pages_bulk(npages))
+
+    @rule(handle=st.sampled_from(["h0", "h1", "h2", "h3"]),
+          size=st.sampled_from([16, 3000, 64 << 10, 1 << 20, 3 << 20]))
+    @precondition(lambda self: self.k is not None and self.k.has_handler("malloc"))
+    def malloc(self, handle: str, size: int) -> None:
+        if handle in self.handles:
+            self.apply(kind="free", handle=handle)
+        self.apply(kind="malloc", handle=handle, size=size)
+        self.handles.add(handle)
+
+    @rule(handle=st.sampled_from(["h0", "h1", "h2", "h3"]))
+    @precondition(lambda self: self.k is not None and self.handles)
+    def free(self, handle: str) -> None:
+        if handle in self.handles:
+            self.apply(kind="free", handle=handle)
+            self.handles.discard(handle)
 
     @rule()
     @precondition(lambda self: self.k is not None and self.eaten)
