@@ -148,3 +148,6 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         click.echo(format_summary(summary), err=json_path == "-")
     if exit_code:
         sys.exit(exit_code)
+
+
+from mmsim import cmd_sweep as _cmd_sweep  # noqa: E402,F401  (registers sweep, mrc)

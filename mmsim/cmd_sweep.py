@@ -1,0 +1,222 @@
+"""The `sweep` and `mrc` commands (see :mod:`mmsim.sweep` and docs/sweep.md).
+
+Registered on the `mmsim` group when mmsim.cli imports this module (at its end).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mmsim.cli import InputError, main
+from mmsim.progress import Progress
+from mmsim.sweep import (
+    STATUS_ERROR,
+    Plan,
+    SweepError,
+    SweepStats,
+    TraceSpec,
+    backend_for,
+    default_output,
+    load_sweep,
+    make_sweep,
+    parse_sizes,
+    plan_sweep,
+    run_plan,
+)
+from mmsim.trace import READERS
+
+EXIT_POINTS_FAILED = 1
+
+
+def executor_options(f: Any) -> Any:
+    """Where the points run: shared by `sweep` and `mrc`."""
+    f = click.option("--isolate", is_flag=True,
+                     help="Run every point in a fresh process of its own (slower; for points "
+                          "that cannot share one, e.g. JVM images).")(f)
+    f = click.option("--dask", metavar="ADDRESS",
+                     help="Run on the Dask distributed cluster whose scheduler is at ADDRESS "
+                          "(e.g. tcp://10.0.0.5:8786) instead of local processes.")(f)
+    f = click.option("--workers", type=click.IntRange(min=1), metavar="N",
+                     help="Local worker processes (default: the number of CPUs).")(f)
+    return f
+
+
+def _run(plan: Plan, name: str, workers: int | None, dask: str | None) -> SweepStats:
+    """Run a plan with a progress bar over its points; SweepError becomes exit 2."""
+    if plan.done:
+        click.echo(f"mmsim: {plan.results.path}: {plan.done} points already done, "
+                   f"{len(plan.todo)} to run", err=True)
+    with backend_for(workers, dask) as backend, \
+            Progress("sweeping", name, total=len(plan.todo) or None, unit="point") as progress:
+        return run_plan(plan, backend, progress.update)
+
+
+def _plan(make: Callable[[], Any], output: str, isolate: bool, workers: int | None,
+          dask: str | None) -> Plan:
+    if workers is not None and dask:
+        raise click.UsageError("--workers is for local processes; a Dask cluster has its own")
+    try:
+        return plan_sweep(make(), output, isolate)
+    except SweepError as e:
+        raise InputError(str(e)) from None
+
+
+def _report(stats: SweepStats, output: str) -> None:
+    """One line on stderr; exit 1 if some points failed (their rows say why)."""
+    click.echo(f"mmsim: wrote {output}: {len(stats.rows)} rows ({stats.ran} run, "
+               f"{stats.skipped} already done, {stats.failed} failed)", err=True)
+    if stats.failed:
+        click.echo(f"mmsim: {stats.failed} points failed; first: {stats.first_error}", err=True)
+        sys.exit(EXIT_POINTS_FAILED)
+
+
+@main.command()
+@click.argument("sweep_file", metavar="SWEEP.yaml", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", metavar="PATH",
+              help="Results: CSV, or Parquet if PATH ends in .parquet (default: SWEEP.csv "
+                   "beside SWEEP.yaml). Rerunning with the same PATH skips points done.")
+@executor_options
+def sweep(sweep_file: str, output: str | None, workers: int | None, dask: str | None,
+          isolate: bool) -> None:
+    """Run every point of SWEEP.yaml on every trace it names; one row per point and trace.
+
+    \b
+    SWEEP.yaml (docs/sweep.md):
+      traces: [a.trace, b.trace]      # relative to SWEEP.yaml
+      grid:                           # every combination (or: points: [{...}, ...])
+        memory: [512M, 1G]
+        cache_policy: [zfs, arc, lru]
+      format: auto                    # optional
+      config: base.yaml               # optional: every point starts from it
+
+    Exit 1 if some points failed (their rows have an `error`), 2 for a bad file or option.
+    """
+    output = output or default_output(sweep_file, ".csv")
+    plan = _plan(lambda: load_sweep(sweep_file), output, isolate, workers, dask)
+    try:
+        stats = _run(plan, os.path.basename(sweep_file), workers, dask)
+    except SweepError as e:
+        raise InputError(str(e)) from None
+    _report(stats, output)
+
+
+def miss_ratio(row: dict[str, Any]) -> float | None:
+    """Misses over requests of a row's ARC figures (None for a failed or idle point)."""
+    if row.get("status") == STATUS_ERROR:
+        return None
+    try:
+        hits, misses = float(row["arc.hits"]), float(row["arc.misses"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return misses / (hits + misses) if hits + misses else None
+
+
+def mrc_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Policy -> [(ARC size, miss ratio)] by increasing size, from a sweep's rows."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        ratio = miss_ratio(row)
+        if ratio is not None:
+            curves.setdefault(str(row["cache_policy"]), []).append((int(row["arc_size"]), ratio))
+    return {p: sorted(c) for p, c in curves.items()}
+
+
+def plot_mrc(curves: dict[str, list[tuple[int, float]]], title: str, path: str) -> None:
+    """Miss ratio against cache size (log scale), one line per policy, with Agg (no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    from mmsim.trace import format_size
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for policy, points in curves.items():
+        ax.plot([s for s, _ in points], [r for _, r in points], marker="o", label=policy)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_size(int(x))))
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("ARC size")
+    ax.set_ylabel("miss ratio")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    try:
+        fig.savefig(path, metadata={"Software": None} if path.endswith(".png") else None)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot write the plot ({e})") from None
+
+
+@main.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--sizes", required=True, metavar="LIST|LO:HI:N",
+              help="ARC sizes: a list (64K,1M,16M) or N sizes from LO to HI spaced on a log "
+                   "scale (1M:64M:8).")
+@click.option("--policies", default="arc,lru,zfs", show_default=True, metavar="LIST",
+              help="Cache policies to compare.")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              help=f"Trace format: auto or one of {', '.join(sorted(READERS))}.")
+@click.option("--block-size", metavar="SIZE", help="Record size of a block trace's file.")
+@click.option("--memory", metavar="SIZE", help="Guest RAM (default 2G; make it exceed the "
+                                               "largest size).")
+@click.option("-o", "--output", metavar="PATH",
+              help="The sweep's rows (default: TRACE's name with .mrc.csv, here).")
+@click.option("--plot", "plot_path", metavar="PATH", help="Plot the curves (PNG, SVG or PDF).")
+@executor_options
+def mrc(trace: str, sizes: str, policies: str, fmt: str, block_size: str | None,
+        memory: str | None, output: str | None, plot_path: str | None, workers: int | None,
+        dask: str | None, isolate: bool) -> None:
+    """Miss-ratio curves: TRACE replayed with each policy at each ARC size.
+
+    Prints the miss ratio per size and policy; the runs are a sweep (resumable, on local
+    processes or a Dask cluster).
+    """
+    try:
+        size_list = parse_sizes(sizes)
+    except ValueError as e:
+        raise InputError(f"--sizes: {e}") from None
+    policy_list = list(dict.fromkeys(p.strip() for p in policies.split(",") if p.strip()))
+    if not policy_list:
+        raise InputError("--policies: no policy given")
+    if fmt != "auto" and fmt not in READERS:
+        raise InputError(f"--format: unknown format '{fmt}' (known: auto, {', '.join(READERS)})")
+    if not os.path.isfile(trace):
+        raise InputError(f"{trace}: no such file")
+    grid: dict[str, list[Any]] = {"cache_policy": policy_list, "arc_size": size_list}
+    if block_size:
+        grid["block_size"] = [block_size]
+    if memory:
+        grid["memory"] = [memory]
+    output = output or default_output(os.path.basename(trace), ".mrc.csv")
+    spec = TraceSpec(trace, os.path.abspath(trace), fmt)
+    plan = _plan(lambda: make_sweep([spec], grid, "mrc"), output, isolate, workers, dask)
+    try:
+        stats = _run(plan, os.path.basename(trace), workers, dask)
+    except SweepError as e:
+        raise InputError(str(e)) from None
+    curves = mrc_curves(stats.rows)
+    click.echo(format_mrc(curves, size_list))
+    if plot_path:
+        plot_mrc(curves, f"miss-ratio curves: {os.path.basename(trace)}", plot_path)
+        click.echo(f"mmsim: wrote {plot_path}", err=True)
+    _report(stats, output)
+
+
+def format_mrc(curves: dict[str, list[tuple[int, float]]], sizes: list[int]) -> str:
+    """A table: one line per size, a miss-ratio column per policy ('-' where a point failed)."""
+    from mmsim.trace import format_size_exact
+
+    policies = list(curves)
+    lines = ["size        " + "".join(f"{p:>10}" for p in policies)]
+    ratios = {p: dict(c) for p, c in curves.items()}
+    for size in sizes:
+        cells = "".join(f"{ratios[p][size]:>10.4f}" if size in ratios[p] else f"{'-':>10}"
+                        for p in policies)
+        lines.append(f"{format_size_exact(size):<12}{cells}")
+    return "\n".join(lines)
