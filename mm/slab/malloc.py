@@ -280,9 +280,10 @@ class Malloc:
                 n += 1
         return n
 
-    def pending_cross_cpu(self) -> int:
-        """Objects freed on another CPU and not yet collected by their owner."""
-        return sum(len(s) for row in self._sinks for s in row)
+    def pending_cross_cpu(self, owner: int | None = None) -> int:
+        """Objects freed on another CPU and not yet collected by their owner (one or all)."""
+        rows = self._sinks if owner is None else [self._sinks[owner]]
+        return sum(len(s) for row in rows for s in row)
 
     # -- inspection ---------------------------------------------------------------------------
     def usable_size(self, addr: int) -> int:
