@@ -1,0 +1,536 @@
+"""The host JVM: one real HotSpot hosted in this process through JPype (jpype-jvm.md).
+
+A process can start one JVM and never restart it, so this module keeps it as a singleton:
+:func:`start_jvm` starts it with the options of the first image and returns the same
+:class:`HostJvm` for later calls with the same options; different options raise
+:class:`JvmOptionsConflict`, telling the user to run in a new process. Never fork after it
+started (a GC-heavy call in the child hangs): use spawned processes.
+
+Everything the simulator reads of the JVM is real: heap usage and the GC notifications
+(MemoryMXBean, GarbageCollectorMXBeans), the heap's address range and native memory tracking
+(the DiagnosticCommand MBean), object addresses (sun.misc.Unsafe, to see a GC move a balloon).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc as pygc
+import hashlib
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "AppOutcome", "AppThread", "GcEvent", "HostJvm", "JvmError", "JvmOptionsConflict",
+    "current_jvm", "find_jvm_path", "start_jvm",
+]
+
+MIB = 1 << 20
+#: options mmsim adds to every JVM: the System.exit guard needs a SecurityManager (JDK 17), and
+#: native memory tracking reports the JVM's footprint outside the heap
+ADDED_OPTIONS = ("-Djava.security.manager=allow", "-XX:NativeMemoryTracking=summary")
+_HELPER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "java")
+_HELPER = "MmsimNoExit"
+
+
+class JvmError(RuntimeError):
+    """The host JVM cannot do what was asked; str() is a one-line message for the user."""
+
+
+class JvmOptionsConflict(JvmError):
+    """The process's JVM runs with other options; only a new process can have different ones."""
+
+
+@dataclass(frozen=True)
+class GcEvent:
+    """One real collection, as its notification reported it (heap pools only)."""
+
+    name: str
+    cause: str
+    start_ms: float  # epoch milliseconds
+    duration_ms: int
+    heap_used_after: int
+    heap_committed_after: int
+    #: triggered by the host (JPype's Python-GC link, or mmsim itself), not by the application
+    host: bool
+
+
+@dataclass
+class AppOutcome:
+    """How an application's main() ended."""
+
+    exit_code: int = 0
+    #: ``OutOfMemoryError``, ``exception``, ``exit`` (System.exit with a non-zero status) or None
+    error: str | None = None
+    message: str = ""
+    exception_class: str | None = None
+
+
+# -- finding the JDK ---------------------------------------------------------------------------
+
+def _libjvm_of(home: str) -> str | None:
+    for rel in ("lib/server/libjvm.so", "jre/lib/amd64/server/libjvm.so", "lib/libjvm.so"):
+        p = os.path.join(home, rel)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def find_jvm_path(configured: str | None = None) -> str:
+    """The libjvm.so to host: ``configured`` (a libjvm.so or a JDK home), else $MMSIM_JVM,
+    else the JDK of the ``javac`` on the PATH (so classes the project compiles always load),
+    else JPype's default. Several JDKs may be installed; $JAVA_HOME is not trusted blindly."""
+    for cand in (configured, os.environ.get("MMSIM_JVM")):
+        if cand:
+            if os.path.isfile(cand):
+                return cand
+            lib = _libjvm_of(cand) if os.path.isdir(cand) else None
+            if lib is None:
+                raise JvmError(f"no JVM at '{cand}' (give a libjvm.so or a JDK directory)")
+            return lib
+    javac = shutil.which("javac")
+    if javac:
+        home = os.path.dirname(os.path.dirname(os.path.realpath(javac)))
+        lib = _libjvm_of(home)
+        if lib:
+            return lib
+    try:
+        import jpype
+    except ImportError:
+        raise JvmError("JPype is not installed (pip install 'jpype1>=1.5,<2')") from None
+    try:
+        return str(jpype.getDefaultJVMPath())
+    except Exception as e:  # JPype's JVMNotFoundException
+        raise JvmError(f"no JVM found ({e}); install a JDK 17") from None
+
+
+def _jdk_home(jvm_path: str) -> str:
+    d = os.path.dirname(os.path.realpath(jvm_path))
+    for _ in range(4):
+        if os.path.isfile(os.path.join(d, "release")):
+            return d
+        d = os.path.dirname(d)
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(jvm_path))))
+
+
+def java_major(jvm_path: str) -> int | None:
+    """The JDK's feature version from its ``release`` file (None if unknown)."""
+    try:
+        with open(os.path.join(_jdk_home(jvm_path), "release"), encoding="utf-8") as f:
+            m = re.search(r'JAVA_VERSION="(\d+)', f.read())
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def _compile_helper(jvm_path: str) -> str:
+    """Compile the Java helper once per source and JDK, in the user's cache; its directory."""
+    src = os.path.join(_HELPER_DIR, _HELPER + ".java")
+    with open(src, "rb") as f:
+        key = hashlib.sha1(f.read() + jvm_path.encode()).hexdigest()[:16]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    out = os.path.join(cache, "mmsim", "java", key)
+    if os.path.isfile(os.path.join(out, _HELPER + ".class")):
+        return out
+    javac = os.path.join(_jdk_home(jvm_path), "bin", "javac")
+    if not os.path.isfile(javac):
+        javac = shutil.which("javac") or "javac"
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(out))
+    try:
+        res = subprocess.run([javac, "-nowarn", "-d", tmp, src], capture_output=True, text=True)
+    except OSError as e:
+        raise JvmError(f"cannot run javac ({e}); install a JDK 17") from None
+    if res.returncode:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise JvmError(f"javac failed on {src}: {res.stderr.strip().splitlines()[-1:]}")
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# -- the singleton -----------------------------------------------------------------------------
+
+_HOST: HostJvm | None = None
+_LOCK = threading.Lock()
+
+
+def current_jvm() -> HostJvm | None:
+    """The process's JVM if one was started."""
+    return _HOST
+
+
+def start_jvm(options: Sequence[str], jvm_path: str | None = None) -> HostJvm:
+    """The process's JVM, started now with ``options`` (plus :data:`ADDED_OPTIONS`) if it is
+    the first call; a later call must ask for the same options and JVM."""
+    global _HOST
+    opts = list(options)
+    path = find_jvm_path(jvm_path)
+    with _LOCK:
+        if _HOST is not None:
+            if _HOST.requested != opts or _HOST.jvm_path != path:
+                raise JvmOptionsConflict(
+                    "this process's JVM was started with "
+                    f"'{' '.join(_HOST.requested) or '(no options)'}' ({_HOST.jvm_path}); a JVM "
+                    "cannot be restarted, so run an image needing "
+                    f"'{' '.join(opts) or '(no options)'}' in a new process")
+            return _HOST
+        _HOST = HostJvm(opts, path)
+        return _HOST
+
+
+def _java_message(e: Any) -> str:
+    try:
+        msg = e.getMessage()
+        return str(msg) if msg is not None else ""
+    except Exception:
+        return str(e)
+
+
+def _java_class(e: Any) -> str:
+    try:
+        return str(e.getClass().getName())
+    except Exception:
+        return type(e).__name__
+
+
+def _caused_by_oom(e: Any) -> bool:
+    seen = 0
+    while e is not None and seen < 16:
+        if _java_class(e) == "java.lang.OutOfMemoryError":
+            return True
+        try:
+            e = e.getCause()
+        except Exception:
+            return False
+        seen += 1
+    return False
+
+
+class HostJvm:
+    """The started JVM and the management beans mmsim reads."""
+
+    def __init__(self, options: list[str], jvm_path: str) -> None:
+        try:
+            import jpype
+        except ImportError:
+            raise JvmError("JPype is not installed (pip install 'jpype1>=1.5,<2')") from None
+        self._jp = jpype
+        self.requested = list(options)
+        self.jvm_path = jvm_path
+        self.major = java_major(jvm_path)
+        if self.major is not None and self.major >= 24:
+            raise JvmError(f"{jvm_path} is JDK {self.major}: its SecurityManager is gone, so "
+                           "System.exit could not be guarded; choose a JDK 17 (jvm_path)")
+        helper = _compile_helper(jvm_path)
+        extra = [o for o in ADDED_OPTIONS if not any(x.split("=")[0] == o.split("=")[0]
+                                                      for x in options)]
+        self.options = list(options) + extra
+        started = time.perf_counter()
+        import jpype.config
+
+        jpype.config.destroy_jvm = False  # a non-daemon app thread must not block our exit
+        try:
+            jpype.startJVM(*self.options, jvmpath=jvm_path, classpath=[helper],
+                           interrupt=False, convertStrings=False)
+        except (RuntimeError, OSError) as e:
+            raise JvmError(f"the JVM did not start with '{' '.join(options)}': {e}") from None
+        self.start_seconds = time.perf_counter() - started
+        self._init_beans()
+        self._events: queue.Queue[GcEvent] = queue.Queue()
+        self._py_gc: deque[tuple[float, float]] = deque(maxlen=256)
+        self._own_gc: deque[tuple[float, float]] = deque(maxlen=256)
+        self._gc_started = 0.0
+        pygc.callbacks.append(self._on_python_gc)
+        self._install_listener()
+        self.NoExit = jpype.JClass(_HELPER)
+        # JDK 17 prints a four-line deprecation notice on the process's stderr (not through
+        # System.err) when a SecurityManager is installed: mute fd 2 for that call only
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                self.NoExit.install()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    # -- beans ---------------------------------------------------------------------------------
+    def _init_beans(self) -> None:
+        jp = self._jp
+        # JClass, not `import java...`: JPype's import hook costs ~0.7 s of package probing
+        cls = jp.JClass
+        Object, String = cls("java.lang.Object"), cls("java.lang.String")
+        ManagementFactory = cls("java.lang.management.ManagementFactory")
+        MemoryType = cls("java.lang.management.MemoryType")
+        ObjectName = cls("javax.management.ObjectName")
+
+        self._mf = ManagementFactory
+        self.memory = ManagementFactory.getMemoryMXBean()
+        self.heap_pools = [p for p in ManagementFactory.getMemoryPoolMXBeans()
+                           if p.getType() == MemoryType.HEAP]
+        self.heap_pool_names = {str(p.getName()) for p in self.heap_pools}
+        self.gc_beans = list(ManagementFactory.getGarbageCollectorMXBeans())
+        self.gc_names = [str(b.getName()) for b in self.gc_beans]
+        self._start_epoch_ms = float(ManagementFactory.getRuntimeMXBean().getStartTime())
+        diag = jp.JClass("com.sun.management.HotSpotDiagnosticMXBean")
+        self._hotspot = ManagementFactory.getPlatformMXBean(diag)
+        self._server = ManagementFactory.getPlatformMBeanServer()
+        self._dcmd_name = ObjectName("com.sun.management:type=DiagnosticCommand")
+        self._dcmd_sig = jp.JArray(String)(["[Ljava.lang.String;"])
+        self._Object = Object
+        self._String = String
+        unsafe_cls = jp.JClass("sun.misc.Unsafe")
+        fld = unsafe_cls.class_.getDeclaredField("theUnsafe")
+        fld.setAccessible(True)
+        self._unsafe = fld.get(None)
+        self._OA = jp.JArray(Object)
+        self._oa_base = int(self._unsafe.arrayBaseOffset(self._OA.class_))
+        self._oop_size = int(self._unsafe.arrayIndexScale(self._OA.class_))
+        self.max_heap_bytes = int(self.vm_option("MaxHeapSize"))
+        self.heap_range = self._heap_range()
+        self._ByteArray = jp.JArray(jp.JByte)
+        self._System = cls("java.lang.System")
+        self.Thread = cls("java.lang.Thread")
+
+    def vm_option(self, name: str) -> str:
+        return str(self._hotspot.getVMOption(name).getValue())
+
+    def dcmd(self, op: str, *args: str) -> str:
+        """A diagnostic command (what ``jcmd`` would run), e.g. ``vmNativeMemory summary``."""
+        jp = self._jp
+        params = jp.JArray(self._Object)([jp.JArray(self._String)(list(args))])
+        return str(self._server.invoke(self._dcmd_name, op, params, self._dcmd_sig))
+
+    def _heap_range(self) -> tuple[int, int] | None:
+        text = self.dcmd("gcHeapInfo")
+        lo = hi = None
+        for group in re.findall(r"\[(0x[0-9a-f]+(?:,\s*0x[0-9a-f]+)+)\)", text):
+            vals = [int(v, 16) for v in re.findall(r"0x[0-9a-f]+", group)]
+            lo = vals[0] if lo is None else min(lo, vals[0])
+            hi = vals[-1] if hi is None else max(hi, vals[-1])
+        return (lo, hi) if lo is not None and hi is not None else None
+
+    def heap(self) -> tuple[int, int, int]:
+        """(used, committed, max) of the heap now."""
+        h = self.memory.getHeapMemoryUsage()
+        return int(h.getUsed()), int(h.getCommitted()), int(h.getMax())
+
+    def gc_totals(self) -> tuple[int, int]:
+        """(collections, milliseconds) since the JVM started, every collector."""
+        n = t = 0
+        for b in self.gc_beans:
+            n += max(0, int(b.getCollectionCount()))
+            t += max(0, int(b.getCollectionTime()))
+        return n, t
+
+    def native_committed(self) -> dict[str, int]:
+        """Committed bytes by native-memory-tracking category (the heap's included)."""
+        text = self.dcmd("vmNativeMemory", "summary")
+        out: dict[str, int] = {}
+        for name, kb in re.findall(r"-\s+([A-Za-z][\w ]*?)\s+\(reserved=\d+KB, committed=(\d+)KB",
+                                   text):
+            out[name.strip()] = int(kb) * 1024
+        return out
+
+    def file_rss(self) -> int:
+        """Resident bytes of the JDK's own files in this process (libjvm.so, the module image,
+        the class-data archive): the code the guest would load with the JVM."""
+        home = _jdk_home(self.jvm_path)
+        total = 0
+        inside = False
+        try:
+            with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                        parts = line.split()
+                        inside = len(parts) >= 6 and parts[5].startswith(home)
+                    elif inside and line.startswith("Rss:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            return 0
+        return total
+
+    def address_of(self, obj: Any) -> int:
+        """The object's address in the real heap (to see a GC move it)."""
+        holder = self._OA(1)
+        holder[0] = obj
+        if self._oop_size == 8:
+            return int(self._unsafe.getLong(holder, self._oa_base))
+        narrow = int(self._unsafe.getInt(holder, self._oa_base)) & 0xFFFF_FFFF
+        hi = self.heap_range[1] if self.heap_range else 1 << 32
+        if hi <= 1 << 32:
+            return narrow  # unscaled compressed oops
+        shift = (int(self.vm_option("ObjectAlignmentInBytes")) - 1).bit_length()
+        if hi <= 1 << (32 + shift):
+            return narrow << shift  # zero-based
+        base = self.heap_range[0] if self.heap_range else 0
+        return base + (narrow << shift)  # heap-based: close enough for moves
+
+    def new_byte_array(self, nbytes: int) -> Any:
+        """A real byte[] in the heap; raises MemoryError if the JVM has no room for it."""
+        try:
+            return self._ByteArray(nbytes)
+        except self._jp.JException as e:
+            if _caused_by_oom(e):
+                raise MemoryError(_java_message(e)) from None
+            raise
+
+    def system_gc(self) -> None:
+        """A full GC asked by the host (counted apart from the application's)."""
+        t0 = time.time() * 1000
+        self._System.gc()
+        self._own_gc.append((t0, time.time() * 1000))
+
+    # -- GC notifications ---------------------------------------------------------------------
+    def _on_python_gc(self, phase: str, info: dict) -> None:
+        # JPype runs System.gc() from Python's collector: remember when Python's collector ran
+        now = time.time() * 1000
+        if phase == "start":
+            self._gc_started = now
+        else:
+            self._py_gc.append((self._gc_started, now))
+
+    def _is_host(self, cause: str, start: float, end: float) -> bool:
+        if cause != "System.gc()":
+            return False
+        for a, b in list(self._py_gc) + list(self._own_gc):
+            if a - 2 <= end and start <= b + 2:
+                return True
+        return False
+
+    def _install_listener(self) -> None:
+        jp = self._jp
+        Gcni = jp.JClass("com.sun.management.GarbageCollectionNotificationInfo")
+        NotificationEmitter = jp.JClass("javax.management.NotificationEmitter")
+        NotificationListener = jp.JClass("javax.management.NotificationListener")
+
+        kind = str(Gcni.GARBAGE_COLLECTION_NOTIFICATION)
+        host = self
+
+        @jp.JImplements(NotificationListener)
+        class _Listener:
+            @jp.JOverride
+            def handleNotification(self, n: Any, handback: Any) -> None:  # noqa: N802
+                # runs on the JVM's notification thread: read, queue, return (no simulator work)
+                try:
+                    if str(n.getType()) != kind:
+                        return
+                    info = Gcni.from_(n.getUserData())
+                    gi = info.getGcInfo()
+                    used = committed = 0
+                    for k, u in gi.getMemoryUsageAfterGc().items():
+                        if str(k) in host.heap_pool_names:
+                            used += int(u.getUsed())
+                            committed += int(u.getCommitted())
+                    start = host._start_epoch_ms + int(gi.getStartTime())
+                    end = host._start_epoch_ms + int(gi.getEndTime())
+                    cause = str(info.getGcCause())
+                    host._events.put(GcEvent(str(info.getGcName()), cause, start,
+                                             int(gi.getDuration()), used, committed,
+                                             host._is_host(cause, start, end)))
+                except Exception as e:  # else Java prints only "PyExceptionProxy"
+                    host.listener_errors.append(repr(e))
+
+        self.listener_errors: list[str] = []
+        self._listener = _Listener()
+        for b in self.gc_beans:
+            jp.JObject(b, NotificationEmitter).addNotificationListener(self._listener, None, None)
+
+    def poll_gc(self, timeout: float = 0.0) -> list[GcEvent]:
+        """GC events since the last poll; waits up to ``timeout`` seconds for the first."""
+        out: list[GcEvent] = []
+        with contextlib.suppress(queue.Empty):
+            out.append(self._events.get(timeout=timeout) if timeout > 0 else
+                       self._events.get_nowait())
+            while True:
+                out.append(self._events.get_nowait())
+        return out
+
+    # -- running applications -------------------------------------------------------------------
+    def add_classpath(self, entries: Sequence[str]) -> None:
+        for e in entries:
+            self._jp.addClassPath(e)
+
+    def load_class(self, name: str) -> Any:
+        try:
+            return self._jp.JClass(name)
+        except Exception as e:
+            raise JvmError(f"cannot load class {name}: {e}") from None
+
+
+@dataclass
+class AppThread:
+    """An application's ``main(args)`` on its own thread, System.exit guarded.
+
+    The simulator's thread keeps running beside it (JPype releases the GIL in Java), so GC
+    notifications, the balloon and the side workload proceed while the application runs.
+    """
+
+    jvm: HostJvm
+    main_class: str
+    args: list[str]
+    outcome: AppOutcome = field(default_factory=AppOutcome)
+    _thread: threading.Thread | None = None
+    _java_thread: Any = None
+
+    def start(self) -> None:
+        cls = self.jvm.load_class(self.main_class)
+        self.jvm.NoExit.arm()
+        self._thread = threading.Thread(target=self._run, args=(cls,), daemon=True,
+                                        name=f"app:{self.main_class}")
+        self._thread.start()
+
+    def _run(self, cls: Any) -> None:
+        jp = self.jvm._jp
+        self._java_thread = self.jvm.Thread.currentThread()
+        out = self.outcome
+        try:
+            cls.main(jp.JArray(jp.JString)(self.args))
+        except jp.JException as e:
+            name = _java_class(e)
+            status = int(self.jvm.NoExit.status)
+            if name == "java.lang.SecurityException" and status != -(2**31):
+                out.exit_code = status
+            elif _caused_by_oom(e):
+                out.exit_code, out.error = 1, "OutOfMemoryError"
+            else:
+                out.exit_code, out.error = 1, "exception"
+            out.exception_class, out.message = name, _java_message(e)
+        except Exception as e:  # a Python-side failure (e.g. no main method)
+            out.exit_code, out.error, out.message = 1, "exception", str(e)
+        status = int(self.jvm.NoExit.status)
+        if status != -(2**31) and out.error is None:
+            out.exit_code = status  # System.exit from another thread, or caught by the app
+        if out.exit_code and out.error is None:
+            out.error, out.message = "exit", f"System.exit({out.exit_code})"
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if not self.alive:
+            self.jvm.NoExit.disarm()
+
+    def stop(self) -> None:
+        """End a still-running application (the guest died): Thread.stop, JDK 17's last resort."""
+        if self.alive and self._java_thread is not None:
+            with contextlib.suppress(Exception):
+                self._java_thread.stop()
+            self.join(2.0)

@@ -1,0 +1,251 @@
+"""Wires a real JVM (balloon/) into the kernel: its memory in the guest, the balloon shrinker,
+and the `balloon` and `jvm` summary sections.
+
+Attached at boot, dormant until an image launches a JVM (:meth:`JvmSubsystem.launch`). From
+then on every change the JVM makes to guest memory is a kernel operation (kind ``jvm``), applied
+by :meth:`JvmSubsystem.tick` on the simulator's thread: the GC listener runs on the JVM's
+notification thread and only queues, so the simulated kernel is never touched concurrently.
+Out of guest memory while the JVM commits heap is the kernel's out-of-memory, like any other.
+
+Configuration keys: ``jvm_balloon`` (true by default: the 2014 design; OSv's kconfig has it off
+since 2024), ``jvm_path`` (a libjvm.so or JDK directory; default: the JDK of ``javac``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from balloon.balloon import MIN_RAM, JvmBalloon
+from balloon.heap import JavaHeap, TrackedMapping
+from balloon.jvm import HostJvm, JvmError, start_jvm
+from kernel.boot import BootError
+from kernel.config import register_config_keys
+from mm.vma import ANON
+
+if TYPE_CHECKING:
+    from kernel.kernel import Kernel
+
+__all__ = ["JvmOp", "JvmSubsystem", "attach"]
+
+register_config_keys({
+    "jvm_balloon": "inflate the JVM balloon under memory pressure (true/false, default true)",
+    "jvm_path": "the JVM to host: a libjvm.so or a JDK directory (default: javac's JDK)",
+})
+
+NATIVE_SPAN = 8 << 30  # virtual room for the JVM's native memory (metaspace, code, threads)
+NATIVE_PERIOD_S = 0.25  # how often native memory tracking is read while the app runs
+#: native memory tracking's own bookkeeping: the guest would not run with it
+_NMT_SELF = "Native Memory Tracking"
+
+
+@dataclass
+class JvmOp:
+    """A kernel operation standing for something the JVM did to guest memory."""
+
+    action: str
+    kind: str = "jvm"
+    line: int = 0
+    handle: str | None = None
+    time_ns: int | None = None
+    cpu: int | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+class JvmSubsystem:
+    """The guest's view of the hosted JVM: heap and native mappings, balloon, GC statistics."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        extra = kernel.config.extra
+        enabled = extra.get("jvm_balloon", True)
+        if not isinstance(enabled, bool):
+            raise BootError(f"'jvm_balloon' must be true or false, not {enabled!r}")
+        self.balloon_wanted = enabled
+        self.jvm_path = extra.get("jvm_path")
+        if self.jvm_path is not None and not isinstance(self.jvm_path, str):
+            raise BootError("'jvm_path' must be a path")
+        self.host: HostJvm | None = None
+        self.heap: JavaHeap | None = None
+        self.native: TrackedMapping | None = None
+        self.balloon: JvmBalloon | None = None
+        self.exit_code: int | None = None
+        self._gc0 = (0, 0)
+        self.host_gcs = 0
+        self.host_gc_ms = 0
+        self.gc_events = 0
+        self._t0 = 0.0
+        self._clock0 = 0
+        self._native_at = 0.0
+        self._frozen: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.native_target = 0
+
+    # -- launching ---------------------------------------------------------------------------
+    def launch(self, options: list[str]) -> HostJvm:
+        """Start (or reuse) the process's JVM and give it its memory in this guest."""
+        try:
+            host = start_jvm(options, self.jvm_path)
+        except JvmError as e:
+            raise BootError(str(e)) from None
+        self.host = host
+        host.poll_gc()  # collections of earlier images in this process are not ours
+        self._gc0 = host.gc_totals()
+        self._t0 = time.monotonic()
+        self._clock0 = self.kernel.clock_ns
+        space = self.kernel.address_space  # type: ignore[attr-defined]
+        self.heap = JavaHeap(space, host.max_heap_bytes, host.heap_range)
+        self.native = TrackedMapping(space, NATIVE_SPAN, ("jvm", "native"))
+        k = self.kernel
+        enabled = self.balloon_wanted and k.mem.phys_mem_size >= MIN_RAM
+        fs = getattr(k, "zfs", None)
+        reclaimer = getattr(k, "reclaimer", None)
+        self.balloon = JvmBalloon(
+            host, self.heap, k.ranges, enabled=enabled,
+            arc_shrink=(lambda n: fs.request_memory(n, False)) if fs is not None else None,
+            emit=k.emit,
+            wake_reclaimer=reclaimer.wake if reclaimer is not None else lambda: None,
+        )
+        if enabled:
+            k.shrinkers.register(self.balloon)  # type: ignore[attr-defined]
+            if reclaimer is not None:
+                reclaimer.jvm_heap_bytes = self.balloon.jvm_heap_bytes  # §5: free + JVM heap
+                reclaimer.on_pass.append(self.balloon.end_of_pass)
+        self._apply("native")
+        self._apply("heap")
+        return host
+
+    # -- operations ----------------------------------------------------------------------------
+    def _apply(self, action: str, **args: Any) -> None:
+        now = self._clock0 + int((time.monotonic() - self._t0) * 1e9)
+        self.kernel.apply(JvmOp(action, time_ns=now, args=args))
+
+    def op(self, op: JvmOp) -> None:
+        """The ``jvm`` operation's handler (runs inside the kernel's apply)."""
+        heap, balloon, host = self.heap, self.balloon, self.host
+        if heap is None or balloon is None or host is None:
+            return
+        if op.action == "heap":
+            heap.sync_committed(host.heap()[1])
+        elif op.action == "native":
+            self.native_target = self._native_bytes()
+            assert self.native is not None
+            self.native.sync(self.native_target)
+        elif op.action == "gc":
+            balloon.check_moves()
+            balloon.on_gc(op.args["committed"], op.args["used"])
+            heap.sync_committed(host.heap()[1])
+        elif op.action == "balloon":
+            balloon.run_thread()
+            heap.sync_committed(host.heap()[1])
+
+    def _native_bytes(self) -> int:
+        assert self.host is not None
+        nmt = self.host.native_committed()
+        nmt.pop("Java Heap", None)
+        nmt.pop(_NMT_SELF, None)
+        return sum(nmt.values()) + self.host.file_rss()
+
+    def tick(self, wait: float = 0.0) -> int:
+        """Apply what the JVM did since the last tick: its collections (release rule, moves),
+        its committed heap, now and then its native memory, and a requested inflation.
+        Waits up to ``wait`` seconds for a collection. Returns the collections seen."""
+        host, balloon = self.host, self.balloon
+        if host is None or balloon is None:
+            return 0
+        events = host.poll_gc(wait)
+        for ev in events:
+            self.gc_events += 1
+            if ev.host:
+                self.host_gcs += 1
+                self.host_gc_ms += ev.duration_ms
+            self._apply("gc", committed=ev.heap_committed_after, used=ev.heap_used_after,
+                        cause=ev.cause)
+        now = time.monotonic()
+        if now - self._native_at >= NATIVE_PERIOD_S:
+            self._native_at = now
+            self._apply("native")
+        self._apply("heap")
+        if balloon.check():
+            self._apply("balloon")
+        return len(events)
+
+    def after_op(self) -> None:
+        """After a workload operation: the balloon's §9.2 check (inflation waits for a tick)."""
+        if self.balloon is not None:
+            self.balloon.check()
+
+    # -- summary ---------------------------------------------------------------------------------
+    def finish(self, exit_code: int | None) -> None:
+        """Freeze the sections at the end of a run, then give the shared JVM its heap back."""
+        self.exit_code = exit_code
+        if self.host is not None:
+            self.tick()
+            self._apply("native")
+        self._frozen = (self._balloon_section(), self._jvm_section())
+        if self.balloon is not None:
+            self.balloon.release_all()
+            self.balloon.enabled = False
+
+    def _balloon_section(self) -> dict[str, Any]:
+        if self.balloon is None:
+            return {"enabled": False, "inflations": 0, "deflations": 0, "balloons": 0,
+                    "bytes": 0, "peak_bytes": 0, "gc_moves": 0}
+        return self.balloon.section()
+
+    def _jvm_section(self) -> dict[str, Any]:
+        host = self.host
+        if host is None:
+            return {"heap_max_bytes": None, "heap_committed_bytes": None,
+                    "heap_used_bytes": None, "gc_count": None, "gc_time_ms": None,
+                    "exit_code": self.exit_code}
+        used, committed, _ = host.heap()
+        n, ms = host.gc_totals()
+        return {
+            "heap_max_bytes": host.max_heap_bytes,
+            "heap_committed_bytes": committed,
+            "heap_used_bytes": used,
+            "gc_count": n - self._gc0[0] - self.host_gcs,
+            "gc_time_ms": max(0, ms - self._gc0[1] - self.host_gc_ms),
+            "host_gc_count": self.host_gcs,
+            "exit_code": self.exit_code,
+            "native_bytes": self.native_target,
+            "options": host.options,
+            "jvm_path": host.jvm_path,
+            "start_seconds": round(host.start_seconds, 3),
+        }
+
+    def balloon_section(self) -> dict[str, Any]:
+        return self._frozen[0] if self._frozen else self._balloon_section()
+
+    def jvm_section(self) -> dict[str, Any]:
+        return self._frozen[1] if self._frozen else self._jvm_section()
+
+    # -- categories --------------------------------------------------------------------------------
+    def heap_bytes(self) -> int:
+        return self.heap.heap_resident() if self.heap is not None else 0
+
+    def balloon_bytes(self) -> int:
+        return self.heap.balloon_resident() if self.heap is not None else 0
+
+    def native_bytes(self) -> int:
+        return self.native.resident() if self.native is not None else 0
+
+
+def attach(kernel: Kernel) -> JvmSubsystem:
+    """Register the ``jvm`` operation, the JVM's categories and the two summary sections."""
+    jvm = JvmSubsystem(kernel)
+    kernel.jvm = jvm  # type: ignore[attr-defined]
+    kernel.add_handler("jvm", jvm.op)
+    kernel.add_after_op(jvm.after_op)
+    space = kernel.address_space  # type: ignore[attr-defined]
+    # the JVM's mappings are anonymous memory: count them in their own categories and
+    # not again in sys_mman's `anonymous`, so that free + categories still adds up to total
+    kernel.add_category("anonymous", lambda: space.resident[ANON] - jvm.heap_bytes()
+                        - jvm.balloon_bytes() - jvm.native_bytes())
+    kernel.add_category("jvm_heap", jvm.heap_bytes)
+    kernel.add_category("balloon", jvm.balloon_bytes)
+    kernel.add_category("jvm_native", jvm.native_bytes)
+    kernel.add_section("balloon", jvm.balloon_section)
+    kernel.add_section("jvm", jvm.jvm_section)
+    return jvm

@@ -1,0 +1,164 @@
+"""The `boot` and `minmem` commands: whole images (a real JVM, or a native trace) on the guest.
+
+Registered on the `mmsim` group when mmsim.cli imports this module. Exit codes of `boot`: 0 the
+application ran to completion with status 0; 2 bad input (manifest, build, JVM options); 3 the
+guest ran out of memory; 4 the application failed (an exception, an OutOfMemoryError, or
+System.exit with a non-zero status: all reported, none takes the simulator down).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import click
+
+from kernel.config import parse_size
+from mmsim.cli import InputError, main, write_json
+from mmsim.image import EXIT_OK, ImageError, boot_image, load_manifest, run_build
+
+MIB = 1 << 20
+MIN_MEMORY = 64 * MIB  # the simulator's smallest guest
+
+
+def _size(value: str | None, what: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise InputError(f"{what}: {e}") from None
+
+
+@main.command()
+@click.argument("image", metavar="IMAGE.yaml")
+@click.option("--memory", metavar="SIZE", help="Guest RAM (default: the manifest's, else 2G).")
+@click.option("--cpus", type=int, help="Number of vCPUs (default: the manifest's, else 4).")
+@click.option("--json", "json_path", metavar="PATH|-", help="Write the summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No readable summary.")
+def boot(image: str, memory: str | None, cpus: int | None, json_path: str | None,
+         quiet: bool) -> None:
+    """Boot IMAGE.yaml and run its application to completion, with its output.
+
+    A Java image runs in a real JVM hosted in this process; its heap, native memory and the
+    JVM balloon live in the simulated guest. See docs/jvm.md.
+    """
+    from mmsim.summary_text import format_summary
+
+    try:
+        manifest = load_manifest(image)
+        outcome = boot_image(manifest, _size(memory, "--memory"), cpus,
+                             app_output_to_stderr=json_path == "-")
+    except ImageError as e:
+        raise InputError(str(e)) from None
+    if outcome.message:
+        click.echo(f"mmsim: {image}: {outcome.message}", err=True)
+    if json_path:
+        write_json(outcome.summary, json_path)
+    if not quiet:
+        click.echo(format_summary(outcome.summary), err=json_path == "-")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the JVM may hold non-daemon threads of the application: leave without waiting for them
+    os._exit(outcome.status)
+
+
+def trial(image: str, memory_mib: int, timeout: float) -> tuple[bool, str, float]:
+    """Boot ``image`` with ``memory_mib`` MiB in a fresh process (one JVM per process, never a
+    fork of one): (ran to completion, why not, seconds)."""
+    fd, out = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    cmd = [sys.executable, "-m", "mmsim", "boot", image, "--memory", f"{memory_mib}M",
+           "--json", out, "--quiet"]
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {timeout:g} s", time.perf_counter() - t0
+    finally:
+        took = time.perf_counter() - t0
+    try:
+        with open(out, encoding="utf-8") as f:
+            summary: dict[str, Any] = json.load(f)
+    except (OSError, ValueError):
+        summary = {}
+    finally:
+        os.unlink(out)
+    if res.returncode == EXIT_OK:
+        return True, "", took
+    if res.returncode == 2:
+        raise InputError(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else
+                         f"{image}: the trial failed with exit 2")
+    app = summary.get("app") or {}
+    why = (summary.get("oom") or {}).get("reason")
+    why = f"guest out of memory ({why})" if why else app.get("error") or f"exit {res.returncode}"
+    return False, str(why), took
+
+
+@main.command()
+@click.argument("image", metavar="IMAGE.yaml")
+@click.option("--low", "low", metavar="SIZE", help="Smallest memory to try (default 64M).")
+@click.option("--high", "high", metavar="SIZE",
+              help="Largest memory to try (default: the manifest's memory, else 2G).")
+@click.option("--step", metavar="SIZE", default="1M", show_default=True,
+              help="Resolution of the answer.")
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Seconds a trial may run before it counts as a failure.")
+@click.option("--json", "json_path", metavar="PATH|-", help="Write the trials as JSON.")
+def minmem(image: str, low: str | None, high: str | None, step: str, timeout: float,
+           json_path: str | None) -> None:
+    """The smallest memory (MiB) in which IMAGE.yaml boots and runs to completion.
+
+    Bisection; each trial boots the image in its own process.
+    """
+    try:
+        manifest = load_manifest(image)
+        run_build(manifest)  # once, before the trials share it
+    except ImageError as e:
+        raise InputError(str(e)) from None
+    step_b = _size(step, "--step") or MIB
+    if step_b % MIB:
+        raise InputError("--step must be a whole number of MiB")
+    unit = step_b // MIB
+    lo_b = _size(low, "--low") or MIN_MEMORY
+    hi_b = _size(high, "--high") or manifest.memory or 2 << 30
+    lo, hi = -(-lo_b // step_b) * unit, hi_b // step_b * unit
+    if lo < MIN_MEMORY // MIB or hi < lo:
+        raise InputError(f"bad range {lo}..{hi} MiB (the guest has at least 64 MiB)")
+    trials: list[dict[str, Any]] = []
+
+    def run(mib: int) -> bool:
+        ok, why, took = trial(image, mib, timeout)
+        trials.append({"memory_mib": mib, "ok": ok, "why": why, "seconds": round(took, 2)})
+        click.echo(f"  {mib:6d} MiB  {'runs' if ok else 'fails: ' + why}  ({took:.1f} s)",
+                   err=True)
+        return ok
+
+    click.echo(f"mmsim: {image}: bisecting {lo}..{hi} MiB in {unit} MiB steps", err=True)
+    result: int | None
+    if not run(hi):
+        result = None
+    elif run(lo):
+        result = lo
+    else:
+        bad, good = lo, hi  # bad fails, good runs
+        while good - bad > unit:
+            mid = bad + (good - bad) // (2 * unit) * unit
+            if run(mid):
+                good = mid
+            else:
+                bad = mid
+        result = good
+    if json_path:
+        write_json({"image": image, "minmem_mib": result, "step_mib": unit, "trials": trials},
+                   json_path)
+    if result is None:
+        click.echo(f"mmsim: {image}: does not run even with {hi} MiB", err=True)
+        sys.exit(1)
+    note = " (the lowest tried)" if result == lo else ""
+    click.echo(f"{result} MiB{note}")

@@ -1,0 +1,450 @@
+"""OSv images: a manifest with Capstanfile's keys, booted on the simulated kernel.
+
+A manifest (YAML, read safely, every key validated with file:line errors)::
+
+    base: cloudius/osv-openjdk          # informative, as in a Capstanfile
+    cmdline: /java.so -Xmx256m -cp /app Hello world
+    build: javac -d build/classes Hello.java
+    files:
+      /app: build/classes                # image path: host path (relative to the manifest)
+    memory: 1G                           # the guest's RAM (--memory overrides it)
+    cpus: 2
+    kernel: {arc_size: 64M}              # configuration keys, as in the configuration file
+    workload: reads.trace                # a trace replayed alongside the application
+
+``cmdline`` is ``/java.so [JVM options] -cp PATH MAIN [ARGS]`` (a real JVM, hosted in this
+process, runs MAIN's main(ARGS) with those options) or ``/tools/NAME.so TRACE`` (a native
+application: the trace is its memory behaviour). ``build`` runs before boot, in the manifest's
+directory, only when a source changed since the last build (keyed by the modification times of
+the files beside the manifest, kept in ``build/.mmsim-build``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernel import BootError, ConfigError, Kernel, KernelConfig, OutOfMemory
+from kernel import sys_fs as _sys_fs  # noqa: F401  (registers the file system's config keys)
+from kernel import sys_jvm as _sys_jvm  # noqa: F401  (registers jvm_balloon, jvm_path)
+from kernel.config import apply_settings, load_yaml, parse_size
+from mmsim.trace import Op, TraceError, read_trace
+
+__all__ = [
+    "BootOutcome", "ImageError", "JavaApp", "Manifest", "NativeApp", "boot_image",
+    "load_manifest", "run_build",
+]
+
+KEYS = ("base", "cmdline", "files", "build", "memory", "cpus", "kernel", "workload")
+BUILD_DIR = "build"
+STAMP = ".mmsim-build"
+CLASSPATH_FLAGS = ("-cp", "-classpath", "--class-path")
+EXIT_OK, EXIT_OOM, EXIT_APP = 0, 3, 4
+WORKLOAD_SLICE_S = 0.002  # replay the side workload in slices of this much wall time
+
+
+class ImageError(ValueError):
+    """A bad manifest, file or build; str() is one line naming the file (and line)."""
+
+    def __init__(self, message: str, path: str | None = None, line: int = 0) -> None:
+        where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
+        super().__init__(where + message)
+
+
+@dataclass
+class JavaApp:
+    options: list[str]
+    classpath: list[str]  # image paths
+    main: str
+    args: list[str]
+
+
+@dataclass
+class NativeApp:
+    tool: str
+    trace: str  # image path
+    args: list[str]
+
+
+@dataclass
+class Manifest:
+    path: str
+    dir: str
+    cmdline: str
+    app: JavaApp | NativeApp
+    files: dict[str, str] = field(default_factory=dict)  # image path -> absolute host path
+    base: str | None = None
+    build: list[str] = field(default_factory=list)
+    memory: int | None = None
+    cpus: int | None = None
+    kernel: dict[str, Any] = field(default_factory=dict)
+    workload: str | None = None
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def host_path(self, image_path: str) -> str | None:
+        """The host file or directory behind an image path (longest ``files`` prefix)."""
+        best = None
+        for img, host in self.files.items():
+            root = img.rstrip("/") or "/"
+            if image_path == root or image_path.startswith(root.rstrip("/") + "/"):
+                if best is None or len(root) > len(best[0]):
+                    best = (root, host)
+        if best is None:
+            return None
+        rest = image_path[len(best[0]):].lstrip("/")
+        return os.path.join(best[1], rest) if rest else best[1]
+
+
+# -- reading the manifest ------------------------------------------------------------------------
+
+def parse_cmdline(cmdline: str) -> JavaApp | NativeApp:
+    """``/java.so [options] -cp PATH MAIN [ARGS]`` or ``/tools/NAME.so TRACE``."""
+    try:
+        words = shlex.split(cmdline)
+    except ValueError as e:
+        raise ValueError(f"cmdline: {e}") from None
+    if not words:
+        raise ValueError("cmdline is empty")
+    prog, rest = words[0], words[1:]
+    if prog == "/java.so":
+        options: list[str] = []
+        i = 0
+        while i < len(rest) and rest[i].startswith("-") and rest[i] not in CLASSPATH_FLAGS:
+            if rest[i] == "-jar":
+                raise ValueError("cmdline: -jar is not supported; use -cp JAR MAIN")
+            options.append(rest[i])
+            i += 1
+        if i >= len(rest) or rest[i] not in CLASSPATH_FLAGS:
+            raise ValueError("cmdline: /java.so needs -cp PATH MAIN [ARGS]")
+        if len(rest) < i + 3:
+            raise ValueError("cmdline: -cp PATH must be followed by a main class")
+        classpath = [p for p in rest[i + 1].split(":") if p]
+        if not classpath or not all(p.startswith("/") for p in classpath):
+            raise ValueError("cmdline: class path entries must be absolute image paths")
+        return JavaApp(options, classpath, rest[i + 2], rest[i + 3:])
+    if prog.startswith("/tools/") and prog.endswith(".so"):
+        if not rest:
+            raise ValueError(f"cmdline: {prog} needs a TRACE (an image path)")
+        return NativeApp(prog, rest[0], rest[1:])
+    raise ValueError(f"cmdline must start with /java.so or /tools/NAME.so, not '{prog}'")
+
+
+def load_manifest(path: str) -> Manifest:
+    """Read and validate an image manifest; ImageError names the file and line."""
+    try:
+        data = load_yaml(path)
+    except ConfigError as e:
+        raise ImageError(str(e)) from None
+    lines: dict[str, int] = data.get("__lines__", {})
+    for key in data:
+        if key != "__lines__" and key not in KEYS:
+            raise ImageError(f"unknown key '{key}' (known: {', '.join(KEYS)})", path,
+                             lines.get(key, 0))
+    mdir = os.path.dirname(os.path.abspath(path))
+
+    def fail(key: str, message: str) -> ImageError:
+        return ImageError(message, path, lines.get(key, 0))
+
+    cmdline = data.get("cmdline")
+    if not isinstance(cmdline, str):
+        raise fail("cmdline", "'cmdline' is required: /java.so ... or /tools/NAME.so TRACE")
+    try:
+        app = parse_cmdline(cmdline)
+    except ValueError as e:
+        raise fail("cmdline", str(e)) from None
+    m = Manifest(path=path, dir=mdir, cmdline=cmdline, app=app, lines=lines)
+    if "base" in data:
+        if not isinstance(data["base"], str):
+            raise fail("base", "'base' must be a string (the base image's name)")
+        m.base = data["base"]
+    files = data.get("files") or {}
+    if not isinstance(files, dict):
+        raise fail("files", "'files' must map image paths to host paths")
+    flines = files.get("__lines__", {})
+    for img, host in files.items():
+        if img == "__lines__":
+            continue
+        line = flines.get(img, lines.get("files", 0))
+        if not isinstance(img, str) or not img.startswith("/"):
+            raise ImageError(f"files: image path {img!r} must be absolute", path, line)
+        if not isinstance(host, str) or not host:
+            raise ImageError(f"files: {img}: host path must be a string", path, line)
+        m.files[img] = os.path.normpath(os.path.join(mdir, os.path.expanduser(host)))
+    build = data.get("build")
+    if build is not None:
+        cmds = [build] if isinstance(build, str) else build
+        if not isinstance(cmds, list) or not all(isinstance(c, str) and c for c in cmds):
+            raise fail("build", "'build' must be a command or a list of commands")
+        m.build = list(cmds)
+    if "memory" in data:
+        try:
+            m.memory = parse_size(data["memory"])
+        except ValueError as e:
+            raise fail("memory", f"memory: {e}") from None
+    if "cpus" in data:
+        c = data["cpus"]
+        if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= 256:
+            raise fail("cpus", f"'cpus' must be an integer in 1..256, not {c!r}")
+        m.cpus = c
+    kern = data.get("kernel") or {}
+    if not isinstance(kern, dict):
+        raise fail("kernel", "'kernel' must be a mapping of configuration keys")
+    m.kernel = kern
+    if data.get("workload") is not None:
+        w = data["workload"]
+        if not isinstance(w, str):
+            raise fail("workload", "'workload' must be a trace's path")
+        m.workload = os.path.normpath(os.path.join(mdir, w))
+    return m
+
+
+def check_files(m: Manifest) -> None:
+    """Every host path exists, and the class path / trace lie in the image's files."""
+    for img, host in m.files.items():
+        if not os.path.exists(host):
+            hint = " (apt-get install libh2-java)" if host.endswith("h2.jar") else ""
+            raise ImageError(f"files: {img}: no such host file '{host}'{hint}", m.path,
+                             m.lines.get("files", 0))
+    wanted = m.app.classpath if isinstance(m.app, JavaApp) else [m.app.trace]
+    for p in wanted:
+        host = m.host_path(p)
+        if host is None or not os.path.exists(host):
+            raise ImageError(f"cmdline: '{p}' is not in the image's files", m.path,
+                             m.lines.get("cmdline", 0))
+    if m.workload is not None and not os.path.exists(m.workload):
+        raise ImageError(f"workload: no such trace '{m.workload}'", m.path,
+                         m.lines.get("workload", 0))
+
+
+# -- building ------------------------------------------------------------------------------------
+
+def _source_key(m: Manifest) -> str:
+    h = hashlib.sha256("\0".join(m.build).encode())
+    for root, dirs, names in os.walk(m.dir):
+        dirs[:] = sorted(d for d in dirs if d != BUILD_DIR and not d.startswith("."))
+        for name in sorted(names):
+            if name.endswith((".yaml", ".yml", ".md")):
+                continue
+            p = os.path.join(root, name)
+            st = os.stat(p)
+            h.update(f"{os.path.relpath(p, m.dir)}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
+    return h.hexdigest()
+
+
+def run_build(m: Manifest) -> bool:
+    """Run the manifest's build if its sources changed; True if it ran. One build at a time
+    per image (a lock beside the output), so concurrent boots share it."""
+    if not m.build:
+        return False
+    out = os.path.join(m.dir, BUILD_DIR)
+    os.makedirs(out, exist_ok=True)
+    stamp = os.path.join(out, STAMP)
+    with open(os.path.join(out, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        key = _source_key(m)
+        with contextlib.suppress(OSError), open(stamp, encoding="utf-8") as f:
+            if f.read().strip() == key:
+                return False
+        for cmd in m.build:
+            try:
+                res = subprocess.run(shlex.split(cmd), cwd=m.dir, capture_output=True, text=True)
+            except (OSError, ValueError) as e:
+                raise ImageError(f"build: cannot run '{cmd}' ({e})", m.path,
+                                 m.lines.get("build", 0)) from None
+            if res.returncode:
+                tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+                raise ImageError(f"build: '{cmd}' failed (exit {res.returncode}): "
+                                 + " | ".join(tail), m.path, m.lines.get("build", 0))
+        with open(stamp, "w", encoding="utf-8") as f:
+            f.write(key + "\n")
+    return True
+
+
+# -- booting -------------------------------------------------------------------------------------
+
+def kernel_config(m: Manifest, memory: int | None = None, cpus: int | None = None
+                  ) -> KernelConfig:
+    config = KernelConfig()
+    try:
+        config = apply_settings(config, m.kernel, m.path)
+        top = {k: v for k, v in (("memory", m.memory), ("cpus", m.cpus)) if v is not None}
+        if top:
+            config = apply_settings(config, top, m.path)
+        over = {k: v for k, v in (("memory", memory), ("cpus", cpus)) if v is not None}
+        if over:
+            config = apply_settings(config, over)
+    except ConfigError as e:
+        raise ImageError(str(e)) from None
+    return config
+
+
+def jvm_options(app: JavaApp, config: KernelConfig) -> list[str]:
+    """The image's JVM options, plus what the JVM would see of the guest: its RAM and CPUs
+    (HotSpot's ergonomics then pick the heap sizes and the collector as on the guest)."""
+    opts = list(app.options)
+    if not any(o.startswith("-XX:MaxRAM=") for o in opts):
+        opts.append(f"-XX:MaxRAM={config.memory}")
+    if not any(o.startswith("-XX:ActiveProcessorCount=") for o in opts):
+        opts.append(f"-XX:ActiveProcessorCount={config.cpus}")
+    return opts
+
+
+def _image_files(m: Manifest) -> Iterator[tuple[str, str, int]]:
+    """(image path, host path, size) of every file the image holds."""
+    for img, host in sorted(m.files.items()):
+        if os.path.isdir(host):
+            for root, dirs, names in os.walk(host):
+                dirs.sort()
+                for name in sorted(names):
+                    if name.startswith(".mmsim") or name == ".lock":
+                        continue
+                    p = os.path.join(root, name)
+                    rel = os.path.relpath(p, host)
+                    yield img.rstrip("/") + "/" + rel, p, os.path.getsize(p)
+        else:
+            yield img, host, os.path.getsize(host)
+
+
+@dataclass
+class BootOutcome:
+    summary: dict[str, Any]
+    status: int  # EXIT_OK, EXIT_OOM or EXIT_APP
+    message: str = ""
+
+
+def _ops(path: str) -> Iterator[Any]:
+    yield from read_trace(path)
+
+
+def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, *,
+               app_output_to_stderr: bool = False) -> BootOutcome:
+    """Boot the image, run its application (and workload) to completion, and summarise."""
+    run_build(m)
+    check_files(m)
+    config = kernel_config(m, memory, cpus)
+    try:
+        kernel = Kernel(config)
+    except (BootError, ConfigError) as e:
+        raise ImageError(f"cannot boot: {e}") from None
+    started = time.perf_counter()
+    image_files = list(_image_files(m))
+    app_info: dict[str, Any] = {"cmdline": m.cmdline}
+    status, message = EXIT_OK, ""
+    try:
+        for img, _host, size in image_files:
+            kernel.apply(Op("create", 0, path=img, size=size))
+        workload = _ops(m.workload) if m.workload else iter(())
+        if isinstance(m.app, JavaApp):
+            app_info.update(kind="java", main=m.app.main, args=m.app.args)
+            code, err = _run_java(kernel, m, m.app, config, image_files, workload,
+                                  app_output_to_stderr)
+        else:
+            app_info.update(kind="native", tool=m.app.tool, trace=m.app.trace)
+            code, err = _run_native(kernel, m, m.app, workload)
+        app_info.update(exit_code=code, error=err)
+        if code:
+            status, message = EXIT_APP, f"the application failed: {err or f'exit {code}'}"
+    except OutOfMemory as e:
+        status = EXIT_OOM
+        oom = e.report
+        message = (f"out of memory ({oom['reason']}): {oom['op']} needed "
+                   f"{oom['requested_bytes']} bytes, {oom['free_bytes']} free")
+        app_info.update(exit_code=None, error="guest out of memory")
+        jvm = getattr(kernel, "jvm", None)
+        if jvm is not None and jvm._frozen is None:
+            jvm.finish(None)
+    except TraceError as e:
+        raise ImageError(str(e)) from None
+    app_info["wall_seconds"] = round(time.perf_counter() - started, 3)
+    summary = kernel.summary()
+    summary["image"] = m.path
+    summary["app"] = app_info
+    return BootOutcome(summary, status, message)
+
+
+def _run_native(kernel: Kernel, m: Manifest, app: NativeApp, workload: Iterator[Any]
+                ) -> tuple[int, str | None]:
+    """The native application's trace, interleaved op by op with the side workload."""
+    host = m.host_path(app.trace)
+    assert host is not None
+    ops = _ops(host)
+    live = [ops, workload]
+    while live:
+        for it in list(live):
+            op = next(it, None)
+            if op is None:
+                live.remove(it)
+            else:
+                kernel.apply(op)
+    kernel.jvm.finish(0)  # type: ignore[attr-defined]
+    return 0, None
+
+
+def _run_java(kernel: Kernel, m: Manifest, app: JavaApp, config: KernelConfig,
+              image_files: list[tuple[str, str, int]], workload: Iterator[Any],
+              to_stderr: bool) -> tuple[int, str | None]:
+    from balloon.jvm import AppThread
+
+    jvm = kernel.jvm  # type: ignore[attr-defined]
+    try:
+        host = jvm.launch(jvm_options(app, config))
+    except BootError as e:
+        raise ImageError(str(e), m.path, m.lines.get("cmdline", 0)) from None
+    cp_host = [m.host_path(p) for p in app.classpath]
+    host.add_classpath([p for p in cp_host if p])
+    # the JVM reads its class path from the image's file system as it starts
+    for img, _h, _s in image_files:
+        if any(img == p or img.startswith(p.rstrip("/") + "/") for p in app.classpath):
+            kernel.apply(Op("read", 0, path=img, offset=0, length=None))
+    System = host._System
+    saved_out = System.out
+    if to_stderr:
+        System.setOut(System.err)
+    sys.stdout.flush()
+    runner = AppThread(host, app.main, list(app.args))
+    pending = True
+    try:
+        try:
+            runner.start()
+        except Exception as e:  # no such class: the application's error, as java would say
+            runner.outcome.exit_code, runner.outcome.error = 1, "exception"
+            runner.outcome.message = str(e)
+        while True:
+            alive = runner.alive
+            if pending:
+                deadline = time.perf_counter() + WORKLOAD_SLICE_S
+                while time.perf_counter() < deadline:
+                    op = next(workload, None)
+                    if op is None:
+                        pending = False
+                        break
+                    kernel.apply(op)
+            jvm.tick(0.0 if pending else 0.005)
+            if not alive and not pending:
+                break
+        runner.join()
+    except OutOfMemory:
+        runner.stop()
+        raise
+    finally:
+        System.out.flush()
+        if to_stderr:
+            System.setOut(saved_out)
+    out = runner.outcome
+    if out.error is not None:
+        kind = {"OutOfMemoryError": "OutOfMemoryError", "exit": "System.exit"}.get(
+            out.error, "java_exception")
+        text = f"{out.exception_class}: {out.message}" if out.exception_class else out.message
+        kernel.errors.report(kind, 0, "java", text)
+    jvm.finish(out.exit_code)
+    return out.exit_code, (f"{out.exception_class or out.error}: {out.message}"
+                           if out.error else None)
