@@ -185,7 +185,7 @@ class MallocFace:
 
     # -- results ---------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        """The ``malloc`` section (docs: the module docstring and docs/summary.md)."""
+        """The ``malloc`` section; docs/mtrace.md describes its keys."""
         m = self.malloc
         classes: dict[str, dict[str, int]] = {
             name: {"blocks": 0, "requested_bytes": 0, "usable_bytes": 0, "memory_bytes": 0}

@@ -11,7 +11,7 @@ from kernel import Kernel, KernelConfig
 from mm.constants import HUGE_PAGE_SIZE, MAIN_AREA, MEMPOOL_AREA, PAGE_AREA, PAGE_SIZE
 from mm.page_pool import PagePool
 from mm.page_range_allocator import PageRangeAllocator
-from mm.slab import CROSS_CPU_SIGNAL, Malloc, MallocAbort
+from mm.slab import CROSS_CPU_SIGNAL, InvalidPointer, Malloc, MallocAbort
 
 MIB = 1 << 20
 
@@ -167,15 +167,19 @@ def test_calloc_and_realloc(m: Malloc) -> None:
 
 
 def test_free_dispatches_on_the_address(kernel: Kernel, m: Malloc) -> None:
-    before = kernel.ranges.free_pages
+    cats = kernel.memory_categories()
     blocks = [m.malloc(n, cpu=0) for n in (8, 600, 3000, 9000, 3 * MIB)]
     assert [m.kind_of(b) for b in blocks] == ["8", "1024", "page", "large", "mapped"]
     for b in blocks:
         m.free(b, cpu=0)
     m.check()
-    assert m.heap_bytes == 0
-    assert kernel.ranges.free_pages + kernel.pool.l1_pages - before >= 0
     kernel.check()
+    assert m.heap_bytes == 0
+    after = kernel.memory_categories()
+    for name in ("malloc_pools", "malloc_pages", "malloc_large", "anonymous"):
+        assert after[name] == cats[name], name
+    with pytest.raises(InvalidPointer):
+        m.free(blocks[2])  # the page went back: not malloc's any more
 
 
 # -- §12.2: when a pool page goes back ----------------------------------------------------------

@@ -68,6 +68,8 @@ class Malloc:
         self.early = EarlyAllocator(pool.ranges)
         self._pools: list[list[Pool]] = [[Pool(s, cpu) for s in POOL_CLASSES]
                                          for cpu in range(self.ncpus)]
+        #: plain malloc's pool for each size 0..1024, per CPU (one lookup on the hot path)
+        self._by_size: list[list[Pool]] = [[row[i] for i in _MALLOC_CLASS] for row in self._pools]
         self._pages: dict[int, PoolPage] = {}  # pfn -> pool page (mempool area)
         self._whole: set[int] = set()  # pfns handed out as whole pages (page area)
         # garbage sinks: _sinks[owner][freeing cpu] = queued objects, and their counters
@@ -114,7 +116,7 @@ class Malloc:
         """malloc(size): the object's address, or 0 (NULL) for an impossible size."""
         if size <= MAX_OBJECT and self.pool.smp:
             # Pool.alloc, inlined: this is the path nearly every call of a trace takes
-            pool = self._pools[cpu][_MALLOC_CLASS[size]]
+            pool = self._by_size[cpu][size]
             page = pool.head
             if page is None:
                 page = self._add_page(pool, cpu)
