@@ -30,10 +30,13 @@ import os
 import re
 from collections import Counter, deque
 from collections.abc import Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .ops import Op, TraceError
 from .source import compression_of, open_trace_binary
+
+if TYPE_CHECKING:
+    from . import TracePeek
 
 __all__ = ["MtraceReader", "detect_mtrace", "read_mtrace"]
 
@@ -220,11 +223,11 @@ def read_mtrace(path: str | os.PathLike[str]) -> Iterator[Op]:
     return iter(MtraceReader(path))
 
 
-def detect_mtrace(peek: object) -> bool:
+def detect_mtrace(peek: TracePeek) -> bool:
     """An mtrace log starts with ``= Start``, or (cut) with mtrace records only."""
-    if not getattr(peek, "is_text", False):
+    if not peek.is_text:
         return False
-    lines = [s.strip() for s in getattr(peek, "lines", []) if s.strip()]
+    lines = [s.strip() for s in peek.lines if s.strip()]
     if not lines:
         return False
     if lines[0] == "= Start":
