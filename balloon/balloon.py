@@ -242,6 +242,13 @@ class JvmBalloon:
             self.emit("balloon", action="deflate", why=why, balloons=0, bytes=0)
         return n
 
+    def drop_arrays(self) -> None:
+        """Let the shared JVM collect the arrays (a later image's run) without touching this
+        run's guest, whose summary stays as it ended."""
+        for b in self._balloons:
+            b.array = None
+        self.enabled = False
+
     # -- GC moves ------------------------------------------------------------------------------------
     def check_moves(self) -> int:
         """Compare each array's address with the last seen; a moved one moves its mapping."""

@@ -172,9 +172,11 @@ def current_jvm() -> HostJvm | None:
     return _HOST
 
 
-def start_jvm(options: Sequence[str], jvm_path: str | None = None) -> HostJvm:
+def start_jvm(options: Sequence[str], jvm_path: str | None = None,
+              classpath: Sequence[str] = ()) -> HostJvm:
     """The process's JVM, started now with ``options`` (plus :data:`ADDED_OPTIONS`) if it is
-    the first call; a later call must ask for the same options and JVM."""
+    the first call; a later call must ask for the same options and JVM. ``classpath`` goes on
+    the system class path if the JVM starts now, else is added to JPype's loader."""
     global _HOST
     opts = list(options)
     path = find_jvm_path(jvm_path)
@@ -186,8 +188,9 @@ def start_jvm(options: Sequence[str], jvm_path: str | None = None) -> HostJvm:
                     f"'{' '.join(_HOST.requested) or '(no options)'}' ({_HOST.jvm_path}); a JVM "
                     "cannot be restarted, so run an image needing "
                     f"'{' '.join(opts) or '(no options)'}' in a new process")
+            _HOST.add_classpath(classpath)
             return _HOST
-        _HOST = HostJvm(opts, path)
+        _HOST = HostJvm(opts, path, list(classpath))
         return _HOST
 
 
@@ -222,7 +225,8 @@ def _caused_by_oom(e: Any) -> bool:
 class HostJvm:
     """The started JVM and the management beans mmsim reads."""
 
-    def __init__(self, options: list[str], jvm_path: str) -> None:
+    def __init__(self, options: list[str], jvm_path: str, classpath: list[str] | None = None
+                 ) -> None:
         try:
             import jpype
         except ImportError:
@@ -243,7 +247,7 @@ class HostJvm:
 
         jpype.config.destroy_jvm = False  # a non-daemon app thread must not block our exit
         try:
-            jpype.startJVM(*self.options, jvmpath=jvm_path, classpath=[helper],
+            jpype.startJVM(*self.options, jvmpath=jvm_path, classpath=[helper, *(classpath or [])],
                            interrupt=False, convertStrings=False)
         except (RuntimeError, OSError) as e:
             raise JvmError(f"the JVM did not start with '{' '.join(options)}': {e}") from None
@@ -497,6 +501,10 @@ class AppThread:
     def _run(self, cls: Any) -> None:
         jp = self.jvm._jp
         self._java_thread = self.jvm.Thread.currentThread()
+        # ServiceLoader users (JDBC's DriverManager) look in the context class loader: make it
+        # the one that sees the class path added after the JVM started
+        with contextlib.suppress(Exception):
+            self._java_thread.setContextClassLoader(cls.class_.getClassLoader())
         out = self.outcome
         try:
             cls.main(jp.JArray(jp.JString)(self.args))

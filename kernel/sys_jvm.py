@@ -82,10 +82,10 @@ class JvmSubsystem:
         self.native_target = 0
 
     # -- launching ---------------------------------------------------------------------------
-    def launch(self, options: list[str]) -> HostJvm:
+    def launch(self, options: list[str], classpath: list[str] | None = None) -> HostJvm:
         """Start (or reuse) the process's JVM and give it its memory in this guest."""
         try:
-            host = start_jvm(options, self.jvm_path)
+            host = start_jvm(options, self.jvm_path, classpath or [])
         except JvmError as e:
             raise BootError(str(e)) from None
         self.host = host
@@ -177,15 +177,15 @@ class JvmSubsystem:
 
     # -- summary ---------------------------------------------------------------------------------
     def finish(self, exit_code: int | None) -> None:
-        """Freeze the sections at the end of a run, then give the shared JVM its heap back."""
+        """Freeze the sections at the end of a run, then let the JVM (shared by later runs in
+        this process) collect the balloon arrays; the guest's memory stays as it ended."""
         self.exit_code = exit_code
         if self.host is not None:
             self.tick()
             self._apply("native")
         self._frozen = (self._balloon_section(), self._jvm_section())
         if self.balloon is not None:
-            self.balloon.release_all()
-            self.balloon.enabled = False
+            self.balloon.drop_arrays()
 
     def _balloon_section(self) -> dict[str, Any]:
         if self.balloon is None:

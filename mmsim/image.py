@@ -395,12 +395,11 @@ def _run_java(kernel: Kernel, m: Manifest, app: JavaApp, config: KernelConfig,
     from balloon.jvm import AppThread
 
     jvm = kernel.jvm  # type: ignore[attr-defined]
+    cp_host = [h for h in (m.host_path(p) for p in app.classpath) if h]
     try:
-        host = jvm.launch(jvm_options(app, config))
+        host = jvm.launch(jvm_options(app, config), cp_host)
     except BootError as e:
         raise ImageError(str(e), m.path, m.lines.get("cmdline", 0)) from None
-    cp_host = [m.host_path(p) for p in app.classpath]
-    host.add_classpath([p for p in cp_host if p])
     # the JVM reads its class path from the image's file system as it starts
     for img, _h, _s in image_files:
         if any(img == p or img.startswith(p.rstrip("/") + "/") for p in app.classpath):
