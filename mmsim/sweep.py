@@ -276,6 +276,11 @@ class _Located:
 
     def _value(self, loader: yaml.SafeLoader, node: yaml.Node, at: tuple[Any, ...]) -> Any:
         self.lines.setdefault(at, node.start_mark.line + 1)
+        plain = {yaml.MappingNode: yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                 yaml.SequenceNode: yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG}
+        if type(node) in plain and node.tag != plain[type(node)]:
+            raise SweepError(f"bad YAML: unsupported tag {node.tag!r}", self.path,
+                             node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for knode, vnode in node.value:
@@ -304,6 +309,9 @@ def check_value(key: str, value: Any) -> None:
     """ValueError unless ``key: value`` is a configuration a guest boots with: the key is
     known, the value parses, and (for subsystem keys, e.g. cache_policy) a kernel boots, so a
     typo stops the sweep before it starts rather than failing every point."""
+    cache_key = (key, type(value).__name__, _cell(value))
+    if cache_key in _checked:
+        return
     register_keys()
     try:
         cfg = load_config(None, {key: value if value is not None else 0})
@@ -319,6 +327,11 @@ def check_value(key: str, value: Any) -> None:
             Kernel(cfg)
         except (BootError, ConfigError) as e:
             raise ValueError(str(e)) from None
+    _checked.add(cache_key)
+
+
+#: (key, value) pairs found good: a long points list repeats them
+_checked: set[tuple[str, str, str]] = set()
 
 
 def _cell(value: Any) -> str:
