@@ -117,11 +117,26 @@ class Mman:
         got = self._lookup(op)
         if got is None:
             return
-        addr, length = self._whole_or_range(op, *got)
-        try:
-            self.space.munmap(addr, length)
-        except VmError as e:
-            self._error(op, e.kind, e.message)
+        if op.length is None:
+            # the whole mapping: whatever is left of it, piece by piece if a partial munmap or
+            # a MAP_FIXED over it has left holes
+            base, length = got
+            owner = self._owner(op.handle)
+            pieces: list[list[int]] = []
+            for vma in self.space.vmas.intersecting(base, base + length):
+                if vma.owner != owner:
+                    continue
+                if pieces and pieces[-1][1] == vma.start:
+                    pieces[-1][1] = vma.end
+                else:
+                    pieces.append([vma.start, vma.end])
+        else:
+            pieces = [[got[0] + op.offset, got[0] + op.offset + op.length]]
+        for start, end in pieces:
+            try:
+                self.space.munmap(start, end - start)
+            except VmError as e:
+                self._error(op, e.kind, e.message)
         self._forget_if_gone(op.handle)
 
     def op_mprotect(self, op: Any) -> None:

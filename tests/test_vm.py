@@ -459,3 +459,19 @@ def test_policy_is_the_only_judge() -> None:
     assert HugePagePolicy(enabled=False).span(True, False, 0, 4 * H) == (0, 0)
     assert p.fault_block(True, False, K4, 3 * H + K4, 2 * H + 5) == 2 * H
     assert p.fault_block(True, False, K4, 3 * H + K4, 5 * K4) is None
+
+
+def test_munmap_of_the_whole_handle_after_a_partial_one_unmaps_the_rest():
+    from kernel import Kernel, KernelConfig
+    from mmsim.trace.ops import Op
+
+    k = Kernel(KernelConfig(memory=256 << 20, cpus=1))
+    for op in (Op("mmap", 1, handle="h", size=8 << 20), Op("touch", 2, handle="h", length=8 << 20),
+               Op("munmap", 3, handle="h", offset=0, length=2 << 20),
+               Op("munmap", 4, handle="h", offset=4 << 20, length=1 << 20),
+               Op("munmap", 5, handle="h")):
+        k.apply(op)
+    s = k.summary()
+    assert s["app_errors"]["total"] == 0
+    assert s["mmap"]["vmas"] == 0 and s["mmap"]["mapped_bytes"] == 0
+    k.check()
