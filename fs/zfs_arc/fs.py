@@ -339,6 +339,7 @@ class ZfsFileSystem:
                 was_dirty = bool(f.dirty)
                 self._drop_buffers(f)
                 f.dirty.clear()
+                self._dirty_files.pop(f.fid, None)
                 f.set_recordsize(new_rs)
                 f.unit = new_rs
                 if was_dirty:  # the old block's data is carried into the new one
@@ -458,6 +459,8 @@ class ZfsFileSystem:
                 pages += buf.npages
             assert all(buf.dirty for idx, buf in f.bufs.items() if idx in f.dirty)
         assert self._spare is None, "a recycled buffer was left over"
+        assert all(f.dirty for f in self._dirty_files.values()), "a clean file listed as dirty"
+        assert all(f.fid in self._dirty_files for f in self._files.values() if f.dirty)
         assert n == self.buffers.buffers and pages == self.buffers.pages, "buffer leak"
         resident = self.policy.lists().get("mru_count", 0) + self.policy.lists().get(
             "mfu_count", 0)
