@@ -24,6 +24,7 @@ from kernel import (
 from kernel import sys_fs as _sys_fs  # noqa: F401  (registers the file system's config keys)
 from mmsim.progress import Progress
 from mmsim.summary_text import format_summary
+from mmsim.timeline import Recorder, TimelineError, timeline_options
 from mmsim.trace import READERS, TraceError, read_trace
 from mmsim.trace import blocktrace as _blocktrace  # noqa: F401  (registers lis, oracleGeneral, ids)
 
@@ -116,19 +117,21 @@ def write_json(summary: dict, dest: str) -> None:
 @click.option("--block-size", metavar="SIZE", help="Record size of a block trace's file.")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No readable summary.")
+@timeline_options
 def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus: int | None,
         hugepages: bool | None, seed: int | None, cache_policy: str | None, arc_size: str | None,
-        block_size: str | None, json_path: str | None, quiet: bool) -> None:
+        block_size: str | None, json_path: str | None, quiet: bool, **timeline: Any) -> None:
     """Boot a guest and replay TRACE through it."""
     config = build_config(config_path, memory=memory, cpus=cpus, hugepages=hugepages, seed=seed,
                           cache_policy=cache_policy, arc_size=arc_size, block_size=block_size)
     try:
         ops = read_trace(trace, fmt)
         kernel = boot(config)
+        recorder = Recorder.start(kernel, trace, **timeline)
         exit_code = 0
-        with Progress("replaying", trace) as progress:
+        with Progress.for_file("replaying", trace) as progress:
             try:
-                kernel.run(ops, progress.update)
+                kernel.run(recorder.wrap(ops), progress.update)
             except OutOfMemory as e:
                 exit_code = EXIT_OOM
                 oom = e.report
@@ -136,7 +139,7 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
                     f"mmsim: {trace}:{oom['line']}: out of memory ({oom['reason']}): "
                     f"{oom['op']} needed {oom['requested_bytes']} bytes, {oom['free_bytes']} "
                     f"free, largest free run {oom['largest_free_run_bytes']}", err=True)
-    except TraceError as e:
+    except (TraceError, TimelineError) as e:
         raise InputError(str(e)) from None
     except (UnsupportedOperation, TraceFault) as e:
         raise InputError(f"{trace}:{kernel.line}: {e}") from None
@@ -146,9 +149,13 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         write_json(summary, json_path)
     if not quiet:
         click.echo(format_summary(summary), err=json_path == "-")
+    try:
+        recorder.finish(summary)
+    except TimelineError as e:
+        raise InputError(str(e)) from None
     if exit_code:
         sys.exit(exit_code)
 
 
-from mmsim import cmd_sweep as _cmd_sweep  # noqa: E402,F401  (registers sweep, mrc)
 from mmsim import cmd_image as _cmd_image  # noqa: E402,F401  (registers boot, minmem)
+from mmsim import cmd_sweep as _cmd_sweep  # noqa: E402,F401  (registers sweep, mrc)

@@ -1,0 +1,258 @@
+"""Plots of a run: memory by category over time with the kernel's events, the ARC, the balloon.
+
+Made with matplotlib's object API (``Figure``, no pyplot): no display, no global state, and the
+Agg renderer for PNG. Every function returns the Figure so callers (and tests) can inspect the
+axes; :func:`save_figure` writes it byte-for-byte the same for the same data.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from mmsim.summary_text import human
+from mmsim.timeline import TimelineData, TimelineError, check_plot_path
+
+__all__ = [
+    "EVENT_STYLES",
+    "byte_unit",
+    "figure_svg",
+    "plot_categories",
+    "plot_timeline",
+    "save_figure",
+]
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+#: how each kind of kernel event is marked; other kinds get the ``None`` style
+EVENT_STYLES: dict[str | None, dict[str, Any]] = {
+    "reclaim": {"color": "tab:orange", "linestyle": ":", "linewidth": 0.8},
+    "reclaim_hard": {"color": "tab:red", "linestyle": "--", "linewidth": 1.0},
+    "oom": {"color": "black", "linestyle": "-", "linewidth": 2.0},
+    None: {"color": "tab:purple", "linestyle": "-.", "linewidth": 0.8},
+}
+#: categories that get their own panel as lines, besides being in the stack
+_SPOTLIGHT = ("balloon", "jvm")
+_FREE_COLOR = "#e8e8e8"
+#: strong colours first, then their light twins: neighbours in the stack stay distinct
+_COLORS = matplotlib.colormaps["tab20"].colors[0::2] + matplotlib.colormaps["tab20"].colors[1::2]
+#: the total is drawn (and the axis goes up to it) once this share of it is used
+_TOTAL_SHOWN = 0.4
+_SVG_RC = {"svg.hashsalt": "mmsim", "svg.fonttype": "none"}
+
+
+def byte_unit(max_bytes: float) -> tuple[str, int]:
+    """GiB from 2 GiB up, MiB below: axes stay in readable numbers."""
+    return ("GiB", GIB) if max_bytes >= 2 * GIB else ("MiB", MIB)
+
+
+def _time_axis(data: TimelineData) -> tuple[list[float], str]:
+    """Simulated time in s, ms or µs when the clock moved; operations otherwise."""
+    end = max(data.time, default=0.0)
+    if end <= 0:
+        return [float(e) for e in data.event], "operations applied"
+    for unit, scale in (("s", 1.0), ("ms", 1e3), ("µs", 1e6)):
+        if end * scale >= 1 or unit == "µs":
+            return [t * scale for t in data.time], f"simulated time ({unit})"
+    raise AssertionError("unreachable")
+
+
+def _subtitle(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return ""
+    cfg = summary.get("config") or {}
+    parts = []
+    if cfg.get("ram_bytes"):
+        parts.append(f"{human(cfg['ram_bytes'])} RAM")
+    if cfg.get("cpus"):
+        parts.append(f"{cfg['cpus']} CPUs")
+    if "hugepages" in cfg:
+        parts.append("huge pages " + ("on" if cfg["hugepages"] else "off"))
+    arc = summary.get("arc")
+    if isinstance(arc, dict) and arc.get("policy"):
+        parts.append(f"cache policy {arc['policy']}")
+    parts.append(f"{summary.get('events', 0)} operations")
+    return ", ".join(parts)
+
+
+def _event_marks(data: TimelineData) -> dict[str, list[int]]:
+    """Row indexes per event kind (shrinker yields go with their reclaim pass)."""
+    marks: dict[str, list[int]] = {}
+    for i, events in enumerate(data.events):
+        for name in events:
+            if not name.startswith("shrink:"):
+                marks.setdefault(name, []).append(i)
+    return marks
+
+
+def _mark_events(ax: Axes, x: Sequence[float], marks: dict[str, list[int]], data: TimelineData,
+                 label: bool) -> None:
+    for name, rows in marks.items():
+        style = EVENT_STYLES.get(name, EVENT_STYLES[None])
+        count = sum(data.events[i][name] for i in rows)
+        ax.vlines([x[i] for i in rows], 0, 1, transform=ax.get_xaxis_transform(),
+                  label=f"{name} ({count})" if label else None, zorder=3, **style)
+
+
+def plot_timeline(data: TimelineData, summary: dict[str, Any] | None = None,
+                  title: str | None = None) -> Figure:
+    """Memory by category stacked over time (up to the total when it is close; free memory is
+    the gap), kernel events marked; then the ARC's size, target and hit ratio if it was used;
+    then the balloon and JVM heap if present."""
+    if not len(data):
+        raise TimelineError(f"{data.source or 'timeline'}: no rows to plot")
+    x, xlabel = _time_axis(data)
+    marks = _event_marks(data)
+    cats = [n for n, v in data.categories.items() if any(v)]
+    arc = _arc_used(data)
+    spot = [n for n in cats if any(word in n for word in _SPOTLIGHT)]
+    panels = 1 + arc + bool(spot)
+    fig = Figure(figsize=(11, 1.2 + 3.6 * panels), dpi=100, layout="constrained")
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
+    fig.suptitle(title or f"mmsim: {os.path.basename(data.source) or 'run'}", fontsize=13)
+    sub = _subtitle(summary)
+    if sub:
+        axes[0].set_title(f"Memory by category - {sub}", fontsize=10)
+    else:
+        axes[0].set_title("Memory by category", fontsize=10)
+
+    ax = axes[0]
+    used = max(t - f for t, f in zip(data.total, data.free))
+    total = max(data.total)
+    show_total = used >= total * _TOTAL_SHOWN
+    uname, unit = byte_unit(total if show_total else used)
+    ax.stackplot(x, [[b / unit for b in data.categories[n]] for n in cats], labels=cats,
+                 colors=[_COLORS[i % len(_COLORS)] for i in range(len(cats))], linewidth=0)
+    if show_total:  # free memory is the gap up to this line
+        ax.plot(x, [t / unit for t in data.total], color="black", linewidth=1, label="total")
+        ax.set_ylim(0, total / unit * 1.02)
+        ax.set_ylabel(f"memory ({uname})")
+    else:
+        ax.set_ylim(0, max(used, 1) / unit * 1.1)
+        ax.set_ylabel(f"memory ({uname}) of {human(total)}")
+    ax.margins(x=0)
+    _mark_events(ax, x, marks, data, label=True)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1),
+              fontsize="small", title="top of the stack first", title_fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+
+    n = 1
+    if arc:
+        _plot_arc(axes[n], x, data, marks)
+        n += 1
+    if spot:
+        ax = axes[n]
+        sname, sunit = byte_unit(max(max(data.categories[c]) for c in spot))
+        for c in spot:
+            ax.plot(x, [b / sunit for b in data.categories[c]], label=c, linewidth=1.5)
+        ax.set_title("Balloon and JVM heap", fontsize=10)
+        ax.set_ylabel(f"memory ({sname})")
+        ax.set_ylim(bottom=0)
+        _mark_events(ax, x, marks, data, label=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xlabel(xlabel)
+    return fig
+
+
+def _arc_used(data: TimelineData) -> bool:
+    size = data.extra.get("arc_size")
+    if not size:
+        return False
+    accesses = [(h or 0) + (m or 0) for h, m in zip(data.extra.get("arc_hits") or [],
+                                                      data.extra.get("arc_misses") or [])]
+    return any(v for v in size if v) or any(accesses)
+
+
+def interval_hit_ratio(hits: Sequence[float | None], misses: Sequence[float | None]
+                       ) -> list[float]:
+    """Hits / accesses between consecutive rows (NaN where there were none)."""
+    out = []
+    ph = pm = 0.0
+    for h, m in zip(hits, misses):
+        h, m = h or 0.0, m or 0.0
+        dh, dm = h - ph, m - pm
+        out.append(dh / (dh + dm) if dh + dm > 0 else math.nan)
+        ph, pm = h, m
+    return out
+
+
+def _plot_arc(ax: Axes, x: Sequence[float], data: TimelineData,
+              marks: dict[str, list[int]]) -> None:
+    ex = data.extra
+    values = [v or 0 for c in ("arc_size", "arc_c", "arc_p") for v in ex.get(c) or []]
+    uname, unit = byte_unit(max(values, default=0))
+    for col, label, style, color in (("arc_size", "size", "-", "tab:blue"),
+                                     ("arc_c", "target c", "--", "tab:orange"),
+                                     ("arc_p", "MRU target p", ":", "tab:purple")):
+        if col in ex:
+            ax.plot(x, [(v or 0) / unit for v in ex[col]], style, label=label, linewidth=1.5,
+                    color=color)
+    ax.set_ylabel(f"ARC ({uname})")
+    ax.set_ylim(bottom=0)
+    ax.set_title("ARC: size, target and hit ratio", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    _mark_events(ax, x, marks, data, label=False)
+    lines, labels = ax.get_legend_handles_labels()
+    if "arc_hits" in ex and "arc_misses" in ex:
+        ratio = ax.twinx()
+        ratio.plot(x, interval_hit_ratio(ex["arc_hits"], ex["arc_misses"]), color="tab:green",
+                   linewidth=1, label="hit ratio (per interval)")
+        if "arc_hit_ratio" in ex:
+            ratio.plot(x, [math.nan if v is None else v for v in ex["arc_hit_ratio"]],
+                       color="tab:green", linestyle="--", linewidth=1,
+                       label="hit ratio (cumulative)")
+        ratio.set_ylim(0, 1.05)
+        ratio.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ratio.set_ylabel("hit ratio")
+        more, more_labels = ratio.get_legend_handles_labels()
+        lines, labels = lines + more, labels + more_labels
+    ax.legend(lines, labels, loc="upper left", bbox_to_anchor=(1.08, 1), fontsize="small")
+
+
+def plot_categories(summary: dict[str, Any], title: str | None = None) -> Figure:
+    """The run's end state as horizontal bars: each category and free memory."""
+    mem = summary["memory"]
+    cats = {k: v for k, v in mem["categories"].items() if v}
+    cats["free"] = mem["free_bytes"]
+    uname, unit = byte_unit(mem["total_bytes"])
+    fig = Figure(figsize=(9, 1.2 + 0.35 * len(cats)), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    names = list(cats)[::-1]
+    bars = ax.barh(names, [cats[n] / unit for n in names],
+                   color=[_FREE_COLOR if n == "free" else _COLORS[0] for n in names])
+    ax.bar_label(bars, labels=[human(cats[n]) for n in names], padding=3, fontsize="small")
+    ax.set_xlabel(f"memory ({uname}) of {human(mem['total_bytes'])}")
+    ax.set_xlim(0, mem["total_bytes"] / unit * 1.15)
+    ax.set_title(title or "Memory at the end of the run", fontsize=11)
+    return fig
+
+
+def save_figure(fig: Figure, path: str) -> None:
+    """PNG or SVG by the extension, without dates or random ids in the file."""
+    fmt = check_plot_path(path)
+    try:
+        with matplotlib.rc_context(_SVG_RC):
+            fig.savefig(path, format=fmt,
+                        metadata={"Date": None} if fmt == "svg" else {"Software": None})
+    except OSError as e:
+        raise TimelineError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def figure_svg(fig: Figure) -> str:
+    """The figure as an ``<svg>`` element to put inline in HTML."""
+    buf = io.StringIO()
+    with matplotlib.rc_context(_SVG_RC):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    return text[text.index("<svg"):]

@@ -1,0 +1,190 @@
+"""Plots: real images whose axes carry the timeline's data, readable units and marked events."""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.image import imread
+
+from mmsim.cli import main
+from mmsim.plot import plot_timeline
+from mmsim.timeline import TimelineData, TimelineError, load_timeline
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+FILES_AND_HEAP = """# mmsim-trace v1
+@1ms create /data/f 8M
+@2ms write /data/f 0 8M
+@3ms read /data/f 0 4M
+@4ms mmap anon 8M
+@5ms touch anon 0 6M
+@6ms malloc big 1M
+@7ms read /data/f 0 8M
+@8ms munmap anon
+"""
+PRESSURE = "\n".join(
+    ["create /big 96M"] + [f"read /big {i}M 1M" for i in range(96)]
+    + ["mmap a 120M"] + [f"touch a {i}M 2M" for i in range(0, 60, 2)]) + "\n"
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit), f"traceback: {result.exception!r}"
+    return result.exit_code, result.stdout, result.stderr
+
+
+def timeline_of(tmp_path, text: str, *args: str) -> TimelineData:
+    trace = tmp_path / "t.trace"
+    trace.write_text(text)
+    tl = str(tmp_path / "t.csv")
+    code, _, err = run("run", str(trace), "--timeline", tl, "-q", *args)
+    assert code == 0, err
+    return load_timeline(tl)
+
+
+def band(coll: PolyCollection, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, bottom, top) of a fill_between polygon over n points (matplotlib's layout: a start
+    point, the first curve forward, the second curve backward, the closing point)."""
+    v = coll.get_paths()[0].vertices
+    return v[1:n + 1, 0], v[1:n + 1, 1], v[n + 2:2 * n + 2, 1][::-1]
+
+
+def xlabel(fig) -> str:
+    """The label of the shared time axis (on the bottom panel)."""
+    return next(ax.get_xlabel() for ax in fig.axes if ax.get_xlabel())
+
+
+def areas(ax) -> dict[str, PolyCollection]:
+    return {c.get_label(): c for c in ax.collections if isinstance(c, PolyCollection)}
+
+
+def test_stacked_areas_are_the_timeline_columns(tmp_path):
+    data = timeline_of(tmp_path, FILES_AND_HEAP, "--memory", "512M")
+    fig = plot_timeline(data)
+    ax = fig.axes[0]
+    used = {n: v for n, v in data.categories.items() if any(v)}
+    stack = areas(ax)
+    assert list(stack) == list(used)  # every category with memory, in order, labelled
+    n = len(data)
+    assert "MiB" in ax.get_ylabel()
+    below = np.zeros(n)
+    for name, values in used.items():
+        x, bottom, top = band(stack[name], n)
+        assert x.tolist() == [t * 1e3 for t in data.time]  # simulated time in ms
+        assert bottom == pytest.approx(below)
+        assert top - bottom == pytest.approx(np.array(values) / MIB)
+        below = top
+    # free memory is the gap up to the total: categories + free = total on the axes too
+    assert below + np.array(data.free) / MIB == pytest.approx(np.array(data.total) / MIB)
+    assert xlabel(fig) == "simulated time (ms)"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert set(used) <= set(legend)
+
+
+def test_arc_panel_shows_size_target_and_hit_ratio(tmp_path):
+    data = timeline_of(tmp_path, FILES_AND_HEAP, "--memory", "512M")
+    fig = plot_timeline(data)
+    arc = next(ax for ax in fig.axes if ax.get_title().startswith("ARC"))
+    lines = {ln.get_label(): ln for ln in arc.get_lines()}
+    assert lines["size"].get_ydata() == pytest.approx([v / MIB for v in data.extra["arc_size"]])
+    assert lines["target c"].get_ydata() == pytest.approx(
+        [v / MIB for v in data.extra["arc_c"]])
+    twin = next(ax for ax in fig.axes if ax.get_ylabel() == "hit ratio")
+    ratio = {ln.get_label(): ln.get_ydata() for ln in twin.get_lines()}
+    per_interval = [r for r in ratio["hit ratio (per interval)"] if not math.isnan(r)]
+    assert per_interval and all(0 <= r <= 1 for r in per_interval)
+    assert ratio["hit ratio (cumulative)"][-1] == pytest.approx(data.extra["arc_hit_ratio"][-1])
+
+
+def test_no_arc_panel_when_the_arc_was_not_used(tmp_path):
+    data = timeline_of(tmp_path, "malloc a 1M\nmalloc b 100\nfree a\n")
+    fig = plot_timeline(data)
+    assert not any(ax.get_title().startswith("ARC") for ax in fig.axes)
+    assert xlabel(fig) == "operations applied"  # no simulated time passed
+
+
+def test_events_are_marked_where_they_happened(tmp_path):
+    data = timeline_of(tmp_path, PRESSURE, "--memory", "128M")
+    fig = plot_timeline(data)
+    ax = fig.axes[0]
+    marks = [c for c in ax.collections if isinstance(c, LineCollection)
+             and c.get_label().startswith("reclaim (")]
+    assert len(marks) == 1
+    rows = [i for i, e in enumerate(data.events) if "reclaim" in e]
+    assert rows
+    x = band(areas(ax)[next(iter(areas(ax)))], len(data))[0]
+    assert [seg[0][0] for seg in marks[0].get_segments()] == [x[i] for i in rows]
+    assert marks[0].get_label() == f"reclaim ({sum(data.events[i]['reclaim'] for i in rows)})"
+
+
+def synthetic(tmp_path, total: int, used: list[int], extra: str = "") -> TimelineData:
+    path = tmp_path / "s.csv"
+    head = "time,event,total_bytes,free_bytes,anonymous_bytes" + (",balloon_bytes,"
+                                                                   "jvm_heap_bytes" if extra else "")
+    lines = [head + ",events"]
+    for i, u in enumerate(used):
+        row = f"{i}.0,{i * 10},{total},{total - u},{u - (2 * MIB if extra else 0)}"
+        lines.append(row + (f",{MIB},{MIB}" if extra else "") + ",")
+    path.write_text("\n".join(lines) + "\n")
+    return load_timeline(str(path))
+
+
+def test_units_follow_the_size_of_the_machine(tmp_path):
+    big = plot_timeline(synthetic(tmp_path, 8 * GIB, [GIB, 6 * GIB, 5 * GIB]))
+    ax = big.axes[0]
+    assert ax.get_ylabel() == "memory (GiB)"
+    total = next(ln for ln in ax.get_lines() if ln.get_label() == "total")
+    assert list(total.get_ydata()) == [8.0, 8.0, 8.0]
+    assert xlabel(big) == "simulated time (s)"
+    small = plot_timeline(synthetic(tmp_path, 8 * GIB, [10 * MIB, 30 * MIB, 20 * MIB]))
+    assert small.axes[0].get_ylabel() == "memory (MiB) of 8.00 GiB"
+    assert small.axes[0].get_ylim()[1] == pytest.approx(33)
+
+
+def test_balloon_and_jvm_heap_get_their_panel(tmp_path):
+    fig = plot_timeline(synthetic(tmp_path, GIB, [100 * MIB, 200 * MIB], extra="yes"))
+    panel = next(ax for ax in fig.axes if ax.get_title() == "Balloon and JVM heap")
+    assert {ln.get_label() for ln in panel.get_lines()} == {"balloon", "jvm_heap"}
+    assert list(panel.get_lines()[0].get_ydata()) == [1.0, 1.0]
+
+
+def test_an_empty_timeline_cannot_be_plotted():
+    with pytest.raises(TimelineError, match="no rows"):
+        plot_timeline(TimelineData(source="empty.csv"))
+
+
+def test_run_plot_is_a_real_png_of_sensible_size(tmp_path):
+    trace = tmp_path / "t.trace"
+    trace.write_text(FILES_AND_HEAP)
+    png = tmp_path / "p.png"
+    code, _, err = run("run", str(trace), "--plot", str(png), "-q")
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = imread(str(png))
+    h, w = pixels.shape[:2]
+    assert w == 1100 and 400 <= h <= 1600
+    assert pixels[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_run_plot_svg_is_deterministic_xml_with_the_categories(tmp_path):
+    trace = tmp_path / "t.trace"
+    trace.write_text(FILES_AND_HEAP)
+    outs = []
+    for name in ("a.svg", "b.svg"):
+        code, _, err = run("run", str(trace), "--plot", str(tmp_path / name), "-q",
+                           "--sample-every", "2")
+        assert code == 0, err
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1]
+    root = ET.fromstring(outs[0])
+    assert root.tag.endswith("svg")
+    text = " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
+    for word in ("anonymous", "arc", "Memory by category", "ARC: size, target and hit ratio"):
+        assert word in text

@@ -1,0 +1,261 @@
+"""`mmsim run --timeline`: memory over time that adds up on every row, sampled as asked."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from mmsim.cli import main
+from mmsim.progress import Progress, file_position
+from mmsim.timeline import Recorder, load_timeline
+from mmsim.trace import Op
+
+# Every memory category a trace can reach: ARC (file I/O), file pages (a shared file mapping),
+# anonymous memory, malloc pools, whole pages and large blocks; page tables and the L1/L2
+# caches come with any allocation. (The JVM heap needs a hosted JVM: `mmsim boot`.)
+REACHABLE = ["page_tables", "l1_cache", "l2_cache", "anonymous", "file", "malloc_pools",
+             "malloc_pages", "malloc_large", "arc"]
+EVERY_CATEGORY = """# mmsim-trace v1
+create /data/f 8M
+write /data/f 0 8M
+read /data/f 0 4M
+mmap fm 4M file=/data/f shared
+touch fm 0 2M r
+mmap anon 8M
+touch anon 0 6M
+malloc small 100
+malloc page 4K
+malloc big 1M
+malloc huge 3M
+@10ms sleep 1ms
+free small
+munmap anon
+@20ms free big
+"""
+
+# An ARC filled to its target, then anonymous memory: the reclaimer wakes and the ARC's
+# shrinker gives memory back (run with --memory 128M).
+PRESSURE = "\n".join(
+    ["create /big 96M"] + [f"read /big {i}M 1M" for i in range(96)]
+    + ["mmap a 120M"] + [f"touch a {i}M 2M" for i in range(0, 60, 2)]) + "\n"
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit), f"traceback: {result.exception!r}"
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def trace(tmp_path):
+    def write(text: str, name: str = "t.trace") -> str:
+        p = tmp_path / name
+        p.write_text(text)
+        return str(p)
+    return write
+
+
+def rows_of(path: str) -> list[dict[str, Any]]:
+    if path.endswith(".jsonl"):
+        return [json.loads(line) for line in open(path)]
+    return list(csv.DictReader(open(path)))
+
+
+def byte_columns(row: dict[str, Any]) -> list[str]:
+    return [c for c in row if c.endswith("_bytes") and c not in ("total_bytes", "free_bytes")]
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl"])
+def test_rows_add_up_on_every_row_for_every_category(trace, tmp_path, ext):
+    tl = str(tmp_path / f"t.{ext}")
+    js = str(tmp_path / "s.json")
+    code, _, err = run("run", trace(EVERY_CATEGORY), "--memory", "256M", "--timeline", tl,
+                       "--json", js, "-q")
+    assert code == 0, err
+    summary = json.load(open(js))
+    rows = rows_of(tl)
+    cats = byte_columns(rows[0])
+    assert cats == [f"{c}_bytes" for c in summary["memory"]["categories"]]
+    for row in rows:
+        assert int(row["free_bytes"]) + sum(int(row[c]) for c in cats) == int(row["total_bytes"])
+    for c in REACHABLE:  # the trace did exercise every category
+        assert any(int(row[f"{c}_bytes"]) for row in rows), c
+    last = rows[-1]  # the end of the run is the last row
+    assert int(last["event"]) == summary["events"]
+    assert int(last["free_bytes"]) == summary["memory"]["free_bytes"]
+    assert {c[:-6]: int(last[c]) for c in cats} == summary["memory"]["categories"]
+    assert float(last["time"]) == pytest.approx(summary["time_ns"] / 1e9)
+    assert [int(r["event"]) for r in rows] == list(range(len(rows)))  # short: every op
+    # ARC state over time, named so that no extra column ends in _bytes
+    assert int(last["arc_size"]) == summary["arc"]["size_bytes"]
+    assert int(last["arc_c"]) == summary["arc"]["c_bytes"]
+    assert float(last["arc_hit_ratio"]) == pytest.approx(summary["arc"]["hit_ratio"])
+    assert [int(r["arc_misses"]) for r in rows][:3] == [0, 0, 64]  # the write misses
+
+
+def test_events_column_counts_every_reclaim_pass(trace, tmp_path):
+    tl = str(tmp_path / "p.csv")
+    js = str(tmp_path / "s.json")
+    code, _, err = run("run", trace(PRESSURE), "--memory", "128M", "--timeline", tl,
+                       "--sample-every", "7", "--json", js, "-q")
+    assert code == 0, err
+    summary = json.load(open(js))
+    reclaimer = summary["shrinker"]["reclaimer"]
+    assert reclaimer["passes"] > 0
+    events: dict[str, int] = {}
+    for row in load_timeline(tl).events:
+        for k, v in row.items():
+            events[k] = events.get(k, 0) + v
+    assert events.get("reclaim", 0) + events.get("reclaim_hard", 0) == reclaimer["passes"]
+    assert events["shrink:arc"] > 0  # the ARC gave memory back, and the row shows it
+
+
+def test_sample_every_and_sample_ms(trace, tmp_path):
+    text = "".join(f"@{i}ms malloc m{i} 64K\n" for i in range(40))
+    path = trace(text)
+    tl = str(tmp_path / "e.csv")
+    assert run("run", path, "--timeline", tl, "--sample-every", "10", "-q")[0] == 0
+    assert [int(r["event"]) for r in rows_of(tl)] == [0, 10, 20, 30, 40]
+    tl = str(tmp_path / "t.csv")
+    assert run("run", path, "--timeline", tl, "--sample-ms", "7.5", "-q")[0] == 0
+    times = [float(r["time"]) for r in rows_of(tl)]
+    # boot, then the first op at or after each multiple of 7.5 ms, then the end
+    assert times == [0.0, 0.008, 0.015, 0.023, 0.030, 0.038, 0.039]
+
+
+def test_adaptive_default_stays_small_and_keeps_every_event(trace, tmp_path):
+    """Rows thin out evenly as the run grows; the events of dropped rows move on."""
+    from kernel import Kernel, load_config
+
+    kernel = Kernel(load_config(None, {"memory": "128M"}))
+    rec = Recorder(kernel, "pressure", timeline_path=str(tmp_path / "a.csv"), cap=16)
+    ops = [Op("create", 1, path="/big", size=96 << 20)]
+    ops += [Op("read", 2 + i, path="/big", offset=i << 20, length=1 << 20) for i in range(96)]
+    ops += [Op("mmap", 200, handle="a", size=120 << 20)]
+    ops += [Op("touch", 300 + i, handle="a", offset=i << 21, length=2 << 20) for i in range(30)]
+    kernel.run(rec.wrap(ops))
+    rec.finish()
+    rows = rows_of(str(tmp_path / "a.csv"))
+    events = [int(r["event"]) for r in rows]
+    assert len(rows) <= 16 + 1
+    assert events[-1] == len(ops)
+    steps = {b - a for a, b in zip(events[:-1], events[1:-1])}
+    assert len(steps) == 1 and steps.pop() >= 8  # evenly spaced, interval doubled
+    passes = kernel.summary()["shrinker"]["reclaimer"]["passes"]
+    counted = sum(e.get("reclaim", 0) for e in load_timeline(str(tmp_path / "a.csv")).events)
+    assert passes > 0 and counted == passes
+
+
+def test_out_of_memory_is_the_last_row(trace, tmp_path):
+    tl = str(tmp_path / "o.jsonl")
+    code, _, _ = run("run", trace("mmap a 200M\ntouch a 0 200M\n"), "--memory", "128M",
+                     "--timeline", tl, "-q")
+    assert code == 3
+    rows = rows_of(tl)
+    assert rows[-1]["events"].get("oom") == 1
+    for row in rows:
+        assert row["free_bytes"] + sum(row[c] for c in byte_columns(row)) == row["total_bytes"]
+
+
+def test_same_run_same_timeline(trace, tmp_path):
+    path = trace(EVERY_CATEGORY)
+    outs = []
+    for name in ("1.csv", "2.csv"):
+        assert run("run", path, "--timeline", str(tmp_path / name), "-q")[0] == 0
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--plot", "x.pdf"], "must be .png or .svg"),
+    (["--timeline", "t.csv", "--sample-every", "5", "--sample-ms", "1"], "exclusive"),
+    (["--sample-every", "5"], "need --timeline or --plot"),
+    (["--timeline", "/nonexistent/dir/t.csv"], "cannot write"),
+    (["--timeline", "t.csv", "--sample-every", "0"], "--sample-every"),
+])
+def test_bad_timeline_options_are_one_line_before_running(trace, tmp_path, monkeypatch, args,
+                                                         message):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run("run", trace("malloc a 1K\n"), *args)
+    assert code == 2
+    assert message in err and err.count("\n") == 1
+
+
+class _Ranges:
+    total_pages = 100
+    free_pages = 60
+
+
+class GrowingKernel:
+    """The kernel's public face, with a category that appears after boot (as a balloon
+    driver loaded later would)."""
+
+    def __init__(self) -> None:
+        self.ranges = _Ranges()
+        self.events = 0
+        self.clock_ns = 0
+        self.cats = {"a": 40 * 4096}
+        self._subs: list = []
+
+    def summary(self) -> dict[str, Any]:
+        return {"memory": {"total_bytes": 100 * 4096}}
+
+    def memory_categories(self) -> dict[str, int]:
+        return dict(self.cats)
+
+    def subscribe(self, fn) -> None:
+        self._subs.append(fn)
+
+    def run(self, ops) -> None:
+        for _op in ops:
+            self.events += 1
+            if self.events == 3:
+                self.cats = {"a": 30 * 4096, "balloon": 10 * 4096}
+                for fn in self._subs:
+                    fn("balloon", {"moved_bytes": 10 * 4096})
+
+
+@pytest.mark.parametrize("name, every", [("g.csv", 1), ("g.jsonl", 2), ("g.csv", None)])
+def test_a_category_appearing_later_gets_its_column(tmp_path, name, every):
+    k = GrowingKernel()
+    path = str(tmp_path / name)
+    rec = Recorder(k, "g", timeline_path=path, every=every)
+    k.run(rec.wrap([Op("sleep", i) for i in range(5)]))
+    rec.finish()
+    rows = rows_of(path)
+    assert byte_columns(rows[0]) == ["a_bytes", "balloon_bytes"]
+    assert [int(r["balloon_bytes"]) for r in rows][0] == 0 and int(rows[-1]["balloon_bytes"])
+    for row in rows:
+        assert int(row["free_bytes"]) + sum(int(row[c]) for c in byte_columns(row)) == int(
+            row["total_bytes"])
+    assert any("balloon" in str(r["events"]) for r in rows)
+
+
+class _TTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_follows_the_file_with_a_rate_and_an_estimate(tmp_path):
+    p = tmp_path / "f.trace"
+    p.write_bytes(b"x" * 10000)
+    with open(p, "rb", buffering=0) as f:
+        pos = file_position(str(p))
+        f.read(2500)
+        if pos() is None:
+            pytest.skip("no /dev/fd on this system")
+        assert pos() == 2500
+        with Progress("replaying", "f.trace", total=10000, position=pos, stream=_TTY()) as bar:
+            bar.update(4096)
+            text = str(bar)
+    assert "25%" in text and "4.10k ops" in text and "ops/s" in text
+    assert "00:00<00:00" in text  # elapsed < estimate left
+    with Progress("replaying", "f.trace", total=10000, position=pos, stream=io.StringIO()) as bar:
+        bar.update(4096)
+        assert str(bar) == ""  # not a terminal: nothing at all
