@@ -159,3 +159,4 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
 
 from mmsim import cmd_image as _cmd_image  # noqa: E402,F401  (registers boot, minmem)
 from mmsim import cmd_sweep as _cmd_sweep  # noqa: E402,F401  (registers sweep, mrc)
+from mmsim import commands as _commands  # noqa: E402,F401  (registers gen, report, compare)

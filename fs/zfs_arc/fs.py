@@ -30,6 +30,21 @@ from fs.zfs_arc.policy import NEVER, CachePolicy
 
 FID_BITS = 32
 FID_MASK = (1 << FID_BITS) - 1
+
+
+def record_key(fid: int, idx: int) -> int:
+    """The cache key of record ``idx`` of file ``fid``.
+
+    File 0 (the first created: a block trace's device) uses ~idx, a negative int as small as
+    the record number, so its keys stay one-digit Python ints (dictionaries are ~25 % faster
+    with them); the others pack the file id in the low 32 bits of a non-negative key.
+    """
+    return ~idx if fid == 0 else idx << FID_BITS | fid
+
+
+def split_key(key: int) -> tuple[int, int]:
+    """(file id, record index) of a cache key."""
+    return (0, ~key) if key < 0 else (key & FID_MASK, key >> FID_BITS)
 MIN_BLOCK = 512
 DEFAULT_RECORDSIZE = 128 << 10
 TXG_TIMEOUT_NS = 5_000_000_000
@@ -145,7 +160,7 @@ class ZfsFileSystem:
 
     def _drop_buffers(self, f: ZfsFile) -> None:
         for idx, buf in list(f.bufs.items()):
-            self.policy.remove(idx << FID_BITS | f.fid)
+            self.policy.remove(record_key(f.fid, idx))
             if buf.mapped and self.on_unmap is not None:
                 self.on_unmap(buf)
             self.buffers.free(buf)
@@ -153,10 +168,14 @@ class ZfsFileSystem:
 
     # -- the cache -------------------------------------------------------------------------
     def _on_evict(self, key: int) -> None:
-        f = self._by_fid.get(key & FID_MASK)
+        if key < 0:
+            f = self._by_fid.get(0)
+            idx = ~key
+        else:
+            f = self._by_fid.get(key & FID_MASK)
+            idx = key >> FID_BITS
         if f is None:
             return
-        idx = key >> FID_BITS
         buf = f.bufs.pop(idx, None)
         if buf is None:  # evicted before its buffer arrived (a reclaim during the fill)
             return
@@ -178,7 +197,7 @@ class ZfsFileSystem:
 
     def _access(self, f: ZfsFile, idx: int, read_disk: bool) -> ArcBuffer | None:
         """Look record ``idx`` up; on a miss fill a buffer, from the disk if ``read_disk``."""
-        key = idx << FID_BITS | f.fid
+        key = record_key(f.fid, idx)
         if self._access_fn(key, f.recordsize):
             return f.bufs.get(idx)
         return self._fill(f, idx, key, read_disk)
@@ -237,7 +256,7 @@ class ZfsFileSystem:
         first = offset // u
         last = (end - 1) // u
         if first == last:  # the common case, inlined
-            key = first << FID_BITS | f.fid
+            key = record_key(f.fid, first)
             if not self._access_fn(key, f.recordsize):
                 self._fill(f, first, key, True)
         else:
@@ -254,7 +273,7 @@ class ZfsFileSystem:
             offset = op.offset
             if op.length == u and not offset % u and offset + u <= f.size:  # one whole record
                 idx = offset // u
-                key = idx << FID_BITS | f.fid
+                key = ~idx if f.fid == 0 else idx << FID_BITS | f.fid
                 if not self._access_fn(key, f.recordsize):
                     self._fill(f, idx, key, True)
                 self.read_bytes += u
@@ -281,7 +300,7 @@ class ZfsFileSystem:
         i = 0
         try:
             for i, b in enumerate(blocks):  # noqa: B007  (i is read by the except clause)
-                key = b << FID_BITS | fid
+                key = ~b if fid == 0 else b << FID_BITS | fid
                 if not access(key, rs):
                     self._fill(f, b, key, True)
                     if clock.clock_ns >= self._next_timer:  # as after a single read
@@ -454,7 +473,7 @@ class ZfsFileSystem:
         pages = 0
         for f in self._files.values():
             for idx, buf in f.bufs.items():
-                assert (idx << FID_BITS | f.fid) in self.policy, "buffer of an uncached record"
+                assert record_key(f.fid, idx) in self.policy, "buffer of an uncached record"
                 n += 1
                 pages += buf.npages
             assert all(buf.dirty for idx, buf in f.bufs.items() if idx in f.dirty)

@@ -1,0 +1,119 @@
+"""The `gen`, `report` and `compare` commands: generating workloads and reading results.
+
+Registered on the `mmsim` group when mmsim.cli imports this module (at its end). Heavy imports
+(matplotlib) happen inside the commands, so `mmsim run` does not pay for them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import sys
+from typing import Any, TextIO
+
+import click
+
+from mmsim.cli import InputError, main
+from mmsim.compare import SummaryError, compare_summaries, format_comparison, load_summary
+from mmsim.gen import GENERATORS, write_trace
+from mmsim.progress import Progress
+from mmsim.timeline import TimelineError, load_timeline
+
+
+def _open_output(path: str) -> tuple[TextIO, Any]:
+    """A text stream for ``path`` (``-`` is stdout), gzip or zstd by extension, and the file
+    to close; gzip without a time stamp or name, so the bytes depend on the content only."""
+    if path == "-":
+        return sys.stdout, None
+    try:
+        raw = open(path, "wb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot write ({e.strerror})") from None
+    if path.endswith(".gz"):
+        inner: Any = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+    elif path.endswith(".zst"):
+        import zstandard
+
+        inner = zstandard.ZstdCompressor().stream_writer(raw)
+    else:
+        inner = raw
+    return io.TextIOWrapper(inner, encoding="utf-8", newline="\n"), raw
+
+
+_GEN_HELP = (
+    "Write a synthetic native trace of KIND (the same bytes for the same seed).\n\n\b\n"
+    "KIND is one of:\n" + "\n".join(f"  {g.name:<10} {g.summary}" for g in GENERATORS.values())
+    + "\n\ndocs/gen.md describes the model behind each."
+)
+
+
+@main.command(help=_GEN_HELP, short_help="Write a synthetic native trace of KIND.")
+@click.argument("kind", type=click.Choice(sorted(GENERATORS)), metavar="KIND")
+@click.option("--events", type=click.IntRange(min=0), metavar="N",
+              help="Operations to write (default depends on KIND).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--cpus", type=click.IntRange(min=1), default=4, show_default=True,
+              help="CPUs the workload's threads run on (the guest needs at least as many).")
+@click.option("-o", "--output", required=True, metavar="TRACE|-",
+              help="Where to write the trace (.gz or .zst compress it).")
+def gen(kind: str, events: int | None, seed: int, cpus: int, output: str) -> None:
+    """Stream the trace out as it is generated: a long one never sits in memory."""
+    stream, raw = _open_output(output)
+    total = GENERATORS[kind].default_events if events is None else events
+    try:
+        with Progress("generating", kind, total=total) as progress:
+            write_trace(kind, stream, events, seed, cpus, progress.update)
+        stream.flush()
+        if raw is not None:
+            stream.close()
+    except OSError as e:
+        raise InputError(f"{output}: cannot write ({e.strerror})") from None
+
+
+@main.command()
+@click.argument("run_json", metavar="RUN.json")
+@click.argument("timeline", required=False, metavar="[TIMELINE]")
+@click.option("-o", "--output", metavar="PATH",
+              help="The HTML file (default: RUN.json's name with .html).")
+@click.option("--title", help="The page's title (default: from the trace's name).")
+def report(run_json: str, timeline: str | None, output: str | None, title: str | None) -> None:
+    """One self-contained HTML page of a run: summary tables and plots.
+
+    RUN.json is `mmsim run --json`'s summary; TIMELINE its `--timeline` file, for the plots
+    over time.
+    """
+    from mmsim.report import render_report
+
+    try:
+        summary = load_summary(run_json)
+        data = load_timeline(timeline) if timeline else None
+        page = render_report(summary, data, title)
+    except (SummaryError, TimelineError) as e:
+        raise InputError(str(e)) from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{run_json}: not an mmsim run summary ({e!r})") from None
+    dest = output or os.path.splitext(run_json)[0] + ".html"
+    try:
+        with open(dest, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as e:
+        raise InputError(f"{dest}: cannot write ({e.strerror})") from None
+    click.echo(f"mmsim: wrote {dest}", err=True)
+
+
+@main.command(short_help="Two run summaries side by side, with the differences.")
+@click.argument("a", metavar="A.json")
+@click.argument("b", metavar="B.json")
+@click.option("--all", "all_rows", is_flag=True, help="Also show the values that are equal.")
+def compare(a: str, b: str, all_rows: bool) -> None:
+    """Two run summaries side by side, with the differences (absolute and in %)."""
+    try:
+        sa, sb = load_summary(a), load_summary(b)
+    except SummaryError as e:
+        raise InputError(str(e)) from None
+    label_a = os.path.basename(a)
+    label_b = os.path.basename(b)
+    if label_a == label_b:
+        label_a, label_b = a, b
+    click.echo(format_comparison(compare_summaries(sa, sb), label_a, label_b, all_rows))

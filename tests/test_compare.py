@@ -1,0 +1,115 @@
+"""`mmsim compare`: two summaries side by side, showing what a configuration change did."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mmsim.cli import main
+
+MIB = 1 << 20
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit), f"traceback: {result.exception!r}"
+    return result.exit_code, result.stdout, result.stderr
+
+
+def row(out: str, key: str) -> list[str]:
+    """The cells of the table row for ``key`` (cells are separated by two spaces or more)."""
+    for line in out.splitlines():
+        if line.split("  ")[0].strip() == key:
+            return [c.strip() for c in line.split("  ") if c.strip()]
+    raise AssertionError(f"no row {key!r} in:\n{out}")
+
+
+def summary(hits: int, arc: int, anon: int, policy: str, errors: int = 0) -> dict:
+    return {
+        "events": 100, "time_ns": 2_000_000_000,
+        "memory": {"total_bytes": 1024 * MIB, "free_bytes": 1024 * MIB - arc - anon,
+                   "categories": {"arc": arc, "anonymous": anon}},
+        "app_errors": {"total": errors, "by_kind": {}, "examples": [{"line": 1}]},
+        "arc": {"policy": policy, "hits": hits, "hit_ratio": hits / 20},
+    }
+
+
+@pytest.fixture
+def pair(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(summary(10, 100 * MIB, 0, "zfs")))
+    b.write_text(json.dumps(summary(15, 150 * MIB, 4 * MIB, "arc")))
+    return str(a), str(b)
+
+
+def test_differences_absolute_and_relative(pair):
+    code, out, _ = run("compare", *pair)
+    assert code == 0
+    assert out.splitlines()[0].split() == ["a.json", "b.json", "difference", "%"]
+    assert row(out, "arc.hits") == ["arc.hits", "10", "15", "+5", "+50.0%"]
+    assert row(out, "arc.hit_ratio") == ["arc.hit_ratio", "0.5", "0.75", "+0.25", "+50.0%"]
+    assert row(out, "memory.categories.arc") == [
+        "memory.categories.arc", "100.00 MiB", "150.00 MiB", "+50.00 MiB", "+50.0%"]
+    assert row(out, "memory.free_bytes") == [
+        "memory.free_bytes", "924.00 MiB", "870.00 MiB", "-54.00 MiB", "-5.8%"]
+    assert row(out, "memory.categories.anonymous") == [
+        "memory.categories.anonymous", "0 B", "4.00 MiB", "+4.00 MiB", "new"]
+    assert row(out, "arc.policy") == ["arc.policy", "zfs", "arc", "changed"]
+    assert "events" not in [line.split()[0] for line in out.splitlines()]  # equal: hidden
+    assert out.splitlines()[-1] == "6 of 10 values differ"
+
+
+def test_all_shows_the_equal_values_too(pair):
+    code, out, _ = run("compare", *pair, "--all")
+    assert code == 0
+    assert row(out, "events") == ["events", "100", "100"]
+    assert row(out, "time_ns") == ["time_ns", "2 s", "2 s"]
+
+
+def test_what_huge_pages_change(tmp_path):
+    trace = tmp_path / "t.trace"
+    trace.write_text("mmap a 64M\ntouch a 0 64M\n")
+    paths = []
+    for flag in ("--hugepages", "--no-hugepages"):
+        p = str(tmp_path / f"{flag[2:]}.json")
+        assert run("run", str(trace), flag, "--json", p, "-q")[0] == 0
+        paths.append(p)
+    code, out, _ = run("compare", *paths)
+    assert code == 0
+    assert row(out, "config.hugepages")[1:] == ["yes", "no", "changed"]
+    assert row(out, "mmap.huge_pages")[1:] == ["32", "0", "-32", "-100.0%"]
+    assert row(out, "mmap.small_pages")[1:] == ["0", "16384", "+16384", "new"]
+    faults = row(out, "mmap.faults")
+    assert int(faults[2]) == 16384 * 1 and int(faults[1]) < int(faults[2])
+
+
+def test_what_a_bigger_arc_changes(tmp_path):
+    trace = tmp_path / "t.trace"
+    trace.write_text("create /f 48M\n" + "".join(
+        f"read /f {i % 48}M 1M\n" for i in range(144)))
+    paths = []
+    for size in ("16M", "64M"):
+        p = str(tmp_path / f"{size}.json")
+        assert run("run", str(trace), "--arc-size", size, "--json", p, "-q")[0] == 0
+        paths.append(p)
+    code, out, _ = run("compare", *paths)
+    assert code == 0
+    assert row(out, "arc.c_bytes")[1:] == ["16.00 MiB", "64.00 MiB", "+48.00 MiB", "+300.0%"]
+    hits = row(out, "arc.hits")
+    assert int(hits[2]) > int(hits[1])  # 48 MiB read three times fits only in the bigger one
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read"),
+    ("{not json", "not JSON"),
+    ('{"events": 1}', "not an mmsim run summary"),
+])
+def test_bad_input_is_one_line(tmp_path, pair, content, message):
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    code, _, err = run("compare", pair[0], str(bad))
+    assert code == 2 and message in err and err.count("\n") == 1
