@@ -16,7 +16,6 @@ from mmsim.cli import InputError, main
 from mmsim.progress import Progress
 from mmsim.sweep import (
     STATUS_ERROR,
-    Plan,
     SweepError,
     SweepStats,
     TraceSpec,
@@ -46,22 +45,22 @@ def executor_options(f: Any) -> Any:
     return f
 
 
-def _run(plan: Plan, name: str, workers: int | None, dask: str | None) -> SweepStats:
-    """Run a plan with a progress bar over its points; SweepError becomes exit 2."""
-    if plan.done:
-        click.echo(f"mmsim: {plan.results.path}: {plan.done} points already done, "
-                   f"{len(plan.todo)} to run", err=True)
-    with backend_for(workers, dask) as backend, \
-            Progress("sweeping", name, total=len(plan.todo) or None, unit="point") as progress:
-        return run_plan(plan, backend, progress.update)
-
-
-def _plan(make: Callable[[], Any], output: str, isolate: bool, workers: int | None,
-          dask: str | None) -> Plan:
+def _run(make: Callable[[], Any], output: str, name: str, workers: int | None,
+         dask: str | None, isolate: bool) -> SweepStats:
+    """Check the sweep, reach the executor, read what ``output`` holds, then run the points
+    left with a progress bar over them; SweepError becomes exit 2."""
     if workers is not None and dask:
         raise click.UsageError("--workers is for local processes; a Dask cluster has its own")
     try:
-        return plan_sweep(make(), output, isolate)
+        sweep_ = make()
+        with backend_for(workers, dask) as backend:
+            plan = plan_sweep(sweep_, output, isolate)
+            if plan.done:
+                click.echo(f"mmsim: {output}: {plan.done} points already done, "
+                           f"{len(plan.todo)} to run", err=True)
+            with Progress("sweeping", name, total=len(plan.todo) or None,
+                          unit="point") as progress:
+                return run_plan(plan, backend, progress.update)
     except SweepError as e:
         raise InputError(str(e)) from None
 
@@ -97,11 +96,8 @@ def sweep(sweep_file: str, output: str | None, workers: int | None, dask: str | 
     Exit 1 if some points failed (their rows have an `error`), 2 for a bad file or option.
     """
     output = output or default_output(sweep_file, ".csv")
-    plan = _plan(lambda: load_sweep(sweep_file), output, isolate, workers, dask)
-    try:
-        stats = _run(plan, os.path.basename(sweep_file), workers, dask)
-    except SweepError as e:
-        raise InputError(str(e)) from None
+    stats = _run(lambda: load_sweep(sweep_file), output, os.path.basename(sweep_file), workers,
+                 dask, isolate)
     _report(stats, output)
 
 
@@ -195,11 +191,8 @@ def mrc(trace: str, sizes: str, policies: str, fmt: str, block_size: str | None,
         grid["memory"] = [memory]
     output = output or default_output(os.path.basename(trace), ".mrc.csv")
     spec = TraceSpec(trace, os.path.abspath(trace), fmt)
-    plan = _plan(lambda: make_sweep([spec], grid, "mrc"), output, isolate, workers, dask)
-    try:
-        stats = _run(plan, os.path.basename(trace), workers, dask)
-    except SweepError as e:
-        raise InputError(str(e)) from None
+    stats = _run(lambda: make_sweep([spec], grid, "mrc"), output, os.path.basename(trace),
+                 workers, dask, isolate)
     curves = mrc_curves(stats.rows)
     click.echo(format_mrc(curves, size_list))
     if plot_path:

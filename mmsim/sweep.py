@@ -768,7 +768,12 @@ class DaskBackend:
             from dask.distributed import Client
         except ImportError:
             raise SweepError("--dask needs dask.distributed: pip install 'mmsim[dask]'") from None
+        from distributed.comm.addressing import parse_address, parse_host_port
+
         try:
+            scheme, location = parse_address(address)
+            if scheme in ("tcp", "tls"):
+                parse_host_port(location)  # else a half-made Client hangs a minute in __del__
             self.client = Client(address, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as e:
             raise SweepError(f"cannot connect to the Dask scheduler ({e})", address) from None
