@@ -180,7 +180,7 @@ class JvmSubsystem:
         """Freeze the sections at the end of a run, then let the JVM (shared by later runs in
         this process) collect the balloon arrays; the guest's memory stays as it ended."""
         self.exit_code = exit_code
-        if self.host is not None:
+        if self.host is not None and self.kernel.oom is None:  # a dead guest changes no more
             self.tick()
             self._apply("native")
         self._frozen = (self._balloon_section(), self._jvm_section())
