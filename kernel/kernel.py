@@ -88,6 +88,9 @@ class Kernel:
         }
         self._sections: dict[str, Callable[[], Any]] = {}
         self._after_op: list[Callable[[], None]] = []
+        self._hooks_clock = -1  # the clock and free pages when the hooks last ran
+        self._hooks_free = -1
+        self._wakeups = False
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         from kernel.subsystems import attach_all  # the wiring lives in one place
 
@@ -144,7 +147,15 @@ class Kernel:
             if op.cpu is not None:
                 self.cpu = cpu
         self.events += 1
-        self._run_threads()
+        self.pool.run_fill_threads()
+        if (self.clock_ns != self._hooks_clock or self.ranges.free_pages != self._hooks_free
+                or self._wakeups):
+            self._run_hooks()
+
+    def wake_threads(self) -> None:
+        """Make the kernel threads run after this operation even if neither the clock nor free
+        memory moved (they are skipped otherwise: most operations of a long trace move neither)."""
+        self._wakeups = True
 
     def run(self, ops: Iterable[OpLike], progress: Callable[[int], None] | None = None) -> None:
         """Apply every operation; ``progress`` is called with the count every 4096 operations."""
@@ -174,8 +185,14 @@ class Kernel:
 
     def _run_threads(self) -> None:
         self.pool.run_fill_threads()
+        self._run_hooks()
+
+    def _run_hooks(self) -> None:
+        self._wakeups = False
         for fn in self._after_op:
             fn()
+        self._hooks_clock = self.clock_ns
+        self._hooks_free = self.ranges.free_pages
 
     def _out_of_memory(self, e: OutOfPages, op: OpLike) -> None:
         shrinkers = getattr(self, "shrinkers", None)

@@ -45,6 +45,7 @@ def attach(kernel: Kernel) -> VirtioBalloon:
             kernel.errors.report("balloon_target_too_large", op.line, op.kind,
                                  f"target {op.size} exceeds total memory; clamped")
         balloon.set_target(min(op.size, ranges.total_pages * PAGE_SIZE))
+        kernel.wake_threads()
 
     def poll() -> None:
         before = balloon.actual_pages

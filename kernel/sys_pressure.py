@@ -72,7 +72,7 @@ def attach(kernel: Kernel) -> None:
     kernel.shrinkers = registry
     kernel.reclaimer = reclaimer
     kernel.ranges.on_alloc = reclaimer.on_alloc
-    kernel.pool.wait_for_memory = reclaimer.wait_for_memory
+    kernel.pool.wait_for_pages = reclaimer.wait_for_pages
     registry.register(PagePoolShrinker(kernel))
     latency = _wake_latency(kernel.config.extra.get("reclaimer_wake_latency", 0))
     woken_at: list[int | None] = [None]

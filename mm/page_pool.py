@@ -13,7 +13,7 @@ stack; OSv would cycle the same pages through L2 batches one by one (a documente
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from mm.constants import L1_MAX, PAGE_BATCH, PAGE_SIZE
 from mm.page_range_allocator import PageRangeAllocator
@@ -42,8 +42,9 @@ class PagePool:
         self._l2_woken = False
         #: before SMP is up, single pages come straight from the runs (OSv's smp_allocator)
         self.smp = False
-        #: called when a page cannot be had; may free memory (the reclaimer) and return True to retry
-        self.wait_for_memory = None
+        #: called with a page count when the runs hold fewer single pages than needed: waits
+        #: for memory (the reclaimer's hard pass) or raises OutOfPages
+        self.wait_for_pages: Callable[[int], None] | None = None
 
     # -- counters ------------------------------------------------------------------------
     @property
@@ -123,11 +124,17 @@ class PagePool:
         self._l2.append(batch)
 
     def _l2_refill(self) -> bool:
-        """Fill L2 to half its size with batches of single pages from the runs."""
+        """Fill L2 to half its size with batches of single pages from the runs.
+
+        As in OSv, the refill waits for memory only when the runs are empty, and at most once:
+        a reclaim pass may itself empty the page caches, and waiting again would loop.
+        """
         got_any = False
+        waited = False
         while len(self._l2) < self.l2_max // 2:
-            if self.ranges.free_pages < PAGE_BATCH and self.wait_for_memory is not None:
-                self.wait_for_memory(PAGE_BATCH * PAGE_SIZE)
+            if self.ranges.free_pages == 0 and self.wait_for_pages is not None and not waited:
+                waited = True
+                self.wait_for_pages(1)
             extents = self.ranges.alloc_pages_bulk(PAGE_BATCH)
             pages = [p for start, n in extents for p in range(start, start + n)]
             if len(pages) < PAGE_BATCH:  # OSv aborts a partial batch
@@ -206,8 +213,8 @@ class PagePool:
             if len(l1) < L1_LO:
                 self._l1_woken.add(cpu)
         if npages:
-            if self.ranges.free_pages < npages and self.wait_for_memory is not None:
-                self.wait_for_memory(npages * PAGE_SIZE)
+            if self.ranges.free_pages < npages and self.wait_for_pages is not None:
+                self.wait_for_pages(npages)
             got = self.ranges.alloc_pages_bulk(npages)
             out.extend(got)
             if sum(n for _, n in got) < npages:

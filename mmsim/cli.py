@@ -106,6 +106,13 @@ def write_json(summary: dict, dest: str) -> None:
         raise InputError(f"{dest}: cannot write ({e.strerror})") from None
 
 
+def _checked(ops: Any, kernel: Kernel) -> Any:
+    """The operations, with the kernel's invariants checked after each one is applied."""
+    for op in ops:
+        yield op
+        kernel.check()
+
+
 @main.command()
 @click.argument("trace", type=click.Path())
 @click.option("--format", "fmt", default="auto", show_default=True,
@@ -118,15 +125,20 @@ def write_json(summary: dict, dest: str) -> None:
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No readable summary.")
 @timeline_options
+@click.option("--check", is_flag=True,
+              help="Check the kernel's invariants after every operation (slow; exit 1 if broken).")
 def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus: int | None,
         hugepages: bool | None, seed: int | None, cache_policy: str | None, arc_size: str | None,
-        block_size: str | None, json_path: str | None, quiet: bool, **timeline: Any) -> None:
+        block_size: str | None, json_path: str | None, quiet: bool, check: bool,
+        **timeline: Any) -> None:
     """Boot a guest and replay TRACE through it."""
     config = build_config(config_path, memory=memory, cpus=cpus, hugepages=hugepages, seed=seed,
                           cache_policy=cache_policy, arc_size=arc_size, block_size=block_size)
     try:
         ops = read_trace(trace, fmt)
         kernel = boot(config)
+        if check:
+            ops = _checked(ops, kernel)
         recorder = Recorder.start(kernel, trace, **timeline)
         exit_code = 0
         with Progress.for_file("replaying", trace) as progress:
@@ -143,6 +155,9 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         raise InputError(str(e)) from None
     except (UnsupportedOperation, TraceFault) as e:
         raise InputError(f"{trace}:{kernel.line}: {e}") from None
+    except AssertionError as e:
+        click.echo(f"mmsim: {trace}:{kernel.line}: invariant broken: {e}", err=True)
+        sys.exit(1)
     summary = kernel.summary()
     summary["trace"] = trace
     if json_path:
@@ -157,6 +172,7 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         sys.exit(exit_code)
 
 
+from mmsim import cmd_fuzz as _cmd_fuzz  # noqa: E402,F401  (registers `mmsim fuzz`)
 from mmsim import cmd_image as _cmd_image  # noqa: E402,F401  (registers boot, minmem)
 from mmsim import cmd_sweep as _cmd_sweep  # noqa: E402,F401  (registers sweep, mrc)
 from mmsim import commands as _commands  # noqa: E402,F401  (registers gen, report, compare)

@@ -111,6 +111,20 @@ class Reclaimer:
                       if free >= nbytes else "could not reclaim any further")
             raise ReclaimFailed(nbytes, reason)
 
+    def wait_for_pages(self, npages: int) -> None:
+        """Block until the runs hold ``npages`` single pages (they need not be contiguous: OSv
+        takes them one alloc_page at a time), or raise :class:`ReclaimFailed`."""
+        nbytes = npages * PAGE_SIZE
+        if nbytes > self.ranges.total_pages * PAGE_SIZE:
+            raise ReclaimFailed(nbytes, "unreasonable allocation: more than total memory")
+        if self.ranges.free_pages >= npages:
+            return
+        self.waits += 1
+        self.pending = False
+        self._pass(hard=True)
+        if self.ranges.free_pages < npages:
+            raise ReclaimFailed(nbytes, "could not reclaim any further")
+
     def wait_for_minimum_memory(self) -> None:
         """Before a large allocation: with shrinkers present, keep 4 MiB free (§5)."""
         free = self.free_bytes()

@@ -125,3 +125,32 @@ def test_user_shrinker_from_configuration(tmp_path, monkeypatch):
     import my_policy
     assert my_policy.calls == [(0, False)]
     assert k.summary()["shrinker"]["give_back"]["calls"] == 1
+
+
+def test_exhausting_memory_with_large_mallocs_ends_in_oom_not_a_loop(tmp_path):
+    """The page caches refill waits for memory at most once: a reclaim pass that empties the
+    caches must not send the refill round again (that looped forever once)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mmsim.cli import main
+
+    p = tmp_path / "t.trace"
+    p.write_text("".join(f"malloc m{i} 30M\n" for i in range(5)))
+    r = CliRunner().invoke(main, ["run", str(p), "--memory", "128M", "--json", "-", "-q"])
+    assert r.exit_code == 3, r.stderr
+    oom = json.loads(r.stdout)["oom"]
+    assert oom["line"] == 5 and oom["op"] == "malloc"
+    assert set(oom["shrinkers_last_yield_bytes"]) >= {"page_pool", "arc"}
+
+
+def test_bulk_pages_need_no_single_run():
+    """A fault's small pages come one by one in OSv: free pages scattered in small runs serve
+    them, where a contiguous request of the same size would be a fragmentation OOM."""
+    ranges, reclaimer, rec = setup(pages=4096)
+    blocks = [ranges.alloc(256) for _ in range(16)]
+    for b in blocks[::2]:
+        ranges.free(b, 256)
+    reclaimer.wait_for_pages(2048)  # 8 MiB free in 1 MiB runs: enough
+    assert reclaimer.waits == 0
