@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from balloon.heap import JavaHeap
+from balloon.heap import ARRAY_HEADER, JavaHeap
 from mm.constants import PAGE_SIZE
 from mm.page_range_allocator import PageRangeAllocator
 
@@ -37,7 +37,7 @@ __all__ = [
 MIB = 1 << 20
 BALLOON_SIZE = 128 * MIB
 #: G1 puts an array of n MiB plus its 16-byte header in n + 1 regions: 16 bytes short fits
-ARRAY_BYTES = BALLOON_SIZE - 16
+ARRAY_BYTES = BALLOON_SIZE - ARRAY_HEADER
 #: the balloon is enabled only with this much RAM or more (§9)
 MIN_RAM = (1 << 30) - 4 * MIB
 REQUEST_RESERVED = 4 * MIB  # §9.2
@@ -177,7 +177,7 @@ class JvmBalloon:
             addr = self.jvm.address_of(array)
             key = self._next_key
             self._next_key += 1
-            freed = self.heap.add_balloon(key, addr, ARRAY_BYTES + 16)
+            freed = self.heap.add_balloon(key, addr, ARRAY_BYTES + ARRAY_HEADER)
             self._balloons.append(_Balloon(key, array, addr))
         finally:
             self._busy = False
@@ -256,7 +256,7 @@ class JvmBalloon:
         for b in self._balloons:
             addr = self.jvm.address_of(b.array)
             if addr != b.addr:
-                self.heap.move_balloon(b.key, addr, ARRAY_BYTES + 16)
+                self.heap.move_balloon(b.key, addr, ARRAY_BYTES + ARRAY_HEADER)
                 b.addr = addr
                 moved += 1
                 self.emit("balloon", action="move", balloons=self.count, bytes=self.bytes)

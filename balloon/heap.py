@@ -21,7 +21,9 @@ from mm.address_space import PROT_READ, PROT_WRITE, AddressSpace
 from mm.constants import HUGE_PAGE_SIZE, PAGE_SIZE
 from mm.hugepage import align_down, align_up
 
-__all__ = ["BalloonRange", "JavaHeap", "TrackedMapping"]
+__all__ = ["ARRAY_HEADER", "BalloonRange", "JavaHeap", "TrackedMapping"]
+
+ARRAY_HEADER = 16  # a byte[]'s header with compressed class pointers: its elements follow
 
 
 def _page_up(n: int) -> int:
@@ -170,8 +172,10 @@ class JavaHeap(TrackedMapping):
         """Swap the array's 2 MiB-aligned interior for a PROT_NONE balloon mapping (OSv's
         map_jvm); returns the resident bytes it gave back to the page allocator."""
         start, end = self.place(real_addr, length)
-        i0, i1 = align_up(start), align_down(end)
-        rng = BalloonRange(start, end, i0, max(i0, i1))
+        # OSv swaps the 2 MiB-aligned interior of the elements (JNI's pointer is past the header)
+        i0, i1 = align_up(start + ARRAY_HEADER), align_down(end)
+        # the edges are whole pages: the array shares its first and last page with neighbours
+        rng = BalloonRange(align_down(start, PAGE_SIZE), _page_up(end), i0, max(i0, i1))
         freed = 0
         if rng.interior:
             freed = self.space.present(i0, rng.interior)
