@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+# importing the subsystems registers their configuration keys, so a configuration file is
+# validated against every key the build knows before any kernel boots
+from kernel import sys_balloon, sys_fs, sys_jvm, sys_malloc, sys_mman, sys_pressure
+
 if TYPE_CHECKING:
     from kernel.kernel import Kernel
 
 
 def attach_all(kernel: Kernel) -> None:
     """Attach every subsystem this build has, in OSv's initialisation order."""
-    from kernel import sys_balloon, sys_fs, sys_jvm, sys_malloc, sys_mman, sys_pressure
-
     sys_pressure.attach(kernel)  # the reclaimer and the registry exist before any shrinker
     sys_mman.attach(kernel)  # virtual memory first: malloc's large blocks are mmaps
     sys_malloc.attach(kernel)  # after sys_mman: it maps blocks of 2 MiB and more

@@ -16,7 +16,7 @@ from fs.zfs_arc.fs import DEFAULT_RECORDSIZE, MIN_BLOCK, ZfsFileSystem
 from fs.zfs_arc.policy import policy_class
 from fs.zfs_arc.policy_zfs import arc_init
 from kernel.boot import BootError
-from kernel.config import parse_size, register_config_keys
+from kernel.config import parse_duration, parse_size, register_config_keys
 from mm.constants import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -65,8 +65,7 @@ class FsConfig:
 
 
 def _duration(value: Any) -> int:
-    from mmsim.trace.units import parse_duration
-
+    """Nanoseconds: an int is taken as ns already, anything else as a duration string."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return parse_duration(str(value))

@@ -21,12 +21,10 @@ from kernel import (
     UnsupportedOperation,
     load_config,
 )
-from kernel import sys_fs as _sys_fs  # noqa: F401  (registers the file system's config keys)
 from mmsim.progress import Progress
 from mmsim.summary_text import format_summary
 from mmsim.timeline import Recorder, TimelineError, timeline_options
 from mmsim.trace import READERS, TraceError, read_trace
-from mmsim.trace import blocktrace as _blocktrace  # noqa: F401  (registers lis, oracleGeneral, ids)
 
 EXIT_BAD_INPUT = 2
 EXIT_OOM = 3

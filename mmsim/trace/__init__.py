@@ -204,6 +204,5 @@ def read_trace(path: str | os.PathLike[str], fmt: str = "auto") -> Iterator[Op]:
 
 
 register_reader("native", read_native, _detect_native)
-# Further readers register themselves when imported here, e.g.:
-# from . import mtrace  # noqa: E402, F401
-from . import strace  # noqa: E402, F401
+# Further readers register themselves when imported here; detection tries them in this order.
+from . import blocktrace, mtrace, strace  # noqa: E402, F401, I001
