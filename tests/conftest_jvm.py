@@ -1,7 +1,8 @@
 """The one JVM of the test process (a JVM cannot be restarted), shared by the JVM tests.
 
-Test files import ``host_jvm`` from here. Tests that need other JVM options run in a spawned
-subprocess. The options match examples/images/ test manifests built by ``java_image`` below, so
+Each JVM test file defines a session fixture returning :func:`start_host_jvm` (the JVM is a
+process singleton, so they all get the same one). Tests that need other JVM options run in a
+spawned subprocess. The options match examples/images/ test manifests built by ``java_image`` below, so
 in-process boots of those images reuse this JVM.
 """
 
@@ -12,8 +13,6 @@ import shutil
 import textwrap
 from pathlib import Path
 
-import pytest
-
 #: memory and CPUs of the in-process test guests; boot_image adds MaxRAM/ActiveProcessorCount
 GUEST_MEMORY = 2 << 30
 GUEST_CPUS = 2
@@ -23,8 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "images"
 
 
-@pytest.fixture(scope="session")
-def host_jvm():
+def start_host_jvm():
     """The process's JVM, started once with :data:`JVM_OPTIONS` and the alloc example."""
     from balloon.jvm import start_jvm
     from mmsim.image import load_manifest, run_build
