@@ -24,7 +24,7 @@ from kernel import (
 from mmsim.progress import Progress
 from mmsim.summary_text import format_summary
 from mmsim.timeline import Recorder, TimelineError, timeline_options
-from mmsim.trace import READERS, TraceError, read_trace
+from mmsim.trace import READERS, TraceError, read_trace, reader_stats
 
 EXIT_BAD_INPUT = 2
 EXIT_OOM = 3
@@ -120,6 +120,7 @@ def _checked(ops: Any, kernel: Kernel) -> Any:
               help="ARC replacement policy: zfs (default), arc or lru.")
 @click.option("--arc-size", metavar="SIZE", help="Fix the ARC's capacity (c_min = c_max).")
 @click.option("--block-size", metavar="SIZE", help="Record size of a block trace's file.")
+@click.option("--pid", type=int, help="Replay only this process of a strace log.")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No readable summary.")
 @timeline_options
@@ -127,13 +128,13 @@ def _checked(ops: Any, kernel: Kernel) -> Any:
               help="Check the kernel's invariants after every operation (slow; exit 1 if broken).")
 def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus: int | None,
         hugepages: bool | None, seed: int | None, cache_policy: str | None, arc_size: str | None,
-        block_size: str | None, json_path: str | None, quiet: bool, check: bool,
-        **timeline: Any) -> None:
+        block_size: str | None, pid: int | None, json_path: str | None, quiet: bool,
+        check: bool, **timeline: Any) -> None:
     """Boot a guest and replay TRACE through it."""
     config = build_config(config_path, memory=memory, cpus=cpus, hugepages=hugepages, seed=seed,
                           cache_policy=cache_policy, arc_size=arc_size, block_size=block_size)
     try:
-        ops = read_trace(trace, fmt)
+        ops = reader = read_trace(trace, fmt, pid=pid)
         kernel = boot(config)
         if check:
             ops = _checked(ops, kernel)
@@ -158,6 +159,9 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         sys.exit(1)
     summary = kernel.summary()
     summary["trace"] = trace
+    stats = reader_stats(reader)
+    if stats is not None:
+        summary["trace_reader"] = stats
     if json_path:
         write_json(summary, json_path)
     if not quiet:

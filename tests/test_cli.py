@@ -120,3 +120,21 @@ def test_same_trace_same_summary(trace):
     a = run("run", path, "--json", "-", "-q")[1]
     b = run("run", path, "--json", "-", "-q")[1]
     assert json.loads(a) == json.loads(b)
+
+
+def test_strace_pid_selects_one_thread_and_reader_stats_are_reported():
+    path = "tests/fixtures/strace/python_threads.strace"
+    pids = {line.split()[0] for line in open(path) if line[:1].isdigit()}
+    assert len(pids) > 1
+    code, out, _ = run("run", path, "--json", "-", "-q")
+    everything = json.loads(out)["trace_reader"]
+    first = min(pids, key=int)
+    code, out, _ = run("run", path, "--pid", first, "--json", "-", "-q")
+    assert code == 0
+    one = json.loads(out)["trace_reader"]
+    assert 0 < one["calls"] < everything["calls"]
+
+
+def test_pid_on_a_format_without_pids(trace):
+    code, _, err = run("run", trace("sleep 1s\n"), "--pid", "3")
+    assert code == 2 and "--pid" in err

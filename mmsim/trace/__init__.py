@@ -188,9 +188,11 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise TraceError(peek.path, 0, f"unrecognized trace format (known: {_known()})")
 
 
-def read_trace(path: str | os.PathLike[str], fmt: str = "auto") -> Iterator[Op]:
+def read_trace(path: str | os.PathLike[str], fmt: str = "auto", pid: int | None = None
+               ) -> Iterator[Op]:
     """Stream the Ops of the trace at ``path``, in format ``fmt`` or the detected one.
 
+    ``pid`` selects one process of a multi-process log (formats that have pids: strace).
     Format problems (unknown name, undetectable file, missing file with "auto") raise
     TraceError here; problems inside the trace raise it while iterating.
     """
@@ -200,7 +202,21 @@ def read_trace(path: str | os.PathLike[str], fmt: str = "auto") -> Iterator[Op]:
     reader = READERS.get(fmt)
     if reader is None:
         raise TraceError(name, 0, f"unknown format '{fmt}' (known: {_known()})")
+    if pid is not None:
+        if fmt != "strace":
+            raise TraceError(name, 0, f"--pid applies to strace logs, not to format '{fmt}'")
+        return reader(name, pid=pid)
     return reader(name)
+
+
+def reader_stats(ops: object) -> dict | None:
+    """What a reader skipped or repaired (failed calls, unknown addresses...), if it counts."""
+    stats = getattr(ops, "stats", None)
+    if stats is None:
+        return None
+    if hasattr(stats, "as_dict"):
+        return stats.as_dict()
+    return dict(stats)
 
 
 register_reader("native", read_native, _detect_native)
