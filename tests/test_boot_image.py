@@ -1,0 +1,140 @@
+"""`mmsim boot` and `mmsim minmem` on images, with the real JVM.
+
+A user relies on: a Java program runs to completion with its output; what it does wrong
+(System.exit, an exception, running out of heap) is reported and never takes the simulator
+down; manifest mistakes are one-line errors naming the file and line; minmem's figure is one
+at which the image runs and one step below which it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest_jvm import EXAMPLES, ROOT, java_image, start_host_jvm
+
+from mmsim.image import EXIT_APP, EXIT_OK, ImageError, boot_image, load_manifest
+
+MIB = 1 << 20
+HELLO = EXAMPLES / "hello" / "hello.yaml"
+
+
+@pytest.fixture(scope="session")
+def host_jvm():
+    """The session's one JVM."""
+    return start_host_jvm()
+
+
+def mmsim(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmsim", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_boot_runs_a_java_program_to_completion_with_its_output() -> None:
+    res = mmsim("boot", str(HELLO), "--json", "-")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Hello from Java 17" in res.stderr  # with --json -, the app's output goes to stderr
+    s = json.loads(res.stdout)
+    assert s["app"]["exit_code"] == 0 and s["jvm"]["exit_code"] == 0
+    assert s["jvm"]["heap_max_bytes"] > 0 and s["jvm"]["heap_committed_bytes"] > 0
+    cats = s["memory"]["categories"]
+    assert cats["jvm_heap"] > 0 and cats["jvm_native"] > 0
+    assert s["memory"]["free_bytes"] + sum(cats.values()) == s["memory"]["total_bytes"]
+    assert s["arc"]["read_bytes"] > 0  # the class path was read from the image's file system
+    without_json = mmsim("boot", str(HELLO), "-q")
+    assert without_json.returncode == 0
+    assert without_json.stdout.startswith("Hello from Java 17")
+
+
+BAD = """\
+public class Bad {
+    public static void main(String[] args) {
+        switch (args[0]) {
+            case "exit": System.exit(7);
+            case "throw": throw new IllegalStateException("broken on purpose");
+            case "oom": System.out.println(new byte[1500 << 20].length);
+            default: System.out.println("fine");
+        }
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("mode,code,kind", [
+    ("exit", 7, "System.exit"),
+    ("throw", 1, "java_exception"),
+    ("oom", 1, "OutOfMemoryError"),
+])
+def test_a_failing_application_is_reported_not_fatal(host_jvm, tmp_path: Path, mode: str,
+                                                    code: int, kind: str) -> None:
+    m = load_manifest(str(java_image(tmp_path, "Bad", BAD, mode)))
+    out = boot_image(m)
+    assert out.status == EXIT_APP
+    s = out.summary
+    assert s["jvm"]["exit_code"] == code and s["app"]["exit_code"] == code
+    assert s["app_errors"]["by_kind"] == {kind: 1}
+    assert s["oom"] is None  # the guest did not run out: the application did
+    # the simulator and its JVM go on: the same image runs fine afterwards
+    fine = boot_image(load_manifest(str(java_image(tmp_path, "Bad", BAD, "fine"))))
+    assert fine.status == EXIT_OK and fine.summary["jvm"]["exit_code"] == 0
+
+
+def test_a_second_jvm_with_other_options_is_refused_clearly(host_jvm, tmp_path: Path) -> None:
+    d = tmp_path / "other"
+    d.mkdir()
+    (d / "image.yaml").write_text("cmdline: /java.so -Xmx300m -cp /app Hello\nfiles:\n"
+                                  f"  /app: {EXAMPLES / 'hello'}\n")
+    with pytest.raises(ImageError, match="new process"):
+        boot_image(load_manifest(str(d / "image.yaml")))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("cmdline: /java.so -cp /app Hello\nmemroy: 1G\n", "image.yaml:2: unknown key 'memroy'"),
+    ("cmdline: /bin/sh\n", "image.yaml:1: cmdline must start with /java.so"),
+    ("cmdline: /java.so -Xmx1g Hello\n", "image.yaml:1: cmdline: /java.so needs -cp"),
+    ("cmdline: /java.so -cp /app Hello\ncpus: 0\n", "image.yaml:2: 'cpus' must be"),
+    ("cmdline: /java.so -cp /app Hello\nfiles:\n  app: x\n", "image.yaml:3: files: image path"),
+])
+def test_manifest_errors_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    p = tmp_path / "image.yaml"
+    p.write_text(text)
+    with pytest.raises(ImageError) as e:
+        load_manifest(str(p))
+    assert str(e.value).startswith(str(tmp_path)) and message in str(e.value)
+
+
+def test_boot_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "image.yaml"
+    p.write_text("cmdline: /java.so -cp /app Hello\nfiles:\n  /app: missing\n")
+    res = mmsim("boot", str(p))
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "image.yaml:2: files: /app: no such host" in res.stderr
+
+
+def test_minmem_is_consistent() -> None:
+    """The image runs with the figure and fails one step below it (each a new process)."""
+    res = mmsim("minmem", str(HELLO), "--low", "64M", "--high", "192M", "--step", "4M",
+                "--json", "-", timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    found = json.loads(res.stdout[: res.stdout.rindex("}") + 1])
+    mib = found["minmem_mib"]
+    assert 64 < mib < 192
+    at = mmsim("boot", str(HELLO), "--memory", f"{mib}M", "-q")
+    below = mmsim("boot", str(HELLO), "--memory", f"{mib - 4}M", "-q")
+    assert at.returncode == 0, at.stderr[-1000:]
+    assert below.returncode != 0
+    assert "out of memory" in below.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/share/java/h2.jar"),
+                    reason="H2 is not installed (apt-get install libh2-java)")
+def test_h2_from_debian_runs_its_sql_load() -> None:
+    res = mmsim("boot", str(EXAMPLES / "h2" / "h2.yaml"), "--json", "-")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "H2Load: 200000 rows, 20000 lookups found, 100 groups" in res.stderr
+    s = json.loads(res.stdout)
+    assert s["jvm"]["gc_count"] > 0 and s["jvm"]["heap_used_bytes"] > 0
