@@ -237,4 +237,20 @@ def attach(kernel: Kernel) -> MallocFace:
     kernel.add_category("malloc_pages", lambda: m.whole_pages * PAGE_SIZE)
     kernel.add_category("malloc_large", lambda: m.large_pages * PAGE_SIZE)
     kernel.add_section("malloc", face.summary)
+    registry = getattr(kernel, "shrinkers", None)
+    if registry is not None:
+        registry.register(PoolShrinker(m))
     return face
+
+
+class PoolShrinker:
+    """Gives the pools' cached empty pages back (OSv keeps about one per class per CPU and has
+    no shrinker for them; under pressure a simulator user wants to see what they cost)."""
+
+    name = "malloc_pools"
+
+    def __init__(self, malloc: Any) -> None:
+        self.malloc = malloc
+
+    def request_memory(self, target: int, hard: bool) -> int:
+        return self.malloc.release_empty_pages() * PAGE_SIZE

@@ -73,7 +73,6 @@ def attach(kernel: Kernel) -> None:
     kernel.reclaimer = reclaimer
     kernel.ranges.on_alloc = reclaimer.on_alloc
     kernel.pool.wait_for_pages = reclaimer.wait_for_pages
-    registry.register(PagePoolShrinker(kernel))
     latency = _wake_latency(kernel.config.extra.get("reclaimer_wake_latency", 0))
     woken_at: list[int | None] = [None]
 
@@ -95,7 +94,9 @@ def attach(kernel: Kernel) -> None:
 
 
 def attach_user_shrinkers(kernel: Kernel) -> None:
-    """After every kernel shrinker, in the configuration's order."""
+    """The page caches' shrinker after every other kernel shrinker (pages those free go to the
+    L1 caches first), then the user's, in the configuration's order."""
+    kernel.shrinkers.register(PagePoolShrinker(kernel))
     specs = kernel.config.extra.get("shrinkers") or []
     if not isinstance(specs, list):
         raise ConfigError("'shrinkers' must be a list of 'module:attr'")

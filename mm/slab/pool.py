@@ -121,6 +121,19 @@ class Pool:
         self.unlink(page)  # full: it leaves the list
         return addr
 
+    def take_empty(self) -> list[PoolPage]:
+        """Unlink and forget every page with no object allocated (the empty pages OSv keeps at
+        the back of the list), for the pools' shrinker; the caller frees them."""
+        out = []
+        page = self.tail
+        while page is not None and not page.nalloc:
+            prev = page.prev
+            self.unlink(page)
+            self.npages -= 1
+            out.append(page)
+            page = prev
+        return out
+
     def free(self, page: PoolPage, addr: int) -> bool:
         """Give ``addr`` back to its page, on the owner CPU; True if the page must be released
         (it was unlinked and forgotten here; the caller frees the page itself)."""
