@@ -107,6 +107,7 @@ class JvmSubsystem:
             wake_reclaimer=reclaimer.wake if reclaimer is not None else lambda: None,
         )
         if enabled:
+            k.add_after_op(self.after_op)  # only now: a replay without a JVM pays nothing
             k.shrinkers.register(self.balloon)  # type: ignore[attr-defined]
             if reclaimer is not None:
                 reclaimer.jvm_heap_bytes = self.balloon.jvm_heap_bytes  # §5: free + JVM heap
@@ -237,7 +238,6 @@ def attach(kernel: Kernel) -> JvmSubsystem:
     jvm = JvmSubsystem(kernel)
     kernel.jvm = jvm  # type: ignore[attr-defined]
     kernel.add_handler("jvm", jvm.op)
-    kernel.add_after_op(jvm.after_op)
     space = kernel.address_space  # type: ignore[attr-defined]
     # the JVM's mappings are anonymous memory: count them in their own categories and
     # not again in sys_mman's `anonymous`, so that free + categories still adds up to total

@@ -138,3 +138,17 @@ def test_h2_from_debian_runs_its_sql_load() -> None:
     assert "H2Load: 200000 rows, 20000 lookups found, 100 groups" in res.stderr
     s = json.loads(res.stdout)
     assert s["jvm"]["gc_count"] > 0 and s["jvm"]["heap_used_bytes"] > 0
+
+
+def test_a_native_image_replays_its_trace_beside_the_workload(tmp_path: Path) -> None:
+    (tmp_path / "app.trace").write_text("# mmsim-trace v1\nmmap h 64M\ntouch h 0 32M\n")
+    (tmp_path / "side.trace").write_text("# mmsim-trace v1\ncreate /d/f 8M\nread /d/f 0 8M\n")
+    (tmp_path / "image.yaml").write_text(
+        "cmdline: /tools/app.so /traces/app.trace\nfiles:\n  /traces: .\n"
+        "workload: side.trace\nmemory: 512M\n")
+    out = boot_image(load_manifest(str(tmp_path / "image.yaml")))
+    assert out.status == EXIT_OK
+    s = out.summary
+    assert s["app"]["kind"] == "native" and s["jvm"]["heap_max_bytes"] is None
+    assert s["mmap"]["resident_bytes"] >= 32 * MIB
+    assert s["arc"]["read_bytes"] == 8 * MIB
