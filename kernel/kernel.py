@@ -129,28 +129,38 @@ class Kernel:
     def apply(self, op: OpLike) -> None:
         """Apply one trace operation; application errors are counted, not raised."""
         self.line = op.line
-        if op.time_ns is not None and op.time_ns > self.clock_ns:
-            self.advance_to(op.time_ns)
-        cpu = self.cpu
-        if op.cpu is not None:
-            self._check_cpu(op.cpu)
-            self.cpu = op.cpu
+        t = op.time_ns
+        if t is not None and t > self.clock_ns:
+            self.advance_to(t)
         handler = self._handlers.get(op.kind)
         if handler is None:
             what = _SUBSYSTEM.get(op.kind, "a subsystem")
             raise UnsupportedOperation(f"'{op.kind}' needs {what}, which is not built yet")
+        if op.cpu is None:
+            try:
+                handler(op)
+            except OutOfPages as e:
+                self._out_of_memory(e, op)
+        else:
+            self._apply_on_cpu(op, handler)
+        self.events += 1
+        pool = self.pool
+        if pool.woken:
+            pool.run_fill_threads()
+        if (self.clock_ns != self._hooks_clock or self.ranges.free_pages != self._hooks_free
+                or self._wakeups):
+            self._run_hooks()
+
+    def _apply_on_cpu(self, op: OpLike, handler: Handler) -> None:
+        """An operation with a ``cpu=N`` prefix runs there; the current CPU stays as it was."""
+        self._check_cpu(op.cpu)
+        cpu, self.cpu = self.cpu, op.cpu
         try:
             handler(op)
         except OutOfPages as e:
             self._out_of_memory(e, op)
         finally:
-            if op.cpu is not None:
-                self.cpu = cpu
-        self.events += 1
-        self.pool.run_fill_threads()
-        if (self.clock_ns != self._hooks_clock or self.ranges.free_pages != self._hooks_free
-                or self._wakeups):
-            self._run_hooks()
+            self.cpu = cpu
 
     def wake_threads(self) -> None:
         """Make the kernel threads run after this operation even if neither the clock nor free

@@ -58,6 +58,11 @@ class PagePool:
     def l2_pages(self) -> int:
         return len(self._l2) * PAGE_BATCH
 
+    @property
+    def woken(self) -> bool:
+        """Whether a fill thread has work (checked after every operation: keep it cheap)."""
+        return bool(self._l1_woken) or self._l2_woken
+
     def cached(self) -> Iterator[int]:
         """Every page held in L1 or L2 (for invariant checks)."""
         for l1 in self._l1:
