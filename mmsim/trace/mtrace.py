@@ -32,7 +32,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
-from .ops import Op, TraceError
+from .ops import Op, TraceError, quick_op
 from .source import compression_of, open_trace_binary
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class MtraceReader:
                                 del live[p]
                                 stats["null_results"] += 1
                                 continue
-                            yield Op("malloc", n, h, size)
+                            yield quick_op("malloc", n, h, size)
                             continue
                         if k == ">":
                             p = t[-2]
@@ -144,7 +144,7 @@ class MtraceReader:
                                 moved.add(h)
                             elif moved:
                                 moved.discard(h)
-                            yield Op("realloc", n, h, size)
+                            yield quick_op("realloc", n, h, size)
                             continue
                         if k == "!":
                             if pending is not None:
@@ -175,7 +175,7 @@ class MtraceReader:
                                     if len(dead) >= _DEAD_HALF:
                                         dead_old = dead
                                         dead = {}
-                                    yield Op("free", n, h)
+                                    yield quick_op("free", n, h)
                                     continue
                             elif p == NIL:
                                 stats["null_frees"] += 1
@@ -190,7 +190,7 @@ class MtraceReader:
                                         serial += 1
                                         h = f"p{p}.{serial}"
                                 if k == "-":
-                                    yield Op("free", n, h)
+                                    yield quick_op("free", n, h)
                                     continue
                                 dead.pop(p, None)
                                 dead_old.pop(p, None)
