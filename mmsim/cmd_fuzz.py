@@ -7,7 +7,6 @@ import sys
 import click
 
 from mmsim.cli import build_config, main
-from mmsim.fuzz import fuzz
 
 
 @main.command("fuzz")
@@ -25,6 +24,8 @@ from mmsim.fuzz import fuzz
 def fuzz_command(config_path: str | None, memory: str | None, cpus: int | None, examples: int,
                  steps: int, seed: int, output: str | None) -> None:
     """Check the allocator invariants under random operations; print a failing trace."""
+    from mmsim.fuzz import fuzz  # hypothesis loads only when fuzzing
+
     if memory is None and config_path is None:
         memory = "256M"
     config = build_config(config_path, memory=memory, cpus=cpus)

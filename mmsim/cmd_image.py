@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from kernel.config import parse_size
+from kernel import parse_size
 from mmsim.cli import InputError, main, write_json
 from mmsim.image import EXIT_OK, ImageError, boot_image, load_manifest, run_build
 

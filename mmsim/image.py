@@ -33,10 +33,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel import BootError, ConfigError, Kernel, KernelConfig, OutOfMemory
-from kernel import sys_fs as _sys_fs  # noqa: F401  (registers the file system's config keys)
-from kernel import sys_jvm as _sys_jvm  # noqa: F401  (registers jvm_balloon, jvm_path)
-from kernel.config import apply_settings, load_yaml, parse_size
+from kernel import (
+    AppThread,
+    BootError,
+    ConfigError,
+    Kernel,
+    KernelConfig,
+    OutOfMemory,
+    apply_settings,
+    load_yaml,
+    parse_size,
+)
 from mmsim.trace import Op, TraceError, read_trace
 
 __all__ = [
@@ -392,8 +399,6 @@ def _run_native(kernel: Kernel, m: Manifest, app: NativeApp, workload: Iterator[
 def _run_java(kernel: Kernel, m: Manifest, app: JavaApp, config: KernelConfig,
               image_files: list[tuple[str, str, int]], workload: Iterator[Any],
               to_stderr: bool) -> tuple[int, str | None]:
-    from balloon.jvm import AppThread
-
     jvm = kernel.jvm  # type: ignore[attr-defined]
     cp_host = [h for h in (m.host_path(p) for p in app.classpath) if h]
     try:
