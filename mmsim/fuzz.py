@@ -151,6 +151,10 @@ class KernelMachine(RuleBasedStateMachine):
         kind = "write" if write else "read"
         self._apply(Op(kind, 0, path=f"/f{n}", offset=off, length=length, write=write))
 
+    @rule(mib=st.sampled_from([0, 0, 16, 64, 200]))
+    def host_balloon(self, mib: int) -> None:
+        self._apply(Op("host-balloon", 0, size=mib * MIB))
+
     @rule(data=st.data())
     def cpu(self, data: st.DataObject) -> None:
         self._apply(Op("cpu", 0, count=data.draw(st.integers(0, self.config.cpus - 1))))
@@ -162,6 +166,18 @@ class KernelMachine(RuleBasedStateMachine):
     @invariant()
     def kernel_invariants(self) -> None:
         self.kernel.check()
+
+    @invariant()
+    def pressure_invariants(self) -> None:
+        """The ARC's target never goes under c_min (only its size may, on shrinker calls), and
+        nobody waited for memory that a single free run could have served."""
+        s = self.kernel.summary()
+        arc = s.get("arc")
+        if arc is not None:
+            assert arc["c_bytes"] >= arc["c_min_bytes"], "ARC target under c_min"
+        reclaimer = getattr(self.kernel, "reclaimer", None)
+        if reclaimer is not None:
+            assert not reclaimer.needless_waits, "a waiter slept while a free run fit it"
 
 
 def _subrange(data: st.DataObject, length: int) -> tuple[int, int]:

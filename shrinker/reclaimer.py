@@ -39,6 +39,8 @@ class Reclaimer:
         self.passes = 0
         self.hard_passes = 0
         self.waits = 0
+        #: waits that began although one free run fit the request (must stay 0: a check)
+        self.needless_waits = 0
         self.last_target = 0
         #: bytes of JVM heap counted as free while the balloon is on (§5 on_alloc); 0 otherwise
         self.jvm_heap_bytes: Callable[[], int] = lambda: 0
@@ -102,9 +104,7 @@ class Reclaimer:
             raise ReclaimFailed(nbytes, "unreasonable allocation: more than total memory")
         if self.fits(nbytes):
             return
-        self.waits += 1
-        self.pending = False
-        self._pass(hard=True)
+        self._begin_wait(self.fits(nbytes))
         if not self.fits(nbytes):
             free = self.free_bytes()
             reason = ("fragmentation: no single free run fits although free memory would"
@@ -119,11 +119,16 @@ class Reclaimer:
             raise ReclaimFailed(nbytes, "unreasonable allocation: more than total memory")
         if self.ranges.free_pages >= npages:
             return
-        self.waits += 1
-        self.pending = False
-        self._pass(hard=True)
+        self._begin_wait(self.ranges.free_pages >= npages)
         if self.ranges.free_pages < npages:
             raise ReclaimFailed(nbytes, "could not reclaim any further")
+
+    def _begin_wait(self, could_be_served: bool) -> None:
+        """A thread blocks: the reclaimer runs a hard pass at once (its wake is this wait)."""
+        self.waits += 1
+        self.needless_waits += could_be_served
+        self.pending = False
+        self._pass(hard=True)
 
     def wait_for_minimum_memory(self) -> None:
         """Before a large allocation: with shrinkers present, keep 4 MiB free (§5)."""

@@ -173,3 +173,69 @@ def test_pool_shrinker_returns_cached_empty_pages():
     assert k.memory_categories()["malloc_pools"] == 0
     assert k.summary()["shrinker"]["malloc_pools"]["freed_bytes"] == kept
     k.check()
+
+
+def test_reclaimer_wake_latency_in_simulated_time():
+    from mmsim.trace.ops import Op
+
+    def pressure(k):
+        wm = k.reclaimer.watermark_lo // PAGE_SIZE
+        n = k.ranges.free_pages - wm + 400  # under the watermark even after L1 serves some
+        k.apply(Op("mmap", 1, handle="a", size=n * PAGE_SIZE, populate=True))
+
+    now = Kernel(KernelConfig(memory=256 << 20, cpus=1))
+    pressure(now)
+    assert now.reclaimer.passes == 1  # ran right after the operation that woke it
+
+    later = Kernel(KernelConfig(memory=256 << 20, cpus=1,
+                                extra={"reclaimer_wake_latency": "50ms"}))
+    pressure(later)
+    assert later.reclaimer.passes == 0 and later.reclaimer.pending
+    later.apply(Op("sleep", 2, duration_ns=40_000_000))
+    assert later.reclaimer.passes == 0
+    later.apply(Op("sleep", 3, duration_ns=20_000_000))
+    assert later.reclaimer.passes == 1
+
+
+def test_user_shrinker_named_in_a_yaml_file_frees_memory(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from mmsim.cli import main
+
+    (tmp_path / "hoard.py").write_text(
+        "class Hoarder:\n"
+        "    '''Pretends to hold a cache of 1 MiB and gives it back on request.'''\n"
+        "    name = 'hoarder'\n"
+        "    def __init__(self):\n"
+        "        self.held = 1 << 20\n"
+        "        self.args = []\n"
+        "    def request_memory(self, target, hard):\n"
+        "        self.args.append((target, hard))\n"
+        "        freed, self.held = self.held, 0\n"
+        "        return freed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("memory: 256M\ncpus: 1\nshrinkers: ['hoard:Hoarder']\n")
+    trace = tmp_path / "t.trace"
+    trace.write_text("mmap a 230M populate\nsleep 10ms\n")
+    r = CliRunner().invoke(main, ["run", str(trace), "--config", str(cfg), "--json", "-", "-q"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)["shrinker"]
+    assert s["hoarder"]["calls"] >= 1
+    assert s["hoarder"]["freed_bytes"] == 1 << 20
+
+
+def test_a_bad_user_shrinker_is_a_config_error(tmp_path):
+    from click.testing import CliRunner
+
+    from mmsim.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("shrinkers: ['no_such_module_xyz:thing']\n")
+    trace = tmp_path / "t.trace"
+    trace.write_text("sleep 1ms\n")
+    r = CliRunner().invoke(main, ["run", str(trace), "--config", str(cfg)])
+    assert r.exit_code == 2 and "no_such_module_xyz" in r.stderr
+    assert r.stderr.count("\n") == 1
