@@ -21,6 +21,7 @@ import click
 from kernel import parse_size
 from mmsim.cli import InputError, main, write_json
 from mmsim.image import EXIT_OK, ImageError, boot_image, load_manifest, run_build
+from mmsim.timeline import Recorder, TimelineError, timeline_options
 
 MIB = 1 << 20
 MIN_MEMORY = 64 * MIB  # the simulator's smallest guest
@@ -41,8 +42,9 @@ def _size(value: str | None, what: str) -> int | None:
 @click.option("--cpus", type=int, help="Number of vCPUs (default: the manifest's, else 4).")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No readable summary.")
+@timeline_options
 def boot(image: str, memory: str | None, cpus: int | None, json_path: str | None,
-         quiet: bool) -> None:
+         quiet: bool, **timeline: Any) -> None:
     """Boot IMAGE.yaml and run its application to completion, with its output.
 
     A Java image runs in a real JVM hosted in this process; its heap, native memory and the
@@ -50,11 +52,17 @@ def boot(image: str, memory: str | None, cpus: int | None, json_path: str | None
     """
     from mmsim.summary_text import format_summary
 
+    recorders: list[Recorder] = []
+
+    def start_timeline(kernel: Any) -> Any:
+        recorders.append(Recorder.start(kernel, image, **timeline))
+        return recorders[0].tick
+
     try:
         manifest = load_manifest(image)
         outcome = boot_image(manifest, _size(memory, "--memory"), cpus,
-                             app_output_to_stderr=json_path == "-")
-    except ImageError as e:
+                             app_output_to_stderr=json_path == "-", on_kernel=start_timeline)
+    except (ImageError, TimelineError) as e:
         raise InputError(str(e)) from None
     if outcome.message:
         click.echo(f"mmsim: {image}: {outcome.message}", err=True)
@@ -62,6 +70,11 @@ def boot(image: str, memory: str | None, cpus: int | None, json_path: str | None
         write_json(outcome.summary, json_path)
     if not quiet:
         click.echo(format_summary(outcome.summary), err=json_path == "-")
+    try:
+        for rec in recorders:
+            rec.finish(outcome.summary)
+    except TimelineError as e:
+        raise InputError(str(e)) from None
     sys.stdout.flush()
     sys.stderr.flush()
     # the JVM may hold non-daemon threads of the application: leave without waiting for them

@@ -29,7 +29,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -333,8 +333,14 @@ def _ops(path: str) -> Iterator[Any]:
 
 
 def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, *,
-               app_output_to_stderr: bool = False) -> BootOutcome:
-    """Boot the image, run its application (and workload) to completion, and summarise."""
+               app_output_to_stderr: bool = False,
+               on_kernel: Callable[[Kernel], Callable[[], None] | None] | None = None
+               ) -> BootOutcome:
+    """Boot the image, run its application (and workload) to completion, and summarise.
+
+    ``on_kernel`` is called with the booted kernel and may return a function to call as the
+    run goes on (after each workload operation and each JVM tick): the timeline's sampler.
+    """
     run_build(m)
     check_files(m)
     config = kernel_config(m, memory, cpus)
@@ -342,6 +348,7 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
         kernel = Kernel(config)
     except (BootError, ConfigError) as e:
         raise ImageError(f"cannot boot: {e}") from None
+    tick = on_kernel(kernel) if on_kernel is not None else None
     started = time.perf_counter()
     image_files = list(_image_files(m))
     app_info: dict[str, Any] = {"cmdline": m.cmdline}
@@ -353,10 +360,10 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
         if isinstance(m.app, JavaApp):
             app_info.update(kind="java", main=m.app.main, args=m.app.args)
             code, err = _run_java(kernel, m, m.app, config, image_files, workload,
-                                  app_output_to_stderr)
+                                  app_output_to_stderr, tick)
         else:
             app_info.update(kind="native", tool=m.app.tool, trace=m.app.trace)
-            code, err = _run_native(kernel, m, m.app, workload)
+            code, err = _run_native(kernel, m, m.app, workload, tick)
         app_info.update(exit_code=code, error=err)
         if code:
             status, message = EXIT_APP, f"the application failed: {err or f'exit {code}'}"
@@ -378,8 +385,8 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
     return BootOutcome(summary, status, message)
 
 
-def _run_native(kernel: Kernel, m: Manifest, app: NativeApp, workload: Iterator[Any]
-                ) -> tuple[int, str | None]:
+def _run_native(kernel: Kernel, m: Manifest, app: NativeApp, workload: Iterator[Any],
+                tick: Callable[[], None] | None = None) -> tuple[int, str | None]:
     """The native application's trace, interleaved op by op with the side workload."""
     host = m.host_path(app.trace)
     assert host is not None
@@ -392,13 +399,16 @@ def _run_native(kernel: Kernel, m: Manifest, app: NativeApp, workload: Iterator[
                 live.remove(it)
             else:
                 kernel.apply(op)
+                if tick is not None:
+                    tick()
     kernel.jvm.finish(0)  # type: ignore[attr-defined]
     return 0, None
 
 
 def _run_java(kernel: Kernel, m: Manifest, app: JavaApp, config: KernelConfig,
               image_files: list[tuple[str, str, int]], workload: Iterator[Any],
-              to_stderr: bool) -> tuple[int, str | None]:
+              to_stderr: bool, tick: Callable[[], None] | None = None
+              ) -> tuple[int, str | None]:
     jvm = kernel.jvm  # type: ignore[attr-defined]
     cp_host = [h for h in (m.host_path(p) for p in app.classpath) if h]
     try:
@@ -432,7 +442,11 @@ def _run_java(kernel: Kernel, m: Manifest, app: JavaApp, config: KernelConfig,
                         pending = False
                         break
                     kernel.apply(op)
+                    if tick is not None:
+                        tick()
             jvm.tick(0.0 if pending else 0.005)
+            if tick is not None:
+                tick()
             if not alive and not pending:
                 break
         runner.join()

@@ -359,6 +359,23 @@ class Recorder:
             if len(self.rows) > self.cap:
                 self._thin()
 
+    def tick(self) -> None:
+        """For commands whose time also passes outside trace operations (``boot``: the JVM
+        runs between them): a row whenever the kernel changed, thinned as the default is."""
+        if not self.active:
+            return
+        k = self.kernel
+        state = (k.events, k.clock_ns, k.ranges.free_pages)
+        if state == getattr(self, "_tick_state", None):
+            return
+        self._tick_state = state
+        self._arc_dirty = True
+        self._ticks = getattr(self, "_ticks", 0) + 1
+        if self._ticks % self._interval == 0:
+            self.sample()
+            if len(self.rows) > self.cap:
+                self._thin()
+
     def _on_event(self, name: str, record: dict[str, Any]) -> None:
         counts = self._pending
         if name == "reclaim":
