@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import io
 import itertools
 import json
@@ -43,9 +42,7 @@ from kernel import (
     UnsupportedOperation,
     load_config,
 )
-from kernel import sys_fs as _sys_fs  # noqa: F401  (registers the file system's config keys)
-from mmsim.trace import READERS, TraceError, read_trace
-from mmsim.trace import blocktrace as _blocktrace  # noqa: F401  (registers lis, oracleGeneral, ids)
+from mmsim.trace import READERS, TraceError, read_trace, reader_stats
 
 __all__ = [
     "Plan",
@@ -87,32 +84,24 @@ class PointError(Exception):
     """A point that could not run to its end; str() is the message `mmsim run` would print."""
 
 
-@functools.cache
-def register_keys() -> None:
-    """Subsystems register their configuration keys (e.g. ``shrinkers``) when the kernel first
-    attaches them: boot one default guest (about a millisecond) so that every key is known
-    before a point's configuration is read."""
-    Kernel(load_config(None))
-
-
 # -- one point ------------------------------------------------------------------------------
 
 
 def run_point(trace: str, fmt: str = "auto", settings: dict[str, Any] | None = None,
-              config: str | None = None) -> dict[str, Any]:
-    """Replay ``trace`` on a guest configured by ``config`` (a YAML file) then ``settings``.
+              config: str | None = None, pid: int | None = None) -> dict[str, Any]:
+    """Replay ``trace`` (``pid``'s calls, for an strace log) on a guest configured by ``config``
+    (a YAML file) then ``settings``.
 
     The summary of `mmsim run --json`; running out of memory is a result (its ``oom`` section),
     everything else that stops the run raises PointError with `mmsim run`'s message.
     """
-    register_keys()
     try:
         cfg = load_config(config, settings)
     except ConfigError as e:
         raise PointError(str(e)) from None
     kernel: Kernel | None = None
     try:
-        ops = read_trace(trace, fmt)
+        ops = read_trace(trace, fmt, pid=pid)
         kernel = Kernel(cfg)
         kernel.run(ops)
     except OutOfMemory:
@@ -125,6 +114,9 @@ def run_point(trace: str, fmt: str = "auto", settings: dict[str, Any] | None = N
         raise PointError(f"{trace}:{kernel.line if kernel else 0}: {e}") from None
     summary = kernel.summary()
     summary["trace"] = trace
+    stats = reader_stats(ops)
+    if stats is not None:
+        summary["trace_reader"] = stats
     return summary
 
 
@@ -151,7 +143,8 @@ def _execute(task: dict[str, Any]) -> dict[str, Any]:
     """Run one task here; never raises for the point's own failures (they become the result)."""
     path, name = task["trace"], task["name"]
     try:
-        summary = run_point(path, task["format"], task["settings"], task["config"])
+        summary = run_point(path, task["format"], task["settings"], task["config"],
+                            task.get("pid"))
     except PointError as e:
         return {"status": STATUS_ERROR, "error": _one_line(str(e).replace(path, name)),
                 "figures": {}}
@@ -220,6 +213,7 @@ class TraceSpec:
     name: str
     path: str
     fmt: str = "auto"
+    pid: int | None = None
 
 
 @dataclasses.dataclass
@@ -234,7 +228,7 @@ class Sweep:
 
 
 _TOP_KEYS = {
-    "traces": "list of trace files (paths relative to this file), or {path, format} mappings",
+    "traces": "list of trace files (relative to this file), or {path, format, pid} mappings",
     "grid": "configuration key -> list of values; every combination is a point",
     "points": "list of mappings of configuration keys; each is a point",
     "format": "trace format of every trace (default auto)",
@@ -312,7 +306,6 @@ def check_value(key: str, value: Any) -> None:
     cache_key = (key, type(value).__name__, _cell(value))
     if cache_key in _checked:
         return
-    register_keys()
     try:
         cfg = load_config(None, {key: value if value is not None else 0})
     except ConfigError as e:
@@ -395,7 +388,6 @@ def load_sweep(path: str) -> Sweep:
         if not isinstance(config, str) or not config:
             raise doc.error("'config' must be the path of a configuration file", "config")
         config = resolve(config)
-        register_keys()
         try:
             load_config(config)
         except ConfigError as e:
@@ -408,11 +400,15 @@ def load_sweep(path: str) -> Sweep:
         raise doc.error("'traces' must be a non-empty list of trace files", "traces")
     traces: list[TraceSpec] = []
     for i, item in enumerate(traces_in):
-        tfmt = fmt
+        tfmt, pid = fmt, None
         if isinstance(item, dict):
-            extra = set(item) - {"path", "format"}
+            extra = set(item) - {"path", "format", "pid"}
             if extra or "path" not in item:
-                raise doc.error("a trace mapping has 'path' and optional 'format'", "traces", i)
+                raise doc.error("a trace mapping has 'path' and optional 'format' and 'pid'",
+                                "traces", i)
+            pid = item.get("pid")
+            if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 0):
+                raise doc.error(f"'pid' must be a process id, not {pid!r}", "traces", i, "pid")
             tfmt = item.get("format", fmt)
             if not isinstance(tfmt, str) or (tfmt != "auto" and tfmt not in READERS):
                 raise doc.error(f"unknown trace format {tfmt!r} (known: auto, "
@@ -425,7 +421,7 @@ def load_sweep(path: str) -> Sweep:
         full = resolve(item)
         if not os.path.isfile(full):
             raise doc.error(f"trace '{item}': no such file", "traces", i)
-        traces.append(TraceSpec(item, full, tfmt))
+        traces.append(TraceSpec(item, full, tfmt, pid))
 
     has_grid, has_points = "grid" in data, "points" in data
     if has_grid and has_points:
@@ -832,7 +828,8 @@ def tasks_of(sweep: Sweep, isolate: bool = False) -> Iterator[tuple[dict[str, An
         for i, point in enumerate(sweep.points):
             head = {"trace": trace.name, "point": i, **point}
             task = {"trace": trace.path, "name": trace.name, "format": trace.fmt,
-                    "settings": point, "config": sweep.config, "isolate": isolate}
+                    "pid": trace.pid, "settings": point, "config": sweep.config,
+                    "isolate": isolate}
             yield head, task
 
 

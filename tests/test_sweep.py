@@ -197,6 +197,8 @@ def test_parquet_output_has_typed_columns_and_resumes(study, tmp_path):
     ("traces: [t.trace]\ngrid: {cpus: [2, 2]}\n", 2, "'cpus' lists 2 twice"),
     ("traces: [t.trace]\ngrid: {cpus: []}\n", 2, "'cpus' must be a non-empty list"),
     ("traces: [t.trace]\nformat: nope\ngrid: {cpus: [2]}\n", 2, "unknown trace format 'nope'"),
+    ("traces:\n  - {path: t.trace,\n     pid: -1}\ngrid: {cpus: [2]}\n", 3,
+     "'pid' must be a process id"),
     ("traces: [t.trace]\ngrid: {cpus: [2]\n", 3, "bad YAML"),
     ("traces: [t.trace]\ngrid: {cpus: !!python/object:os.system [2]}\n", 2, "bad YAML"),
 ])
