@@ -24,6 +24,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +42,7 @@ from kernel import (
     TraceFault,
     UnsupportedOperation,
     load_config,
+    parse_size,
 )
 from mmsim.trace import READERS, TraceError, read_trace, reader_stats
 
@@ -64,7 +66,9 @@ __all__ = [
 #: the columns every row has, before the point's keys (trace, point) and after them (status, error)
 LEAD = ("trace", "point")
 TAIL = ("status", "error")
-STATUS_OK, STATUS_OOM, STATUS_ERROR = "ok", "oom", "error"
+STATUS_OK, STATUS_OOM, STATUS_APP, STATUS_ERROR = "ok", "oom", "app_error", "error"
+#: statuses of points that ran to a result (a rerun skips them; it runs "error" points again)
+DONE = (STATUS_OK, STATUS_OOM, STATUS_APP)
 #: keys whose values are not checked by booting a kernel up front: booting with every memory
 #: size costs time, and user shrinkers are user code that belongs in the workers only
 _NO_BOOT_CHECK = frozenset({"memory", "e820", "shrinkers"})
@@ -120,6 +124,32 @@ def run_point(trace: str, fmt: str = "auto", settings: dict[str, Any] | None = N
     return summary
 
 
+#: summary figures left out of rows: wall-clock times, so that rows depend on the point only
+_WALL_CLOCK = ("app.wall_seconds",)
+
+
+def run_image(manifest: str, settings: dict[str, Any] | None = None
+              ) -> tuple[dict[str, Any], str, str | None]:
+    """Boot the image of ``manifest`` as `mmsim boot` does, with ``settings`` over the
+    manifest's configuration: (summary, status, why the application failed).
+
+    A Java image starts a JVM in this process, which cannot start another: call it in a
+    process of its own (the sweep isolates every image point).
+    """
+    from mmsim.image import EXIT_APP, EXIT_OOM, ImageError, boot_image, load_manifest
+
+    settings = dict(settings or {})
+    memory, cpus = settings.pop("memory", None), settings.pop("cpus", None)
+    try:
+        m = load_manifest(manifest)
+        m = dataclasses.replace(m, kernel={**m.kernel, **settings})
+        outcome = boot_image(m, parse_size(memory) if memory is not None else None, cpus)
+    except (ImageError, ValueError) as e:
+        raise PointError(str(e)) from None
+    status = {EXIT_OOM: STATUS_OOM, EXIT_APP: STATUS_APP}.get(outcome.status, STATUS_OK)
+    return outcome.summary, status, outcome.message or None
+
+
 def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested sections as dotted columns (``arc.hit_ratio``); lists as JSON text, so every
     value is a scalar a CSV or Parquet cell can hold."""
@@ -142,9 +172,15 @@ def _one_line(message: str) -> str:
 def _execute(task: dict[str, Any]) -> dict[str, Any]:
     """Run one task here; never raises for the point's own failures (they become the result)."""
     path, name = task["trace"], task["name"]
+    error = None
     try:
-        summary = run_point(path, task["format"], task["settings"], task["config"],
-                            task.get("pid"))
+        if task.get("image"):
+            summary, status, error = run_image(path, task["settings"])
+            summary.pop("image", None)
+        else:
+            summary = run_point(path, task["format"], task["settings"], task["config"],
+                                task.get("pid"))
+            status = STATUS_OOM if summary.get("oom") else STATUS_OK
     except PointError as e:
         return {"status": STATUS_ERROR, "error": _one_line(str(e).replace(path, name)),
                 "figures": {}}
@@ -153,14 +189,15 @@ def _execute(task: dict[str, Any]) -> dict[str, Any]:
                 "error": _one_line(f"internal error: {type(e).__name__}: {e}".replace(path, name)),
                 "figures": {}}
     summary.pop("trace", None)
-    status = STATUS_OOM if summary.get("oom") else STATUS_OK
-    return {"status": status, "error": None, "figures": flatten(summary)}
+    figures = {k: v for k, v in flatten(summary).items() if k not in _WALL_CLOCK}
+    return {"status": status, "error": _one_line(error.replace(path, name)) if error else None,
+            "figures": figures}
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """What a worker runs for one (trace, point): here, or in a process of its own with
-    ``task["isolate"]`` (a point that kills its process then fails alone)."""
-    if task.get("isolate"):
+    ``task["isolate"]`` or for an image (a point that kills its process then fails alone)."""
+    if task.get("isolate") or task.get("image"):
         return _run_isolated(task)
     return _execute(task)
 
@@ -173,13 +210,20 @@ def _run_isolated(task: dict[str, Any]) -> dict[str, Any]:
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    proc = subprocess.run([sys.executable, "-m", "mmsim.sweep"], input=json.dumps(task),
-                          capture_output=True, text=True, env=env, check=False)
-    if proc.returncode == 0:
-        try:
-            return json.loads(proc.stdout)
-        except ValueError:
-            pass
+    fd, result_path = tempfile.mkstemp(prefix="mmsim-point-", suffix=".json")
+    os.close(fd)
+    try:
+        # the application's output (a JVM writes to fd 1 itself) goes nowhere
+        proc = subprocess.run([sys.executable, "-m", "mmsim.sweep", result_path],
+                              input=json.dumps(task), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=env, check=False)
+        if proc.returncode == 0:
+            with open(result_path, encoding="utf-8") as f:
+                return json.load(f)
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.unlink(result_path)
     if proc.returncode < 0:
         try:
             how = f"killed by {signal.Signals(-proc.returncode).name}"
@@ -193,13 +237,15 @@ def _run_isolated(task: dict[str, Any]) -> dict[str, Any]:
             "error": _one_line(f"the point's process died ({how}){detail}")}
 
 
-def _isolated_main() -> None:
-    """``python -m mmsim.sweep``: one task from stdin, its result on stdout."""
-    task = json.load(sys.stdin)
-    out, sys.stdout = sys.stdout, sys.stderr  # whatever the run prints stays off the result
-    result = _execute(task)
-    out.write(json.dumps(result))
-    out.flush()
+def _isolated_main(result_path: str) -> None:
+    """``python -m mmsim.sweep RESULT.json``: one task from stdin, its result in the file; then
+    leave at once (a JVM's application may hold non-daemon threads)."""
+    result = _execute(json.load(sys.stdin))
+    with open(result_path, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -- the sweep file ---------------------------------------------------------------------------
@@ -214,6 +260,7 @@ class TraceSpec:
     path: str
     fmt: str = "auto"
     pid: int | None = None
+    image: bool = False
 
 
 @dataclasses.dataclass
@@ -400,11 +447,13 @@ def load_sweep(path: str) -> Sweep:
         raise doc.error("'traces' must be a non-empty list of trace files", "traces")
     traces: list[TraceSpec] = []
     for i, item in enumerate(traces_in):
-        tfmt, pid = fmt, None
-        if isinstance(item, dict):
+        tfmt, pid, image = fmt, None, False
+        if isinstance(item, dict) and set(item) == {"image"}:
+            item, image = item["image"], True
+        elif isinstance(item, dict):
             extra = set(item) - {"path", "format", "pid"}
             if extra or "path" not in item:
-                raise doc.error("a trace mapping has 'path' and optional 'format' and 'pid'",
+                raise doc.error("a trace is a path, {path, format, pid} or {image: manifest}",
                                 "traces", i)
             pid = item.get("pid")
             if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 0):
@@ -420,8 +469,11 @@ def load_sweep(path: str) -> Sweep:
             raise doc.error(f"trace '{item}' is listed twice", "traces", i)
         full = resolve(item)
         if not os.path.isfile(full):
-            raise doc.error(f"trace '{item}': no such file", "traces", i)
-        traces.append(TraceSpec(item, full, tfmt, pid))
+            raise doc.error(f"{'image' if image else 'trace'} '{item}': no such file",
+                            "traces", i)
+        if image:
+            _prepare_image(full, doc.error, "traces", i)
+        traces.append(TraceSpec(item, full, tfmt, pid, image))
 
     has_grid, has_points = "grid" in data, "points" in data
     if has_grid and has_points:
@@ -434,6 +486,19 @@ def load_sweep(path: str) -> Sweep:
     else:
         points, keys = _listed_points(doc, data["points"])
     return Sweep(traces, points, keys, config, path)
+
+
+def _prepare_image(path: str, error: Callable[..., SweepError], *at: Any) -> None:
+    """Check an image's manifest and files, and build it once here, before its points share
+    the build (``error(message, *at)`` makes the sweep file's error)."""
+    from mmsim.image import ImageError, check_files, load_manifest, run_build
+
+    try:
+        m = load_manifest(path)
+        run_build(m)
+        check_files(m)
+    except ImageError as e:
+        raise error(f"image: {e}", *at) from None
 
 
 def _grid_points(doc: _Located, grid: Any) -> tuple[list[dict[str, Any]], list[str]]:
@@ -572,7 +637,7 @@ class Results:
                 point = ", ".join(f"{k}={v}" for k, v in sorted(key[1])) or "defaults"
                 raise SweepError(f"row {n} ({key[0]}, {point}) is not a point of this sweep; "
                                  "give another -o (or remove the file)", self.path)
-            if row.get("status") in (STATUS_OK, STATUS_OOM):
+            if row.get("status") in DONE:
                 row["point"] = wanted[key][1]
                 done[key] = row
         return done
@@ -828,8 +893,8 @@ def tasks_of(sweep: Sweep, isolate: bool = False) -> Iterator[tuple[dict[str, An
         for i, point in enumerate(sweep.points):
             head = {"trace": trace.name, "point": i, **point}
             task = {"trace": trace.path, "name": trace.name, "format": trace.fmt,
-                    "pid": trace.pid, "settings": point, "config": sweep.config,
-                    "isolate": isolate}
+                    "pid": trace.pid, "image": trace.image, "settings": point,
+                    "config": sweep.config, "isolate": isolate}
             yield head, task
 
 
@@ -917,4 +982,4 @@ def default_output(path: str, suffix: str) -> str:
 
 
 if __name__ == "__main__":
-    _isolated_main()
+    _isolated_main(sys.argv[1])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,6 +160,30 @@ def test_a_point_that_kills_its_process_is_a_row_and_the_others_complete(tmp_pat
     assert got[1]["error"] == "the point's process died (exit code 3)"
     assert got[1]["shrinkers"] == '["crashmod:Crash"]'
     assert got[0]["events"] == got[2]["events"] == str(NATIVE.count("\n") - 1)
+
+
+def test_an_image_point_boots_as_mmsim_boot_does(tmp_path):
+    (tmp_path / "t.trace").write_text(NATIVE.replace("cpu 1\n", ""))
+    (tmp_path / "img.yaml").write_text(
+        "cmdline: /tools/replay.so /app/t.trace\nfiles:\n  /app/t.trace: t.trace\ncpus: 2\n")
+    (tmp_path / "s.yaml").write_text(
+        "traces:\n  - {image: img.yaml}\ngrid:\n  memory: [256M, 512M]\n  arc_size: [1M]\n")
+    out = tmp_path / "s.csv"
+    code, _, err = cli("sweep", str(tmp_path / "s.yaml"), "-o", str(out), "--workers", "2")
+    assert code == 0, err
+    # `mmsim boot` leaves with os._exit (a JVM's threads): run it as a command
+    boot = subprocess.run([sys.executable, "-m", "mmsim", "boot", str(tmp_path / "img.yaml"),
+                           "--memory", "512M", "--json", "-", "-q"],
+                          capture_output=True, text=True, check=True)
+    booted = json.loads(boot.stdout)
+    got = rows(out)
+    assert [(r["trace"], r["memory"], r["status"]) for r in got] == [
+        ("img.yaml", "256M", "ok"), ("img.yaml", "512M", "ok")]
+    assert [int(r["config.memory_bytes"]) for r in got] == [256 << 20, 512 << 20]
+    assert all(int(r["arc.c_max_bytes"]) == 1 << 20 for r in got)
+    assert got[1]["app.kind"] == "native" and "app.wall_seconds" not in got[1]
+    assert int(got[1]["events"]) == booted["events"]
+    assert int(got[1]["memory.peak_used_bytes"]) < booted["memory"]["peak_used_bytes"]  # 1M ARC
 
 
 def test_parquet_output_has_typed_columns_and_resumes(study, tmp_path):
