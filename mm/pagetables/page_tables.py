@@ -133,9 +133,17 @@ class PageTables:
         overlap, list the runs to install), then install the runs."""
         created: list[_Created] = []
         installs: list[_Install] = []
+        perm = Perm(perm)
+        root = self._root
+        hint = root  # the PD of the previous segment: segments come in address order
         try:
             for start, end, delta, max_level in segments:
-                self._plan(self._root, start, end, delta, max_level, Perm(perm), created, installs)
+                top = hint
+                if not (top.base <= start and end <= top.base + ENTRIES * top.span):
+                    top = root
+                self._plan(top, start, end, delta, max_level, perm, created, installs)
+                if len(segments) > 1:
+                    hint = self._table_at(end - 1, 1) or root
         except BaseException:
             for parent, idx, child in reversed(created):
                 del parent.entries[idx]
@@ -145,6 +153,16 @@ class PageTables:
             table.entries[idx] = run
             self._leaves[table.level] += run.count
             table.coalesce(idx, idx + run.count)
+
+    def _table_at(self, vaddr: int, level: int) -> Table | None:
+        """The existing table of ``level`` whose range holds ``vaddr``, if the path exists."""
+        t = self._root
+        while t.level > level:
+            cov = t.covering((vaddr - t.base) // t.span)
+            if cov is None or isinstance(cov[1], Run):
+                return None
+            t = cov[1]
+        return t
 
     def _plan(
         self,

@@ -8,9 +8,9 @@ a child :class:`Table` (exactly one index) or a :class:`Run` of leaves.  This ke
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterator
 from typing import NamedTuple, Union
-
-from sortedcontainers import SortedDict
 
 from mm.constants import PAGE_SHIFT
 
@@ -45,6 +45,67 @@ class Run(NamedTuple):
 Entry = Union["Table", Run]
 
 
+class Entries:
+    """A table's entries by first index: a dict plus its sorted keys.
+
+    A table holds at most 512 keys, so a plain list with bisect beats a SortedDict, whose
+    construction alone cost more than a whole 2 MiB block's mapping (one table is made per
+    block of 4K pages).
+    """
+
+    __slots__ = ("_d", "_keys")
+
+    def __init__(self) -> None:
+        self._d: dict[int, Entry] = {}
+        self._keys: list[int] = []
+
+    def __getitem__(self, key: int) -> Entry:
+        return self._d[key]
+
+    def __setitem__(self, key: int, value: Entry) -> None:
+        if key not in self._d:
+            keys = self._keys
+            if not keys or key > keys[-1]:
+                keys.append(key)
+            else:
+                insort(keys, key)
+        self._d[key] = value
+
+    def __delitem__(self, key: int) -> None:
+        del self._d[key]
+        keys = self._keys
+        del keys[bisect_left(keys, key)]
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._d
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self._keys))
+
+    def values(self) -> list[Entry]:
+        d = self._d
+        return [d[k] for k in self._keys]
+
+    def items(self) -> list[tuple[int, Entry]]:
+        d = self._d
+        return [(k, d[k]) for k in self._keys]
+
+    def bisect_right(self, key: int) -> int:
+        return bisect_right(self._keys, key)
+
+    def peekitem(self, pos: int) -> tuple[int, Entry]:
+        k = self._keys[pos]
+        return k, self._d[k]
+
+    def irange(self, lo: int, hi: int) -> list[int]:
+        """Keys in ``[lo, hi]`` (inclusive, as SortedDict.irange), as a snapshot."""
+        keys = self._keys
+        return keys[bisect_left(keys, lo):bisect_right(keys, hi)]
+
+
 class Table:
     """One table page; ``pfn`` is the frame it occupies (counted as table memory)."""
 
@@ -55,7 +116,7 @@ class Table:
         self.base = base
         self.span = entry_span(level)
         self.pfn = pfn
-        self.entries: SortedDict = SortedDict()
+        self.entries = Entries()
 
     def index_range(self, start: int, end: int) -> tuple[int, int]:
         """Indices ``[i0, i1)`` of the entries intersecting ``[start, end)`` (clipped)."""
