@@ -7,12 +7,12 @@ is a one-line error naming the file, line and key rather than a silently ignored
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from kernel import units
 from mm.constants import PAGE_SIZE
 
 MAX_MEMORY = 1 << 46  # 64 TiB: what OSv's 44-bit physical linear map can address
@@ -26,49 +26,23 @@ class ConfigError(ValueError):
         super().__init__(where + message)
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|0[xX][0-9a-fA-F]+)\s*([kmgtKMGT](?:i?[bB])?|[bB])?\s*$")
-_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "b": 0}
-
-
 def parse_size(value: Any) -> int:
-    """Bytes from an int or a string like ``512M``, ``64G``, ``1T`` or ``0x1000`` (binary units)."""
+    """Bytes from an int or a string like ``512M``, ``64G``, ``1T`` or ``0x1000`` (binary units,
+    the grammar of traces: see :mod:`kernel.units`)."""
     if isinstance(value, bool):
         raise ValueError(f"bad size {value!r}")
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"negative size {value}")
+        if not 0 <= value < units.LIMIT:
+            raise ValueError(f"size {value} out of range")
         return value
-    m = _SIZE_RE.match(str(value))
-    if not m:
-        raise ValueError(f"bad size {value!r} (use bytes, hex, or a K/M/G/T suffix)")
-    num, unit = m.groups()
-    shift = _SHIFT[unit[0].lower()] if unit else 0
-    if num.lower().startswith("0x"):
-        return int(num, 16) << shift
-    if "." in num:
-        n = float(num) * (1 << shift)
-        if n != int(n):
-            raise ValueError(f"size {value!r} is not a whole number of bytes")
-        return int(n)
-    return int(num) << shift
-
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s)?\s*$")
-_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9}
+    return units.parse_size(str(value))
 
 
 def parse_duration(value: Any) -> int:
     """Nanoseconds from a number of seconds or a string like ``500us``, ``1.5ms``, ``2s``."""
     if isinstance(value, bool):
         raise ValueError(f"bad duration {value!r}")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"negative duration {value}")
-        return round(value * 10**9)
-    m = _DURATION_RE.match(str(value))
-    if not m:
-        raise ValueError(f"bad duration {value!r} (use a number with ns, us, ms or s)")
-    return round(float(m.group(1)) * _NS[m.group(2) or "s"])
+    return units.parse_duration(str(value))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.virtio_blk import DEFAULT_BANDWIDTH, DEFAULT_LATENCY_NS, VirtioBlk
 from fs.zfs_arc.buffers import MAX_BUFFER, BufferAllocator
 from fs.zfs_arc.fs import DEFAULT_RECORDSIZE, MIN_BLOCK, ZfsFileSystem
+from fs.zfs_arc.mapping import ArcMappings
 from fs.zfs_arc.policy import policy_class
 from fs.zfs_arc.policy_zfs import arc_init
 from kernel.boot import BootError
@@ -29,7 +30,7 @@ register_config_keys({
     "arc_size": "fixed ARC capacity, e.g. 512M (c_min = c_max); default from the RAM size",
     "recordsize": "ZFS record size, a power of two in 512..1M (default 128K)",
     "block_size": "record size of block-trace files (default: the trace's block, 512 for .lis)",
-    "disk_latency": "virtio-blk latency per request, e.g. 100us (default; an integer is ns)",
+    "disk_latency": "virtio-blk latency per request, e.g. 100us (the default; a bare number is seconds)",
     "disk_bandwidth": "virtio-blk bandwidth in bytes per second, e.g. 500M (default)",
 })
 
@@ -65,10 +66,8 @@ class FsConfig:
 
 
 def _duration(value: Any) -> int:
-    """Nanoseconds: an int is taken as ns already, anything else as a duration string."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return parse_duration(str(value))
+    """Nanoseconds from a duration (``100us``; a bare number is seconds, as in traces)."""
+    return parse_duration(value)
 
 
 class ArcShrinker:
@@ -149,6 +148,9 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     kernel.add_section("arc", fs.stats)
     kernel.add_section("disk", disk.stats)
     kernel.add_after_op(fs.after_op)
+    mman = getattr(kernel, "mman", None)
+    if mman is not None:  # file mmap shares the ARC's buffers (§7)
+        fs.on_unmap = mman.use_page_cache(ArcMappings(fs)).invalidate
     registry = getattr(kernel, "shrinkers", None)
     if registry is not None:  # OSv registers the ARC's shrinker when ZFS starts
         registry.register(ArcShrinker(fs))
