@@ -219,7 +219,11 @@ class PagePool:
                 self._l1_woken.add(cpu)
         if npages:
             if self.ranges.free_pages < npages and self.wait_for_pages is not None:
-                self.wait_for_pages(npages)
+                try:
+                    self.wait_for_pages(npages)
+                except OutOfPages:  # the pages already taken from L1 go back
+                    self.free_pages(out, cpu)
+                    raise
             got = self.ranges.alloc_pages_bulk(npages)
             out.extend(got)
             if sum(n for _, n in got) < npages:

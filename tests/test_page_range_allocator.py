@@ -1,5 +1,6 @@
 """The physical page allocator against OSv's rules (reference §2, §3, §12.3-4)."""
 
+import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -98,6 +99,23 @@ def test_l1_counts_as_used_until_it_overflows():
     assert pool.l1_pages <= L1_MAX
     pool.run_fill_threads()
     assert pool.l1_pages <= L1_HI
+
+
+def test_a_bulk_allocation_that_cannot_wait_gives_its_l1_pages_back():
+    r = fresh(100_000)
+    pool = PagePool(r, ncpus=1)
+    pool.start_smp()
+    eaten = r.alloc_pages_bulk(r.free_pages - 10)
+    l1 = pool.l1_pages
+
+    def no_memory(npages: int) -> None:
+        raise OutOfPages(npages * 4096)
+
+    pool.wait_for_pages = no_memory
+    with pytest.raises(OutOfPages):
+        pool.alloc_pages(l1 + 100)
+    assert pool.l1_pages == l1 and r.free_pages == 10  # nothing lost
+    assert sum(n for _, n in eaten) + l1 + pool.l2_pages + 10 == r.total_pages
 
 
 class PageAllocatorMachine(RuleBasedStateMachine):
