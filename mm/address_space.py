@@ -10,6 +10,10 @@ Cost: every operation works on VMAs, page-table extents and 2 MiB blocks, never 
 pages. A touch of a range computes the holes of the range once, groups the 4 KiB pages it needs
 into one bulk allocation and one ``map`` per contiguous piece, and counts faults arithmetically
 (one per 4 KiB page, one per 2 MiB block populated whole).
+
+File mappings either take private copies of the file's pages (OSv without a page cache) or,
+once :meth:`AddressSpace.use_page_cache` has wired a file system in, share its cached pages
+through :mod:`mm.page_cache` (§7).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from mm.constants import HUGE_PAGE_SIZE, MMAP_AREA_END, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_HUGE
 from mm.file_backing import FileBacking
 from mm.hugepage import HugePagePolicy, align_down, align_up
+from mm.page_cache import FileCache, PageCache
 from mm.page_pool import OutOfPages, PagePool
 from mm.page_range_allocator import PageRangeAllocator
 from mm.pagetables import PageTables, Perm
@@ -89,10 +94,18 @@ class AddressSpace:
         self._cpu = cpu
         #: OSv wakes the reclaimer when a huge page cannot be had
         self.on_huge_page_shortage = on_huge_page_shortage
+        #: bytes of pages the mappings own (shared page-cache pages are the cache's)
         self.resident: dict[str, int] = {ANON: 0, FILE: 0}
         self.huge_pages = 0
         self.small_pages = 0
         self.stats = VmStats()
+        self.page_cache: PageCache | None = None
+
+    def use_page_cache(self, backing: FileCache, lru_max: int) -> PageCache:
+        """Map the files ``backing`` serves through its cache (OSv's ``vop_cache``) from now
+        on; ``lru_max`` bounds the write cache (see :func:`mm.page_cache.lru_max_length`)."""
+        self.page_cache = PageCache(self, backing, lru_max)
+        return self.page_cache
 
     # ------------------------------------------------------------------ helpers
 
@@ -128,6 +141,8 @@ class AddressSpace:
         return self.pt.present_bytes(addr, length)
 
     def _file_size(self, vma: Vma) -> int:
+        if vma.cache_file is not None and self.page_cache is not None:
+            return self.page_cache.backing.size(vma.cache_file)
         size = self.files.size(vma.path) if self.files is not None and vma.path else None
         return vma.file_size if size is None else size
 
@@ -180,6 +195,9 @@ class AddressSpace:
             if got is None:
                 raise self._fail("ENOENT", f"mmap: no such file '{path}'")
             file_size = got
+        cache_file = None
+        if path is not None and self.page_cache is not None:
+            cache_file = self.page_cache.backing.open(path)
         if hugetlb and not self.policy.hugetlb_available():
             raise self._fail("ENOMEM", "mmap: MAP_HUGETLB but huge pages are disabled")
         if fixed:
@@ -195,7 +213,8 @@ class AddressSpace:
             start, start + size, prot,
             kind=ANON if path is None else FILE,
             shared=shared, mmap_small=path is not None, hugetlb=hugetlb,
-            path=path, file_offset=offset, file_size=file_size, owner=owner,
+            path=path, file_offset=offset, file_size=file_size, cache_file=cache_file,
+            owner=owner,
         )
         self.vmas.insert(vma)
         if hugetlb:
@@ -208,7 +227,10 @@ class AddressSpace:
             end = vma.end
             if vma.kind == FILE:  # file populate stops at EOF
                 end = min(end, vma.start + _page_up(file_size) - offset)
-            if end > vma.start:
+            if end > vma.start and vma.cache_file is not None:
+                assert self.page_cache is not None
+                self.page_cache.fault(vma, vma.start, end, write=False, count=False)
+            elif end > vma.start:
                 self._fill(vma, vma.start, end, fault=False)
         return start
 
@@ -237,6 +259,10 @@ class AddressSpace:
         vmas = self.vmas.isolate(start, end)
         if not vmas:
             return
+        if self.page_cache is not None:  # OSv syncs shared file mappings before unmapping
+            for vma in vmas:
+                if vma.cache_file is not None and vma.shared:
+                    self.page_cache.sync(vma, vma.start, vma.end)
         self._unmap_pages(start, end, vmas)
         for vma in vmas:
             self.vmas.remove(vma)
@@ -256,7 +282,8 @@ class AddressSpace:
         """Unmap and free the pages of ``[start, end)`` (VMAs isolated, in order); bytes freed.
 
         Whole 2 MiB pages go straight back to the runs; 4 KiB pages, including the pieces of a
-        split huge page, are freed one by one into the CPU's L1 cache (§12.9).
+        split huge page, are freed one by one into the CPU's L1 cache (§12.9). Pages of the
+        page cache are only unmapped: they stay the cache's.
         """
         self._count_edge_splits(start, end)
         extents = self.pt.unmap(start, end - start)
@@ -265,6 +292,7 @@ class AddressSpace:
         small: list[tuple[int, int]] = []
         freed = 0
         vi = 0
+        pc = self.page_cache
         for ext in extents:
             if ext.leaf_size == HUGE:
                 if small:
@@ -274,16 +302,27 @@ class AddressSpace:
                 self.ranges.free(ext.pfn, ext.npages)
             else:
                 self.small_pages -= ext.npages
-                small.append((ext.pfn, ext.npages))
             # charge the bytes to the kinds of the VMAs the extent lies in
             a, b = ext.vaddr, ext.end
             while a < b:
                 while vmas[vi].end <= a:
                     vi += 1
-                piece = min(b, vmas[vi].end) - a
-                self.resident[vmas[vi].kind] -= piece
+                vma = vmas[vi]
+                piece = min(b, vma.end) - a
+                if ext.leaf_size == HUGE:
+                    self.resident[vma.kind] -= piece
+                    freed += piece
+                else:
+                    pfn = ext.pfn + ((a - ext.vaddr) >> PAGE_SHIFT)
+                    npages = piece >> PAGE_SHIFT
+                    own = [(pfn, npages)]
+                    if vma.cache_file is not None and pc is not None:
+                        own = pc.release(pfn, npages)
+                    for _, n in own:
+                        self.resident[vma.kind] -= n << PAGE_SHIFT
+                        freed += n << PAGE_SHIFT
+                    small += own
                 a += piece
-            freed += ext.length
         if small:
             self.pool.free_pages(small, self._cpu())
         self.stats.tlb_flushes += 1
@@ -301,11 +340,16 @@ class AddressSpace:
         gap = self.vmas.first_gap(start, end)
         if gap is not None:
             raise self._fail("ENOMEM", f"mprotect: {gap:#x} is not mapped", gap)
-        for vma in self.vmas.isolate(start, end):
+        vmas = self.vmas.isolate(start, end)
+        for vma in vmas:
             vma.prot = prot
         self._count_edge_splits(start, end)
         if self.pt.protect(start, end - start, Perm(prot)):
             self.stats.tlb_flushes += 1
+        if self.page_cache is not None:
+            for vma in vmas:
+                if vma.cache_file is not None:
+                    self.page_cache.protect(vma, vma.start, vma.end)
 
     def madvise(self, addr: int, length: int, advice: str) -> None:
         """dontneed frees the pages (the next touch gets zero pages); nohugepage forbids huge
@@ -378,14 +422,20 @@ class AddressSpace:
         return where
 
     def msync(self, addr: int, length: int) -> None:
-        """No-op for anonymous memory; ENOMEM for a private file mapping (OSv)."""
+        """No-op for anonymous memory; ENOMEM for a private file mapping (OSv). A shared
+        mapping through the page cache writes its dirty pages back and syncs the file."""
         start, end = self._range(addr, length, "msync")
         gap = self.vmas.first_gap(start, end)
         if gap is not None:
             raise self._fail("ENOMEM", f"msync: {gap:#x} is not mapped", gap)
-        for vma in self.vmas.intersecting(start, end):
+        vmas = self.vmas.intersecting(start, end)
+        for vma in vmas:
             if vma.kind == FILE and not vma.shared:
                 raise self._fail("ENOMEM", "msync: private file mapping", vma.start)
+        if self.page_cache is not None:
+            for vma in vmas:
+                if vma.cache_file is not None:
+                    self.page_cache.sync(vma, max(start, vma.start), min(end, vma.end))
 
     # ------------------------------------------------------------------ faults
 
@@ -428,7 +478,10 @@ class AddressSpace:
             holes = self._holes(start, limit)
             if holes:
                 raise self._fail("SIGSEGV", f"touch: read of write-only {holes[0][0]:#x}")
-        if limit > start:
+        if limit > start and vma.cache_file is not None:
+            assert self.page_cache is not None
+            self.page_cache.fault(vma, start, limit, write)
+        elif limit > start:
             try:
                 self._fill(vma, start, limit, fault=True)
             except _NoHugePage:
@@ -596,6 +649,8 @@ class AddressSpace:
         pages = {PAGE_SIZE: 0, HUGE: 0}
         vmas = list(self.vmas)
         vi = 0
+        pc = self.page_cache
+        seen: dict[int, int] = {}  # PTEs per mapped page-cache buffer
         for ext in self.pt.extents(0, MMAP_AREA_END):
             if any(s <= ext.vaddr < e for s, e in self.vmas.reserved):
                 continue  # the kernel image's own mapping
@@ -607,11 +662,19 @@ class AddressSpace:
                     vi += 1
                 assert vi < len(vmas) and vmas[vi].start <= a, f"page {a:#x} is in no VMA"
                 vma = vmas[vi]
-                assert ext.perm == Perm(vma.prot), f"PTE perm at {a:#x} != VMA prot"
                 piece = min(ext.end, vma.end) - a
-                resident[vma.kind] += piece
+                own = piece
+                if vma.cache_file is not None and pc is not None:
+                    pfn = ext.pfn + ((a - ext.vaddr) >> PAGE_SHIFT)
+                    own = pc.check_ptes(vma, a, pfn, piece >> PAGE_SHIFT, ext.perm, seen)
+                    own <<= PAGE_SHIFT
+                if own:
+                    assert ext.perm == Perm(vma.prot), f"PTE perm at {a:#x} != VMA prot"
+                resident[vma.kind] += own
                 a += piece
         assert resident == self.resident, f"resident {self.resident} != page tables {resident}"
+        if pc is not None:
+            pc.check(seen)
         assert pages[HUGE] == self.huge_pages * PAGES_PER_HUGE, "huge page count is stale"
         assert pages[PAGE_SIZE] == self.small_pages, "small page count is stale"
 

@@ -28,7 +28,9 @@ class Vma:
     """One mapping ``[start, end)``; ``prot`` holds PROT_* bits (R=1, W=2, X=4).
 
     ``mmap_small`` forbids huge pages (always set on file VMAs, set by MADV_NOHUGEPAGE);
-    ``owner`` is opaque to mm (the kernel keeps its trace handle there).
+    ``cache_file`` is the page cache's handle of the mapped file when the mapping shares the
+    file system's cached pages (None: private copies); ``owner`` is opaque to mm (the kernel
+    keeps its trace handle there).
     """
 
     start: int
@@ -41,6 +43,7 @@ class Vma:
     path: str | None = None
     file_offset: int = 0  # file offset of ``start``
     file_size: int = 0  # the file's size when mapped (used if the file has gone since)
+    cache_file: Any = None
     owner: Any = None
 
     @property
