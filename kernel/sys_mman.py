@@ -15,6 +15,7 @@ from mm.address_space import AddressSpace, VmError
 from mm.constants import KERNEL_PHYS, KERNEL_VIRT, PAGE_SIZE
 from mm.file_backing import FileTable
 from mm.hugepage import HugePagePolicy
+from mm.page_cache import FileCache, PageCache, lru_max_length
 from mm.vma import ANON, FILE
 
 if TYPE_CHECKING:
@@ -59,6 +60,14 @@ class Mman:
         )
         self.handles: dict[str, tuple[int, int]] = {}  # handle -> (address, length)
         self.handle_errors: Counter = Counter()
+
+    def use_page_cache(self, backing: FileCache) -> PageCache:
+        """Map ``backing``'s files through the page cache (a file system with one calls this);
+        its write cache is bounded as OSv's and counted in the category ``page_cache``."""
+        phys_pages = self.kernel.mem.phys_mem_size // PAGE_SIZE
+        pc = self.space.use_page_cache(backing, lru_max_length(phys_pages))
+        self.kernel.add_category("page_cache", lambda: pc.wc_pages * PAGE_SIZE)
+        return pc
 
     def _wake_reclaimer(self) -> None:
         """OSv wakes the reclaimer when a huge page is not available (if one is built)."""
@@ -196,7 +205,7 @@ class Mman:
         st = space.stats
         errors = Counter(st.errors)
         errors.update(self.handle_errors)
-        return {
+        out = {
             "vmas": len(space.vmas),
             "mapped_bytes": space.mapped_bytes,
             "resident_bytes": space.resident_bytes,
@@ -209,6 +218,9 @@ class Mman:
             "huge_fallbacks": st.huge_fallbacks,
             "errors": dict(sorted(errors.items())),
         }
+        if space.page_cache is not None:
+            out["page_cache"] = space.page_cache.stats()
+        return out
 
 
 def attach(kernel: Kernel) -> Mman:

@@ -19,13 +19,16 @@ from mmsim.trace import Op
 # anonymous memory, malloc pools, whole pages and large blocks; page tables and the L1/L2
 # caches come with any allocation. (The JVM heap needs a hosted JVM: `mmsim boot`.)
 REACHABLE = ["page_tables", "l1_cache", "l2_cache", "anonymous", "file", "malloc_pools",
-             "malloc_pages", "malloc_large", "arc"]
+             "malloc_pages", "malloc_large", "arc", "page_cache"]
 EVERY_CATEGORY = """# mmsim-trace v1
 create /data/f 8M
 write /data/f 0 8M
 read /data/f 0 4M
 mmap fm 4M file=/data/f shared
 touch fm 0 2M r
+touch fm 2M 64K w
+mmap fp 1M file=/data/f
+touch fp 0 64K w
 mmap anon 8M
 touch anon 0 6M
 malloc small 100

@@ -334,17 +334,19 @@ def test_msync(kernel: Kernel, vm: AddressSpace) -> None:
 # ---------------------------------------------------------------------------- file mappings
 
 
-def test_file_mapping_private_copies_and_sigbus_past_eof(kernel: Kernel, vm: AddressSpace) -> None:
+def test_file_mapping_small_pages_populate_to_eof_and_sigbus_past_it(
+        kernel: Kernel, vm: AddressSpace) -> None:
     create(kernel, "/data", 3 * K4 + 10)
     a = vm.mmap(4 * H, path="/data", populate=True)
-    assert vm.resident == {"anon": 0, "file": 4 * K4}  # populate stops at EOF (page 3 partial)
+    assert vm.present(a, 4 * H) == 4 * K4  # populate stops at EOF (page 3 partial)
+    assert vm.resident == {"anon": 0, "file": 0}  # shared ARC pages (tests/test_file_mmap.py)
     assert vm.huge_pages == 0
     assert errno(vm.touch, a + 4 * K4, 1) == "SIGBUS"
     assert vm.stats.sigbus == 1
     b = vm.mmap(2 * H, path="/data", offset=K4)
     assert vm.touch(b, 3 * K4) == 3  # file VMAs are mmap_small: 4K faults
     assert errno(vm.touch, b, 4 * K4) == "SIGBUS"
-    assert vm.resident["file"] == 7 * K4
+    assert vm.resident["file"] == 3 * K4  # the private writes copied their pages
     assert errno(vm.mmap, K4, path="/data", offset=100) == "EINVAL"
     checked(kernel)
 
@@ -423,10 +425,15 @@ def test_trace_file_mapping_with_create_and_unlink(kernel: Kernel) -> None:
         mmap m 16K file=/f prot=r
         touch m 0 8K r
         touch m 8K 4K r
+    """)
+    assert kernel.memory_categories()["file"] == 0  # the ARC's pages, shared
+    replay(kernel, """
         unlink /f
         unlink /f
         mmap n 4K file=/f
     """)
+    assert kernel.address_space.present(kernel.mman.handles["m"][0], 8 * K4) == 0
+    replay(kernel, "touch m 0 8K r")  # the unlinked file's mapping keeps working: copies
     s = kernel.summary()["mmap"]
     assert kernel.memory_categories()["file"] == 2 * K4
     assert s["sigbus"] == 1

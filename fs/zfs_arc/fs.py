@@ -13,10 +13,10 @@ disk on fsync, at each transaction-group sync (every 5 simulated seconds) and wh
 Differences from ZFS: dirty buffers stay on the MRU/MFU lists instead of the anonymous state,
 and a rewritten record keeps its cache identity (ZFS gives it a new block pointer).
 
-For the virtual-memory code (file mmap, later): :meth:`ZfsFileSystem.get_buffer` returns a
-record's buffer after reading it through the cache, ``ArcBuffer.mapped`` counts mappings, and
-``on_unmap(buffer)`` is called before a mapped buffer is evicted (OSv unmaps it; the next
-access faults it in again).
+For file mmap (mapping.py, mm/page_cache.py): :meth:`ZfsFileSystem.get_buffer` returns a
+record's buffer after reading it through the cache, ``ArcBuffer.mapped`` counts the page-table
+entries pointing at it, and ``on_unmap(buffer)`` is called before a mapped buffer is evicted or
+dropped (OSv unmaps it; the next access faults it in again).
 """
 
 from __future__ import annotations
