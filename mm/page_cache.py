@@ -552,17 +552,23 @@ class PageCache:
         self._write_back([run for run in gone if run.dirty])
 
     def _write_back(self, runs: list[_Run]) -> None:
-        """Write these pages into their files, adjacent pages of a file in one write."""
-        runs.sort(key=lambda r: (id(r.file), r.page))
-        i = 0
-        while i < len(runs):
-            file, p0, p1 = runs[i].file, runs[i].page, runs[i].page + runs[i].n
-            i += 1
-            while i < len(runs) and runs[i].file is file and runs[i].page == p1:
-                p1 += runs[i].n
+        """Write these pages into their files, adjacent pages of a file in one write; files in
+        the order they come (deterministic: the disk queue's timing depends on it)."""
+        by_file: dict[Hashable, list[_Run]] = {}
+        for run in runs:
+            by_file.setdefault(run.file, []).append(run)
+        for file, group in by_file.items():
+            group.sort(key=lambda r: r.page)
+            i = 0
+            while i < len(group):
+                p0 = group[i].page
+                p1 = p0 + group[i].n
                 i += 1
-            self.written_back_pages += p1 - p0
-            self.backing.write(file, p0 << PAGE_SHIFT, (p1 - p0) << PAGE_SHIFT)
+                while i < len(group) and group[i].page == p1:
+                    p1 += group[i].n
+                    i += 1
+                self.written_back_pages += p1 - p0
+                self.backing.write(file, p0 << PAGE_SHIFT, (p1 - p0) << PAGE_SHIFT)
 
     def _to_write_cache(self, vma: Vma, p0: int, p1: int, perm: Perm) -> None:
         """A shared write of file pages [p0, p1) not in the write cache: read them, drop the

@@ -521,6 +521,26 @@ def test_trace_replay_of_file_mappings() -> None:
     checked(k)
 
 
+def test_replays_are_deterministic() -> None:
+    from mmsim.trace import parse_native
+
+    text = ["create /a 4M", "create /b 4M", "mmap a 4M file=/a shared",
+            "mmap b 4M file=/b shared"]
+    for i in range(12):  # interleaved pages of two files: eviction batches hold both
+        text += [f"touch a {i * 256}K 256K w", f"touch b {i * 256}K 256K w"]
+    text += ["msync a", "munmap b"]
+
+    def summary() -> dict:
+        k = boot("64M")
+        k.run(parse_native(text))
+        checked(k)
+        return k.summary()
+
+    first = summary()
+    assert first["mmap"]["page_cache"]["write_cache_evictions"] > 0
+    assert summary() == first
+
+
 # ---------------------------------------------------------------------------- state machine
 
 PATHS = ["/a", "/b"]
