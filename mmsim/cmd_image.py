@@ -167,6 +167,10 @@ def minmem(image: str, low: str | None, high: str | None, step: str, timeout: fl
             else:
                 bad = mid
         result = good
+        # a real JVM's footprint varies by a MiB or two from run to run: the figure must run
+        # again, or the answer moves up a step (a user sizes a VM from it)
+        while result < hi and not run(result):
+            result += unit
     if json_path:
         write_json({"image": image, "minmem_mib": result, "step_mib": unit, "trials": trials},
                    json_path)

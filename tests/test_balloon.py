@@ -139,7 +139,7 @@ def test_file_cache_pressure_inflates_to_soft_max_then_app_pressure_deflates(hos
 
 
 MOVE_SCRIPT = """
-import json, sys
+import json, os, sys
 sys.path.insert(0, {root!r})
 import kernel.sys_jvm
 from kernel import Kernel, load_config
@@ -164,6 +164,10 @@ print(json.dumps({{"moves": b.gc_moves, "before": before, "after": dict(r.__dict
                   "old_interior_pages": k.address_space.present(before["interior_start"],
                                                                  r.interior),
                   "gc": "MarkSweepCompact" in host.gc_names}}))
+# leave as `mmsim boot` does: a JVM shutting down under live JPype threads may abort the
+# process after the result is out ("FATAL: exception not rethrown")
+sys.stdout.flush()
+os._exit(0)
 """
 
 
