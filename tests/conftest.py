@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -11,3 +12,15 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("long", max_examples=2000, stateful_step_count=100, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture
+def trace(tmp_path):
+    """Write a trace file in the test's folder and return its path."""
+
+    def write(text: str, name: str = "t.trace") -> str:
+        p = tmp_path / name
+        p.write_text(text)
+        return str(p)
+
+    return write

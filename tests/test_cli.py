@@ -3,26 +3,7 @@
 import gzip
 import json
 
-import pytest
-from click.testing import CliRunner
-
-from mmsim.cli import main
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit), f"traceback: {result.exception!r}"
-    return result.exit_code, result.stdout, result.stderr
-
-
-@pytest.fixture
-def trace(tmp_path):
-    def write(text: str, name: str = "t.trace") -> str:
-        p = tmp_path / name
-        p.write_text(text)
-        return str(p)
-    return write
+from cli_helpers import run
 
 
 def test_json_summary_of_a_minimal_trace(trace):

@@ -7,11 +7,10 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_helpers import run
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.image import imread
 
-from mmsim.cli import main
 from mmsim.plot import plot_timeline
 from mmsim.timeline import TimelineData, TimelineError, load_timeline
 
@@ -31,13 +30,6 @@ FILES_AND_HEAP = """# mmsim-trace v1
 PRESSURE = "\n".join(
     ["create /big 96M"] + [f"read /big {i}M 1M" for i in range(96)]
     + ["mmap a 120M"] + [f"touch a {i}M 2M" for i in range(0, 60, 2)]) + "\n"
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit), f"traceback: {result.exception!r}"
-    return result.exit_code, result.stdout, result.stderr
 
 
 def timeline_of(tmp_path, text: str, *args: str) -> TimelineData:

@@ -8,9 +8,8 @@ import json
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import run
 
-from mmsim.cli import main
 from mmsim.progress import Progress, file_position
 from mmsim.timeline import Recorder, load_timeline
 from mmsim.trace import Op
@@ -46,22 +45,6 @@ munmap anon
 PRESSURE = "\n".join(
     ["create /big 96M"] + [f"read /big {i}M 1M" for i in range(96)]
     + ["mmap a 120M"] + [f"touch a {i}M 2M" for i in range(0, 60, 2)]) + "\n"
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit), f"traceback: {result.exception!r}"
-    return result.exit_code, result.stdout, result.stderr
-
-
-@pytest.fixture
-def trace(tmp_path):
-    def write(text: str, name: str = "t.trace") -> str:
-        p = tmp_path / name
-        p.write_text(text)
-        return str(p)
-    return write
 
 
 def rows_of(path: str) -> list[dict[str, Any]]:
