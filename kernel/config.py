@@ -220,7 +220,9 @@ def apply_settings(
             else:
                 extra[key] = _strip_lines(value)
         except ValueError as e:
-            raise ConfigError(str(e), path, line) from None
+            # from the command line there is no file: name the option instead
+            where = "" if path else f"--{key.replace('_', '-')}: "
+            raise ConfigError(f"{where}{e}", path, line) from None
     new = dataclasses.replace(config, **updates, extra=extra)
     try:
         validate(new)

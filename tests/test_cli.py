@@ -119,3 +119,8 @@ def test_strace_pid_selects_one_thread_and_reader_stats_are_reported():
 def test_pid_on_a_format_without_pids(trace):
     code, _, err = run("run", trace("sleep 1s\n"), "--pid", "3")
     assert code == 2 and "--pid" in err
+
+
+def test_bad_option_value_names_the_option(trace):
+    code, _, err = run("run", trace("sleep 1s\n"), "--memory", "1P")
+    assert code == 2 and err.startswith("mmsim: error: --memory: ")
