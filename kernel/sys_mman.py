@@ -9,6 +9,7 @@ replay goes on. So is a handle the trace misuses (unknown, or re-used while stil
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mm.address_space import AddressSpace, VmError
@@ -148,21 +149,21 @@ class Mman:
                 self._error(op, e.kind, e.message)
         self._forget_if_gone(op.handle)
 
-    def op_mprotect(self, op: Any) -> None:
+    def _on_range(self, op: Any, call: Callable[[int, int], Any]) -> None:
+        """``call(address, length)`` on OFF..OFF+LEN of the op's mapping; an errno or a signal
+        is the application's error, counted, and the replay goes on."""
         got = self._lookup(op)
         if got is not None:
             try:
-                self.space.mprotect(got[0] + op.offset, op.length or 0, op.prot)
+                call(got[0] + op.offset, op.length or 0)
             except VmError as e:
                 self._error(op, e.kind, e.message)
 
+    def op_mprotect(self, op: Any) -> None:
+        self._on_range(op, lambda addr, n: self.space.mprotect(addr, n, op.prot))
+
     def op_madvise(self, op: Any) -> None:
-        got = self._lookup(op)
-        if got is not None:
-            try:
-                self.space.madvise(got[0] + op.offset, op.length or 0, op.advice or "")
-            except VmError as e:
-                self._error(op, e.kind, e.message)
+        self._on_range(op, lambda addr, n: self.space.madvise(addr, n, op.advice or ""))
 
     def op_mremap(self, op: Any) -> None:
         got = self._lookup(op)
@@ -176,12 +177,7 @@ class Mman:
         self.handles[op.handle] = (addr, op.size)
 
     def op_touch(self, op: Any) -> None:
-        got = self._lookup(op)
-        if got is not None:
-            try:
-                self.space.touch(got[0] + op.offset, op.length or 0, op.write)
-            except VmError as e:
-                self._error(op, e.kind, e.message)
+        self._on_range(op, lambda addr, n: self.space.touch(addr, n, op.write))
 
     def op_msync(self, op: Any) -> None:
         got = self._lookup(op)
