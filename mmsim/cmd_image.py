@@ -122,12 +122,15 @@ def trial(image: str, memory_mib: int, timeout: float) -> tuple[bool, str, float
               help="Resolution of the answer.")
 @click.option("--timeout", type=float, default=300.0, show_default=True,
               help="Seconds a trial may run before it counts as a failure.")
+@click.option("--confirm", type=click.IntRange(1, 20), default=2, show_default=True,
+              help="Trials the figure must run in a row (a real JVM's footprint varies).")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the trials as JSON.")
 def minmem(image: str, low: str | None, high: str | None, step: str, timeout: float,
-           json_path: str | None) -> None:
+           confirm: int, json_path: str | None) -> None:
     """The smallest memory (MiB) in which IMAGE.yaml boots and runs to completion.
 
-    Bisection; each trial boots the image in its own process.
+    Bisection, then the figure is confirmed with --confirm trials in a row (one step up for
+    each failure); each trial boots the image in its own process.
     """
     try:
         manifest = load_manifest(image)
@@ -167,12 +170,18 @@ def minmem(image: str, low: str | None, high: str | None, step: str, timeout: fl
             else:
                 bad = mid
         result = good
-        # a real JVM's footprint varies by a MiB or two from run to run: the figure must run
-        # again, or the answer moves up a step (a user sizes a VM from it)
-        while result < hi and not run(result):
-            result += unit
+    if result is not None:
+        # a real JVM's JIT scratch memory varies by a few MiB from run to run: the figure must
+        # run `confirm` times in all, or the answer moves up a step (a user sizes a VM from it)
+        while result < hi:
+            runs = sum(1 for t in trials if t["memory_mib"] == result and t["ok"])
+            if runs >= confirm:
+                break
+            if not run(result):
+                result += unit
     if json_path:
-        write_json({"image": image, "minmem_mib": result, "step_mib": unit, "trials": trials},
+        write_json({"image": image, "minmem_mib": result, "step_mib": unit, "confirm": confirm,
+                    "trials": trials},
                    json_path)
     if result is None:
         click.echo(f"mmsim: {image}: does not run even with {hi} MiB", err=True)
