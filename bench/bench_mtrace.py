@@ -5,8 +5,10 @@ malloc (PYTHONMALLOC=malloc), traced by glibc's libc_malloc_debug.so and the sta
 tools/mtrace_shim/, then cut to its first 500,000 lines. Then measures, in this process:
 
 * base: only reading the file and splitting each line (``for line in f: line.split()``);
-* reader: the mtrace reader alone (Ops produced, nothing replayed);
-* replay: booting a guest and replaying every Op through OSv's malloc.
+* reader: the mtrace reader alone (batches of records produced, nothing replayed);
+* replay: replaying the log through OSv's malloc as ``mmsim run`` does (``read_mtrace``: the
+  records in batches of DEFAULT_BATCH, one MallocCalls operation each);
+* replay_unbatched: the same with one Op per record (``MtraceReader(path, 0)``), for comparison.
 
 The target: replay >= 500,000 events/s and <= 7x base (aim: 1,000,000/s and 3x). Each figure is
 the best of ``--repeat`` runs. ``--check`` exits 1 if a target is missed.
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kernel import Kernel, KernelConfig  # noqa: E402
-from mmsim.trace.mtrace import MtraceReader  # noqa: E402
+from mmsim.trace.mtrace import MtraceReader, read_mtrace  # noqa: E402
 
 LINES = 500_000
 DEFAULT_TRACE = Path(tempfile.gettempdir()) / "mmsim-bench" / "python-500k.mtrace"
@@ -81,13 +83,13 @@ def read_and_split(path: Path) -> None:
 
 
 def reader_only(path: Path) -> int:
-    return sum(1 for _ in MtraceReader(path))
+    return sum(1 for _ in read_mtrace(path))
 
 
-def replay(path: Path) -> Kernel:
+def replay(path: Path, batched: bool = True) -> Kernel:
     kernel = Kernel(KernelConfig(memory=2 << 30, cpus=4))
     t = time.perf_counter()
-    kernel.run(MtraceReader(path))
+    kernel.run(read_mtrace(path) if batched else MtraceReader(path, 0))
     replay.seconds = time.perf_counter() - t  # type: ignore[attr-defined]
     return kernel
 
@@ -110,6 +112,12 @@ def main() -> int:
         times.append(replay.seconds)  # type: ignore[attr-defined]
     full = min(times)  # boot excluded: it does not depend on the trace
     events = kernel.events
+    unbatched = []
+    for _ in range(args.repeat):
+        other = replay(args.trace, batched=False)
+        unbatched.append(replay.seconds)  # type: ignore[attr-defined]
+    if other.summary()["malloc"] != kernel.summary()["malloc"]:
+        raise SystemExit("batched and unbatched replays disagree")
     result = {
         "trace": str(args.trace),
         "lines": LINES,
@@ -119,6 +127,7 @@ def main() -> int:
         "replay_s": round(full, 4),
         "events_per_s": round(events / full),
         "replay_over_base": round(full / base, 2),
+        "replay_unbatched_s": round(min(unbatched), 4),
         "reader_over_base": round(reader / base, 2),
         "malloc": {k: v for k, v in kernel.summary()["malloc"].items() if k != "classes"},
     }

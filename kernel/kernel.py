@@ -144,6 +144,12 @@ class Kernel:
         else:
             self._apply_on_cpu(op, handler)
         self.events += 1
+        self.settle()
+
+    def settle(self) -> None:
+        """What follows every operation: the fill threads if woken, the kernel threads and
+        after-op hooks if the clock or free memory moved. A handler that applies many calls
+        in one operation (a batch) calls it after each call it stands for."""
         pool = self.pool
         if pool.woken:
             pool.run_fill_threads()

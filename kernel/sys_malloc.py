@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mm.constants import PAGE_SIZE
+from mm.page_pool import OutOfPages
 from mm.slab import POOL_CLASSES, Malloc, MallocAbort
 
 try:
@@ -59,6 +60,7 @@ class MallocFace:
         self.live_bytes = 0
         self.live_bytes_peak = 0
         self.heap_at_peak = 0
+        self._handlers = {"free": self.op_free, "realloc": self.op_realloc}
 
     # -- the handlers (op_malloc and op_free are the hot path of a replay: kept inline) -----
     def op_malloc(self, op: Any) -> None:
@@ -145,6 +147,66 @@ class MallocFace:
         self.live[handle] = (addr, size)
         self._grew(size - block[1])
 
+    def op_mallocs(self, op: Any) -> None:
+        """Many calls in one operation (mmsim.trace.mtrace.MallocCalls, the fast path of a
+        replay): each record is applied as its own operation would be, settling the kernel
+        after it (fill threads, reclaimer, hooks) and counting it as an event."""
+        k = self.kernel
+        pool = k.pool
+        ranges = k.ranges
+        live = self.live
+        setdefault = live.setdefault
+        pop = live.pop
+        freed = self._freed
+        malloc = self._malloc
+        free = self._free
+        cpu = k.cpu
+        call = _Call()
+        records = op.records
+        events = k.events
+        try:
+            for i, (kind, line, handle, size) in enumerate(records, events):  # noqa: B007
+                k.events, k.line = i, line  # what a reclaim or OOM during the call reports
+                if kind == "malloc":  # op_malloc, inlined
+                    self.n_malloc += 1
+                    try:
+                        addr = malloc(size, cpu)
+                    except VmError:
+                        addr = 0
+                    if not addr:
+                        self.failed += 1
+                    else:
+                        block = (addr, size)
+                        old = setdefault(handle, block)
+                        if old is not block:
+                            self.leaked.append(old)
+                            live[handle] = block
+                        n = self.live_bytes = self.live_bytes + size
+                        if n > self.live_bytes_peak:
+                            self.live_bytes_peak = n
+                            self.heap_at_peak = self.malloc.heap_bytes
+                else:
+                    block = pop(handle, None) if kind == "free" else None
+                    if block is not None:  # op_free, inlined
+                        self.n_free += 1
+                        free(block[0], cpu)
+                        self.live_bytes -= block[1]
+                        freed[handle] = line
+                        if len(freed) >= _HALF:
+                            self._freed_old = freed
+                            self._freed = freed = {}
+                    else:  # a realloc or a bad free: the general path
+                        call.kind, call.line, call.handle, call.size = kind, line, handle, size
+                        self._handlers[kind](call)
+                        freed = self._freed
+                if pool.woken or ranges.free_pages != k._hooks_free or k._wakeups:
+                    k.events = i + 1  # as after the call's own operation
+                    k.settle()
+        except OutOfPages:
+            op.kind, op.line = kind, line  # the OOM report names the call, not the batch
+            raise
+        k.events = events + len(records) - 1  # the kernel counts the operation itself
+
     # -- bookkeeping -----------------------------------------------------------------------
     def _bind(self, handle: str, addr: int, size: int) -> None:
         if not addr:
@@ -230,7 +292,7 @@ def attach(kernel: Kernel) -> MallocFace:
     """Register malloc's handlers, its three memory categories and the ``malloc`` section."""
     face = MallocFace(kernel)
     kernel.malloc = face  # type: ignore[attr-defined]
-    for kind in ("malloc", "calloc", "memalign", "realloc", "free"):
+    for kind in ("malloc", "calloc", "memalign", "realloc", "free", "mallocs"):
         kernel.add_handler(kind, getattr(face, f"op_{kind}"))
     m = face.malloc
     kernel.add_category("malloc_pools", lambda: m.pool_pages * PAGE_SIZE)
@@ -241,6 +303,17 @@ def attach(kernel: Kernel) -> MallocFace:
     if registry is not None:
         registry.register(PoolShrinker(m))
     return face
+
+
+class _Call:
+    """One record of a batch, seen by the general handlers as the Op it stands for."""
+
+    __slots__ = ("handle", "kind", "line", "size")
+    cpu = None
+
+    def __init__(self) -> None:
+        self.kind = self.handle = ""
+        self.line = self.size = 0
 
 
 class PoolShrinker:

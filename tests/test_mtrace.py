@@ -18,9 +18,17 @@ import pytest
 from click.testing import CliRunner
 
 import mmsim.trace.mtrace  # noqa: F401  (registers the format, if the package has not yet)
-from kernel import Kernel, KernelConfig
+from kernel import Kernel, KernelConfig, OutOfMemory
 from mmsim.cli import main
-from mmsim.trace import Op, TraceError, detect_format, parse_native, read_trace, write_native
+from mmsim.trace import (
+    Op,
+    TraceError,
+    detect_format,
+    expand,
+    parse_native,
+    read_trace,
+    write_native,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mtrace"
 TRACES = sorted(p.name for p in FIXTURES.iterdir() if ".mtrace" in p.name)
@@ -120,7 +128,7 @@ def _write(tmp_path: Path, text: str, name: str = "t.mtrace") -> Path:
 
 
 def _ops(path: Path) -> list[tuple[str, int, str | None, int]]:
-    return [(op.kind, op.line, op.handle, op.size) for op in read_trace(path, "mtrace")]
+    return [(op.kind, op.line, op.handle, op.size) for op in expand(read_trace(path, "mtrace"))]
 
 
 def test_caller_prefixes_in_all_their_forms(tmp_path: Path) -> None:
@@ -196,7 +204,7 @@ def test_gzip_traces_and_auto_detection_without_a_start_line(tmp_path: Path) -> 
     with gzip.open(path, "wt") as f:
         f.write("@ ./p:[0x1] + 0x55d0c3a2b2a0 0x64\n@ ./p:[0x2] - 0x55d0c3a2b2a0\n")
     assert detect_format(path) == "mtrace"
-    assert [op.kind for op in read_trace(path)] == ["malloc", "free"]
+    assert [op.kind for op in expand(read_trace(path))] == ["malloc", "free"]
 
 
 def test_a_native_trace_is_not_taken_for_mtrace(tmp_path: Path) -> None:
@@ -218,9 +226,58 @@ def test_malformed_lines_name_their_line(tmp_path: Path, text: str, line: int, w
 def test_the_reader_yields_ops_a_native_trace_can_hold(tmp_path: Path) -> None:
     """So an mtrace log converts to the native format (handles are valid native names)."""
     path = _write(tmp_path, "+ 0x10 0x8\n+ 0x10 0x9\n< 0x10\n> 0x20 0x18\n- 0x10\n- 0x20\n")
-    ops = list(read_trace(path, "mtrace"))
+    ops = list(expand(read_trace(path, "mtrace")))
     assert all(isinstance(op, Op) and op.cpu is None and op.time_ns is None for op in ops)
     buf = io.StringIO()
     write_native(ops, buf)
     again = list(parse_native(buf.getvalue().splitlines(), "x"))
     assert [(o.kind, o.handle, o.size) for o in again] == [(o.kind, o.handle, o.size) for o in ops]
+
+
+def _replay(path: Path, batch: int, memory: int = 256 << 20) -> tuple[Kernel, list[dict]]:
+    k = Kernel(KernelConfig(memory=memory, cpus=2))
+    events: list[dict] = []
+    k.subscribe(lambda name, record: events.append({"name": name, **record}))
+    k.run(mmsim.trace.mtrace.MtraceReader(path, batch))
+    return k, events
+
+
+def _pressure_trace(tmp_path: Path) -> Path:
+    """Three rounds of 52 x 1 MiB malloc'd then freed: the reclaimer wakes in a 64 MiB guest."""
+    lines = ["= Start"]
+    for _ in range(3):
+        lines += [f"+ {0x1000 + i:#x} 0x100000" for i in range(52)]
+        lines += [f"- {0x1000 + i:#x}" for i in range(52)]
+    return _write(tmp_path, "\n".join(lines) + "\n", "pressure.mtrace")
+
+
+@pytest.mark.parametrize("name", [*TRACES, "pressure"])
+def test_batched_replay_is_the_per_record_replay(name: str, tmp_path: Path) -> None:
+    """mmsim run replays an mtrace log in batches (the fast path); a batch of any size must give
+    what one operation a record gives: the summary, the event count, and the kernel's events
+    with the line and event number each happened at."""
+    path, memory = (_pressure_trace(tmp_path), 64 << 20) if name == "pressure" else (
+        FIXTURES / name, 256 << 20)
+    one, one_events = _replay(path, 0, memory)
+    if name == "pressure":
+        assert any(e["name"] == "reclaim" for e in one_events)
+    for batch in (2, 64):
+        k, events = _replay(path, batch, memory)
+        assert k.summary() == one.summary(), batch
+        assert k.events == one.events and events == one_events, batch
+
+
+def test_an_oom_inside_a_batch_names_the_call_that_failed(tmp_path: Path) -> None:
+    """The OOM report names the record's line, not the batch's first one."""
+    lines = [f"+ {0x1000 + i:#x} 0x100000" for i in range(200)]  # 200 x 1 MiB in a 64 MiB guest
+    path = _write(tmp_path, "= Start\n" + "\n".join(lines) + "\n")
+    reports = []
+    for batch in (0, 64):
+        k = Kernel(KernelConfig(memory=64 << 20, cpus=2))
+        with pytest.raises(OutOfMemory):
+            k.run(mmsim.trace.mtrace.MtraceReader(path, batch))
+        oom = k.summary()["oom"]
+        assert oom is not None
+        reports.append((oom, k.events))
+    assert reports[0] == reports[1]
+    assert reports[0][0]["line"] > 2

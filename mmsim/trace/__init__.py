@@ -37,6 +37,7 @@ from .ops import (
     PROT_WRITE,
     Op,
     TraceError,
+    expand,
 )
 from .source import open_trace_binary, open_trace_text
 from .units import format_duration, format_size, format_size_exact, parse_duration, parse_size
@@ -54,6 +55,7 @@ __all__ = [
     "TraceError",
     "TracePeek",
     "detect_format",
+    "expand",
     "format_duration",
     "format_op",
     "format_size",

@@ -38,7 +38,7 @@ from .source import compression_of, open_trace_binary
 if TYPE_CHECKING:
     from . import TracePeek
 
-__all__ = ["MtraceReader", "detect_mtrace", "read_mtrace"]
+__all__ = ["DEFAULT_BATCH", "MALLOC_CALLS", "MallocCalls", "MtraceReader", "detect_mtrace", "read_mtrace"]
 
 _PTR = r"(?:0x[0-9a-fA-F]+|\(nil\))"
 _SIZE = r"(?:0x[0-9a-fA-F]+|0)"
@@ -47,6 +47,9 @@ _MARK_RE = re.compile(r"= (?:Start|End)\s*")
 NIL = "(nil)"
 _SIZE_CACHE = 1 << 12  # distinct sizes remembered (memory stays bounded)
 _DEAD_HALF = 1 << 15  # freed pointers remembered: the last 32768 to 65536 frees
+#: records per MallocCalls when read through read_trace (lines per internal chunk otherwise)
+DEFAULT_BATCH = 1024
+MALLOC_CALLS = "mallocs"
 
 
 def _size(cache: dict[str, int], text: str) -> int:
@@ -57,11 +60,37 @@ def _size(cache: dict[str, int], text: str) -> int:
     return size
 
 
-class MtraceReader:
-    """Streams the Ops of one mtrace log; :attr:`stats` counts what was skipped or repaired."""
+class MallocCalls(Op):
+    """Many malloc/free/realloc records in one operation (the fast path of a replay).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    ``kind`` is ``mallocs``, ``line`` the first record's line; ``records`` holds each call as
+    ``(kind, line, handle, size)``. :meth:`expand` gives the same calls as plain Ops, which is
+    what it means: the kernel replays it record by record, with the same results.
+    """
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: list[tuple[str, int, str, int]]) -> None:
+        super().__init__(MALLOC_CALLS, records[0][1], count=len(records))
+        self.records = records
+
+    def expand(self) -> Iterator[Op]:
+        for kind, line, handle, size in self.records:
+            yield quick_op(kind, line, handle, size)
+
+
+class MtraceReader:
+    """Streams the Ops of one mtrace log; :attr:`stats` counts what was skipped or repaired.
+
+    ``batch`` > 0 gives :class:`MallocCalls` of up to ``batch`` records instead of one Op a
+    record: an Op costs more than the malloc it stands for (docs/mtrace.md has the figures).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], batch: int = 0) -> None:
+        if batch < 0 or batch & (batch - 1):
+            raise ValueError(f"batch must be 0 or a power of two, not {batch}")
         self.path = os.fspath(path)
+        self.batch = batch
         self.stats: Counter[str] = Counter()
 
     def __iter__(self) -> Iterator[Op]:
@@ -75,9 +104,16 @@ class MtraceReader:
         else:
             text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape")
         with text:
-            yield from self._ops(text)
+            if self.batch > 0:
+                for records in self._records(text, self.batch):  # at most batch records each
+                    yield MallocCalls(records)
+            else:
+                for records in self._records(text, DEFAULT_BATCH):
+                    for kind, line, handle, nbytes in records:
+                        yield quick_op(kind, line, handle, nbytes)
 
-    def _ops(self, text: TextIO) -> Iterator[Op]:  # noqa: C901 - one hot loop, kept flat
+    def _records(self, text: TextIO, every: int) -> Iterator[list[tuple[str, int, str, int]]]:  # noqa: C901 - one hot loop, kept flat
+        """The records of the log, a list every ``every`` lines (a power of two)."""
         live: dict[str, str] = {}  # pointer -> handle of its oldest live block
         later: dict[str, deque[str]] = {}  # pointer -> handles of its younger live blocks
         moved: set[str] = set()  # live handles whose block a realloc moved off their pointer
@@ -89,9 +125,16 @@ class MtraceReader:
         serial = 0
         n = 0
         stats = self.stats
+        out: list[tuple[str, int, str, int]] = []
+        emit = out.append
+        mask = every - 1
         try:
             for line in text:
                 n += 1
+                if not n & mask and out:
+                    yield out
+                    out = []
+                    emit = out.append
                 t = line.split()
                 nt = len(t)
                 try:
@@ -99,7 +142,7 @@ class MtraceReader:
                         k = t[-3]
                         if k == "+":
                             if pending is not None:
-                                yield self._lost_realloc(pending, pending_line)
+                                emit(self._lost_realloc(pending, pending_line))
                                 pending = None
                             p = t[-2]
                             size = sizes.get(t[-1])
@@ -122,7 +165,7 @@ class MtraceReader:
                                 del live[p]
                                 stats["null_results"] += 1
                                 continue
-                            yield quick_op("malloc", n, h, size)
+                            emit(("malloc", n, h, size))
                             continue
                         if k == ">":
                             p = t[-2]
@@ -144,11 +187,11 @@ class MtraceReader:
                                 moved.add(h)
                             elif moved:
                                 moved.discard(h)
-                            yield quick_op("realloc", n, h, size)
+                            emit(("realloc", n, h, size))
                             continue
                         if k == "!":
                             if pending is not None:
-                                yield self._lost_realloc(pending, pending_line)
+                                emit(self._lost_realloc(pending, pending_line))
                                 pending = None
                             _size(sizes, t[-1])
                             stats["failed_reallocs"] += 1
@@ -157,7 +200,7 @@ class MtraceReader:
                         k = t[-2]
                         if k == "-" or k == "<":
                             if pending is not None:
-                                yield self._lost_realloc(pending, pending_line)
+                                emit(self._lost_realloc(pending, pending_line))
                                 pending = None
                             p = t[-1]
                             h = live.pop(p, None)
@@ -175,7 +218,7 @@ class MtraceReader:
                                     if len(dead) >= _DEAD_HALF:
                                         dead_old = dead
                                         dead = {}
-                                    yield quick_op("free", n, h)
+                                    emit(("free", n, h, 0))
                                     continue
                             elif p == NIL:
                                 stats["null_frees"] += 1
@@ -190,7 +233,7 @@ class MtraceReader:
                                         serial += 1
                                         h = f"p{p}.{serial}"
                                 if k == "-":
-                                    yield quick_op("free", n, h)
+                                    emit(("free", n, h, 0))
                                     continue
                                 dead.pop(p, None)
                                 dead_old.pop(p, None)
@@ -211,16 +254,19 @@ class MtraceReader:
             raise TraceError(self.path, n + 1, e.message) from None
         if pending is not None:
             stats["unfinished_reallocs"] += 1
+        if out:
+            yield out
 
-    def _lost_realloc(self, handle: str, line: int) -> Op:
+    def _lost_realloc(self, handle: str, line: int) -> tuple[str, int, str, int]:
         """A '<' whose '>' never came: the old block is gone, so replay it as a free."""
         self.stats["unpaired_realloc_frees"] += 1
-        return Op("free", line, handle)
+        return ("free", line, handle, 0)
 
 
-def read_mtrace(path: str | os.PathLike[str]) -> Iterator[Op]:
-    """Stream the Ops of the glibc mtrace log at ``path`` (plain, gzip or zstd)."""
-    return iter(MtraceReader(path))
+def read_mtrace(path: str | os.PathLike[str], batch: int = DEFAULT_BATCH) -> MtraceReader:
+    """The Ops of the glibc mtrace log at ``path`` (plain, gzip or zstd), as
+    :class:`MallocCalls` of ``batch`` records (0: one Op a record); ``.stats`` on the result."""
+    return MtraceReader(path, batch)
 
 
 def detect_mtrace(peek: TracePeek) -> bool:

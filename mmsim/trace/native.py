@@ -17,7 +17,17 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
-from .ops import MADVICE, OP_KINDS, PROT_EXEC, PROT_READ, PROT_RW, PROT_WRITE, Op, TraceError
+from .ops import (
+    MADVICE,
+    OP_KINDS,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_RW,
+    PROT_WRITE,
+    Op,
+    TraceError,
+    expand,
+)
 from .source import open_trace_text
 from .units import (
     LIMIT,
@@ -578,12 +588,13 @@ def format_op(op: Op) -> str:
 def write_native(ops: Iterable[Op], stream: TextIO, header: bool = True) -> int:
     """Write Ops as a native trace (with the version header unless told not to).
 
-    Streams: each line is written as its Op arrives. Returns the number of Ops written.
+    Streams: each line is written as its Op arrives; a batch (MallocCalls, BlockReads) is written
+    as the operations it stands for. Returns the number of Ops written.
     """
     if header:
         stream.write(HEADER + "\n")
     n = 0
-    for op in ops:
+    for op in expand(ops):
         stream.write(format_op(op) + "\n")
         n += 1
     return n

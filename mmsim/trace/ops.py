@@ -8,6 +8,7 @@ millions of operations, and ``slots`` keeps each record small.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "PROT_WRITE",
     "Op",
     "TraceError",
+    "expand",
 ]
 
 PROT_NONE = 0
@@ -122,3 +124,15 @@ class TraceError(Exception):
         if self.line:
             return f"{self.path}:{self.line}: {self.message}"
         return f"{self.path}: {self.message}"
+
+
+def expand(ops: Iterable[Op]) -> Iterator[Op]:
+    """The operations with each batch (an Op with an ``expand()``: a block trace's BlockReads,
+    an mtrace log's MallocCalls) replaced by the operations it stands for, for whoever looks at
+    every one."""
+    for op in ops:
+        more = getattr(op, "expand", None)
+        if more is None:
+            yield op
+        else:
+            yield from more()
