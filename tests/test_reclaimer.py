@@ -239,3 +239,42 @@ def test_a_bad_user_shrinker_is_a_config_error(tmp_path):
     r = CliRunner().invoke(main, ["run", str(trace), "--config", str(cfg)])
     assert r.exit_code == 2 and "no_such_module_xyz" in r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_a_waiter_sleeping_although_a_run_fits_is_counted(monkeypatch):
+    """The no-needless-wait check looks at the runs as the waiter sleeps: a broken early
+    return (here: fits() and has_pages() that always say no) must make the count rise."""
+    ranges, reclaimer, rec = setup()
+    reclaimer.wait_for_memory(MIB)
+    reclaimer.wait_for_pages(256)
+    assert reclaimer.waits == 0 and reclaimer.needless_waits == 0
+    monkeypatch.setattr(reclaimer, "fits", lambda nbytes: False)
+    monkeypatch.setattr(reclaimer, "has_pages", lambda npages: False)
+    with pytest.raises(ReclaimFailed):
+        reclaimer.wait_for_memory(MIB)
+    assert reclaimer.needless_waits == 1
+    with pytest.raises(ReclaimFailed):
+        reclaimer.wait_for_pages(256)
+    assert reclaimer.needless_waits == 2
+
+
+def test_a_real_wait_is_not_needless():
+    ranges, reclaimer, rec = setup()
+    n = ranges.free_pages
+    rec.held.append((ranges.alloc(n), n))
+    reclaimer.wait_for_memory(10 * MIB)
+    assert reclaimer.waits == 1 and reclaimer.needless_waits == 0
+
+
+def test_fuzz_invariant_catches_a_needless_wait(monkeypatch):
+    """The state machine's pressure invariant fails when the kernel's wait path is broken."""
+    from mmsim.fuzz import make_machine
+    from shrinker.reclaimer import Reclaimer as _Reclaimer
+
+    machine = make_machine(KernelConfig(memory=128 << 20, cpus=1))()
+    machine.pressure_invariants()  # holds on a healthy kernel
+    monkeypatch.setattr(_Reclaimer, "fits", lambda self, nbytes: False)
+    with pytest.raises(ReclaimFailed):
+        machine.kernel.reclaimer.wait_for_memory(MIB)
+    with pytest.raises(AssertionError, match="free run fit"):
+        machine.pressure_invariants()
