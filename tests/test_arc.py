@@ -195,9 +195,33 @@ def test_oltp_trace_has_the_papers_footprint(oltp_ids: list[int]) -> None:
     assert len(set(oltp_ids)) == 186_880
 
 
-@pytest.mark.parametrize("name, c, expected", [
-    ("lru", 1000, 32.83), ("arc", 1000, 38.95), ("lru", 2000, 42.47), ("arc", 2000, 46.08),
-])
+def oltp_table() -> list[tuple[str, int, float]]:
+    """(policy, c, hit ratio %) of every row and column of the data folder's README table."""
+    readme = os.path.join(os.path.dirname(OLTP), "README.md")
+    if not os.path.exists(readme):
+        return []
+    with open(readme, encoding="utf-8") as f:
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+                for line in f if line.lstrip().startswith("|")]
+    header = [h.lower() for h in rows[0]]
+    assert header[0] == "c" and set(header[1:]) <= {"lru", "arc"}, header
+    out = []
+    for row in rows[1:]:
+        if not row[0].isdigit():
+            continue  # the |---| line under the header
+        out += [(name, int(row[0]), float(v)) for name, v in zip(header[1:], row[1:], strict=True)]
+    return out
+
+
+def test_the_oltp_table_is_read_whole() -> None:
+    table = oltp_table()
+    if not table:
+        pytest.skip("the OLTP README is not in ../shared/data/arc-paper")
+    assert {c for _, c, _ in table} >= {1000, 2000, 5000, 10000, 15000}
+    assert {name for name, _, _ in table} == {"lru", "arc"}
+
+
+@pytest.mark.parametrize("name, c, expected", oltp_table())
 def test_oltp_hit_ratios_of_the_paper(oltp_ids: list[int], name: str, c: int,
                                       expected: float) -> None:
     policy = policy_class(name)(c * BLOCK)
