@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,6 +222,27 @@ def _caused_by_oom(e: Any) -> bool:
     return False
 
 
+def _check_options(jvm_path: str, options: Sequence[str], requested: Sequence[str]) -> None:
+    """Refuse options the JVM would die of: HotSpot ends the whole process (``exit(1)`` from
+    inside JNI_CreateJavaVM) on some bad options, e.g. two collectors or -Xms over -Xmx, so
+    they are tried first in a throwaway ``java -version`` (about 50 ms)."""
+    java = os.path.join(_jdk_home(jvm_path), "bin", "java")
+    if not os.access(java, os.X_OK):
+        return  # a bare libjvm: nothing to try them with
+    try:
+        res = subprocess.run([java, *options, "-version"], capture_output=True, text=True,
+                             timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    if res.returncode != 0:
+        said = [s.strip() for s in (res.stdout + res.stderr).splitlines() if s.strip()
+                and not s.startswith("Error occurred during initialization")
+                and not s.startswith("Error: Could not create the Java Virtual Machine")
+                and not s.startswith("Error: A fatal exception")]
+        raise JvmError(f"the JVM refuses '{' '.join(requested)}': "
+                       f"{'; '.join(said[:2]) or f'exit {res.returncode}'}")
+
+
 class HostJvm:
     """The started JVM and the management beans mmsim reads."""
 
@@ -242,6 +263,7 @@ class HostJvm:
         extra = [o for o in ADDED_OPTIONS if not any(x.split("=")[0] == o.split("=")[0]
                                                       for x in options)]
         self.options = list(options) + extra
+        _check_options(jvm_path, self.options, options)
         started = time.perf_counter()
         import jpype.config
 
@@ -309,6 +331,21 @@ class HostJvm:
         self._ByteArray = jp.JArray(jp.JByte)
         self._System = cls("java.lang.System")
         self.Thread = cls("java.lang.Thread")
+
+    @contextlib.contextmanager
+    def app_output_to_stderr(self, to_stderr: bool = True) -> Iterator[None]:
+        """While inside: the app's System.out goes to System.err (when ``to_stderr``), so that a
+        command printing JSON on stdout keeps it clean; System.out is flushed on the way out."""
+        system = self._System
+        saved = system.out
+        if to_stderr:
+            system.setOut(system.err)
+        try:
+            yield
+        finally:
+            system.out.flush()
+            if to_stderr:
+                system.setOut(saved)
 
     def vm_option(self, name: str) -> str:
         return str(self._hotspot.getVMOption(name).getValue())

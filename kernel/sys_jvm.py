@@ -177,9 +177,17 @@ class JvmSubsystem:
             self.balloon.check()
 
     # -- summary ---------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`finish` froze the sections."""
+        return self._frozen is not None
+
     def finish(self, exit_code: int | None) -> None:
         """Freeze the sections at the end of a run, then let the JVM (shared by later runs in
-        this process) collect the balloon arrays; the guest's memory stays as it ended."""
+        this process) collect the balloon arrays; the guest's memory stays as it ended.
+        Only the first call counts."""
+        if self._frozen is not None:
+            return
         self.exit_code = exit_code
         if self.host is not None and self.kernel.oom is None:  # a dead guest changes no more
             self.tick()

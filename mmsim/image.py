@@ -374,7 +374,7 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
                    f"{oom['requested_bytes']} bytes, {oom['free_bytes']} free")
         app_info.update(exit_code=None, error="guest out of memory")
         jvm = getattr(kernel, "jvm", None)
-        if jvm is not None and jvm._frozen is None:
+        if jvm is not None:
             jvm.finish(None)
     except TraceError as e:
         raise ImageError(str(e)) from None
@@ -419,12 +419,17 @@ def _run_java(kernel: Kernel, m: Manifest, app: JavaApp, config: KernelConfig,
     for img, _h, _s in image_files:
         if any(img == p or img.startswith(p.rstrip("/") + "/") for p in app.classpath):
             kernel.apply(Op("read", 0, path=img, offset=0, length=None))
-    System = host._System
-    saved_out = System.out
-    if to_stderr:
-        System.setOut(System.err)
     sys.stdout.flush()
     runner = AppThread(host, app.main, list(app.args))
+    with host.app_output_to_stderr(to_stderr):
+        _drive_java(kernel, jvm, runner, workload, tick)
+    return _finish_java(kernel, jvm, runner.outcome)
+
+
+def _drive_java(kernel: Kernel, jvm: Any, runner: AppThread, workload: Iterator[Any],
+                tick: Callable[[], None] | None) -> None:
+    """Run main() on its thread while the side workload replays in wall-clock slices and the
+    JVM's GC notifications drive the balloon, until both are done."""
     pending = True
     try:
         try:
@@ -453,11 +458,9 @@ def _run_java(kernel: Kernel, m: Manifest, app: JavaApp, config: KernelConfig,
     except OutOfMemory:
         runner.stop()
         raise
-    finally:
-        System.out.flush()
-        if to_stderr:
-            System.setOut(saved_out)
-    out = runner.outcome
+
+
+def _finish_java(kernel: Kernel, jvm: Any, out: Any) -> tuple[int, str | None]:
     if out.error is not None:
         kind = {"OutOfMemoryError": "OutOfMemoryError", "exit": "System.exit"}.get(
             out.error, "java_exception")

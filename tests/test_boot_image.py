@@ -159,3 +159,38 @@ def test_a_native_image_replays_its_trace_beside_the_workload(tmp_path: Path) ->
     assert s["app"]["kind"] == "native" and s["jvm"]["heap_max_bytes"] is None
     assert s["mmap"]["resident_bytes"] >= 32 * MIB
     assert s["arc"]["read_bytes"] == 8 * MIB
+
+
+def test_options_the_jvm_would_die_of_are_refused_in_one_line(tmp_path: Path) -> None:
+    """HotSpot exit()s the whole process on some options (two collectors): mmsim must say so
+    and exit 2, not vanish without a summary."""
+    text = HELLO.read_text().replace("/java.so ", "/java.so -XX:+UseG1GC -XX:+UseParallelGC ")
+    p = EXAMPLES / "hello" / f"two-gcs-{os.getpid()}.yaml"  # the manifest's files are relative
+    p.write_text(text)
+    try:
+        res = mmsim("boot", str(p), "--json", "-")
+    finally:
+        p.unlink()
+    assert res.returncode == 2, res.stderr[-1000:]
+    assert res.stderr.count("\n") == 1
+    assert f"{p.name}:3: the JVM refuses" in res.stderr
+    assert "Multiple garbage collectors selected" in res.stderr
+
+
+def test_the_example_images_run_and_the_arc_image_moves_memory_through_the_balloon() -> None:
+    """examples/images: the allocation-heavy app runs to completion under G1; in the ARC image
+    the side workload's file scan inflates balloons (taken from the heap) and the app's own
+    heap growth deflates them, the ARC giving memory back, within the soft maximum."""
+    alloc = mmsim("boot", str(EXAMPLES / "alloc" / "alloc.yaml"), "--json", "-")
+    assert alloc.returncode == 0, alloc.stderr[-2000:]
+    s = json.loads(alloc.stdout)
+    assert s["jvm"]["exit_code"] == 0 and s["jvm"]["gc_count"] > 0
+    arc = mmsim("boot", str(EXAMPLES / "arc" / "arc.yaml"), "--json", "-")
+    assert arc.returncode == 0, arc.stderr[-2000:]
+    s = json.loads(arc.stdout)
+    b = s["balloon"]
+    assert b["inflations"] >= 1 and b["deflations"] >= 1
+    assert b["arc_bytes_released"] > 0
+    assert 0 < b["peak_bytes"] <= b["soft_max"] * 128 * MIB
+    m = s["memory"]
+    assert m["free_bytes"] + sum(m["categories"].values()) == m["total_bytes"]
