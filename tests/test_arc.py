@@ -472,3 +472,30 @@ def test_every_shipped_policy_is_found_by_its_file_name() -> None:
     assert policy_class("zfs") is ZfsArcPolicy
     with pytest.raises(ValueError, match="unknown cache policy 'nope'.*arc"):
         policy_class("nope")
+
+
+def test_every_policy_reports_the_same_arc_keys() -> None:
+    """`mmsim compare` and sweeps line up summaries of different policies key by key."""
+    keys = {}
+    for name in ("zfs", "arc", "lru"):
+        k = boot(cache_policy=name, arc_size="64K", recordsize="4K")
+        k.apply(Op("create", 1, path="/f", size=1 << 20))
+        replay(k, "/f", [0, 1, 0, 0, *range(2, 40), 1, 0], 4096)
+        arc = k.summary()["arc"]
+        assert arc["mru_hits"] + arc["mfu_hits"] == arc["hits"] > 0, name
+        keys[name] = list(arc)
+    assert keys["zfs"] == keys["arc"] == keys["lru"]
+    for key in ("mru_hits", "mfu_hits", "mru_ghost_hits", "mfu_ghost_hits", "no_grow",
+                "shrinks", "mfu_bytes", "mru_ghost_count", "mfu_ghost_bytes"):
+        assert key in keys["lru"], key
+
+
+def test_arc_counts_hits_by_list_as_the_paper_names_them() -> None:
+    arc = ArcPolicy(2)
+    # Fig. 4 by hand (c = 2): 1 hits in T1 (to T2), then in T2 twice; 2 returns from B1
+    # (p = 1), which pushes T2's 1 to B2, from where it returns
+    for x in (1, 1, 2, 1, 3, 4, 2, 5, 1, 2, 1):
+        arc.access(x, 1)
+    s = arc.stats()
+    assert (s["hits"], s["mru_hits"], s["mfu_hits"]) == (3, 1, 2)
+    assert (s["mru_ghost_hits"], s["mfu_ghost_hits"]) == (1, 1)

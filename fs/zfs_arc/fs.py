@@ -454,7 +454,7 @@ class ZfsFileSystem:
     def stats(self) -> dict[str, Any]:
         """The summary's ``arc`` section."""
         out = self.policy.stats()
-        out.update(self.policy.lists())
+        out.update(self.policy.list_sizes())
         out.update({
             "buffers": self.buffers.buffers,
             "buffer_bytes": self.buffers.pages * 4096,

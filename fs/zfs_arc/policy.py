@@ -23,6 +23,13 @@ EvictFn = Callable[[int], None]
 
 NEVER = 1 << 62
 
+#: the list keys of the summary's ``arc`` section; every policy reports all of them (0 for
+#: the lists it does not have), so summaries of different policies line up key for key
+LIST_KEYS = (
+    "mru_bytes", "mfu_bytes", "mru_ghost_bytes", "mfu_ghost_bytes",
+    "mru_count", "mfu_count", "mru_ghost_count", "mfu_ghost_count",
+)
+
 
 def _no_evict(key: int) -> None:
     """Default eviction callback: nothing to release (policy used on its own)."""
@@ -49,6 +56,14 @@ class CachePolicy(ABC):
     p: float = 0.0
     #: when :meth:`tick` next has work (simulated ns); never for policies without a thread
     next_tick_ns: int = NEVER
+    #: hits on each list (ghost hits are misses that found a ghost); 0 without such a list
+    mru_hits: int = 0
+    mfu_hits: int = 0
+    mru_ghost_hits: int = 0
+    mfu_ghost_hits: int = 0
+    #: ZFS's arc_no_grow and its reclaim thread's shrinks of c; False and 0 elsewhere
+    no_grow: bool = False
+    shrinks: int = 0
 
     def __init__(
         self, capacity: int, on_evict: EvictFn = _no_evict, *, c_min: int | None = None
@@ -110,6 +125,10 @@ class CachePolicy(ABC):
         """Bytes on each of the policy's lists, for the summary (resident and ghost)."""
         return {}
 
+    def list_sizes(self) -> dict[str, int]:
+        """Every key of LIST_KEYS: :meth:`lists`, with 0 for the lists this policy lacks."""
+        return {**dict.fromkeys(LIST_KEYS, 0), **self.lists()}
+
     def stats(self) -> dict[str, Any]:
         """Counters and sizes for the summary's ``arc`` section."""
         total = self.hits + self.misses
@@ -124,6 +143,12 @@ class CachePolicy(ABC):
             "c_min_bytes": self.c_min,
             "c_max_bytes": self.capacity,
             "evictions": self.evictions,
+            "mru_hits": self.mru_hits,
+            "mfu_hits": self.mfu_hits,
+            "mru_ghost_hits": self.mru_ghost_hits,
+            "mfu_ghost_hits": self.mfu_ghost_hits,
+            "no_grow": self.no_grow,
+            "shrinks": self.shrinks,
         }
 
 

@@ -32,6 +32,7 @@ class ArcPolicy(CachePolicy):
         self._b1: OrderedDict[int, int] = OrderedDict()
         self._b2: OrderedDict[int, int] = OrderedDict()
         self._t1b = self._t2b = self._b1b = self._b2b = 0
+        self.mru_hits = self.mru_ghost_hits = self.mfu_ghost_hits = 0
 
     # -- the hot path ----------------------------------------------------------------------
     def access(self, key: int, size: int) -> bool:
@@ -47,6 +48,7 @@ class ArcPolicy(CachePolicy):
             t2[key] = s
             self._t2b += s
             self.hits += 1
+            self.mru_hits += 1
             return True
         self.misses += 1
         c = self.capacity
@@ -55,6 +57,7 @@ class ArcPolicy(CachePolicy):
         in_b2 = False
         s = self._b1.pop(key, None)
         if s is not None:  # case II: recency was undervalued
+            self.mru_ghost_hits += 1
             b2b = self._b2b
             b1b = self._b1b
             self._b1b = b1b - s
@@ -65,6 +68,7 @@ class ArcPolicy(CachePolicy):
         else:
             s = self._b2.pop(key, None)
             if s is not None:  # case III: frequency was undervalued
+                self.mfu_ghost_hits += 1
                 b2b = self._b2b
                 b1b = self._b1b
                 self._b2b = b2b - s
@@ -158,6 +162,11 @@ class ArcPolicy(CachePolicy):
         goal = max(before - nbytes, 0)
         self._make_room(self.capacity - goal, False)  # i.e. until size <= goal
         return before - self.size
+
+    @property
+    def mfu_hits(self) -> int:  # type: ignore[override]
+        """Hits in T2: every hit not in T1 (not counted on the hot path, the most taken one)."""
+        return self.hits - self.mru_hits
 
     def lists(self) -> dict[str, int]:
         return {

@@ -64,6 +64,11 @@ class LruPolicy(CachePolicy):
     def evict_bytes(self, nbytes: int) -> int:
         return self._evict_until(max(self._bytes - nbytes, 0))
 
+    @property
+    def mru_hits(self) -> int:  # type: ignore[override]
+        """Every hit is on the one list, reported as the MRU list (as :meth:`lists` does)."""
+        return self.hits
+
     def lists(self) -> dict[str, int]:
         return {"mru_bytes": self._bytes, "mru_count": len(self._d)}
 

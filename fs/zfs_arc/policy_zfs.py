@@ -325,14 +325,5 @@ class ZfsArcPolicy(CachePolicy):
             "mru_ghost_count": len(self._mru_ghost), "mfu_ghost_count": len(self._mfu_ghost),
         }
 
-    def stats(self) -> dict:
-        out = super().stats()
-        out.update({
-            "mru_hits": self.mru_hits, "mfu_hits": self.mfu_hits,
-            "mru_ghost_hits": self.mru_ghost_hits, "mfu_ghost_hits": self.mfu_ghost_hits,
-            "no_grow": self.no_grow, "shrinks": self.shrinks,
-        })
-        return out
-
 
 POLICY = ZfsArcPolicy
