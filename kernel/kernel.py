@@ -212,11 +212,15 @@ class Kernel:
 
     def _out_of_memory(self, e: OutOfPages, op: OpLike) -> None:
         shrinkers = getattr(self, "shrinkers", None)
+        chunk = int(e.args[0]) if e.args else PAGE_SIZE
+        free, largest = _at_failure(e)
         self.oom = {
             "reason": getattr(e, "reason", "no free run fits the request"),
-            "requested_bytes": int(e.args[0]) if e.args else PAGE_SIZE,
-            "free_bytes": self.ranges.free_pages * PAGE_SIZE,
-            "largest_free_run_bytes": self.ranges.largest_run() * PAGE_SIZE,
+            "requested_bytes": _requested_bytes(op, chunk),
+            "chunk_bytes": chunk,
+            "free_bytes": self.ranges.free_pages * PAGE_SIZE if free is None else free,
+            "largest_free_run_bytes": (self.ranges.largest_run() * PAGE_SIZE
+                                       if largest is None else largest),
             "line": op.line,
             "op": op.kind,
             "time_ns": self.clock_ns,
@@ -275,3 +279,25 @@ class Kernel:
         for name, fn in self._sections.items():
             out[name] = fn()
         return out
+
+
+def _requested_bytes(op: Any, chunk: int) -> int:
+    """What the operation asked for (the failing allocation may be one chunk of it)."""
+    size = getattr(op, "size", 0) or 0
+    if op.kind == "calloc":
+        size *= getattr(op, "count", 0) or 0
+    if not size:
+        size = getattr(op, "length", None) or 0
+    return size if isinstance(size, int) and size > 0 else chunk
+
+
+def _at_failure(e: BaseException) -> tuple[int | None, int | None]:
+    """Free bytes and the largest free run when the allocation failed, before any give-back:
+    from the error, or from the error it was raised while handling (a re-raise)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        free = getattr(seen, "free_bytes", None)
+        if free is not None:
+            return free, getattr(seen, "largest_free_run_bytes", None)
+        seen = seen.__cause__ or seen.__context__
+    return None, None

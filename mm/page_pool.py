@@ -24,7 +24,18 @@ L1_HALF = L1_MAX // 2
 
 
 class OutOfPages(MemoryError):
-    """No free run can supply the pages asked for."""
+    """No free run can supply the pages asked for.
+
+    ``args[0]`` is the bytes the failing allocation asked for (a chunk of the operation, which
+    may have asked for more). ``free_bytes`` and ``largest_free_run_bytes``, when set, are the
+    runs as they were at the failure, before the caller gave back what it had already taken.
+    """
+
+    def __init__(self, requested: int, free_bytes: int | None = None,
+                 largest_free_run_bytes: int | None = None) -> None:
+        super().__init__(requested)
+        self.free_bytes = free_bytes
+        self.largest_free_run_bytes = largest_free_run_bytes
 
 
 class PagePool:
@@ -45,6 +56,7 @@ class PagePool:
         #: called with a page count when the runs hold fewer single pages than needed: waits
         #: for memory (the reclaimer's hard pass) or raises OutOfPages
         self.wait_for_pages: Callable[[int], None] | None = None
+        self._short: OutOfPages | None = None  # why the last L2 refill came up short
 
     # -- counters ------------------------------------------------------------------------
     @property
@@ -97,8 +109,13 @@ class PagePool:
     def _early_alloc_page(self) -> int:
         pfn = self.ranges.alloc(1)
         if pfn is None:
-            raise OutOfPages(PAGE_SIZE)
+            raise self._failure(PAGE_SIZE)
         return pfn
+
+    def _failure(self, requested: int) -> OutOfPages:
+        """The error for a failed allocation, with the runs as they are now (at the failure)."""
+        r = self.ranges
+        return OutOfPages(requested, r.free_pages * PAGE_SIZE, r.largest_run() * PAGE_SIZE)
 
     def _l1_refill(self, cpu: int) -> None:
         l1 = self._l1[cpu]
@@ -117,7 +134,7 @@ class PagePool:
             self._l2_woken = True
         while not self._l2:
             if not self._l2_refill():
-                raise OutOfPages(PAGE_SIZE)
+                raise self._short or self._failure(PAGE_SIZE)
         # a batch is popped and then consumed from its end, like OSv's L1 pops
         return self._l2.pop()
 
@@ -136,6 +153,7 @@ class PagePool:
         """
         got_any = False
         waited = False
+        self._short = None
         while len(self._l2) < self.l2_max // 2:
             if self.ranges.free_pages == 0 and self.wait_for_pages is not None and not waited:
                 waited = True
@@ -143,6 +161,7 @@ class PagePool:
             extents = self.ranges.alloc_pages_bulk(PAGE_BATCH)
             pages = [p for start, n in extents for p in range(start, start + n)]
             if len(pages) < PAGE_BATCH:  # OSv aborts a partial batch
+                self._short = self._failure(PAGE_SIZE)  # as it failed, before the give-back
                 for p in pages:
                     self.ranges.free(p, 1)
                 break
@@ -227,8 +246,9 @@ class PagePool:
             got = self.ranges.alloc_pages_bulk(npages)
             out.extend(got)
             if sum(n for _, n in got) < npages:
+                e = self._failure(npages * PAGE_SIZE)  # before the pages taken go back
                 self.free_pages(out, cpu)
-                raise OutOfPages(npages * PAGE_SIZE)
+                raise e
         return out
 
     def free_pages(self, extents: list[tuple[int, int]], cpu: int = 0) -> None:

@@ -22,7 +22,7 @@ from kernel import (
     load_config,
 )
 from mmsim.progress import Progress
-from mmsim.summary_text import format_summary
+from mmsim.summary_text import format_summary, human
 from mmsim.timeline import Recorder, TimelineError, timeline_options
 from mmsim.trace import READERS, TraceError, read_trace, reader_stats
 
@@ -104,6 +104,25 @@ def write_json(summary: dict, dest: str) -> None:
         raise InputError(f"{dest}: cannot write ({e.strerror})") from None
 
 
+def oom_message(where: str, oom: dict[str, Any]) -> str:
+    """The out-of-memory report for stderr: what failed, then (indented) each shrinker's last
+    yield and the biggest consumers, one concise line each."""
+    chunk = oom.get("chunk_bytes", oom["requested_bytes"])
+    part = f" (failed on a {chunk}-byte piece)" if chunk != oom["requested_bytes"] else ""
+    lines = [f"mmsim: {where}:{oom['line']}: out of memory ({oom['reason']}): "
+             f"{oom['op']} needed {oom['requested_bytes']} bytes{part}, {oom['free_bytes']} "
+             f"free, largest free run {oom['largest_free_run_bytes']}"]
+    yields = oom.get("shrinkers_last_yield_bytes") or {}
+    if yields:
+        lines.append("mmsim:   shrinkers' last yield: "
+                     + ", ".join(f"{name} {human(n)}" for name, n in yields.items()))
+    consumers = oom.get("consumers") or {}
+    if consumers:
+        lines.append("mmsim:   biggest consumers: "
+                     + ", ".join(f"{name} {human(n)}" for name, n in consumers.items() if n))
+    return "\n".join(lines)
+
+
 def _checked(ops: Any, kernel: Kernel) -> Any:
     """The operations, with the kernel's invariants checked after each one is applied."""
     for op in ops:
@@ -145,11 +164,7 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
                 kernel.run(recorder.wrap(ops), progress.update)
             except OutOfMemory as e:
                 exit_code = EXIT_OOM
-                oom = e.report
-                click.echo(
-                    f"mmsim: {trace}:{oom['line']}: out of memory ({oom['reason']}): "
-                    f"{oom['op']} needed {oom['requested_bytes']} bytes, {oom['free_bytes']} "
-                    f"free, largest free run {oom['largest_free_run_bytes']}", err=True)
+                click.echo(oom_message(trace, e.report), err=True)
     except (TraceError, TimelineError) as e:
         raise InputError(str(e)) from None
     except (UnsupportedOperation, TraceFault) as e:

@@ -21,8 +21,9 @@ from shrinker.registry import ShrinkerRegistry
 class ReclaimFailed(OutOfPages):
     """Out of memory: the reclaimer could not make a single free run large enough."""
 
-    def __init__(self, requested: int, reason: str) -> None:
-        super().__init__(requested)
+    def __init__(self, requested: int, reason: str, free_bytes: int | None = None,
+                 largest_free_run_bytes: int | None = None) -> None:
+        super().__init__(requested, free_bytes, largest_free_run_bytes)
         self.requested = requested
         self.reason = reason
 
@@ -101,7 +102,7 @@ class Reclaimer:
     def wait_for_memory(self, nbytes: int) -> None:
         """Block until one free run can serve ``nbytes``, or raise :class:`ReclaimFailed`."""
         if nbytes > self.ranges.total_pages * PAGE_SIZE:
-            raise ReclaimFailed(nbytes, "unreasonable allocation: more than total memory")
+            raise self._failed(nbytes, "unreasonable allocation: more than total memory")
         if self.fits(nbytes):
             return
         self._begin_wait(nbytes, contiguous=True)
@@ -109,7 +110,7 @@ class Reclaimer:
             free = self.free_bytes()
             reason = ("fragmentation: no single free run fits although free memory would"
                       if free >= nbytes else "could not reclaim any further")
-            raise ReclaimFailed(nbytes, reason)
+            raise self._failed(nbytes, reason)
 
     def has_pages(self, npages: int) -> bool:
         """Whether the runs hold ``npages`` single pages (contiguous or not)."""
@@ -120,12 +121,12 @@ class Reclaimer:
         takes them one alloc_page at a time), or raise :class:`ReclaimFailed`."""
         nbytes = npages * PAGE_SIZE
         if nbytes > self.ranges.total_pages * PAGE_SIZE:
-            raise ReclaimFailed(nbytes, "unreasonable allocation: more than total memory")
+            raise self._failed(nbytes, "unreasonable allocation: more than total memory")
         if self.has_pages(npages):
             return
         self._begin_wait(nbytes, contiguous=False)
         if not self.has_pages(npages):
-            raise ReclaimFailed(nbytes, "could not reclaim any further")
+            raise self._failed(nbytes, "could not reclaim any further")
 
     def _begin_wait(self, nbytes: int, contiguous: bool) -> None:
         """A thread blocks: the reclaimer runs a hard pass at once (its wake is this wait).
@@ -141,6 +142,11 @@ class Reclaimer:
         self.needless_waits += could_be_served
         self.pending = False
         self._pass(hard=True)
+
+    def _failed(self, nbytes: int, reason: str) -> ReclaimFailed:
+        """The out-of-memory error, with the runs as they are at the failure."""
+        return ReclaimFailed(nbytes, reason, self.free_bytes(),
+                             self.ranges.largest_run() * PAGE_SIZE)
 
     def wait_for_minimum_memory(self) -> None:
         """Before a large allocation: with shrinkers present, keep 4 MiB free (§5)."""

@@ -278,3 +278,51 @@ def test_fuzz_invariant_catches_a_needless_wait(monkeypatch):
         machine.kernel.reclaimer.wait_for_memory(MIB)
     with pytest.raises(AssertionError, match="free run fit"):
         machine.pressure_invariants()
+
+
+def _oom_run(trace_path: str, *options: str):
+    import json
+
+    from cli_helpers import run
+
+    code, out, err = run("run", trace_path, "--json", "-", "-q", *options)
+    assert code == 3, err
+    return json.loads(out)["oom"], err
+
+
+def test_oom_report_of_a_populate_larger_than_memory(trace):
+    """The report names what the operation asked (3 GiB), the 2 MiB piece that failed apart,
+    and free memory as it was at the failure (less than that piece, so no contradiction)."""
+    oom, err = _oom_run(trace("mmap a 3G populate\n"), "--memory", "1G")
+    assert oom["requested_bytes"] == 3 << 30
+    assert oom["chunk_bytes"] == 2 * MIB
+    assert oom["reason"] == "could not reclaim any further"
+    assert oom["free_bytes"] < oom["chunk_bytes"]
+    assert oom["largest_free_run_bytes"] <= oom["free_bytes"]
+    lines = err.splitlines()
+    assert lines[0].startswith("mmsim: ") and "mmap needed 3221225472 bytes" in lines[0]
+    assert "2097152-byte piece" in lines[0] and f"{oom['free_bytes']} free" in lines[0]
+    assert lines[1].startswith("mmsim:   shrinkers' last yield: ")
+    assert all(name in lines[1] for name in oom["shrinkers_last_yield_bytes"])
+    assert lines[2].startswith("mmsim:   biggest consumers: anonymous ")
+    assert len(lines) == 3
+
+
+def test_oom_report_of_a_fragmentation_oom(trace):
+    """Scattered free pages: the emergency-pool wait before a large malloc needs one run that
+    no longer exists. The report says so with figures from the moment of failure."""
+    k = Kernel(KernelConfig(memory=128 << 20, cpus=1, hugepages=False))
+    n = k.ranges.free_pages - 40
+    text = [f"mmap a {n * PAGE_SIZE} populate"]
+    text += [f"madvise a {i * PAGE_SIZE} 4096 dontneed" for i in range(0, 1400, 2)]
+    text.append("malloc m 8192")
+    oom, err = _oom_run(trace("\n".join(text) + "\n"),
+                        "--memory", "128M", "--cpus", "1", "--no-hugepages")
+    assert oom["reason"].startswith("fragmentation")
+    assert oom["op"] == "malloc" and oom["requested_bytes"] == 8192
+    assert oom["largest_free_run_bytes"] < oom["chunk_bytes"] <= oom["free_bytes"]
+    assert oom["shrinkers_last_yield_bytes"]["page_pool"] > 0
+    lines = err.splitlines()
+    assert "fragmentation" in lines[0] and "malloc needed 8192 bytes" in lines[0]
+    assert f"largest free run {oom['largest_free_run_bytes']}" in lines[0]
+    assert "page_pool" in lines[1] and "anonymous" in lines[2]
