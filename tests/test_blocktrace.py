@@ -10,14 +10,24 @@ import gzip
 import json
 import random
 import struct
+import tracemalloc
 from pathlib import Path
 
 import pytest
 import zstandard
 from click.testing import CliRunner
 
-from mmsim.trace import TraceError, detect_format, read_trace
-from mmsim.trace.blocktrace import BLOCK_PATH, BlockReads, id_of, read_ids, read_lis, read_oracle
+from mmsim.trace import TraceError, detect_format, open_trace_binary, read_trace
+from mmsim.trace.blocktrace import (
+    BLOCK_PATH,
+    MAX_BATCH_REQUESTS,
+    BlockReads,
+    _lis,
+    id_of,
+    read_ids,
+    read_lis,
+    read_oracle,
+)
 
 READERS_ONE = {"lis": read_lis, "oracleGeneral": read_oracle, "ids": read_ids}
 
@@ -74,6 +84,38 @@ def test_lis_lines_expand_to_n_page_requests(tmp_path: Path, compression: str) -
     assert block == 512
     assert reqs == [(1, 100), (1, 101), (1, 102), (2, 7), (4, 100), (4, 101)]
     assert detect_format(path) == "lis"
+
+
+def test_a_long_lis_run_is_cut_into_bounded_batches(tmp_path: Path) -> None:
+    """A line of n requests is replayed in batches of bounded size, not built whole."""
+    n = 5_000_000
+    path = write(tmp_path / "t.lis", b"7 1 0 1\n0 %d 0 2\n9 2 0 3\n" % n, "")
+    batches = [(len(lines), lines[0], ids[0], lines[-1], ids[-1])
+               for lines, ids in _lis(str(path), open_trace_binary(str(path)))]
+    assert max(size for size, *_ in batches) == MAX_BATCH_REQUESTS
+    assert sum(size for size, *_ in batches) == n + 3
+    assert batches[0][1:3] == (1, 7) and batches[-1][3:] == (3, 10)
+    # the batches are consecutive pieces of the run
+    assert all(b[2] == a[4] + 1 for a, b in zip(batches, batches[1:], strict=False))
+
+
+def test_a_long_lis_run_takes_constant_host_memory(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmsim.trace import blocktrace
+
+    monkeypatch.setattr(blocktrace, "MAX_BATCH_REQUESTS", 1024)
+    n = 100_000  # built whole: > 4 MB of lists and ints
+    path = write(tmp_path / "t.lis", b"0 %d 0 1\n" % n, "")
+    total = 0
+    tracemalloc.start()
+    try:
+        for op in read_lis(path, 256):
+            total += op.count or 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == n
+    assert peak < 1 << 20, f"{peak} bytes for one line of {n} requests"
 
 
 @pytest.mark.parametrize("compression", ["", "gz", "zst"])

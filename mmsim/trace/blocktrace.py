@@ -22,6 +22,7 @@ the line (the record number for the binary format).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import struct
@@ -55,6 +56,10 @@ _CHUNK = 24 << 14  # bytes per read: whole binary records
 #: A block trace is millions of tiny requests; an operation each costs ~1.5 us in the reader
 #: and the kernel, more than the cache itself (docs/arc.md has the profile).
 DEFAULT_BATCH = 256
+#: most requests in one Batch a reader yields: a ``.lis`` line stands for any number n of
+#: requests, and host memory must not grow with n (a line of n = 5,000,000 is 5M requests, cut
+#: into batches of this size as they are replayed)
+MAX_BATCH_REQUESTS = 1 << 16
 
 Batch = tuple[list[int], list[int]]  # (line of each request, block id of each request)
 
@@ -149,9 +154,19 @@ def _lis(name: str, stream) -> Iterator[Batch]:  # type: ignore[no-untyped-def]
             if count == 1:
                 lines.append(lineno)
                 ids.append(start)
-            else:
-                lines.extend([lineno] * count)
-                ids.extend(range(start, start + count))
+                if len(ids) >= MAX_BATCH_REQUESTS:
+                    yield lines, ids
+                    lines, ids = [], []
+                continue
+            end = start + count
+            while start < end:  # a long run: full batches as they fill, memory stays flat
+                take = min(end - start, MAX_BATCH_REQUESTS - len(ids))
+                lines.extend(itertools.repeat(lineno, take))
+                ids.extend(range(start, start + take))
+                start += take
+                if len(ids) >= MAX_BATCH_REQUESTS:
+                    yield lines, ids
+                    lines, ids = [], []
         if ids:
             yield lines, ids
 
