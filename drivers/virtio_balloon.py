@@ -47,6 +47,11 @@ class VirtioBalloon:
     def set_target(self, nbytes: int) -> None:
         self.target_pages = nbytes // PAGE_SIZE
 
+    def wake(self, at_ns: int) -> None:
+        """The host's configuration interrupt: poll at ``at_ns`` (then every 500 ms from there)
+        unless a poll is due sooner."""
+        self.next_poll_ns = min(self.next_poll_ns, at_ns)
+
     @staticmethod
     def _requests(npages: int) -> int:
         return -(-npages // PFNS_PER_REQUEST)

@@ -88,6 +88,7 @@ class Kernel:
         }
         self._sections: dict[str, Callable[[], Any]] = {}
         self._after_op: list[Callable[[], None]] = []
+        self._due: list[Callable[[], int | None]] = []
         self._hooks_clock = -1  # the clock and free pages when the hooks last ran
         self._hooks_free = -1
         self._wakeups = False
@@ -110,9 +111,16 @@ class Kernel:
     def add_section(self, name: str, fn: Callable[[], Any]) -> None:
         self._sections[name] = fn
 
-    def add_after_op(self, fn: Callable[[], None]) -> None:
-        """Deferred work (kernel threads) run after each operation, in registration order."""
+    def add_after_op(self, fn: Callable[[], None],
+                     due: Callable[[], int | None] | None = None) -> None:
+        """Deferred work (kernel threads) run after each operation, in registration order.
+
+        ``due`` tells when the thread next wants to run (simulated ns, or None): while time
+        passes (:meth:`advance_to`) the clock stops there, so the thread runs at its time and
+        not at the next tick."""
         self._after_op.append(fn)
+        if due is not None:
+            self._due.append(due)
 
     def subscribe(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
         """Be told of kernel events (pressure passes, shrinker yields, OOM, balloon moves)."""
@@ -192,11 +200,18 @@ class Kernel:
         self.advance_to(self.clock_ns + op.duration_ns)
 
     def advance_to(self, t_ns: int) -> None:
-        """Let simulated time pass: kernel threads run at every tick on the way, in order, so a
+        """Let simulated time pass: kernel threads run at every tick on the way and at each
+        time a thread asked for (its wake latency, its period), all in registration order, so a
         long sleep sees the balloon's polls, the ARC's reclaim and the reclaimer interleave."""
         while self.clock_ns < t_ns:
-            self.clock_ns = min(t_ns, self.clock_ns + TICK_NS)
-            if self.clock_ns < t_ns:
+            now = self.clock_ns
+            nxt = min(t_ns, now + TICK_NS)
+            for due in self._due:
+                d = due()
+                if d is not None and now < d < nxt:
+                    nxt = d
+            self.clock_ns = nxt
+            if nxt < t_ns:
                 self._run_threads()
 
     def _run_threads(self) -> None:
@@ -279,6 +294,23 @@ class Kernel:
         for name, fn in self._sections.items():
             out[name] = fn()
         return out
+
+    # -- memory at a glance, for samplers (cheap, unlike summary()) ------------------------
+    @property
+    def total_bytes(self) -> int:
+        """Memory given to the page allocator at boot (the summary's ``memory.total_bytes``)."""
+        return self.ranges.total_pages * PAGE_SIZE
+
+    @property
+    def free_bytes(self) -> int:
+        """Memory free in the page allocator now (the summary's ``memory.free_bytes``)."""
+        return self.ranges.free_pages * PAGE_SIZE
+
+    @property
+    def ram_bytes(self) -> int:
+        """The guest's RAM: the configured memory (firmware holes included), or the e820 map's
+        usable memory when the configuration gives a map. Never less than ``total_bytes``."""
+        return self.config.memory if self.config.e820 is None else self.mem.phys_mem_size
 
 
 def _requested_bytes(op: Any, chunk: int) -> int:

@@ -3,7 +3,7 @@
 Configuration keys (validated here, at boot): ``cache_policy`` (zfs, arc, lru, or any
 ``fs/zfs_arc/policy_<name>.py``), ``arc_size`` (fixes the capacity: c_min = c_max), ``recordsize``
 (the dataset's, 128K by default), ``block_size`` (record size of block-trace files, overriding
-the trace's own block), ``disk_latency`` and ``disk_bandwidth``.
+the trace's own block), ``disk_latency``, ``disk_bandwidth`` and ``arc_reclaim_wake_latency``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ register_config_keys({
     "block_size": "record size of block-trace files (default: the trace's block, 512 for .lis)",
     "disk_latency": "virtio-blk latency per request, e.g. 100us (the default; a bare number is seconds)",
     "disk_bandwidth": "virtio-blk bandwidth in bytes per second, e.g. 500M (default)",
+    "arc_reclaim_wake_latency": "delay between arc_lowmem's wake and the ARC's reclaim pass "
+                                "(e.g. 10ms; default 0: right after the operation)",
 })
 
 
@@ -63,6 +65,11 @@ class FsConfig:
         self.disk_bandwidth = DEFAULT_BANDWIDTH if bw is None else parse_size(bw)
         if self.disk_bandwidth <= 0:
             raise ValueError("'disk_bandwidth' must be positive")
+        wl = extra.get("arc_reclaim_wake_latency", 0)
+        try:
+            self.arc_reclaim_wake_latency_ns = _duration(wl)
+        except ValueError as e:
+            raise ValueError(f"'arc_reclaim_wake_latency': {e}") from None
 
 
 def _duration(value: Any) -> int:
@@ -147,7 +154,8 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     kernel.add_category("arc", lambda: buffers.pages * PAGE_SIZE)
     kernel.add_section("arc", fs.stats)
     kernel.add_section("disk", disk.stats)
-    kernel.add_after_op(fs.after_op)
+    fs.reclaim_wake_latency_ns = cfg.arc_reclaim_wake_latency_ns
+    kernel.add_after_op(fs.after_op, fs.next_due_ns)
     mman = getattr(kernel, "mman", None)
     if mman is not None:  # file mmap shares the ARC's buffers (§7)
         fs.on_unmap = mman.use_page_cache(ArcMappings(fs)).invalidate

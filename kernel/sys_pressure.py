@@ -74,19 +74,17 @@ def attach(kernel: Kernel) -> None:
     kernel.ranges.on_alloc = reclaimer.on_alloc
     kernel.pool.wait_for_pages = reclaimer.wait_for_pages
     latency = _wake_latency(kernel.config.extra.get("reclaimer_wake_latency", 0))
-    woken_at: list[int | None] = [None]
+    reclaimer.clock = lambda: kernel.clock_ns
 
     def reclaimer_thread() -> None:
-        if not reclaimer.pending:
-            woken_at[0] = None
-            return
-        if woken_at[0] is None:
-            woken_at[0] = kernel.clock_ns
-        if kernel.clock_ns - woken_at[0] >= latency:
-            woken_at[0] = None
+        """The reclaimer's pass, ``latency`` after the wake that is pending (wake-one)."""
+        if reclaimer.pending and kernel.clock_ns - reclaimer.woken_ns >= latency:
             reclaimer.run()
 
-    kernel.add_after_op(reclaimer_thread)
+    def due() -> int | None:
+        return reclaimer.woken_ns + latency if reclaimer.pending else None
+
+    kernel.add_after_op(reclaimer_thread, due)
     reclaimer.on_pass.append(lambda target, hard, freed: kernel.emit(
         "reclaim", target_bytes=target, hard=hard, freed_bytes=freed,
         by_shrinker={n: s["last_yield_bytes"] for n, s in registry.summary().items()}))

@@ -35,6 +35,10 @@ class Reclaimer:
         self.ranges = ranges
         self.registry = registry
         self.pending = False
+        #: simulated time, for the time of a wake (the kernel sets it)
+        self.clock: Callable[[], int] = lambda: 0
+        #: when the pending wake happened (meaningful while ``pending``)
+        self.woken_ns = 0
         self.wakes = 0
         self.lost_wakes = 0
         self.passes = 0
@@ -69,11 +73,13 @@ class Reclaimer:
                 self.lost_wakes += 1
             else:
                 self.pending = True
+                self.woken_ns = self.clock()
                 self.wakes += 1
 
     def wake(self) -> None:
         if not self.pending:
             self.pending = True
+            self.woken_ns = self.clock()
             self.wakes += 1
 
     # -- the thread ------------------------------------------------------------------------

@@ -499,3 +499,35 @@ def test_arc_counts_hits_by_list_as_the_paper_names_them() -> None:
     s = arc.stats()
     assert (s["hits"], s["mru_hits"], s["mfu_hits"]) == (3, 1, 2)
     assert (s["mru_ghost_hits"], s["mfu_ghost_hits"]) == (1, 1)
+
+
+@pytest.mark.parametrize("latency, expected_ms", [(None, 10), ("50ms", 60)])
+def test_arc_reclaim_thread_runs_at_its_wake_latency(latency, expected_ms):
+    """arc_lowmem (a hard shrinker call at 10 ms) wakes the reclaim thread: it runs right after
+    the operation by default, or ``arc_reclaim_wake_latency`` later, not at a 100 ms tick."""
+    k = boot(**({} if latency is None else {"arc_reclaim_wake_latency": latency}))
+    k.apply(Op("sleep", 1, duration_ns=10_000_000))  # the boot-time pass has run
+    policy = k.zfs.policy
+    passes: list[int] = []
+    original = policy.reclaim_pass
+    policy.reclaim_pass = lambda t: (passes.append(k.clock_ns), original(t))[1]
+    k.zfs.request_memory(0, True)  # as a reclaimer's hard pass inside some operation would
+    k.wake_threads()
+    k.apply(Op("sleep", 2, duration_ns=0 if latency is None else 2_000_000_000))
+    assert passes and passes[0] == expected_ms * 1_000_000
+
+
+def test_a_bad_arc_wake_latency_is_a_one_line_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("arc_reclaim_wake_latency: -5ms\n")
+    trace = tmp_path / "t.trace"
+    trace.write_text("sleep 1ms\n")
+    r = CliRunner().invoke(main_cli(), ["run", str(trace), "--config", str(cfg)])
+    assert r.exit_code == 2 and "arc_reclaim_wake_latency" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def main_cli():
+    from mmsim.cli import main
+
+    return main

@@ -326,3 +326,21 @@ def test_oom_report_of_a_fragmentation_oom(trace):
     assert "fragmentation" in lines[0] and "malloc needed 8192 bytes" in lines[0]
     assert f"largest free run {oom['largest_free_run_bytes']}" in lines[0]
     assert "page_pool" in lines[1] and "anonymous" in lines[2]
+
+
+@pytest.mark.parametrize("latency_ms", [1, 150])
+def test_reclaimer_runs_at_its_wake_latency_during_a_long_sleep(latency_ms):
+    """Not at the next 100 ms tick: 1 ms runs the pass at 1 ms, 150 ms at 150 ms."""
+    from mmsim.trace.ops import Op
+
+    k = Kernel(KernelConfig(memory=256 << 20, cpus=1,
+                            extra={"reclaimer_wake_latency": f"{latency_ms}ms"}))
+    passes: list[int] = []
+    k.subscribe(lambda name, rec: passes.append(rec["time_ns"]) if name == "reclaim" else None)
+    wm = k.reclaimer.watermark_lo // PAGE_SIZE
+    n = k.ranges.free_pages - wm + 400
+    k.apply(Op("mmap", 1, handle="a", size=n * PAGE_SIZE, populate=True))
+    assert k.reclaimer.pending and k.reclaimer.woken_ns == 0 and not passes
+    k.apply(Op("sleep", 2, duration_ns=2_000_000_000))
+    assert passes and passes[0] == latency_ms * 1_000_000
+    assert k.clock_ns == 2_000_000_000

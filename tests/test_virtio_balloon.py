@@ -85,3 +85,41 @@ def test_host_balloon_through_the_command(tmp_path):
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["virtio_balloon"]["actual_pages"] == 64 * MIB // PAGE_SIZE
+
+
+def _balloon_moves(k: Kernel) -> list[int]:
+    times: list[int] = []
+    k.subscribe(lambda name, rec: times.append(rec["time_ns"]) if name == "virtio_balloon"
+                else None)
+    return times
+
+
+def test_wake_latency_polls_at_the_new_target_plus_the_latency():
+    for extra, expected in (({"virtio_balloon_wake_latency": "1ms"}, 101_000_000),
+                            ({}, 500_000_000)):  # unset: the next 500 ms poll sees the target
+        k = boot(**extra)
+        times = _balloon_moves(k)
+        k.apply(op("sleep", duration_ns=100_000_000))
+        k.apply(op("host-balloon", size=16 * MIB))
+        k.apply(op("sleep", duration_ns=2_000_000_000))
+        assert times and times[0] == expected, extra
+        assert k.virtio_balloon.actual_pages * PAGE_SIZE == 16 * MIB
+
+
+def test_polls_run_at_their_time_during_a_sleep_not_at_a_tick():
+    k = boot(virtio_balloon_rate="8M")  # 4 MiB a poll
+    times = _balloon_moves(k)
+    k.apply(op("sleep", duration_ns=50_000_000))  # from 50 ms, ticks would fall at 150, 250 ...
+    k.apply(op("host-balloon", size=16 * MIB))
+    k.apply(op("sleep", duration_ns=3_000_000_000))
+    assert times[:4] == [500_000_000, 1_000_000_000, 1_500_000_000, 2_000_000_000]
+
+
+def test_a_bad_wake_latency_is_a_config_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("virtio_balloon_wake_latency: soon\n")
+    trace = tmp_path / "t.trace"
+    trace.write_text("sleep 1ms\n")
+    r = CliRunner().invoke(main, ["run", str(trace), "--config", str(cfg)])
+    assert r.exit_code == 2 and "virtio_balloon_wake_latency" in r.stderr
+    assert r.stderr.count("\n") == 1

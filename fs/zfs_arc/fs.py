@@ -113,6 +113,8 @@ class ZfsFileSystem:
         self.written_bytes = 0
         self.recycled = 0
         self.shrink_calls = 0
+        #: simulated delay between arc_lowmem's wake and the reclaim thread's pass (0: at once)
+        self.reclaim_wake_latency_ns = 0
         policy.on_evict = self._on_evict
 
     # -- files -----------------------------------------------------------------------------
@@ -414,6 +416,10 @@ class ZfsFileSystem:
         if self._time.clock_ns >= self._next_timer:
             self._run_timers()
 
+    def next_due_ns(self) -> int | None:
+        """When the ARC's reclaim thread or the txg sync next wants to run (None: never)."""
+        return self._next_timer if self._next_timer < NEVER else None
+
     def _run_timers(self) -> None:
         now = self._time.clock_ns
         policy = self.policy
@@ -436,8 +442,16 @@ class ZfsFileSystem:
         self.shrink_calls += 1
         freed = 0
         if hard:
-            freed = self.policy.lowmem()
-            self._next_timer = -1  # the reclaim thread was woken
+            policy = self.policy
+            scheduled = policy.next_tick_ns
+            freed = policy.lowmem()
+            if self.reclaim_wake_latency_ns and policy.next_tick_ns < 0:
+                # woken, but the thread runs only after its wake latency (or sooner if due)
+                policy.next_tick_ns = min(scheduled,
+                                          self._time.clock_ns + self.reclaim_wake_latency_ns)
+                self._next_timer = min(self._next_timer, policy.next_tick_ns)
+            else:
+                self._next_timer = -1  # the reclaim thread was woken: after this operation
             if freed >= target > 0:
                 return freed
         goal = max(target, SHRINK_MIN)
