@@ -2,6 +2,7 @@
 
 from balloon.jvm import AppThread  # the thread an image's Java main() runs on
 from kernel import subsystems as _subsystems  # noqa: E402,F401  (registers every config key)
+from kernel import units  # the one grammar of sizes and durations (config, command line, traces)
 from kernel.boot import BootError
 from kernel.config import (
     ConfigError,
@@ -26,4 +27,5 @@ __all__ = [
     "load_config",
     "load_yaml",
     "parse_size",
+    "units",
 ]

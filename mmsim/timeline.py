@@ -298,8 +298,6 @@ class Recorder:
         if timeline_path is not None:
             self._writer = _Writer(timeline_path)
         boot = kernel.summary()
-        total = boot["memory"]["total_bytes"]
-        self.page_size = total // kernel.ranges.total_pages if kernel.ranges.total_pages else 1
         self.categories = list(kernel.memory_categories())
         if isinstance(boot.get("arc"), dict):
             self.arc_columns = list(ARC_COLUMNS)
@@ -365,7 +363,7 @@ class Recorder:
         if not self.active:
             return
         k = self.kernel
-        state = (k.events, k.clock_ns, k.ranges.free_pages)
+        state = (k.events, k.clock_ns, k.free_bytes)
         if state == getattr(self, "_tick_state", None):
             return
         self._tick_state = state
@@ -396,9 +394,8 @@ class Recorder:
         for name in cats:
             if name not in self.categories and name not in self._late:
                 self._late.append(name)
-        row = _Row(k.clock_ns, k.events, k.ranges.total_pages * self.page_size,
-                   k.ranges.free_pages * self.page_size, cats, self._arc_values(cats),
-                   self._pending)
+        row = _Row(k.clock_ns, k.events, k.total_bytes, k.free_bytes, cats,
+                   self._arc_values(cats), self._pending)
         self._pending = {}
         self._last = (row.event, row.time_ns)
         if self.step_ns is not None:

@@ -173,17 +173,14 @@ def test_bad_timeline_options_are_one_line_before_running(trace, tmp_path, monke
     assert message in err and err.count("\n") == 1
 
 
-class _Ranges:
-    total_pages = 100
-    free_pages = 60
-
-
 class GrowingKernel:
     """The kernel's public face, with a category that appears after boot (as a balloon
     driver loaded later would)."""
 
+    total_bytes = ram_bytes = 100 * 4096
+    free_bytes = 60 * 4096
+
     def __init__(self) -> None:
-        self.ranges = _Ranges()
         self.events = 0
         self.clock_ns = 0
         self.cats = {"a": 40 * 4096}
@@ -272,3 +269,23 @@ def test_boot_writes_a_timeline_that_adds_up(tmp_path):
                     if k.endswith("_bytes") and k not in ("total_bytes", "free_bytes"))
         assert parts + int(row["free_bytes"]) == int(row["total_bytes"])
     assert int(rows[-1]["malloc_large_bytes"]) + int(rows[-1]["anonymous_bytes"]) > 0
+
+
+def test_the_front_knows_only_the_kernels_public_face():
+    """The timeline and the trace readers use what kernel/__init__.py exports (and the Kernel's
+    public methods), never a kernel submodule or the page allocator behind it."""
+    import ast
+    import pathlib
+
+    import kernel
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "mmsim"
+    for path in [root / "timeline.py", *sorted((root / "trace").glob("*.py"))]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("kernel."), f"{path.name}: {node.module}"
+                if node.module == "kernel":
+                    assert all(a.name in kernel.__all__ for a in node.names), path.name
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in ("ranges", "pool", "mem"), f"{path.name}: .{node.attr}"
