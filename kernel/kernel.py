@@ -306,12 +306,6 @@ class Kernel:
         """Memory free in the page allocator now (the summary's ``memory.free_bytes``)."""
         return self.ranges.free_pages * PAGE_SIZE
 
-    @property
-    def ram_bytes(self) -> int:
-        """The guest's RAM: the configured memory (firmware holes included), or the e820 map's
-        usable memory when the configuration gives a map. Never less than ``total_bytes``."""
-        return self.config.memory if self.config.e820 is None else self.mem.phys_mem_size
-
 
 def _requested_bytes(op: Any, chunk: int) -> int:
     """What the operation asked for (the failing allocation may be one chunk of it)."""

@@ -10,6 +10,11 @@ People read memory behaviour from a curve far more easily than from end-of-run n
 ``total_bytes``, ``free_bytes``, ``<category>_bytes``
     one column per memory category of the kernel: on every row free + categories == total.
     These are the only columns whose names end in ``_bytes`` so a reader can sum them.
+    ``total_bytes`` is the guest's RAM (the summary's ``config.memory_bytes``, or with an e820
+    map in the configuration its usable memory, ``config.ram_bytes``), and
+    ``kernel_bytes`` is the part of it the page allocator never got: the kernel image, page 0
+    and the firmware's low-memory hole. The other categories and ``free_bytes`` are the
+    allocator's: they add up to the summary's ``memory.total_bytes``.
 ``arc_size``, ``arc_c``, ``arc_p``, ``arc_hits``, ``arc_misses``, ``arc_hit_ratio``
     the summary's ``arc`` section (bytes, counts, cumulative ratio) when the kernel has one.
 ``events``
@@ -56,6 +61,8 @@ DEFAULT_CAP = 1024
 """Most rows the adaptive sampling keeps (besides the boot and the final row)."""
 
 BYTES = "_bytes"
+KERNEL = "kernel"
+"""The timeline's own category: the guest's RAM the page allocator never got (see above)."""
 FIXED_COLUMNS = ("time", "event", "total_bytes", "free_bytes")
 
 #: timeline column -> field of the summary's ``arc`` section (no name ends in ``_bytes``)
@@ -286,6 +293,8 @@ class Recorder:
         self._last: tuple[int, int] | None = None  # (event, time) of the last row
         self._late: list[str] = []
         self.categories: list[str] = []
+        self.ram = 0
+        self._kernel: dict[str, int] = {}
         self.arc_columns: list[str] = []
         self._arc: dict[str, Any] = {}
         self._arc_dirty = True
@@ -298,7 +307,10 @@ class Recorder:
         if timeline_path is not None:
             self._writer = _Writer(timeline_path)
         boot = kernel.summary()
-        self.categories = list(kernel.memory_categories())
+        cfg = boot.get("config") or {}
+        self.ram = cfg.get("memory_bytes") or cfg.get("ram_bytes") or kernel.total_bytes
+        self._kernel = {KERNEL: self.ram - kernel.total_bytes}
+        self.categories = list({**self._kernel, **kernel.memory_categories()})
         if isinstance(boot.get("arc"), dict):
             self.arc_columns = list(ARC_COLUMNS)
         kernel.subscribe(self._on_event)
@@ -390,11 +402,11 @@ class Recorder:
     def sample(self) -> None:
         """Take a row of the kernel's state now, with the events since the last row."""
         k = self.kernel
-        cats = k.memory_categories()
+        cats = {**self._kernel, **k.memory_categories()}
         for name in cats:
             if name not in self.categories and name not in self._late:
                 self._late.append(name)
-        row = _Row(k.clock_ns, k.events, k.total_bytes, k.free_bytes, cats,
+        row = _Row(k.clock_ns, k.events, self.ram, k.free_bytes, cats,
                    self._arc_values(cats), self._pending)
         self._pending = {}
         self._last = (row.event, row.time_ns)

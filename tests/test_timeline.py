@@ -67,15 +67,19 @@ def test_rows_add_up_on_every_row_for_every_category(trace, tmp_path, ext):
     summary = json.load(open(js))
     rows = rows_of(tl)
     cats = byte_columns(rows[0])
-    assert cats == [f"{c}_bytes" for c in summary["memory"]["categories"]]
+    # the kernel's categories, after the guest's RAM the page allocator never got
+    assert cats == ["kernel_bytes", *(f"{c}_bytes" for c in summary["memory"]["categories"])]
     for row in rows:
         assert int(row["free_bytes"]) + sum(int(row[c]) for c in cats) == int(row["total_bytes"])
+        assert int(row["total_bytes"]) == 256 << 20  # the guest's RAM, as configured
+        assert int(row["total_bytes"]) - int(row["kernel_bytes"]) == summary["memory"][
+            "total_bytes"]  # the summary's total is the allocator's
     for c in REACHABLE:  # the trace did exercise every category
         assert any(int(row[f"{c}_bytes"]) for row in rows), c
     last = rows[-1]  # the end of the run is the last row
     assert int(last["event"]) == summary["events"]
     assert int(last["free_bytes"]) == summary["memory"]["free_bytes"]
-    assert {c[:-6]: int(last[c]) for c in cats} == summary["memory"]["categories"]
+    assert {c[:-6]: int(last[c]) for c in cats[1:]} == summary["memory"]["categories"]
     assert float(last["time"]) == pytest.approx(summary["time_ns"] / 1e9)
     assert [int(r["event"]) for r in rows] == list(range(len(rows)))  # short: every op
     # ARC state over time, named so that no extra column ends in _bytes
@@ -177,7 +181,7 @@ class GrowingKernel:
     """The kernel's public face, with a category that appears after boot (as a balloon
     driver loaded later would)."""
 
-    total_bytes = ram_bytes = 100 * 4096
+    total_bytes = 100 * 4096
     free_bytes = 60 * 4096
 
     def __init__(self) -> None:
@@ -212,7 +216,7 @@ def test_a_category_appearing_later_gets_its_column(tmp_path, name, every):
     k.run(rec.wrap([Op("sleep", i) for i in range(5)]))
     rec.finish()
     rows = rows_of(path)
-    assert byte_columns(rows[0]) == ["a_bytes", "balloon_bytes"]
+    assert byte_columns(rows[0]) == ["kernel_bytes", "a_bytes", "balloon_bytes"]
     assert [int(r["balloon_bytes"]) for r in rows][0] == 0 and int(rows[-1]["balloon_bytes"])
     for row in rows:
         assert int(row["free_bytes"]) + sum(int(row[c]) for c in byte_columns(row)) == int(
@@ -289,3 +293,18 @@ def test_the_front_knows_only_the_kernels_public_face():
                     assert all(a.name in kernel.__all__ for a in node.names), path.name
             if isinstance(node, ast.Attribute):
                 assert node.attr not in ("ranges", "pool", "mem"), f"{path.name}: .{node.attr}"
+
+
+def test_total_is_the_guests_ram_with_the_kernel_as_a_category(trace, tmp_path):
+    """2 GiB of RAM is a 2 GiB total: the kernel image, page 0 and the low-memory hole are the
+    kernel category (reserved before the page allocator is given the rest)."""
+    tl = str(tmp_path / "k.csv")
+    js = str(tmp_path / "k.json")
+    assert run("run", trace("malloc a 1M\n"), "--timeline", tl, "--json", js, "-q")[0] == 0
+    summary = json.load(open(js))
+    for row in rows_of(tl):
+        assert int(row["total_bytes"]) == 2 << 30
+        kernel = int(row["kernel_bytes"])
+        # at least the 6.75 MiB image, page 0 and the 640K-1M hole; at most a few MiB more
+        assert 0x6C0000 + 4096 + 0x60400 <= kernel < 8 << 20
+        assert kernel == (2 << 30) - summary["memory"]["total_bytes"]
