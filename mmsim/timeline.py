@@ -30,7 +30,9 @@ time crosses a multiple of MS), streamed as the run goes. By default it adapts s
 stays small whatever the trace's length: every operation is sampled at first, and whenever more
 than :data:`DEFAULT_CAP` rows are held every other row is dropped (its events move to the next
 kept row) and the interval doubles. The result is at most ``DEFAULT_CAP`` rows evenly spaced in
-operations, plus the first (boot) and the last (end or OOM). Everything depends only on the
+steps, plus the first (boot) and the last (end or OOM). A step is an operation applied or, for
+commands whose time also passes between operations (``boot``: the JVM runs), a clock tick that
+changed the kernel, so rows stay evenly spread over both. Everything depends only on the
 kernel's state and event count, so the same run gives the same file.
 """
 
@@ -184,6 +186,7 @@ def load_timeline(path: str) -> TimelineData:
 class _Row:
     time_ns: int
     event: int
+    step: int  # operations and clock ticks seen before it: what the default thins by
     total: int
     free: int
     categories: dict[str, int]
@@ -288,6 +291,7 @@ class Recorder:
         self.rows: list[_Row] = []  # held rows: all of them unless streamed to a file
         self._writer: _Writer | None = None
         self._interval = 1
+        self._step = 0  # operations applied and clock ticks seen (tick()) so far
         self._next_ns = 0
         self._pending: dict[str, int] = {}
         self._last: tuple[int, int] | None = None  # (event, time) of the last row
@@ -364,10 +368,12 @@ class Recorder:
         elif self.step_ns is not None:
             if k.clock_ns >= self._next_ns:
                 self.sample()
-        elif k.events % self._interval == 0:
-            self.sample()
-            if len(self.rows) > self.cap:
-                self._thin()
+        else:
+            self._step += 1
+            if self._step % self._interval == 0:
+                self.sample()
+                if len(self.rows) > self.cap:
+                    self._thin()
 
     def tick(self) -> None:
         """For commands whose time also passes outside trace operations (``boot``: the JVM
@@ -380,8 +386,8 @@ class Recorder:
             return
         self._tick_state = state
         self._arc_dirty = True
-        self._ticks = getattr(self, "_ticks", 0) + 1
-        if self._ticks % self._interval == 0:
+        self._step += 1
+        if self._step % self._interval == 0:
             self.sample()
             if len(self.rows) > self.cap:
                 self._thin()
@@ -406,7 +412,7 @@ class Recorder:
         for name in cats:
             if name not in self.categories and name not in self._late:
                 self._late.append(name)
-        row = _Row(k.clock_ns, k.events, self.ram, k.free_bytes, cats,
+        row = _Row(k.clock_ns, k.events, self._step, self.ram, k.free_bytes, cats,
                    self._arc_values(cats), self._pending)
         self._pending = {}
         self._last = (row.event, row.time_ns)
@@ -435,12 +441,16 @@ class Recorder:
         return self._arc
 
     def _thin(self) -> None:
-        """Keep the rows on multiples of twice the interval; the others' events move on."""
+        """Keep the rows on multiples of twice the interval; the others' events move on.
+
+        By step, not by event number: rows taken on clock ticks while no operation runs
+        (a JVM app between workload operations) share one event number, and thinning by it
+        would keep or drop them all, leaving a gap of seconds."""
         self._interval *= 2
         kept: list[_Row] = []
         carry: dict[str, int] = {}
         for row in self.rows:
-            if row.event % self._interval == 0:
+            if row.step % self._interval == 0:
                 row.events = _merge(carry, row.events)
                 carry = {}
                 kept.append(row)

@@ -308,3 +308,23 @@ def test_total_is_the_guests_ram_with_the_kernel_as_a_category(trace, tmp_path):
         # at least the 6.75 MiB image, page 0 and the 640K-1M hole; at most a few MiB more
         assert 0x6C0000 + 4096 + 0x60400 <= kernel < 8 << 20
         assert kernel == (2 << 30) - summary["memory"]["total_bytes"]
+
+
+def test_default_thinning_keeps_rows_spread_over_clock_ticks(tmp_path):
+    """A boot-like run: a few operations, then seconds of JVM ticks at one event number. The
+    rows kept stay evenly spread in time (thinned by step, not by event number)."""
+    from kernel import Kernel, load_config
+
+    kernel = Kernel(load_config(None, {"memory": "128M"}))
+    cap = 16
+    rec = Recorder(kernel, "ticks", timeline_path=str(tmp_path / "t.csv"), cap=cap)
+    kernel.run(rec.wrap([Op("malloc", 1 + i, handle=f"m{i}", size=4096) for i in range(100)]))
+    for _ in range(1000):  # 10 s of ticks with no operation: a long sleep, a JVM's own work
+        kernel.advance_to(kernel.clock_ns + 10_000_000)
+        rec.tick()
+    rec.finish()
+    rows = load_timeline(str(tmp_path / "t.csv"))
+    assert len(rows) <= cap + 1
+    assert rows.time[-1] == pytest.approx(10.0)
+    gaps = [b - a for a, b in zip(rows.time, rows.time[1:])]
+    assert max(gaps) <= 4 * 10.0 / cap  # no multi-second hole
