@@ -146,6 +146,36 @@ def test_numeric_ids_are_detected(tmp_path: Path) -> None:
     assert detect_format(path) == "ids"
 
 
+@pytest.mark.parametrize("text", [
+    b"deadbeef\n0a1b2c3d\nDEADBEEF\n",  # hex strings without 0x
+    b"# object names\nuser:alice\nuser:bob\n\nimg/cat.png\nuser:alice\n",
+    b"a3f9c0e1b2d4\t\n42\n0x10\n",  # mixed, with trailing blanks
+])
+def test_non_numeric_ids_are_detected(tmp_path: Path, text: bytes) -> None:
+    path = write(tmp_path / "t", text, "gz")
+    assert detect_format(path) == "ids"
+    ops = list(read_trace(path))
+    assert ops[0].kind == "create" and sum(op.count for op in ops[1:]) == len(
+        [x for x in text.split(b"\n") if x.strip() and not x.startswith(b"#")])
+
+
+@pytest.mark.parametrize("text, fmt", [
+    (b"# mmsim-trace v1\nmalloc a 10\n", "native"),
+    (b"malloc a 10\nfree a\n", "native"),
+    (b"1 2 0 3\n", "lis"),
+])
+def test_id_detection_leaves_other_formats_alone(tmp_path: Path, text: bytes, fmt: str) -> None:
+    path = write(tmp_path / "t", text, "")
+    assert detect_format(path) == fmt
+
+
+def test_bare_operation_names_are_a_broken_native_trace_not_ids(tmp_path: Path) -> None:
+    path = write(tmp_path / "t", b"malloc\nfree\n", "")
+    with pytest.raises(TraceError, match="tried native"):
+        detect_format(path)
+    assert [op.count for op in read_trace(path, "ids")][1:] == [2]
+
+
 @pytest.mark.parametrize("fmt, text, line, message", [
     ("lis", b"1 1 0 1\n2 1 0\n", 2, "expected 'start_block n_blocks"),
     ("lis", b"1 1 0 1\n\n-4 1 0 3\n", 3, "non-negative"),

@@ -29,7 +29,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 from . import register_reader
-from .ops import Op, TraceError
+from .ops import OP_KINDS, Op, TraceError
 from .source import open_trace_binary
 
 __all__ = [
@@ -252,7 +252,6 @@ def _ids(name: str, stream) -> Iterator[Batch]:  # type: ignore[no-untyped-def]
 
 # -- detection --------------------------------------------------------------------------------
 _LIS_LINE = re.compile(r"\s*\d+\s+\d+\s+-?\d+\s+-?\d+\s*")
-_ID_LINE = re.compile(r"\s*(?:0[xX][0-9a-fA-F]+|\d+)\s*")
 
 
 def _data_lines(peek) -> list[str]:  # type: ignore[no-untyped-def]
@@ -265,8 +264,17 @@ def _detect_lis(peek) -> bool:  # type: ignore[no-untyped-def]
 
 
 def _detect_ids(peek) -> bool:  # type: ignore[no-untyped-def]
+    """One token per line: numbers, hex strings, names. Never a native trace, whose every
+    operation has arguments; a line that is a bare operation name (``free``) is more likely a
+    broken native trace, so it is not taken for an id (``--format ids`` reads it)."""
     lines = _data_lines(peek) if peek.is_text else []
-    return bool(lines) and all(_ID_LINE.fullmatch(x) for x in lines)
+    if not lines:
+        return False
+    for x in lines:
+        token = x.split()
+        if len(token) != 1 or token[0] in OP_KINDS:
+            return False
+    return True
 
 
 def _detect_oracle(peek) -> bool:  # type: ignore[no-untyped-def]
