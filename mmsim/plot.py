@@ -38,6 +38,12 @@ EVENT_STYLES: dict[str | None, dict[str, Any]] = {
     "reclaim": {"color": "tab:orange", "linestyle": ":", "linewidth": 0.8},
     "reclaim_hard": {"color": "tab:red", "linestyle": "--", "linewidth": 1.0},
     "oom": {"color": "black", "linestyle": "-", "linewidth": 2.0},
+    # the balloons: what they did, not only that they moved (green gives memory to the guest)
+    "balloon:inflate": {"color": "tab:brown", "linestyle": "-", "linewidth": 1.2},
+    "balloon:deflate": {"color": "tab:green", "linestyle": "-", "linewidth": 1.2},
+    "balloon:move": {"color": "tab:gray", "linestyle": ":", "linewidth": 1.0},
+    "virtio_balloon:inflate": {"color": "tab:pink", "linestyle": "--", "linewidth": 1.2},
+    "virtio_balloon:deflate": {"color": "tab:olive", "linestyle": "--", "linewidth": 1.2},
     None: {"color": "tab:purple", "linestyle": "-.", "linewidth": 0.8},
 }
 #: categories that get their own panel as lines, besides being in the stack

@@ -20,7 +20,10 @@ People read memory behaviour from a curve far more easily than from end-of-run n
 ``events``
     kernel events since the previous row as ``name=count`` joined by ``;`` (an object in
     JSON Lines): ``reclaim`` / ``reclaim_hard`` passes, ``shrink:<shrinker>`` for each
-    shrinker that freed something in a pass, ``oom``, and any event the kernel adds later.
+    shrinker that freed something in a pass, ``oom``, the JVM balloon's ``balloon:inflate``,
+    ``balloon:deflate`` and ``balloon:move``, the host balloon's ``virtio_balloon:inflate`` and
+    ``virtio_balloon:deflate``, and any event the kernel adds later (as ``name:action`` when
+    it says what it did).
 
 Columns are fixed at boot from ``memory_categories()``; a category that appears later gets its
 column then (the rows written so far are rewritten once, with 0: what it held then).
@@ -294,6 +297,7 @@ class Recorder:
         self._step = 0  # operations applied and clock ticks seen (tick()) so far
         self._next_ns = 0
         self._pending: dict[str, int] = {}
+        self._actual: dict[str, int] = {}  # a driver's last reported size, by event name
         self._last: tuple[int, int] | None = None  # (event, time) of the last row
         self._late: list[str] = []
         self.categories: list[str] = []
@@ -402,8 +406,20 @@ class Recorder:
                     key = f"shrink:{shrinker}"
                     counts[key] = counts.get(key, 0) + 1
         else:
+            name = self._event_name(name, record)
             counts[name] = counts.get(name, 0) + 1
         self._arc_dirty = True
+
+    def _event_name(self, name: str, record: dict[str, Any]) -> str:
+        """``balloon:inflate`` / ``:deflate`` / ``:move``: the action is what a reader wants to
+        see; the virtio balloon's moves are told apart by the way its size went."""
+        action = record.get("action")
+        if action is None and "actual_bytes" in record:
+            actual = record["actual_bytes"]
+            before = self._actual.get(name, 0)
+            self._actual[name] = actual
+            action = "inflate" if actual > before else "deflate" if actual < before else None
+        return f"{name}:{action}" if action else name
 
     def sample(self) -> None:
         """Take a row of the kernel's state now, with the events since the last row."""

@@ -180,3 +180,19 @@ def test_run_plot_svg_is_deterministic_xml_with_the_categories(tmp_path):
     text = " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
     for word in ("anonymous", "arc", "Memory by category", "ARC: size, target and hit ratio"):
         assert word in text
+
+
+def test_balloon_actions_are_marked_apart(tmp_path):
+    from mmsim.plot import EVENT_STYLES
+
+    data = synthetic(tmp_path, GIB, [100 * MIB, 200 * MIB, 150 * MIB, 120 * MIB], extra="yes")
+    data.events = [{}, {"balloon:inflate": 1}, {"balloon:move": 2}, {"balloon:deflate": 1}]
+    fig = plot_timeline(data)
+    marks = {c.get_label(): c for c in fig.axes[0].collections
+             if isinstance(c, LineCollection)}
+    assert set(marks) == {"balloon:inflate (1)", "balloon:move (2)", "balloon:deflate (1)"}
+    colors = {tuple(c.get_colors()[0]) for c in marks.values()}
+    assert len(colors) == 3  # three distinct marks
+    styles = {EVENT_STYLES[n]["color"] for n in ("balloon:inflate", "balloon:deflate",
+                                                  "balloon:move")}
+    assert len(styles) == 3 and EVENT_STYLES[None]["color"] not in styles

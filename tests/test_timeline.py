@@ -328,3 +328,23 @@ def test_default_thinning_keeps_rows_spread_over_clock_ticks(tmp_path):
     assert rows.time[-1] == pytest.approx(10.0)
     gaps = [b - a for a, b in zip(rows.time, rows.time[1:])]
     assert max(gaps) <= 4 * 10.0 / cap  # no multi-second hole
+
+
+def test_balloon_events_keep_their_action(trace, tmp_path):
+    tl = str(tmp_path / "b.csv")
+    text = "malloc a 1M\nhost-balloon 64M\nsleep 3s\nhost-balloon 0\nsleep 3s\n"
+    assert run("run", trace(text), "--memory", "256M", "--timeline", tl, "-q")[0] == 0
+    names = [name for row in load_timeline(tl).events for name in row]
+    assert names == ["virtio_balloon:inflate", "virtio_balloon:deflate"]
+    # the JVM balloon says what it did (a real JVM is for test_boot_image; its events are these)
+    from kernel import Kernel, load_config
+
+    kernel = Kernel(load_config(None, {"memory": "128M"}))
+    rec = Recorder(kernel, "b", timeline_path=str(tmp_path / "j.jsonl"), every=1)
+    for action in ("inflate", "move", "deflate"):
+        kernel.emit("balloon", action=action, balloons=1, bytes=1 << 20)
+        rec.sample()
+    rec.finish()
+    events = load_timeline(str(tmp_path / "j.jsonl")).events
+    assert [list(e) for e in events[1:]] == [["balloon:inflate"], ["balloon:move"],
+                                             ["balloon:deflate"]]
