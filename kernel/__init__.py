@@ -13,6 +13,7 @@ from kernel.config import (
     parse_size,
 )
 from kernel.kernel import Kernel, OutOfMemory, TraceFault, UnsupportedOperation
+from shrinker import ShrinkerError
 
 __all__ = [
     "AppThread",
@@ -21,6 +22,7 @@ __all__ = [
     "Kernel",
     "KernelConfig",
     "OutOfMemory",
+    "ShrinkerError",
     "TraceFault",
     "UnsupportedOperation",
     "apply_settings",

@@ -7,6 +7,7 @@ is a one-line error naming the file, line and key rather than a silently ignored
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,8 @@ class KernelConfig:
     e820: list[E820Entry] | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the folder of the configuration file, if any (user shrinkers' modules may live there)
+    base_dir: str | None = None
 
     def e820_map(self) -> list[E820Entry]:
         """The given map, or a QEMU-like one: low RAM, the VGA hole, and the PCI hole under 4 GiB."""
@@ -254,6 +257,7 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Ke
     config = KernelConfig()
     if path:
         config = apply_settings(config, load_yaml(path), path)
+        config = dataclasses.replace(config, base_dir=os.path.dirname(os.path.abspath(path)))
     if overrides:
         config = apply_settings(config, {k: v for k, v in overrides.items() if v is not None})
     return config

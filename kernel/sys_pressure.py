@@ -1,13 +1,17 @@
 """Wires memory pressure: the allocator's hook to the reclaimer, and the shrinkers it calls.
 
 User shrinkers are named in the configuration (``shrinkers: [module:attr, ...]``): a class (made
-with no arguments), an object with ``request_memory(target, hard)``, or a callable
-``fn(target, hard) -> bytes``, registered after the kernel's own, like OSv's C API shrinkers.
+with ``kernel=`` a :class:`ShrinkerKernel` if it takes that parameter, else with no arguments),
+an object with ``request_memory(target, hard)``, or a callable ``fn(target, hard) -> bytes``,
+registered after the kernel's own, like OSv's C API shrinkers (docs/configuration.md).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from kernel.config import ConfigError, parse_duration, register_config_keys
@@ -47,17 +51,139 @@ def _wake_latency(value: Any) -> int:
         raise ConfigError(f"'reclaimer_wake_latency': {e}") from None
 
 
-def load_user_shrinker(spec: Any) -> Any:
-    """Import ``module:attr``; a class is instantiated with no arguments."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
+class ShrinkerKernel:
+    """What a user shrinker sees of the kernel (its ``kernel`` argument, or ``attach(kernel)``):
+    memory figures, simulated time, and a cache of simulated pages of its own.
+
+    The cache's pages are real guest memory (the ``user_shrinkers`` category): ``alloc`` takes
+    them from the page allocator (so the guest feels the pressure) and ``free`` gives them back
+    to the free runs, so free memory rises by exactly the bytes ``free`` returns, which is what
+    ``request_memory`` should then answer. The registry believes no more than that rise.
+    """
+
+    page_size = PAGE_SIZE
+
+    def __init__(self, kernel: Kernel, spec: str) -> None:
+        self._kernel = kernel
+        self._spec = spec
+        self._held: list[tuple[int, int]] = []  # (first page, pages), oldest first
+        self.held_pages = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self._kernel.ranges.total_pages * PAGE_SIZE
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes in free runs (OSv's stats::free: the page caches count as used)."""
+        return self._kernel.ranges.free_pages * PAGE_SIZE
+
+    @property
+    def clock_ns(self) -> int:
+        return self._kernel.clock_ns
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the cache holds."""
+        return self.held_pages * PAGE_SIZE
+
+    def alloc(self, nbytes: int) -> int:
+        """Take whole pages for ``nbytes`` into the cache; returns the bytes taken. Raises
+        MemoryError if the guest cannot give them (after the reclaimer tried). Not allowed
+        inside ``request_memory`` (a shrinker gives memory back then)."""
+        if self._kernel.shrinkers.calling is not None:
+            raise RuntimeError("alloc() inside request_memory: a shrinker may only free there")
+        npages = -(-int(nbytes) // PAGE_SIZE)
+        if npages <= 0:
+            return 0
+        self._held.extend(self._kernel.pool.alloc_pages(npages, self._kernel.cpu))
+        self.held_pages += npages
+        return npages * PAGE_SIZE
+
+    def free(self, nbytes: int) -> int:
+        """Give back up to ``nbytes`` of the cache (whole pages, newest first) to the free
+        runs; returns the bytes freed (free memory rises by as much)."""
+        left = min(-(-int(nbytes) // PAGE_SIZE), self.held_pages) if nbytes > 0 else 0
+        freed = 0
+        ranges = self._kernel.ranges
+        while left:
+            start, n = self._held[-1]
+            k = min(n, left)
+            if k == n:
+                self._held.pop()
+            else:
+                self._held[-1] = (start, n - k)
+            ranges.free(start + n - k, k)
+            left -= k
+            freed += k
+        self.held_pages -= freed
+        return freed * PAGE_SIZE
+
+
+def _import(module_name: str, paths: list[str]) -> Any:
+    """Import a module with ``paths`` (the configuration's folder, the current one) searched
+    first, for the import only."""
+    added = [p for p in paths if p not in sys.path]
+    sys.path[:0] = added
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        for p in added:
+            if p in sys.path:
+                sys.path.remove(p)
+
+
+def _error(e: BaseException) -> str:
+    detail = str(e).splitlines()[0] if str(e) else ""
+    return type(e).__name__ + (f": {detail}" if detail else "")
+
+
+def _accepts_kernel(cls: type) -> bool:
+    try:
+        return "kernel" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def load_user_shrinker(spec: Any, face: ShrinkerKernel | None = None,
+                       paths: list[str] | None = None) -> Any:
+    """Import ``module:attr``. A class is instantiated, with ``kernel=`` (a
+    :class:`ShrinkerKernel`, ``face``) if its constructor has that parameter, else with no arguments; an
+    object with ``attach(kernel)`` is given it after. Every failure is a ValueError naming the
+    shrinker and what went wrong, in one line."""
+    if (not isinstance(spec, str) or spec.count(":") != 1
+            or not all(spec.split(":"))):
         raise ValueError(f"shrinker {spec!r} must be written 'module:attr'")
     module_name, attr = spec.split(":")
+    where = f"shrinker '{spec}'"
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        obj = getattr(_import(module_name, paths or []), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot load shrinker {spec!r}: {e}") from None
+        raise ValueError(f"cannot load {where}: {e}") from None
+    except Exception as e:  # the module itself failed as it was imported
+        raise ValueError(f"{where}: importing {module_name} raised {_error(e)}") from None
     if isinstance(obj, type):
-        obj = obj()
+        try:
+            obj = obj(kernel=face) if face is not None and _accepts_kernel(obj) else obj()
+        except Exception as e:
+            raise ValueError(f"{where}: {attr}() raised {_error(e)}") from None
+    if face is not None and callable(getattr(obj, "attach", None)):
+        try:
+            obj.attach(face)
+        except Exception as e:
+            raise ValueError(f"{where}: attach(kernel) raised {_error(e)}") from None
+    fn = getattr(obj, "request_memory", None)
+    what = "request_memory" if fn is not None else attr
+    if fn is None:
+        fn = obj
+    if not callable(fn):
+        raise ValueError(f"{where}: neither callable nor an object with request_memory")
+    try:
+        inspect.signature(fn).bind(0, False)
+    except TypeError as e:
+        raise ValueError(f"{where}: {what} must take (target, hard): {e}") from None
+    except ValueError:
+        pass  # no signature to check (a builtin): its first call will tell
     if not hasattr(obj, "name"):
         try:
             obj.name = attr
@@ -67,7 +193,7 @@ def load_user_shrinker(spec: Any) -> Any:
 
 
 def attach(kernel: Kernel) -> None:
-    registry = ShrinkerRegistry()
+    registry = ShrinkerRegistry(lambda: kernel.ranges.free_pages * PAGE_SIZE)
     reclaimer = Reclaimer(kernel.ranges, registry)
     kernel.shrinkers = registry
     kernel.reclaimer = reclaimer
@@ -93,14 +219,25 @@ def attach(kernel: Kernel) -> None:
 
 def attach_user_shrinkers(kernel: Kernel) -> None:
     """The page caches' shrinker after every other kernel shrinker (pages those free go to the
-    L1 caches first), then the user's, in the configuration's order."""
+    L1 caches first), then the user's, in the configuration's order.
+
+    A user shrinker's modules are looked for in the configuration file's folder and the current
+    one too; its answers are checked and capped at what free memory rose by (verify)."""
     kernel.shrinkers.register(PagePoolShrinker(kernel))
     specs = kernel.config.extra.get("shrinkers") or []
     if not isinstance(specs, list):
         raise ConfigError("'shrinkers' must be a list of 'module:attr'")
+    if not specs:
+        return
+    paths = [p for p in (kernel.config.base_dir, os.getcwd()) if p]
+    faces: list[ShrinkerKernel] = []
+    kernel.add_category("user_shrinkers", lambda: sum(f.held_pages for f in faces) * PAGE_SIZE)
     for spec in specs:
+        face = ShrinkerKernel(kernel, spec)
+        faces.append(face)
         try:
-            obj = load_user_shrinker(spec)
-            kernel.shrinkers.register(obj, name=spec.split(":")[1])
+            obj = load_user_shrinker(spec, face, paths)
         except (ValueError, TypeError) as e:
             raise ConfigError(str(e)) from None
+        kernel.shrinkers.register(obj, name=spec.split(":")[1] if isinstance(spec, str) else None,
+                                  verify=True, origin=str(spec))

@@ -1,6 +1,7 @@
 """The `mmsim` command: replay traces against a simulated OSv guest and report.
 
-Exit codes: 0 success, 2 bad input or options (one line naming the file and line), 3 the
+Exit codes: 0 success, 2 bad input or options (one line naming the file and line), or a user
+shrinker that could not be loaded or failed during the run (one line naming it), 3 the
 simulated guest ran out of memory (the summary's ``oom`` section says why).
 """
 
@@ -17,6 +18,7 @@ from kernel import (
     ConfigError,
     Kernel,
     OutOfMemory,
+    ShrinkerError,
     TraceFault,
     UnsupportedOperation,
     load_config,
@@ -88,7 +90,7 @@ def build_config(config_path: str | None, **overrides: Any) -> Any:
 def boot(config: Any) -> Kernel:
     try:
         return Kernel(config)
-    except (BootError, ConfigError) as e:
+    except (BootError, ConfigError, ShrinkerError) as e:
         raise InputError(f"cannot boot: {e}") from None
 
 
@@ -169,6 +171,9 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         raise InputError(str(e)) from None
     except (UnsupportedOperation, TraceFault) as e:
         raise InputError(f"{trace}:{kernel.line}: {e}") from None
+    except ShrinkerError as e:  # the user's shrinker failed during the run: exit 2, no traceback
+        click.echo(f"mmsim: {trace}:{kernel.line}: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except AssertionError as e:
         click.echo(f"mmsim: {trace}:{kernel.line}: invariant broken: {e}", err=True)
         sys.exit(1)

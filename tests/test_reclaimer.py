@@ -197,34 +197,100 @@ def test_reclaimer_wake_latency_in_simulated_time():
     assert later.reclaimer.passes == 1
 
 
-def test_user_shrinker_named_in_a_yaml_file_frees_memory(tmp_path, monkeypatch):
+HOARDER = (
+    "class Hoarder:\n"
+    "    \"\"\"Holds 1 MiB of simulated pages from boot and gives them back on request.\"\"\"\n"
+    "    name = 'hoarder'\n"
+    "    def __init__(self, kernel):\n"
+    "        self.kernel = kernel\n"
+    "        self.args = []\n"
+    "        kernel.alloc(1 << 20)\n"
+    "    def request_memory(self, target, hard):\n"
+    "        self.args.append((target, hard))\n"
+    "        return self.kernel.free(self.kernel.held_bytes)\n")
+
+
+def test_user_shrinker_named_in_a_yaml_file_frees_memory(tmp_path):
+    """A user shrinker holds real simulated pages (its module found next to the configuration
+    file, without PYTHONPATH), frees them on request, and free memory rises by what it says."""
     import json
 
-    from click.testing import CliRunner
+    from cli_helpers import run
 
-    from mmsim.cli import main
-
-    (tmp_path / "hoard.py").write_text(
-        "class Hoarder:\n"
-        "    '''Pretends to hold a cache of 1 MiB and gives it back on request.'''\n"
-        "    name = 'hoarder'\n"
-        "    def __init__(self):\n"
-        "        self.held = 1 << 20\n"
-        "        self.args = []\n"
-        "    def request_memory(self, target, hard):\n"
-        "        self.args.append((target, hard))\n"
-        "        freed, self.held = self.held, 0\n"
-        "        return freed\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "hoard.py").write_text(HOARDER)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("memory: 256M\ncpus: 1\nshrinkers: ['hoard:Hoarder']\n")
     trace = tmp_path / "t.trace"
     trace.write_text("mmap a 230M populate\nsleep 10ms\n")
-    r = CliRunner().invoke(main, ["run", str(trace), "--config", str(cfg), "--json", "-", "-q"])
-    assert r.exit_code == 0, r.stderr
-    s = json.loads(r.stdout)["shrinker"]
+    code, out, err = run("run", str(trace), "--config", str(cfg), "--json", "-", "-q")
+    assert code == 0, err
+    s = json.loads(out)["shrinker"]
     assert s["hoarder"]["calls"] >= 1
-    assert s["hoarder"]["freed_bytes"] == 1 << 20
+    assert s["hoarder"]["freed_bytes"] == s["hoarder"]["claimed_bytes"] == 1 << 20
+
+
+def test_user_shrinker_pages_count_and_free_memory_rises_by_its_yield(tmp_path, monkeypatch):
+    (tmp_path / "hoard_cwd.py").write_text(HOARDER)
+    monkeypatch.chdir(tmp_path)  # the current folder is searched too
+    k = Kernel(KernelConfig(memory=256 << 20, cpus=1, extra={"shrinkers": ["hoard_cwd:Hoarder"]}))
+    assert k.memory_categories()["user_shrinkers"] == 1 << 20
+    k.check()
+    before = k.ranges.free_pages * PAGE_SIZE
+    k.reclaimer.wake()
+    k.reclaimer.run()
+    assert k.ranges.free_pages * PAGE_SIZE - before >= 1 << 20
+    assert k.summary()["shrinker"]["hoarder"]["last_yield_bytes"] == 1 << 20
+    assert k.memory_categories()["user_shrinkers"] == 0
+    k.check()
+
+
+def test_a_user_shrinker_that_frees_nothing_gets_no_credit(tmp_path, monkeypatch):
+    """What a user shrinker says it freed is capped at what free memory rose by; the claim is
+    kept beside it."""
+    (tmp_path / "liar.py").write_text("def claim(target, hard):\n    return 1 << 20\n")
+    monkeypatch.chdir(tmp_path)
+    k = Kernel(KernelConfig(memory=256 << 20, cpus=1, extra={"shrinkers": ["liar:claim"]}))
+    k.reclaimer.wake()
+    k.reclaimer.run()
+    s = k.summary()["shrinker"]["claim"]
+    assert s["freed_bytes"] == 0 and s["last_yield_bytes"] == 0
+    assert s["claimed_bytes"] == 1 << 20
+
+
+BAD_SHRINKERS = {
+    "raises": ("def shrink(target, hard):\n    raise ValueError('no cache today')\n",
+               "shrink", "request_memory(", "raised ValueError: no cache today"),
+    "returns_none": ("def shrink(target, hard):\n    pass\n",
+                     "shrink", "request_memory(", "returned None"),
+    "returns_float": ("def shrink(target, hard):\n    return 1.5\n",
+                      "shrink", "request_memory(", "returned 1.5"),
+    "signature": ("def shrink(target):\n    return 0\n",
+                  "shrink", "must take (target, hard)", ""),
+    "constructor": ("class Shrink:\n    def __init__(self):\n        raise OSError('disk')\n"
+                    "    def request_memory(self, target, hard):\n        return 0\n",
+                    "Shrink", "Shrink() raised OSError: disk", ""),
+    "alloc_in_call": ("class Shrink:\n    def __init__(self, kernel):\n        self.k = kernel\n"
+                      "    def request_memory(self, target, hard):\n"
+                      "        return self.k.alloc(4096)\n",
+                      "Shrink", "raised RuntimeError: alloc() inside request_memory", ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SHRINKERS))
+def test_a_failing_user_shrinker_is_one_line_and_exit_2(tmp_path, case):
+    from cli_helpers import run
+
+    source, attr, what, detail = BAD_SHRINKERS[case]
+    module = f"bad_{case}"
+    (tmp_path / f"{module}.py").write_text(source)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"memory: 256M\ncpus: 1\nshrinkers: ['{module}:{attr}']\n")
+    trace = tmp_path / "t.trace"
+    trace.write_text("mmap a 230M populate\nsleep 10ms\n")
+    code, out, err = run("run", str(trace), "--config", str(cfg), "-q")
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"shrinker '{module}:{attr}'" in err and what in err and detail in err
 
 
 def test_a_bad_user_shrinker_is_a_config_error(tmp_path):
