@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kernel.config import E820Entry, KernelConfig
+from kernel.config import LINEAR_AREA_SIZE, E820Entry, KernelConfig
 from mm.constants import (
     KERNEL_PHYS,
     KERNEL_VIRT,
@@ -78,6 +78,8 @@ def boot_memory(config: KernelConfig) -> PhysicalMemory:
     """Hand the e820 map's usable memory to a new allocator and build the linear map."""
     e820 = config.e820_map()
     usable = [e for e in e820 if e.type == 1]
+    if any(e.end > LINEAR_AREA_SIZE for e in usable):  # it would run into the next area
+        raise BootError("usable RAM ends past 16T, the size of each linear-map area")
     phys_mem_size = sum(e.length for e in usable)
     kernel_end = -(-(KERNEL_PHYS + config.kernel_size) // PAGE_SIZE) * PAGE_SIZE
     ranges = PageRangeAllocator()

@@ -16,7 +16,13 @@ import yaml
 from kernel import units
 from mm.constants import PAGE_SIZE
 
-MAX_MEMORY = 1 << 46  # 64 TiB: what OSv's 44-bit physical linear map can address
+#: Each of OSv's linear-map areas (main 0x4000_0000_0000, page 0x5000_..., mempool 0x6000_...)
+#: is 16 TiB (address bits 0-43, §1): usable RAM must end at or below 16 TiB, or it runs into
+#: the next area (§6 virt_to_phys masks 44 bits; §10 maps all RAM in the three areas).
+LINEAR_AREA_SIZE = 1 << 44
+#: The largest ``memory`` of the default layout, whose RAM from 3 GiB up lies above the 1 GiB
+#: PCI hole: its top is memory + 1 GiB.
+MAX_MEMORY = LINEAR_AREA_SIZE - (1 << 30)
 
 
 class ConfigError(ValueError):
@@ -189,6 +195,7 @@ def _e820(value: Any) -> list[E820Entry]:
     for a, b in zip(out, out[1:], strict=False):
         if b.start < a.end:
             raise ValueError(f"e820 entries at {a.start:#x} and {b.start:#x} overlap")
+    _check_top(out)
     return out
 
 
@@ -209,7 +216,7 @@ def apply_settings(
             )
         try:
             if key == "memory":
-                updates[key] = parse_size(value)
+                updates[key] = _check_memory(parse_size(value))
             elif key == "kernel_size":
                 updates[key] = parse_size(value)
             elif key == "cpus":
@@ -234,20 +241,37 @@ def apply_settings(
     return new
 
 
+def _check_memory(memory: int) -> int:
+    """``memory`` if the default layout (:meth:`KernelConfig.e820_map`) can hold it."""
+    if memory < 64 << 20:
+        raise ValueError(f"memory {memory} is too small (at least 64M)")
+    if memory > MAX_MEMORY:
+        raise ValueError(
+            f"memory {units.format_size_exact(memory)} is more than OSv's layout holds: at most "
+            f"{units.format_size_exact(MAX_MEMORY)} (each linear-map area is 16T, and RAM above "
+            "3G lies past the 1G PCI hole)")
+    if memory % PAGE_SIZE:
+        raise ValueError("memory must be a multiple of 4K")
+    return memory
+
+
+def _check_top(e820: list[E820Entry]) -> None:
+    """Usable RAM must end within one linear-map area (16 TiB)."""
+    top = max((e.end for e in e820 if e.type == 1), default=0)
+    if top > LINEAR_AREA_SIZE:
+        raise ValueError(
+            f"e820: usable RAM ends at {top:#x}, past 16T ({LINEAR_AREA_SIZE:#x}), the size of "
+            "each of OSv's linear-map areas")
+
+
 def validate(config: KernelConfig) -> None:
     """Whole-config checks: sizes that a machine can have."""
     if config.e820 is None:
-        if config.memory < 64 << 20:
-            raise ValueError(f"memory {config.memory} is too small (at least 64M)")
-        if config.memory > MAX_MEMORY:
-            raise ValueError("memory larger than 64T is not addressable by OSv's linear map")
-        if config.memory % PAGE_SIZE:
-            raise ValueError("memory must be a multiple of 4K")
+        _check_memory(config.memory)
     usable = sum(e.length for e in config.e820_map() if e.type == 1)
     if usable < 16 << 20:
         raise ValueError("less than 16M of usable memory in the e820 map")
-    if max(e.end for e in config.e820_map()) > MAX_MEMORY:
-        raise ValueError("e820 map reaches past 64T")
+    _check_top(config.e820_map())
     if config.kernel_size <= 0 or config.kernel_size > 1 << 30:
         raise ValueError("kernel_size must be between 1 byte and 1G")
 

@@ -1,0 +1,53 @@
+"""Configurations OSv's memory layout can hold, and config files that cannot hang or mislead
+the loader (reference §1, §6, §10)."""
+
+import pytest
+from cli_helpers import run
+
+from kernel import BootError, ConfigError, Kernel, KernelConfig, load_config
+from kernel.config import E820Entry
+from mm.constants import MAIN_AREA, MEMPOOL_AREA, PAGE_AREA
+
+GIB = 1 << 30
+
+
+# -- the layout's limit: each linear-map area is 16 TiB ------------------------------------------
+
+@pytest.mark.parametrize("memory", ["16T", "17T", "64T"])
+def test_memory_the_layout_cannot_hold_is_refused(memory):
+    # 16T itself does not fit: the PCI hole puts the top of RAM at 16T + 1G
+    with pytest.raises(ConfigError, match=r"--memory: .*at most 16383G.*16T"):
+        load_config(None, {"memory": memory})
+
+
+@pytest.mark.parametrize("memory", ["16T", "17T", "64T"])
+def test_memory_the_layout_cannot_hold_is_one_line_exit_2(trace, memory):
+    code, _, err = run("run", trace("sleep 1s\n"), "--memory", memory, "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "16383G" in err
+
+
+def test_largest_accepted_memory_boots():
+    cfg = load_config(None, {"memory": "16383G"})
+    k = Kernel(cfg)
+    top = max(e.end for e in cfg.e820_map() if e.type == 1)
+    assert top == 1 << 44
+    for area in (MAIN_AREA, PAGE_AREA, MEMPOOL_AREA):
+        assert k.page_tables.translate(area + top - (4 << 20))[0] == top - (4 << 20)
+
+
+def test_e820_past_16t_is_refused(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("e820:\n  - {start: 0, length: 640K}\n  - {start: 1M, length: 1023M}\n"
+                 "  - {start: 16T, length: 1G}\n")
+    with pytest.raises(ConfigError, match=rf"{p}:1: e820: usable RAM ends at 0x100040000000"):
+        load_config(str(p))
+    # a reserved entry up there maps nothing and is fine
+    p.write_text("e820:\n  - {start: 0, length: 640K}\n  - {start: 1M, length: 1023M}\n"
+                 "  - {start: 16T, length: 1G, type: 2}\n")
+    Kernel(load_config(str(p))).check()
+
+
+def test_kernel_refuses_a_map_past_16t_without_the_config():
+    e820 = [E820Entry(0, 0x9F000, 1), E820Entry(0x100000, GIB, 1), E820Entry(1 << 44, GIB, 1)]
+    with pytest.raises(BootError, match="16T"):
+        Kernel(KernelConfig(e820=e820))
