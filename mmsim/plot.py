@@ -11,23 +11,26 @@ import io
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from mmsim.summary_text import human
 from mmsim.timeline import TimelineData, TimelineError, check_plot_path
 
 __all__ = [
     "EVENT_STYLES",
+    "XAxis",
     "byte_unit",
     "figure_svg",
     "plot_categories",
     "plot_timeline",
     "save_figure",
+    "x_axis",
 ]
 
 MIB = 1 << 20
@@ -61,15 +64,90 @@ def byte_unit(max_bytes: float) -> tuple[str, int]:
     return ("GiB", GIB) if max_bytes >= 2 * GIB else ("MiB", MIB)
 
 
-def _time_axis(data: TimelineData) -> tuple[list[float], str]:
-    """Simulated time in s, ms or µs when the clock moved; operations otherwise."""
-    end = max(data.time, default=0.0)
-    if end <= 0:
-        return [float(e) for e in data.event], "operations applied"
+@dataclass
+class XAxis:
+    """What the plot's x-axis shows: ``x`` per row, its label, and a top axis of the other
+    measure of progress (``top_ticks``: positions and labels) when that one says more."""
+
+    x: list[float]
+    label: str
+    kind: str  # "time", "operations" or "steps"
+    top_label: str = ""
+    top_ticks: list[tuple[float, str]] = field(default_factory=list)
+
+
+#: rows that may share one x value, with something changing, before time is not the x-axis
+_HIDDEN_SHARE = 1 / 200
+_TOP_TICKS = 7
+
+
+def _time_unit(end: float) -> tuple[str, float]:
     for unit, scale in (("s", 1.0), ("ms", 1e3), ("µs", 1e6)):
         if end * scale >= 1 or unit == "µs":
-            return [t * scale for t in data.time], f"simulated time ({unit})"
+            return unit, scale
     raise AssertionError("unreachable")
+
+
+def _changed(data: TimelineData, i: int) -> bool:
+    """Row i shows something row i-1 did not (memory moved, or events happened)."""
+    return bool(data.events[i]) or data.free[i] != data.free[i - 1] or any(
+        v[i] != v[i - 1] for v in data.categories.values())
+
+
+def _hidden(data: TimelineData, values: Sequence[float]) -> int:
+    """Rows that would be drawn at the x value of the row before although they differ."""
+    return sum(1 for i in range(1, len(values))
+               if values[i] <= values[i - 1] and _changed(data, i))
+
+
+def _ticks(x: Sequence[float], labels: Sequence[str]) -> list[tuple[float, str]]:
+    """Up to _TOP_TICKS positions evenly over x, each labelled as its row is."""
+    lo, hi = x[0], x[-1]
+    out: list[tuple[float, str]] = []
+    for k in range(_TOP_TICKS):
+        target = lo + (hi - lo) * k / (_TOP_TICKS - 1)
+        i = next((j for j, v in enumerate(x) if v >= target), len(x) - 1)
+        if not out or (x[i] > out[-1][0] and labels[i] != out[-1][1]):
+            out.append((x[i], labels[i]))  # a label once: where the clock stood still
+    return out
+
+
+def _spread(ops: list[float]) -> list[float]:
+    """Event numbers, with a row that shares its number with the row before (the operation
+    that ran out of memory is not counted as applied) half a sampling interval later."""
+    steps = sorted(b - a for a, b in zip(ops, ops[1:]) if b > a)
+    half = steps[len(steps) // 2] / 2 if steps else 0.5
+    out = ops[:1]
+    for v in ops[1:]:
+        out.append(max(v, out[-1] + half) if v <= out[-1] else v)
+    return out
+
+
+def x_axis(data: TimelineData) -> XAxis:
+    """The x-axis that shows what happened: simulated time when the rows are spread in time;
+    else operations applied (work that takes no simulated time: a burst of faults, reclaim
+    passes, an OOM) with simulated time on top; else, when neither spreads the rows (a JVM's
+    ticks at one operation, then operations at one time), the samples in order."""
+    n = len(data)
+    end = max(data.time, default=0.0)
+    unit, scale = _time_unit(end)
+    times = [t * scale for t in data.time]
+    time_label = f"simulated time ({unit})"
+    time_names = [f"{t:.4g}" for t in times]
+    ops = [float(e) for e in data.event]
+    op_names = [str(e) for e in data.event]
+    hidden_t = _hidden(data, times) if end > 0 else n
+    if hidden_t <= n * _HIDDEN_SHARE:
+        moved = data.event[-1] > data.event[0]
+        return XAxis(times, time_label, "time", "operations applied" if moved else "",
+                     _ticks(times, op_names) if moved else [])
+    if _hidden(data, ops) <= max(1.0, n * _HIDDEN_SHARE):  # e.g. the row of an OOM
+        ops = _spread(ops)
+        top = (time_label, _ticks(ops, time_names)) if end > 0 else ("", [])
+        return XAxis(ops, "operations applied", "operations", *top)
+    steps = [float(i) for i in range(n)]
+    return XAxis(steps, "samples in run order (labels: operations applied)", "steps", time_label if end > 0 else "",
+                 _ticks(steps, time_names) if end > 0 else [])
 
 
 def _subtitle(summary: dict[str, Any] | None) -> str:
@@ -77,8 +155,9 @@ def _subtitle(summary: dict[str, Any] | None) -> str:
         return ""
     cfg = summary.get("config") or {}
     parts = []
-    if cfg.get("ram_bytes"):
-        parts.append(f"{human(cfg['ram_bytes'])} RAM")
+    ram = cfg.get("memory_bytes") or cfg.get("ram_bytes")
+    if ram:
+        parts.append(f"{human(ram)} RAM")
     if cfg.get("cpus"):
         parts.append(f"{cfg['cpus']} CPUs")
     if "hugepages" in cfg:
@@ -116,7 +195,8 @@ def plot_timeline(data: TimelineData, summary: dict[str, Any] | None = None,
     then the balloon and JVM heap if present."""
     if not len(data):
         raise TimelineError(f"{data.source or 'timeline'}: no rows to plot")
-    x, xlabel = _time_axis(data)
+    axis = x_axis(data)
+    x = axis.x
     marks = _event_marks(data)
     cats = [n for n, v in data.categories.items() if any(v)]
     arc = _arc_used(data)
@@ -167,7 +247,16 @@ def plot_timeline(data: TimelineData, summary: dict[str, Any] | None = None,
         _mark_events(ax, x, marks, data, label=False)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].set_xlabel(xlabel)
+    axes[-1].set_xlabel(axis.label)
+    if axis.kind == "steps":  # the samples in order, labelled with the operations applied
+        events = data.event
+        axes[-1].xaxis.set_major_formatter(FuncFormatter(
+            lambda v, _: str(events[int(v)]) if v == int(v) and 0 <= v < len(events) else ""))
+    if axis.top_ticks:
+        top = axes[0].secondary_xaxis("top")
+        top.set_xticks([p for p, _ in axis.top_ticks], [t for _, t in axis.top_ticks])
+        top.tick_params(labelsize="small")
+        top.set_xlabel(axis.top_label, fontsize="small")
     return fig
 
 

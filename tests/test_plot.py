@@ -196,3 +196,60 @@ def test_balloon_actions_are_marked_apart(tmp_path):
     styles = {EVENT_STYLES[n]["color"] for n in ("balloon:inflate", "balloon:deflate",
                                                   "balloon:move")}
     assert len(styles) == 3 and EVENT_STYLES[None]["color"] not in styles
+
+
+def top_axis(ax):
+    """The secondary x-axis on top of a panel (matplotlib keeps it among the child axes)."""
+    return next(c for c in ax.child_axes if c.get_xlabel())
+
+
+def test_work_that_takes_no_time_is_spread_by_operations(tmp_path):
+    """Reads take disk time, the touches and their reclaim passes none: on a time axis they
+    would all stand at one x. The x-axis is then the operations, with the time on top."""
+    data = timeline_of(tmp_path, PRESSURE, "--memory", "128M")
+    assert len(set(data.time[-30:])) == 1  # the touches all happen at one simulated time
+    fig = plot_timeline(data)
+    ax = fig.axes[0]
+    assert xlabel(fig) == "operations applied"
+    x = band(areas(ax)[next(iter(areas(ax)))], len(data))[0]
+    assert all(b > a for a, b in zip(x, x[1:]))  # every row has its own x
+    assert x.tolist() == [float(e) for e in data.event]
+    top = top_axis(ax)
+    assert top.get_xlabel() == "simulated time (ms)"
+    labels = [t.get_text() for t in top.get_xticklabels()]
+    assert labels[0] == "0" and len(labels) == len(set(labels)) >= 2
+
+
+def test_the_operation_that_ran_out_of_memory_gets_its_own_x(tmp_path):
+    trace = tmp_path / "o.trace"
+    trace.write_text("create f 64M\nread f 0 64M\nsleep 200ms\nmmap a 200M\ntouch a 0 200M w\n")
+    tl = str(tmp_path / "o.csv")
+    code, _, _ = run("run", str(trace), "--memory", "128M", "--timeline", tl, "-q")
+    assert code == 3
+    data = load_timeline(tl)
+    assert data.event[-1] == data.event[-2]  # the failed touch is not counted as applied
+    fig = plot_timeline(data)
+    x = band(areas(fig.axes[0])["anonymous"], len(data))[0]
+    assert x[-1] == data.event[-1] + 0.5 and x[-2] == data.event[-2]
+    oom = next(c for c in fig.axes[0].collections if c.get_label() == "oom (1)")
+    assert oom.get_segments()[0][0][0] == x[-1]
+
+
+def test_ticks_and_timeless_bursts_are_drawn_as_samples_in_order(tmp_path):
+    """A boot: the JVM's ticks at one operation, then operations at one time. Neither time nor
+    operations spread the rows; the samples in order do, labelled with both."""
+    lines = ["time,event,total_bytes,free_bytes,anonymous_bytes,events"]
+    rows = [(0.1 * i, 0) for i in range(10)] + [(1.0, i) for i in range(1, 11)]
+    for i, (t, e) in enumerate(rows):
+        lines.append(f"{t},{e},{GIB},{GIB - (i + 1) * MIB},{(i + 1) * MIB},")
+    path = tmp_path / "b.csv"
+    path.write_text("\n".join(lines) + "\n")
+    data = load_timeline(str(path))
+    fig = plot_timeline(data)
+    ax = fig.axes[0]
+    x = band(areas(ax)["anonymous"], len(data))[0]
+    assert x.tolist() == list(range(len(data)))
+    assert xlabel(fig).startswith("samples in run order")
+    fmt = fig.axes[-1].xaxis.get_major_formatter()
+    assert fmt(15, 0) == "6"  # the 16th sample was taken after 6 operations
+    assert top_axis(ax).get_xlabel() == "simulated time (s)"
