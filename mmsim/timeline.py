@@ -143,16 +143,36 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _read_jsonl(f: TextIO, path: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; TimelineError at the line that is not
+    one JSON object (with json's column, not its 'line 1')."""
+    out = []
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TimelineError(f"{path}:{n}: not a timeline row ({e.msg} at column {e.colno})"
+                                ) from None
+        if not isinstance(record, dict):
+            raise TimelineError(f"{path}:{n}: not a timeline row (a JSON object is expected)")
+        out.append((n, record))
+    return out
+
+
 def load_timeline(path: str) -> TimelineData:
     """Read a timeline written by :class:`Recorder` (CSV, or JSON Lines for ``.jsonl``)."""
     try:
         with open(path, encoding="utf-8", newline="") as f:
             if path.endswith(".jsonl"):
-                records = [json.loads(line) for line in f if line.strip()]
-                header = list(records[0]) if records else []
+                records = _read_jsonl(f, path)
+                header = list(records[0][1]) if records else []
             else:
                 reader = csv.DictReader(f)
-                records = list(reader)
+                records = []
+                for r in reader:  # the line a row ends on (a quoted field may span lines)
+                    records.append((reader.line_num, r))
                 header = list(reader.fieldnames or [])
     except OSError as e:
         raise TimelineError(f"{path}: cannot read ({e.strerror})") from None
@@ -167,20 +187,38 @@ def load_timeline(path: str) -> TimelineData:
              and c != "events"]
     data.categories = {n: [] for n in names}
     data.extra = {c: [] for c in extra}
-    try:
-        for r in records:
-            data.time.append(float(r["time"]))
-            data.event.append(int(r["event"]))
-            data.total.append(int(r["total_bytes"]))
-            data.free.append(int(r["free_bytes"]))
+    for line, r in records:
+        column = "time"
+        try:
+            time = float(r["time"])
+            column = "event"
+            event = int(r["event"])
+            column = "total_bytes"
+            total = int(r["total_bytes"])
+            column = "free_bytes"
+            free = int(r["free_bytes"])
+            cats = []
             for n in names:
-                data.categories[n].append(int(r.get(n + BYTES) or 0))
+                column = n + BYTES
+                cats.append(int(r.get(column) or 0))
+            more = []
             for c in extra:
-                data.extra[c].append(_number(r.get(c)))
+                column = c
+                more.append(_number(r.get(c)))
+            column = "events"
             ev = r.get("events") or {}
-            data.events.append(dict(ev) if isinstance(ev, dict) else parse_events(ev))
-    except (TypeError, ValueError, AttributeError) as e:
-        raise TimelineError(f"{path}:{len(data.time) + 2}: bad timeline row ({e})") from None
+            events = dict(ev) if isinstance(ev, dict) else parse_events(ev)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TimelineError(f"{path}:{line}: bad timeline row ({column}: {e})") from None
+        data.time.append(time)
+        data.event.append(event)
+        data.total.append(total)
+        data.free.append(free)
+        for n, v in zip(names, cats):
+            data.categories[n].append(v)
+        for c, v in zip(extra, more):
+            data.extra[c].append(v)
+        data.events.append(events)
     return data
 
 

@@ -348,3 +348,31 @@ def test_balloon_events_keep_their_action(trace, tmp_path):
     events = load_timeline(str(tmp_path / "j.jsonl")).events
     assert [list(e) for e in events[1:]] == [["balloon:inflate"], ["balloon:move"],
                                              ["balloon:deflate"]]
+
+
+GOOD_CSV = "time,event,total_bytes,free_bytes,a_bytes,arc_size,events\n0.0,0,100,60,40,,\n"
+GOOD_ROW = {"time": 0.0, "event": 0, "total_bytes": 100, "free_bytes": 60, "a_bytes": 40,
+            "events": {}}
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("t.csv", GOOD_CSV + "0.5,1,100,60,40,,\nx,2,100,60,40,,\n", ":4: bad timeline row (time"),
+    ("t.csv", GOOD_CSV + "0.5,1,100,60,40,,\n1.0,2,100,60,4O,,\n", ":4: bad timeline row (a_bytes"),
+    ("t.csv", GOOD_CSV + "1.0,2,100,sixty,40,,\n", ":3: bad timeline row (free_bytes"),
+    ("t.csv", GOOD_CSV + "1.0,2,100,60,40,big,\n", ":3: bad timeline row (arc_size"),
+    ("t.jsonl", json.dumps(GOOD_ROW) + "\n" + json.dumps({**GOOD_ROW, "event": "x"}) + "\n",
+     ":2: bad timeline row (event"),
+    ("t.jsonl", json.dumps(GOOD_ROW) + "\n\n" + json.dumps({**GOOD_ROW, "a_bytes": [1]}) + "\n",
+     ":3: bad timeline row (a_bytes"),
+    ("t.jsonl", json.dumps(GOOD_ROW) + '\n{"time": 1.0,, }\n',
+     ":2: not a timeline row (Expecting property name enclosed in double quotes at column 14)"),
+    ("t.jsonl", json.dumps(GOOD_ROW) + "\n[1, 2]\n", ":2: not a timeline row (a JSON object"),
+])
+def test_a_bad_timeline_file_names_its_line(tmp_path, name, text, where):
+    from mmsim.timeline import TimelineError
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(TimelineError) as e:
+        load_timeline(str(path))
+    assert str(e.value).startswith(f"{path}{where}"), str(e.value)
