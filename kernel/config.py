@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +27,18 @@ MAX_MEMORY = LINEAR_AREA_SIZE - (1 << 30)
 
 
 class ConfigError(ValueError):
-    """A bad configuration value; str() is the one-line message for the user."""
+    """A bad configuration value; str() is the one-line message for the user.
 
-    def __init__(self, message: str, path: str | None = None, line: int = 0) -> None:
+    ``key`` and ``reason`` are set for a bad value of one key: the key and what is wrong with
+    its value, without the file, line or option that str() names.
+    """
+
+    def __init__(self, message: str, path: str | None = None, line: int = 0, *,
+                 key: str | None = None, reason: str | None = None) -> None:
         where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
         super().__init__(where + message)
+        self.key = key
+        self.reason = reason
 
 
 def parse_size(value: Any) -> int:
@@ -107,14 +115,39 @@ _KEYS = {
     "seed": "random seed for anything random",
 }
 
-#: keys later subsystems accept; they validate their own values when they are built
+#: keys later subsystems accept; their values are checked by the subsystems' validators
 _DEFERRED_KEYS: set[str] = set()
 
+#: ``check(settings)`` of each subsystem: ValueError if one of its keys in ``settings`` (a
+#: mapping like ``KernelConfig.extra``) has a bad value; other keys it ignores
+Validator = Callable[[dict[str, Any]], object]
+_VALIDATORS: list[Validator] = []
 
-def register_config_keys(keys: dict[str, str]) -> None:
-    """Let a subsystem add its own configuration keys (validated by that subsystem)."""
+
+def register_config_keys(keys: dict[str, str], validator: Validator | None = None) -> None:
+    """Let a subsystem add its own configuration keys, and the validator of their values."""
     _KEYS.update(keys)
     _DEFERRED_KEYS.update(keys)
+    if validator is not None:
+        register_config_validator(validator)
+
+
+def register_config_validator(validator: Validator) -> None:
+    """Check subsystem keys' values as the configuration is loaded, so that a bad one is an
+    error naming its file and line (or its command-line option), not a failed boot.
+
+    ``validator`` is called with one key at a time (``{key: value}``) and raises ValueError
+    saying what is wrong; the subsystem typically passes the function that reads its settings
+    from ``config.extra`` at boot, so the two cannot disagree. The config module knows nothing
+    of the subsystems: they register themselves when imported (kernel/subsystems.py).
+    """
+    if validator not in _VALIDATORS:
+        _VALIDATORS.append(validator)
+
+
+def _check_extra(key: str, value: Any) -> None:
+    for check in _VALIDATORS:
+        check({key: value})
 
 
 def known_keys() -> dict[str, str]:
@@ -229,10 +262,18 @@ def apply_settings(
                 updates[key] = _e820(_strip_lines(value))
             else:
                 extra[key] = _strip_lines(value)
+                _check_extra(key, extra[key])
         except ValueError as e:
-            # from the command line there is no file: name the option instead
-            where = "" if path else f"--{key.replace('_', '-')}: "
-            raise ConfigError(f"{where}{e}", path, line) from None
+            reason = getattr(e, "reason", None) or str(e)
+            if reason.startswith(f"'{key}': "):
+                reason = reason[len(key) + 4:]
+            if path:  # file:line: key: what is wrong
+                if reason.startswith(f"'{key}' "):  # 'cpus' must be ... -> cpus: must be ...
+                    reason = reason[len(key) + 3:]
+                where = "" if reason.startswith(key) else f"{key}: "
+            else:  # from the command line there is no file: name the option instead
+                where = f"--{key.replace('_', '-')}: "
+            raise ConfigError(f"{where}{reason}", path, line, key=key, reason=reason) from None
     new = dataclasses.replace(config, **updates, extra=extra)
     try:
         validate(new)

@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from drivers.virtio_balloon import VirtioBalloon
-from kernel.config import ConfigError, parse_duration, parse_size, register_config_keys
+from kernel.config import (
+    ConfigError,
+    parse_duration,
+    parse_size,
+    register_config_keys,
+    register_config_validator,
+)
 from mm.constants import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -39,6 +45,9 @@ def _settings(extra: dict[str, Any]) -> tuple[int, int, bool, int | None]:
     if rate < PAGE_SIZE:
         raise ConfigError("'virtio_balloon_rate' must be at least 4K per second")
     return target, rate, deflate, latency
+
+
+register_config_validator(_settings)  # each value checked as the configuration is loaded
 
 
 def attach(kernel: Kernel) -> VirtioBalloon:

@@ -1,9 +1,10 @@
 """Wires ZFS, its ARC and the virtio-blk disk into the kernel: file operations, memory, summary.
 
-Configuration keys (validated here, at boot): ``cache_policy`` (zfs, arc, lru, or any
-``fs/zfs_arc/policy_<name>.py``), ``arc_size`` (fixes the capacity: c_min = c_max), ``recordsize``
-(the dataset's, 128K by default), ``block_size`` (record size of block-trace files, overriding
-the trace's own block), ``disk_latency``, ``disk_bandwidth`` and ``arc_reclaim_wake_latency``.
+Configuration keys (validated as the configuration is loaded, by the validator this module
+registers): ``cache_policy`` (zfs, arc, lru, or any ``fs/zfs_arc/policy_<name>.py``),
+``arc_size`` (fixes the capacity: c_min = c_max), ``recordsize`` (the dataset's, 128K by
+default), ``block_size`` (record size of block-trace files, overriding the trace's own block),
+``disk_latency``, ``disk_bandwidth`` and ``arc_reclaim_wake_latency``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from fs.zfs_arc.mapping import ArcMappings
 from fs.zfs_arc.policy import policy_class
 from fs.zfs_arc.policy_zfs import arc_init
 from kernel.boot import BootError
-from kernel.config import parse_duration, parse_size, register_config_keys
+from kernel.config import (
+    parse_duration,
+    parse_size,
+    register_config_keys,
+    register_config_validator,
+)
 from mm.constants import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -70,6 +76,9 @@ class FsConfig:
             self.arc_reclaim_wake_latency_ns = _duration(wl)
         except ValueError as e:
             raise ValueError(f"'arc_reclaim_wake_latency': {e}") from None
+
+
+register_config_validator(FsConfig)  # each value checked as the configuration is loaded
 
 
 def _duration(value: Any) -> int:

@@ -21,7 +21,7 @@ from balloon.balloon import MIN_RAM, JvmBalloon
 from balloon.heap import JavaHeap, TrackedMapping
 from balloon.jvm import HostJvm, JvmError, start_jvm
 from kernel.boot import BootError
-from kernel.config import register_config_keys
+from kernel.config import register_config_keys, register_config_validator
 from mm.vma import ANON
 
 if TYPE_CHECKING:
@@ -33,6 +33,21 @@ register_config_keys({
     "jvm_balloon": "inflate the JVM balloon under memory pressure (true/false, default true)",
     "jvm_path": "the JVM to host: a libjvm.so or a JDK directory (default: javac's JDK)",
 })
+
+
+def _settings(extra: dict[str, Any]) -> tuple[bool, str | None]:
+    """``jvm_balloon`` and ``jvm_path`` from ``config.extra``; ValueError names the bad key."""
+    enabled = extra.get("jvm_balloon", True)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"'jvm_balloon' must be true or false, not {enabled!r}")
+    path = extra.get("jvm_path")
+    if path is not None and not isinstance(path, str):
+        raise ValueError(f"'jvm_path' must be a path, not {path!r}")
+    return enabled, path
+
+
+register_config_validator(_settings)  # each value checked as the configuration is loaded
+
 
 NATIVE_SPAN = 8 << 30  # virtual room for the JVM's native memory (metaspace, code, threads)
 NATIVE_PERIOD_S = 0.25  # how often native memory tracking is read while the app runs
@@ -58,14 +73,10 @@ class JvmSubsystem:
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
-        extra = kernel.config.extra
-        enabled = extra.get("jvm_balloon", True)
-        if not isinstance(enabled, bool):
-            raise BootError(f"'jvm_balloon' must be true or false, not {enabled!r}")
-        self.balloon_wanted = enabled
-        self.jvm_path = extra.get("jvm_path")
-        if self.jvm_path is not None and not isinstance(self.jvm_path, str):
-            raise BootError("'jvm_path' must be a path")
+        try:
+            self.balloon_wanted, self.jvm_path = _settings(kernel.config.extra)
+        except ValueError as e:
+            raise BootError(str(e)) from None
         self.host: HostJvm | None = None
         self.heap: JavaHeap | None = None
         self.native: TrackedMapping | None = None

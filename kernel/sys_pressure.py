@@ -14,7 +14,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from kernel.config import ConfigError, parse_duration, register_config_keys
+from kernel.config import (
+    ConfigError,
+    parse_duration,
+    register_config_keys,
+    register_config_validator,
+)
 from mm.constants import PAGE_SIZE
 from shrinker import Reclaimer, ShrinkerRegistry
 
@@ -49,6 +54,9 @@ def _wake_latency(value: Any) -> int:
         return parse_duration(value)
     except ValueError as e:
         raise ConfigError(f"'reclaimer_wake_latency': {e}") from None
+
+
+register_config_validator(lambda extra: _wake_latency(extra.get("reclaimer_wake_latency", 0)))
 
 
 class ShrinkerKernel:

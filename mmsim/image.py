@@ -211,6 +211,7 @@ def load_manifest(path: str) -> Manifest:
         if not isinstance(w, str):
             raise fail("workload", "'workload' must be a trace's path")
         m.workload = os.path.normpath(os.path.join(mdir, w))
+    kernel_config(m)  # every kernel key's value, named with its line, before any build or boot
     return m
 
 

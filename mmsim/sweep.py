@@ -359,7 +359,7 @@ def check_value(key: str, value: Any) -> None:
         if str(e).startswith("unknown key"):
             raise UnknownKey(str(e)) from None
         if value is not None and value != "":
-            raise ValueError(str(e)) from None
+            raise ValueError(e.reason or str(e)) from None  # the key's line, not its option
     if value is None or value == "":
         raise ValueError(f"'{key}' has no value")
     if key not in _NO_BOOT_CHECK:

@@ -110,3 +110,41 @@ def test_giant_pages_shrink_the_linear_map():
     giant = Kernel(KernelConfig(memory=64 * GIB, giant_pages=True))
     assert giant.page_tables.table_pages < small.page_tables.table_pages
     assert giant.page_tables.translate(MAIN_AREA + 8 * GIB)[2] == GIB
+
+
+def test_every_key_is_validated_as_the_configuration_is_loaded(tmp_path):
+    """A bad value of any key, the kernel's or a subsystem's, names file:line: key, before any
+    boot (the subsystems register validators for their keys with the config module)."""
+    from kernel.config import known_keys
+
+    boot_time_only = {"shrinkers"}  # user modules are imported when the kernel is built
+    for key in sorted(set(known_keys()) - boot_time_only):
+        p = tmp_path / "m.yaml"
+        p.write_text(f"cpus: 2\n{key}: [[1]]\n")
+        with pytest.raises(ConfigError) as e:
+            load_config(str(p))
+        assert str(e.value).startswith(f"{p}:2: {key}"), str(e.value)
+        assert e.value.key == key
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("arc_size", "abc", "bad size 'abc'"),
+    ("recordsize", "3K", "must be a power of two in 512..1048576, not '3K'"),
+    ("cache_policy", "fifo", "unknown cache policy 'fifo'"),
+    ("disk_latency", "5 parsecs", "bad duration"),
+    ("jvm_balloon", "maybe", "must be true or false, not 'maybe'"),
+    ("virtio_balloon_deflate_on_oom", 3, "must be true or false"),
+    ("host_balloon", "1Q", "bad size '1Q'"),
+    ("reclaimer_wake_latency", "abc", "bad duration 'abc'"),
+    ("cpus", 0, "must be an integer in 1..256, not 0"),
+    ("memory", "abc", "bad size 'abc'"),
+])
+def test_a_bad_value_names_file_line_key_and_what_is_wrong(tmp_path, key, value, reason):
+    p = tmp_path / "m.yaml"
+    p.write_text(f"seed: 1\n\n{key}: {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p))
+    assert str(e.value).startswith(f"{p}:3: {key}: {reason}"), str(e.value)
+    with pytest.raises(ConfigError) as e:  # the command line's twin names the option
+        load_config(None, {key: value})
+    assert str(e.value).startswith(f"--{key.replace('_', '-')}: "), str(e.value)

@@ -124,3 +124,16 @@ def test_pid_on_a_format_without_pids(trace):
 def test_bad_option_value_names_the_option(trace):
     code, _, err = run("run", trace("sleep 1s\n"), "--memory", "1P")
     assert code == 2 and err.startswith("mmsim: error: --memory: ")
+
+
+def test_bad_subsystem_option_values_name_the_option(trace):
+    for option in ("--arc-size", "--block-size"):
+        code, _, err = run("run", trace("sleep 1s\n"), option, "abc")
+        assert code == 2 and err == f"mmsim: error: {option}: bad size 'abc'\n"
+
+
+def test_bad_subsystem_value_in_yaml_names_file_line_and_key(tmp_path, trace):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("memory: 1G\ncache_policy: arc\narc_size: abc\n")
+    code, _, err = run("run", trace("sleep 1s\n"), "--config", str(cfg))
+    assert code == 2 and err == f"mmsim: error: {cfg}:3: arc_size: bad size 'abc'\n"
