@@ -274,12 +274,39 @@ def apply_settings(
             else:  # from the command line there is no file: name the option instead
                 where = f"--{key.replace('_', '-')}: "
             raise ConfigError(f"{where}{reason}", path, line, key=key, reason=reason) from None
+    _memory_and_e820(config, updates, path, lines.get("memory", 0))
     new = dataclasses.replace(config, **updates, extra=extra)
     try:
         validate(new)
     except ValueError as e:
         raise ConfigError(str(e), path) from None
     return new
+
+
+def _memory_and_e820(config: KernelConfig, updates: dict[str, Any], path: str | None,
+                     line: int) -> None:
+    """Keep ``memory`` the RAM size when an e820 map gives it (docs/configuration.md).
+
+    ``memory`` and ``e820`` in one file must agree (memory == the map's usable RAM), else it
+    is an error at memory's line; the map alone sets ``memory``. A later ``memory`` from the
+    command line (no ``path``) overrides an earlier file's map: that size, in the default layout.
+    """
+    if "e820" in updates:
+        ram = sum(e.length for e in updates["e820"] if e.type == 1)
+        given = updates.get("memory", ram)
+    elif "memory" in updates and config.e820 is not None:
+        if path is None:
+            updates["e820"] = None  # the command line overrides the file's map
+            return
+        ram, given = config.memory, updates["memory"]
+    else:
+        return
+    if given != ram:
+        size = units.format_size_exact
+        reason = (f"{size(given)} disagrees with the e820 map's {size(ram)} of usable RAM "
+                  "(give one or the other: the map sets the RAM size)")
+        raise ConfigError(f"memory: {reason}", path, line)
+    updates["memory"] = ram
 
 
 def _check_memory(memory: int) -> int:

@@ -51,3 +51,53 @@ def test_kernel_refuses_a_map_past_16t_without_the_config():
     e820 = [E820Entry(0, 0x9F000, 1), E820Entry(0x100000, GIB, 1), E820Entry(1 << 44, GIB, 1)]
     with pytest.raises(BootError, match="16T"):
         Kernel(KernelConfig(e820=e820))
+
+
+# -- memory and e820 describe one thing: the map sets the RAM size ------------------------------
+
+MAP = ("e820:\n  - {start: 0, length: 640K}\n  - {start: 1M, length: 1023M}\n"
+       "  - {start: 1G, length: 1G, type: 2}\n  - {start: 2G, length: 1G}\n")
+MAP_RAM = (640 << 10) + (1023 << 20) + GIB
+
+
+def test_an_e820_map_sets_memory(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("cpus: 2\n" + MAP)
+    cfg = load_config(str(p))
+    assert cfg.memory == MAP_RAM == Kernel(cfg).mem.phys_mem_size
+
+
+def test_memory_disagreeing_with_the_map_names_its_line(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("cpus: 2\nmemory: 4G\n" + MAP)
+    with pytest.raises(ConfigError, match=rf"^{p}:2: memory: 4G disagrees with the e820 map"):
+        load_config(str(p))
+    p.write_text(f"cpus: 2\nmemory: {MAP_RAM}\n" + MAP)  # the same size is fine
+    assert load_config(str(p)).memory == MAP_RAM
+
+
+def test_command_line_memory_overrides_the_files_map(tmp_path, trace):
+    import json
+
+    p = tmp_path / "m.yaml"
+    p.write_text("cpus: 2\n" + MAP)
+    cfg = load_config(str(p), {"memory": "1G"})
+    assert cfg.memory == GIB and cfg.e820 is None
+    code, out, _ = run("run", trace("sleep 1s\n"), "--config", str(p), "--memory", "1G",
+                       "--json", "-", "-q")
+    s = json.loads(out)
+    assert code == 0 and s["config"]["memory_bytes"] == GIB and s["config"]["cpus"] == 2
+    assert s["config"]["ram_bytes"] == GIB - 0x60400  # the default layout's legacy hole
+
+
+def test_the_docs_e820_example_loads(tmp_path):
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if "e820:" in b]
+    assert blocks
+    for i, block in enumerate(blocks):
+        p = tmp_path / f"{i}.yaml"
+        p.write_text(block)
+        Kernel(load_config(str(p))).check()
