@@ -122,16 +122,28 @@ def mrc_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]
     return {p: sorted(c) for p, c in curves.items()}
 
 
-def plot_mrc(curves: dict[str, list[tuple[int, float]]], title: str, path: str) -> None:
-    """Miss ratio against cache size (log scale), one line per policy, with Agg (no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+MRC_PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def check_mrc_plot_path(path: str) -> None:
+    """InputError before any point runs if the plot cannot be written at ``path``."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in MRC_PLOT_FORMATS:
+        raise InputError(f"--plot {path}: a plot must be .png, .svg or .pdf")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise InputError(f"--plot {path}: cannot write (no writable directory {parent})")
+
+
+def plot_mrc(curves: dict[str, list[tuple[int, float]]], title: str) -> Any:
+    """Miss ratio against cache size (log scale), one line per policy: a matplotlib Figure
+    (no display, no pyplot) that :func:`save_mrc` writes."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
 
     from mmsim.trace import format_size
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for policy, points in curves.items():
         ax.plot([s for s, _ in points], [r for _, r in points], marker="o", label=policy)
@@ -143,8 +155,14 @@ def plot_mrc(curves: dict[str, list[tuple[int, float]]], title: str, path: str) 
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    return fig
+
+
+def save_mrc(fig: Any, path: str) -> None:
+    ext = os.path.splitext(path)[1].lower()
     try:
-        fig.savefig(path, metadata={"Software": None} if path.endswith(".png") else None)
+        fig.savefig(path, format=ext[1:],
+                    metadata={"Software": None} if ext == ".png" else None)
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot write the plot ({e})") from None
 
@@ -184,6 +202,8 @@ def mrc(trace: str, sizes: str, policies: str, fmt: str, block_size: str | None,
         raise InputError(f"--format: unknown format '{fmt}' (known: auto, {', '.join(READERS)})")
     if not os.path.isfile(trace):
         raise InputError(f"{trace}: no such file")
+    if plot_path:
+        check_mrc_plot_path(plot_path)  # before the points run, not after
     grid: dict[str, list[Any]] = {"cache_policy": policy_list, "arc_size": size_list}
     if block_size:
         grid["block_size"] = [block_size]
@@ -196,7 +216,7 @@ def mrc(trace: str, sizes: str, policies: str, fmt: str, block_size: str | None,
     curves = mrc_curves(stats.rows)
     click.echo(format_mrc(curves, size_list))
     if plot_path:
-        plot_mrc(curves, f"miss-ratio curves: {os.path.basename(trace)}", plot_path)
+        save_mrc(plot_mrc(curves, f"miss-ratio curves: {os.path.basename(trace)}"), plot_path)
         click.echo(f"mmsim: wrote {plot_path}", err=True)
     _report(stats, output)
 

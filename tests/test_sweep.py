@@ -286,3 +286,35 @@ def test_mrc_bad_options_are_one_line(tmp_path):
         code, _, err = cli("mrc", str(tmp_path / "b.ids"), "--format", "ids",
                            "-o", str(tmp_path / "m.csv"), *args)
         assert code == 2 and err.count("\n") == 1 and what in err, err
+
+
+def test_mrc_bad_plot_path_fails_before_any_point_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b.ids").write_text(ids_trace(n=200, distinct=30, seed=1))
+    for plot, what in (("mrc.txt", "must be .png, .svg or .pdf"),
+                       ("/nonexistent/dir/m.png", "cannot write")):
+        code, _, err = cli("mrc", "b.ids", "--format", "ids", "--sizes", "16K:1M:3",
+                           "--plot", plot, "--workers", "1")
+        assert code == 2 and err.count("\n") == 1 and what in err, err
+        assert not (tmp_path / "b.mrc.csv").exists()  # nothing ran
+
+
+def test_plot_mrc_is_a_figure_whose_axes_carry_the_curves():
+    from matplotlib.figure import Figure
+
+    from mmsim.cmd_sweep import plot_mrc
+
+    curves = {"lru": [(1 << 14, 0.9), (1 << 16, 0.5), (1 << 20, 0.1)],
+              "arc": [(1 << 14, 0.8), (1 << 16, 0.4), (1 << 20, 0.1)]}
+    fig = plot_mrc(curves, "miss-ratio curves: b.ids")
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"lru", "arc"}
+    for policy, points in curves.items():
+        assert list(lines[policy].get_xdata()) == [s for s, _ in points]
+        assert list(lines[policy].get_ydata()) == [r for _, r in points]
+    assert ax.get_xscale() == "log" and ax.get_ylim() == (0, 1.02)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("ARC size", "miss ratio")
+    assert ax.get_title() == "miss-ratio curves: b.ids"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lru", "arc"]
