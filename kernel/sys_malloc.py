@@ -203,7 +203,7 @@ class MallocFace:
                     k.events = i + 1  # as after the call's own operation
                     k.settle()
         except OutOfPages:
-            op.kind, op.line = kind, line  # the OOM report names the call, not the batch
+            op.kind, op.line, op.size = kind, line, size  # the OOM report names the call
             raise
         k.events = events + len(records) - 1  # the kernel counts the operation itself
 
