@@ -217,6 +217,11 @@ def _run_isolated(task: dict[str, Any]) -> dict[str, Any]:
         proc = subprocess.run([sys.executable, "-m", "mmsim.sweep", result_path],
                               input=json.dumps(task), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, env=env, check=False)
+    except OSError as e:  # no process at all (no interpreter, no fork): the point fails alone
+        os.unlink(result_path)
+        return {"status": STATUS_ERROR, "figures": {},
+                "error": _one_line(f"cannot start the point's process ({e.strerror or e})")}
+    try:
         if proc.returncode == 0:
             with open(result_path, encoding="utf-8") as f:
                 return json.load(f)

@@ -318,3 +318,24 @@ def test_plot_mrc_is_a_figure_whose_axes_carry_the_curves():
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("ARC size", "miss ratio")
     assert ax.get_title() == "miss-ratio curves: b.ids"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lru", "arc"]
+
+
+def test_a_sweep_file_error_names_the_key_not_its_option(tmp_path):
+    (tmp_path / "t.trace").write_text(NATIVE)
+    path = tmp_path / "bad.yaml"
+    path.write_text("traces: [t.trace]\ngrid:\n  memory: [12Q]\n")
+    code, _, err = cli("sweep", str(path))
+    assert code == 2
+    assert f"{path}:3: grid: memory: bad size '12Q'" in err and "--memory" not in err, err
+
+
+def test_an_isolated_point_whose_process_cannot_start_fails_alone(monkeypatch):
+    import mmsim.sweep as sweep
+
+    def no_process(*args, **kwargs):
+        raise OSError(7, "Argument list too long")
+
+    monkeypatch.setattr(sweep.subprocess, "run", no_process)
+    got = sweep.run_task({"isolate": True, "trace": "t.trace"})
+    assert got["status"] == sweep.STATUS_ERROR and got["figures"] == {}
+    assert "cannot start the point's process (Argument list too long)" in got["error"]
