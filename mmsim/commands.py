@@ -88,6 +88,8 @@ def report(run_json: str, timeline: str | None, output: str | None, title: str |
     try:
         summary = load_summary(run_json)
         data = load_timeline(timeline) if timeline else None
+        if data is not None and timeline is not None:
+            _check_same_run(summary, data, run_json, timeline)
         page = render_report(summary, data, title)
     except (SummaryError, TimelineError) as e:
         raise InputError(str(e)) from None
@@ -100,6 +102,26 @@ def report(run_json: str, timeline: str | None, output: str | None, title: str |
     except OSError as e:
         raise InputError(f"{dest}: cannot write ({e.strerror})") from None
     click.echo(f"mmsim: wrote {dest}", err=True)
+
+
+def _check_same_run(summary: dict[str, Any], data: Any, run_json: str, timeline: str) -> None:
+    """InputError unless the timeline comes from the run the summary describes: the same
+    memory for the page allocator (the timeline's total less its kernel category) and the
+    same operations at its last row."""
+    if not len(data):
+        return
+    from mmsim.summary_text import human
+
+    kernel = data.categories.get("kernel") or [0] * len(data)
+    given = data.total[-1] - kernel[-1]
+    want = summary["memory"]["total_bytes"]
+    if given != want:
+        raise InputError(f"{timeline}: not the timeline of {run_json}: its guest gave the page "
+                         f"allocator {human(given)}, the summary's {human(want)} ({want} bytes)")
+    events = summary.get("events")
+    if events is not None and data.event[-1] != events:
+        raise InputError(f"{timeline}: not the timeline of {run_json}: it ends after "
+                         f"{data.event[-1]} operations, the summary's run after {events}")
 
 
 @main.command(short_help="Two run summaries side by side, with the differences.")

@@ -160,3 +160,31 @@ def test_bad_inputs_are_one_line(run_files, tmp_path, which, content, message):
     args = [str(bad), tl] if which == "run" else [js, str(bad)]
     code, _, err = run("report", *args, "-o", str(tmp_path / "x.html"))
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory", "256M"], "its guest gave the page allocator"),  # another machine
+    (["--memory", "512M", "--sample-every", "2"], None),  # the same run, sampled otherwise
+])
+def test_a_timeline_of_another_run_is_refused(run_files, tmp_path, args, message):
+    js, _ = run_files
+    other = tmp_path / "other.trace"
+    other.write_text(TRACE)
+    tl = str(tmp_path / "other.csv")
+    assert run("run", str(other), "--timeline", tl, "-q", *args)[0] == 0
+    code, _, err = run("report", js, tl, "-o", str(tmp_path / "x.html"))
+    if message is None:
+        assert code == 0, err
+    else:
+        assert code == 2 and message in err and "not the timeline of" in err, err
+        assert err.count("\n") == 1
+
+
+def test_a_timeline_of_another_trace_on_the_same_machine_is_refused(run_files, tmp_path):
+    js, _ = run_files
+    other = tmp_path / "short.trace"
+    other.write_text("malloc a 1M\n")
+    tl = str(tmp_path / "short.csv")
+    assert run("run", str(other), "--memory", "512M", "--timeline", tl, "-q")[0] == 0
+    code, _, err = run("report", js, tl, "-o", str(tmp_path / "x.html"))
+    assert code == 2 and "it ends after 1 operations" in err, err
