@@ -154,11 +154,39 @@ def known_keys() -> dict[str, str]:
     return dict(_KEYS)
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping key, for error messages."""
+class RefusedYAML(yaml.MarkedYAMLError):
+    """YAML that configuration files may not use: an alias, a duplicate key."""
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (``*name``): a few nested ones expand a 1 KB file into
+    billions of values (a "billion laughs"), and loading would never end. Every mmsim YAML file
+    (configurations, image manifests, sweeps) is read with it."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise RefusedYAML(None, None, f"aliases are not allowed (*{event.anchor})",
+                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+class _LineLoader(NoAliasLoader):
+    """The loader of config files and manifests: no aliases, no duplicate keys (the last value
+    would win silently), and the line of every mapping key remembered, for error messages."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
+    seen: set[Any] = set()
+    for k, _ in node.value:
+        key = loader.construct_object(k)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            break  # an unhashable key: construct_mapping names it
+        if duplicate:
+            raise RefusedYAML(None, None, f"duplicate key '{key}'", k.start_mark)
+        seen.add(key)
     mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=True)
     mapping["__lines__"] = {
         loader.construct_object(k): k.start_mark.line + 1 for k, _ in node.value

@@ -44,6 +44,7 @@ from kernel import (
     load_config,
     parse_size,
 )
+from kernel.config import NoAliasLoader
 from mmsim.trace import READERS, TraceError, read_trace, reader_stats
 
 __all__ = [
@@ -307,7 +308,7 @@ class _Located:
             raise SweepError("not a UTF-8 text file", self.path) from None
         except OSError as e:
             raise SweepError(f"cannot read ({e.strerror})", self.path) from None
-        loader = yaml.SafeLoader(text)
+        loader = NoAliasLoader(text)  # an alias bomb would never finish loading
         try:
             node = loader.get_single_node()
             return None if node is None else self._value(loader, node, ())

@@ -1,6 +1,9 @@
 """Configurations OSv's memory layout can hold, and config files that cannot hang or mislead
 the loader (reference §1, §6, §10)."""
 
+import contextlib
+import signal
+
 import pytest
 from cli_helpers import run
 
@@ -101,3 +104,72 @@ def test_the_docs_e820_example_loads(tmp_path):
         p = tmp_path / f"{i}.yaml"
         p.write_text(block)
         Kernel(load_config(str(p))).check()
+
+
+# -- YAML that would hang the loader or be read wrong: aliases and duplicate keys ------------------
+
+def _bomb(key: str) -> str:
+    """A 'billion laughs' under ``key``: 8 levels of ten aliases each, 10**8 values in <1 KB."""
+    text = f"{key}:\n  - &a0 {{start: 0, length: 1}}\n"
+    for i in range(1, 9):
+        text += f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n"
+    return text
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Fail instead of hanging: SIGALRM raises in the loader's Python loop."""
+    def expired(*_):
+        raise TimeoutError(f"still loading after {seconds}s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_a_yaml_alias_bomb_in_a_config_is_refused_at_once(tmp_path, trace):
+    p = tmp_path / "bomb.yaml"
+    p.write_text("cpus: 2\n" + _bomb("e820"))
+    assert len(p.read_text()) < 1024
+    with _deadline(5), pytest.raises(ConfigError, match=rf"^{p}:4: bad YAML: aliases are not"):
+        load_config(str(p))
+    with _deadline(5):
+        code, _, err = run("run", trace("sleep 1s\n"), "--config", str(p), "-q")
+    assert code == 2 and err.strip().count("\n") == 0 and f"{p}:4:" in err
+
+
+def test_duplicate_keys_in_a_config_are_refused(tmp_path):
+    p = tmp_path / "dup.yaml"
+    p.write_text("memory: 1G\ncpus: 2\nmemory: 2G\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:3: bad YAML: duplicate key 'memory'"):
+        load_config(str(p))
+    p.write_text("e820:\n  - {start: 0, length: 640K}\n  - {start: 1M, length: 1G, start: 2M}\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:3: bad YAML: duplicate key 'start'"):
+        load_config(str(p))
+
+
+def test_image_manifests_refuse_aliases_and_duplicate_keys(tmp_path):
+    from mmsim.image import ImageError, load_manifest
+
+    p = tmp_path / "img.yaml"
+    p.write_text("cmdline: /tools/replay.so /t.trace\nkernel:\n  cpus: 1\n"
+                 + _bomb("  e820").replace("\n  ", "\n    "))
+    with _deadline(5), pytest.raises(ImageError, match=rf"^{p}:6: bad YAML: aliases are not"):
+        load_manifest(str(p))
+    p.write_text("cmdline: /tools/replay.so /t.trace\nmemory: 1G\nmemory: 2G\n")
+    with pytest.raises(ImageError, match=rf"^{p}:3: bad YAML: duplicate key 'memory'"):
+        load_manifest(str(p))
+
+
+def test_sweep_files_refuse_aliases(tmp_path):
+    from mmsim.sweep import SweepError, load_sweep
+
+    (tmp_path / "t.trace").write_text("sleep 1s\n")
+    p = tmp_path / "s.yaml"
+    p.write_text("traces: [t.trace]\ngrid:\n  memory: [1G]\n" + _bomb("points"))
+    with _deadline(5), pytest.raises(SweepError, match=rf"^{p}:6: bad YAML: aliases are not"):
+        load_sweep(str(p))
