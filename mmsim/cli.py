@@ -132,6 +132,22 @@ def _checked(ops: Any, kernel: Kernel) -> Any:
         kernel.check()
 
 
+#: operations between progress reports: a batched operation (an mtrace batch, a block trace's
+#: line) stands for up to 64Ki calls, so the count of operations alone can stay below the
+#: kernel's own 4096 for a whole run
+REPORT_EVERY = 64
+
+
+def _reporting(ops: Any, kernel: Kernel, progress: Progress) -> Any:
+    """The operations, telling ``progress`` the kernel's events (calls applied, a batch's
+    included) every :data:`REPORT_EVERY` operations, so the bar moves during the run."""
+    for n, op in enumerate(ops, 1):
+        yield op
+        if not n % REPORT_EVERY:
+            progress.advance_to(kernel.events)
+    progress.advance_to(kernel.events)
+
+
 @main.command()
 @click.argument("trace", type=click.Path())
 @click.option("--format", "fmt", default="auto", show_default=True,
@@ -163,7 +179,7 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         exit_code = 0
         with Progress.for_file("replaying", trace) as progress:
             try:
-                kernel.run(recorder.wrap(ops), progress.update)
+                kernel.run(_reporting(recorder.wrap(ops), kernel, progress))
             except OutOfMemory as e:
                 exit_code = EXIT_OOM
                 click.echo(oom_message(trace, e.report), err=True)

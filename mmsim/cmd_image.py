@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -21,6 +22,7 @@ import click
 from kernel import parse_size
 from mmsim.cli import InputError, main, write_json
 from mmsim.image import EXIT_OK, ImageError, boot_image, load_manifest, run_build
+from mmsim.progress import Progress
 from mmsim.timeline import Recorder, TimelineError, timeline_options
 
 MIB = 1 << 20
@@ -53,15 +55,25 @@ def boot(image: str, memory: str | None, cpus: int | None, json_path: str | None
     from mmsim.summary_text import format_summary
 
     recorders: list[Recorder] = []
+    progress = Progress("booting", image, unit="op")
 
     def start_timeline(kernel: Any) -> Any:
         recorders.append(Recorder.start(kernel, image, **timeline))
-        return recorders[0].tick
+        sample = recorders[0].tick
+
+        def tick() -> None:  # after each workload operation and each JVM tick
+            sample()
+            progress.set_postfix(f"simulated {kernel.clock_ns / 1e9:.1f} s")
+            progress.advance_to(kernel.events)
+
+        return tick
 
     try:
-        manifest = load_manifest(image)
-        outcome = boot_image(manifest, _size(memory, "--memory"), cpus,
-                             app_output_to_stderr=json_path == "-", on_kernel=start_timeline)
+        with progress:
+            manifest = load_manifest(image)
+            outcome = boot_image(manifest, _size(memory, "--memory"), cpus,
+                                 app_output_to_stderr=json_path == "-",
+                                 on_kernel=start_timeline)
     except (ImageError, TimelineError) as e:
         raise InputError(str(e)) from None
     if outcome.message:
@@ -113,6 +125,34 @@ def trial(image: str, memory_mib: int, timeout: float) -> tuple[bool, str, float
     return False, str(why), took
 
 
+def _bisect(run: Callable[[int], bool], lo: int, hi: int, unit: int, confirm: int,
+            trials: list[dict[str, Any]]) -> int | None:
+    """The smallest MiB that runs (``run`` tries one and records it in ``trials``), or None."""
+    result: int | None
+    if not run(hi):
+        return None
+    if run(lo):
+        result = lo
+    else:
+        bad, good = lo, hi  # bad fails, good runs
+        while good - bad > unit:
+            mid = bad + (good - bad) // (2 * unit) * unit
+            if run(mid):
+                good = mid
+            else:
+                bad = mid
+        result = good
+    # a real JVM's JIT scratch memory varies by a few MiB from run to run: the figure must
+    # run `confirm` times in all, or the answer moves up a step (a user sizes a VM from it)
+    while result < hi:
+        runs = sum(1 for t in trials if t["memory_mib"] == result and t["ok"])
+        if runs >= confirm:
+            break
+        if not run(result):
+            result += unit
+    return result
+
+
 @main.command()
 @click.argument("image", metavar="IMAGE.yaml")
 @click.option("--low", "low", metavar="SIZE", help="Smallest memory to try (default 64M).")
@@ -147,38 +187,23 @@ def minmem(image: str, low: str | None, high: str | None, step: str, timeout: fl
     if lo < MIN_MEMORY // MIB or hi < lo:
         raise InputError(f"bad range {lo}..{hi} MiB (the guest has at least 64 MiB)")
     trials: list[dict[str, Any]] = []
+    # the trials a bisection needs at least: both ends, the halvings, then the confirmations
+    steps = max(0, ((hi - lo) // unit - 1).bit_length())
+    progress = Progress("minmem", os.path.basename(image), total=2 + steps + confirm - 1,
+                        unit="trial")
 
     def run(mib: int) -> bool:
+        progress.set_postfix(f"trying {mib} MiB")
         ok, why, took = trial(image, mib, timeout)
         trials.append({"memory_mib": mib, "ok": ok, "why": why, "seconds": round(took, 2)})
-        click.echo(f"  {mib:6d} MiB  {'runs' if ok else 'fails: ' + why}  ({took:.1f} s)",
-                   err=True)
+        progress.write(f"  {mib:6d} MiB  {'runs' if ok else 'fails: ' + why}  ({took:.1f} s)")
+        progress.advance_to(len(trials))
+        progress.grow_to(len(trials) + 1)  # at least one more may follow (a confirmation)
         return ok
 
     click.echo(f"mmsim: {image}: bisecting {lo}..{hi} MiB in {unit} MiB steps", err=True)
-    result: int | None
-    if not run(hi):
-        result = None
-    elif run(lo):
-        result = lo
-    else:
-        bad, good = lo, hi  # bad fails, good runs
-        while good - bad > unit:
-            mid = bad + (good - bad) // (2 * unit) * unit
-            if run(mid):
-                good = mid
-            else:
-                bad = mid
-        result = good
-    if result is not None:
-        # a real JVM's JIT scratch memory varies by a few MiB from run to run: the figure must
-        # run `confirm` times in all, or the answer moves up a step (a user sizes a VM from it)
-        while result < hi:
-            runs = sum(1 for t in trials if t["memory_mib"] == result and t["ok"])
-            if runs >= confirm:
-                break
-            if not run(result):
-                result += unit
+    with progress:
+        result = _bisect(run, lo, hi, unit, confirm, trials)
     if json_path:
         write_json({"image": image, "minmem_mib": result, "step_mib": unit, "confirm": confirm,
                     "trials": trials},

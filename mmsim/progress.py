@@ -68,7 +68,9 @@ class Progress:
         self._bar: tqdm | None = None
         self._position = position if total else None
         self._ops = 0
+        self._done = 0
         self._next_look = 0.0
+        self._stream = stream
         if stream.isatty():
             bytes_bar = self._position is not None
             self._bar = tqdm(desc=f"{desc} {name}", total=total, unit="B" if bytes_bar else unit,
@@ -102,6 +104,38 @@ class Progress:
         elapsed = bar.format_dict["elapsed"] or 1e-9
         bar.set_postfix_str(f"{tqdm.format_sizeof(self._ops)} ops, "
                             f"{tqdm.format_sizeof(self._ops / elapsed)} ops/s", refresh=False)
+
+    def advance_to(self, done: int) -> None:
+        """The count is ``done`` now (a kernel's events): what a caller that knows the total
+        so far, not the step, reports."""
+        if done > self._done:
+            self.update(done - self._done)
+            self._done = done
+        elif self._bar is not None and self._position is None:
+            now = time.monotonic()  # nothing counted: keep the elapsed time moving
+            if now >= self._next_look:
+                self._next_look = now + _POSITION_EVERY_S
+                self._bar.refresh()
+
+    def grow_to(self, total: int) -> None:
+        """Raise the total to ``total`` if the estimate fell short (a bisection that needs
+        more trials than planned); never lowers it."""
+        bar = self._bar
+        if bar is not None and bar.total is not None and bar.total < total:
+            bar.total = total
+            bar.refresh()
+
+    def set_postfix(self, text: str) -> None:
+        """A note after the bar (shown at the next refresh)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
+    def write(self, text: str) -> None:
+        """A line of output above the bar (the bar is redrawn after it), or plain when silent."""
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
+        else:
+            self._stream.write(text + "\n")
 
     def __str__(self) -> str:
         """The bar as it reads now ('' when silent)."""

@@ -376,3 +376,45 @@ def test_a_bad_timeline_file_names_its_line(tmp_path, name, text, where):
     with pytest.raises(TimelineError) as e:
         load_timeline(str(path))
     assert str(e.value).startswith(f"{path}{where}"), str(e.value)
+
+
+def test_progress_advance_to_counts_what_is_done_and_writes_above_the_bar():
+    tty = _TTY()
+    with Progress("booting", "app.yaml", stream=tty) as bar:
+        bar.advance_to(100)
+        bar.advance_to(100)  # nothing new: the count stays
+        bar.advance_to(250)
+        bar.set_postfix("simulated 1.5 s")
+        bar.write("  2048 MiB  runs  (3.1 s)")
+        assert bar._bar.n == 250
+        text = str(bar)
+    assert "250" in text and "simulated 1.5 s" in text
+    assert "2048 MiB  runs" in tty.getvalue()
+    plain = io.StringIO()
+    with Progress("booting", "app.yaml", stream=plain) as bar:
+        bar.advance_to(10)
+        bar.write("a line")
+    assert plain.getvalue() == "a line\n"  # no bar, the line as it is
+
+
+def test_run_progress_moves_during_the_run(trace, monkeypatch):
+    """The bar hears of the kernel's events every few operations, not once per 4096 (a run of
+    batched operations, an mtrace log's 1024 calls each, never reached 4096 before its end)."""
+    import mmsim.cli
+
+    seen: list[int] = []
+
+    class Spy(Progress):
+        @classmethod
+        def for_file(cls, desc: str, path: str) -> Progress:
+            return cls(desc, path, stream=_TTY())
+
+        def update(self, n: int) -> None:
+            super().update(n)
+            seen.append(self._bar.n)
+
+    monkeypatch.setattr(mmsim.cli, "Progress", Spy)
+    text = "".join(f"malloc m{i} 64\nfree m{i}\n" for i in range(500))
+    assert run("run", trace(text), "-q")[0] == 0
+    assert seen[-1] == 1000  # every operation counted
+    assert len(seen) >= 10 and seen[0] < 200  # and counted as they went
