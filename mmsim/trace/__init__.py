@@ -9,6 +9,10 @@ one from the file's first bytes::
     for op in read_trace("examples/hello.trace"):
         ...
 
+Inputs that can be read only once (``-`` for stdin, pipes, FIFOs, ``<(...)``) are copied
+once to a temporary file that detection and the reader then share (source.spool); errors
+still name the input as given.
+
 A new reader module calls ``register_reader("name", reader, detector)`` at import and
 is imported at the bottom of this file.
 """
@@ -39,7 +43,7 @@ from .ops import (
     TraceError,
     expand,
 )
-from .source import open_trace_binary, open_trace_text
+from .source import Spool, open_trace_binary, open_trace_text, spool
 from .units import format_duration, format_size, format_size_exact, parse_duration, parse_size
 
 __all__ = [
@@ -173,7 +177,56 @@ def _detect_native(peek: TracePeek) -> bool:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """Name of the registered format ``path`` is in, judged from its first lines/bytes."""
+    """Name of the registered format ``path`` is in, judged from its first lines/bytes.
+
+    A once-only input (a pipe, ``-``) is consumed: use :func:`read_trace` to read it.
+    """
+    name = os.fspath(path)
+    copy = spool(name)
+    if copy is None:
+        return _detect(name)
+    try:
+        return _detect(copy.path)
+    except TraceError as exc:
+        raise _renamed(exc, copy) from None
+    finally:
+        copy.close()
+
+
+def _renamed(exc: TraceError, copy: Spool) -> TraceError:
+    """``exc`` about the spooled copy, told about the input it is a copy of."""
+    return TraceError(copy.name, exc.line, exc.message.replace(copy.path, copy.name))
+
+
+class _SpooledReader:
+    """A reader of a spooled copy: errors name the input, ``stats`` are the reader's, and
+    the copy is deleted when reading ends (or with this object)."""
+
+    def __init__(self, reader: Iterator[Op], copy: Spool) -> None:
+        self._reader = reader
+        self._copy = copy
+        self._ops = self._run()
+
+    @property
+    def stats(self) -> object:
+        return getattr(self._reader, "stats", None)
+
+    def _run(self) -> Iterator[Op]:
+        try:
+            yield from self._reader
+        except TraceError as exc:
+            raise _renamed(exc, self._copy) from None
+        finally:
+            self._copy.close()
+
+    def __iter__(self) -> Iterator[Op]:
+        return self._ops
+
+    def __next__(self) -> Op:
+        return next(self._ops)
+
+
+def _detect(path: str) -> str:
     peek, error = peek_trace(path)
     for name, detector in _DETECTORS.items():
         if detector(peek):
@@ -199,15 +252,29 @@ def read_trace(path: str | os.PathLike[str], fmt: str = "auto", pid: int | None 
     TraceError here; problems inside the trace raise it while iterating.
     """
     name = os.fspath(path)
-    if fmt == "auto":
-        fmt = detect_format(name)
     reader = READERS.get(fmt)
-    if reader is None:
+    if reader is None and fmt != "auto":
         raise TraceError(name, 0, f"unknown format '{fmt}' (known: {_known()})")
+    if pid is not None and fmt not in ("auto", "strace"):
+        raise TraceError(name, 0, f"--pid applies to strace logs, not to format '{fmt}'")
+    copy = spool(name)  # a pipe or stdin: read it once, into a file detection and reader share
+    if copy is None:
+        return _open_reader(name, fmt, pid)
+    try:
+        return _SpooledReader(_open_reader(copy.path, fmt, pid), copy)
+    except TraceError as exc:
+        copy.close()
+        raise _renamed(exc, copy) from None
+
+
+def _open_reader(name: str, fmt: str, pid: int | None) -> Iterator[Op]:
+    if fmt == "auto":
+        fmt = _detect(name)
+    reader = READERS[fmt]
     if pid is not None:
         if fmt != "strace":
             raise TraceError(name, 0, f"--pid applies to strace logs, not to format '{fmt}'")
-        return reader(name, pid=pid)
+        return reader(name, pid=pid)  # type: ignore[call-arg]
     return reader(name)
 
 

@@ -5,6 +5,11 @@ extension (``trace.log`` piped through ``zstd``), so compression is detected fro
 magic bytes. Everything streams: memory use does not grow with the file's length, and
 a decompression bomb cannot make us allocate more than a few MiB at a time.
 
+Pipes, FIFOs, process substitution (``<(zstd -dc t.zst)``) and ``-`` (stdin) can be read
+only once, but detection and reading both open the trace: :func:`spool` copies such an input
+once to a temporary file (bounded by disk, not memory), which is then detected and read in
+its place (``read_trace`` does this, and names the input as given in its errors).
+
 Every failure - missing file, truncated or corrupt archive, invalid UTF-8, absurdly
 long line - becomes a :class:`TraceError` naming the file (and the line reached, for
 text), never a raw ``EOFError``/``zlib.error`` traceback.
@@ -16,6 +21,11 @@ import errno
 import gzip
 import io
 import os
+import shutil
+import stat
+import sys
+import tempfile
+import weakref
 import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -24,10 +34,13 @@ from .ops import TraceError
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "Spool",
     "TraceText",
     "compression_of",
+    "needs_spool",
     "open_trace_binary",
     "open_trace_text",
+    "spool",
 ]
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -276,3 +289,67 @@ def open_trace_text(path: str | os.PathLike[str]) -> TraceText:
     """
     name = os.fspath(path)
     return TraceText(open_trace_binary(name), name)
+
+
+def needs_spool(path: str | os.PathLike[str]) -> bool:
+    """True for inputs that can be read only once: ``-`` (stdin), pipes, FIFOs, sockets and
+    character devices. Regular files, directories, block devices and missing paths are
+    opened as they are (the open reports what is wrong with them)."""
+    name = os.fspath(path)
+    if name == "-":
+        return True
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISBLK(mode))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class Spool:
+    """A once-only input copied to a temporary regular file, as it is (still compressed).
+
+    ``path`` is the copy, which readers open (as often as they need) in the input's place;
+    ``name`` is the input as the user gave it. The copy is deleted by :meth:`close`, when
+    the Spool is garbage-collected, or at exit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        source: BinaryIO
+        try:
+            if name == "-":
+                buffer = getattr(sys.stdin, "buffer", None)
+                source = buffer if buffer is not None else os.fdopen(0, "rb", closefd=False)
+            else:
+                source = open(name, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise TraceError(name, 0, _os_error_message(exc)) from None
+        fd, self.path = tempfile.mkstemp(prefix="mmsim-spool-")
+        self._finalizer = weakref.finalize(self, _unlink, self.path)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+        except OSError as exc:
+            self.close()
+            raise TraceError(name, 0, "cannot copy the input to a temporary file: "
+                             + str(exc.strerror or exc).lower()) from None
+        finally:
+            if name != "-":
+                source.close()
+
+    def close(self) -> None:
+        """Delete the copy (idempotent)."""
+        self._finalizer()
+
+
+def spool(path: str | os.PathLike[str]) -> Spool | None:
+    """A :class:`Spool` of ``path`` if it can be read only once (:func:`needs_spool`), else None."""
+    name = os.fspath(path)
+    return Spool(name) if needs_spool(name) else None
