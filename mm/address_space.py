@@ -128,6 +128,16 @@ class AddressSpace:
             raise self._fail("EINVAL", f"{what}: range outside the mmap area", addr)
         return addr, end
 
+    def _hugetlb_cut(self, start: int, end: int, what: str) -> None:
+        """EINVAL if ``[start, end)`` cuts a MAP_HUGETLB mapping off a 2 MiB boundary (Linux,
+        mmap(2): munmap's address and length must be huge-page multiples; a split elsewhere is
+        EINVAL), so that a hugetlb VMA only ever holds 2 MiB pages."""
+        for x in (start, end):
+            vma = self.vmas.find(x) if x % HUGE else None
+            if vma is not None and vma.hugetlb:
+                raise self._fail("EINVAL", f"{what}: {x:#x} cuts a MAP_HUGETLB mapping off a "
+                                 "2 MiB boundary", x)
+
     @property
     def resident_bytes(self) -> int:
         return self.resident[ANON] + self.resident[FILE]
@@ -252,6 +262,7 @@ class AddressSpace:
         gap = self.vmas.first_gap(start, end)
         if gap is not None:
             raise self._fail("EINVAL", f"munmap: {gap:#x} is not mapped", gap)
+        self._hugetlb_cut(start, end, "munmap")
         self._unmap_range(start, end)
 
     def _unmap_range(self, start: int, end: int) -> None:
@@ -340,6 +351,7 @@ class AddressSpace:
         gap = self.vmas.first_gap(start, end)
         if gap is not None:
             raise self._fail("ENOMEM", f"mprotect: {gap:#x} is not mapped", gap)
+        self._hugetlb_cut(start, end, "mprotect")
         vmas = self.vmas.isolate(start, end)
         for vma in vmas:
             vma.prot = prot
@@ -362,13 +374,18 @@ class AddressSpace:
         gap = self.vmas.first_gap(start, end)
         if gap is not None:
             raise self._fail("ENOMEM", f"madvise: {gap:#x} is not mapped", gap)
+        self._hugetlb_cut(start, end, "madvise")
         vmas = self.vmas.isolate(start, end)
         if advice == "dontneed":
             self._unmap_pages(start, end, vmas)
         elif advice == "nohugepage":
+            huge = []
             for vma in vmas:
+                if vma.hugetlb:
+                    continue  # MAP_HUGETLB memory is huge pages whatever the advice
                 vma.mmap_small = True
-            huge = [e for e in self.pt.extents(start, end - start) if e.leaf_size == HUGE]
+                huge += [e for e in self.pt.extents(vma.start, vma.end - vma.start)
+                         if e.leaf_size == HUGE]
             for ext in huge:
                 for block in range(align_down(ext.vaddr), ext.end, HUGE):
                     if self.pt.split(block):
@@ -394,6 +411,12 @@ class AddressSpace:
         start, old_end = self._range(old_addr, old_size, "mremap")
         new_len = _page_up(new_size)
         vma = self.vmas.find(start)
+        if vma is not None and vma.hugetlb:  # Linux: 2 MiB multiples, shrink only (EINVAL)
+            if start % HUGE:
+                raise self._fail("EINVAL", "mremap: MAP_HUGETLB address not 2 MiB aligned", start)
+            old_end, new_len = start + align_up(old_size), align_up(new_size)
+            if new_len > old_end - start:
+                raise self._fail("EINVAL", "mremap: a MAP_HUGETLB mapping cannot grow", start)
         if vma is None or vma.end < old_end:
             raise self._fail("EFAULT", f"mremap: [{start:#x}, {old_end:#x}) is not one mapping")
         old_len = old_end - start
@@ -662,6 +685,7 @@ class AddressSpace:
                     vi += 1
                 assert vi < len(vmas) and vmas[vi].start <= a, f"page {a:#x} is in no VMA"
                 vma = vmas[vi]
+                assert not vma.hugetlb or ext.leaf_size == HUGE, f"4K page {a:#x} in a hugetlb VMA"
                 piece = min(ext.end, vma.end) - a
                 own = piece
                 if vma.cache_file is not None and pc is not None:
