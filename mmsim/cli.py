@@ -126,10 +126,13 @@ def oom_message(where: str, oom: dict[str, Any]) -> str:
 
 
 def _checked(ops: Any, kernel: Kernel) -> Any:
-    """The operations, with the kernel's invariants checked after each one is applied."""
+    """The operations, with the kernel's invariants (kernel.invariants.check_kernel, as
+    `mmsim fuzz` checks them) checked after each one is applied."""
+    from kernel.invariants import check_kernel
+
     for op in ops:
         yield op
-        kernel.check()
+        check_kernel(kernel)
 
 
 #: operations between progress reports: a batched operation (an mtrace batch, a block trace's

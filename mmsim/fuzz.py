@@ -1,11 +1,18 @@
 """`mmsim fuzz`: hypothesis state machines over a booted kernel, as a user's configuration sets it.
 
 The machine drives the kernel through the same operations a trace does (malloc family, the mmap
-family, touches, files, CPU switches, time) and checks the kernel's invariants after every step:
-pages conserved (free + every category == total), free runs coalesced and in their containers.
+family, touches, files, CPU switches, time) and checks the kernel's invariants after every step
+(:func:`kernel.invariants.check_kernel`): pages conserved (free + every category == total), free
+runs coalesced and in their containers, every page in one place, the VMAs against the page
+tables (resident <= mapped, each resident page in exactly one VMA); and, against the machine's
+own model of the blocks it allocated, that live blocks never overlap, are aligned and at least
+as large as asked, and that each free of a pool object returns its page exactly when OSv's rule
+says (:class:`kernel.invariants.FreeRule`). The ARC's target stays at or above c_min and nobody
+waits for memory needlessly.
 When one breaks, hypothesis shrinks the operations, and the smallest failing sequence is written
 as a native trace that `mmsim run --check` replays. Users can subclass :class:`KernelMachine` or
-call :func:`make_machine` from their own pytest.
+call :func:`make_machine` from their own pytest; :mod:`mmsim.machines` has the allocators' own
+machines.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from hypothesis.stateful import (
 )
 
 from kernel import Kernel, KernelConfig, OutOfMemory
+from kernel.invariants import FreeRule, check_kernel
+from mm.slab import malloc_alignment
 from mmsim.trace.native import write_native
 from mmsim.trace.ops import Op
 
@@ -64,6 +73,21 @@ class KernelMachine(RuleBasedStateMachine):
         type(self).last_ops = self.ops
         self.names = 0
         self.out_of_memory = False
+        self.face = self.kernel.malloc  # type: ignore[attr-defined]
+        #: the machine's model of its live blocks: handle -> (requested bytes, alignment)
+        self.blocks: dict[str, tuple[int, int]] = {}
+        self.free_rule = FreeRule(self.face.malloc)
+        self.reclaims = 0
+        self.kernel.subscribe(self._event)
+
+    def _event(self, name: str, record: object) -> None:
+        if name == "reclaim":
+            self.reclaims += 1
+
+    def _bound(self, h: str, size: int, align: int) -> None:
+        """After a call that binds ``h``: the model holds the block if malloc returned one."""
+        if not self.out_of_memory and h in self.face.live:
+            self.blocks[h] = (size, align)
 
     def _name(self, prefix: str) -> str:
         self.names += 1
@@ -84,12 +108,14 @@ class KernelMachine(RuleBasedStateMachine):
     def malloc(self, size: int) -> str:
         h = self._name("m")
         self._apply(Op("malloc", 0, handle=h, size=size))
+        self._bound(h, size, malloc_alignment(size))
         return h
 
     @rule(target=mallocs, n=st.integers(1, 64), size=st.integers(1, 4096))
     def calloc(self, n: int, size: int) -> str:
         h = self._name("m")
         self._apply(Op("calloc", 0, handle=h, count=n, size=size))
+        self._bound(h, n * size, malloc_alignment(n * size))
         return h
 
     @rule(target=mallocs, align=st.sampled_from([8, 64, 4096, 8192, 2 * MIB]),
@@ -97,15 +123,34 @@ class KernelMachine(RuleBasedStateMachine):
     def memalign(self, align: int, size: int) -> str:
         h = self._name("m")
         self._apply(Op("memalign", 0, handle=h, align=align, size=size))
+        self._bound(h, size, align)
         return h
 
     @rule(h=mallocs, size=malloc_sizes)
     def realloc(self, h: str, size: int) -> None:
+        block = self.face.live.get(h)
+        rule = self.free_rule
+        saved = ([row[:] for row in rule.sink], rule.pending[:])
+        if block is not None and not self.out_of_memory:
+            rule.before(block[0], self.kernel.cpu, check=False)  # realloc frees the old block
         self._apply(Op("realloc", 0, handle=h, size=size))
+        now = self.face.live.get(h)
+        if block is not None and now is not None and now[0] == block[0]:
+            rule.sink, rule.pending = saved  # it failed: the old block was not freed
+        self.blocks.pop(h, None)
+        self._bound(h, size, malloc_alignment(size))
 
     @rule(h=consumes(mallocs))
     def free(self, h: str) -> None:
+        block = self.face.live.get(h)
+        check = None
+        if block is not None and not self.out_of_memory:
+            check = self.free_rule.before(block[0], self.kernel.cpu)
+        reclaims = self.reclaims
         self._apply(Op("free", 0, handle=h))
+        self.blocks.pop(h, None)
+        if check is not None and not self.out_of_memory:
+            check(settled=self.reclaims == reclaims)
 
     # -- mmap family -----------------------------------------------------------------------
     @rule(target=maps, length=map_lengths, prot=prots, populate=st.booleans(),
@@ -165,7 +210,17 @@ class KernelMachine(RuleBasedStateMachine):
 
     @invariant()
     def kernel_invariants(self) -> None:
-        self.kernel.check()
+        if self.out_of_memory:  # the model may be mid-call: check the kernel's own view
+            check_kernel(self.kernel)
+            return
+        live = self.face.live
+        blocks = []
+        for h, (size, align) in self.blocks.items():
+            block = live.get(h)
+            assert block is not None, f"malloc forgot the live block '{h}'"
+            assert block[1] == size, f"'{h}': the kernel holds {block[1]} bytes, asked {size}"
+            blocks.append((block[0], size, align))
+        check_kernel(self.kernel, blocks)
 
     @invariant()
     def pressure_invariants(self) -> None:
@@ -207,6 +262,7 @@ def fuzz(config: KernelConfig, examples: int = 100, seed: int = 0, steps: int = 
     run_settings = settings(
         max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
         suppress_health_check=list(HealthCheck), print_blob=False,
+        report_multiple_bugs=False,  # one failure, whose shrunk run is the last one made
     )
     try:
         run_state_machine_as_test(machine, settings=run_settings)

@@ -4,6 +4,7 @@ from click.testing import CliRunner
 
 from kernel import KernelConfig
 from mm.page_pool import PagePool
+from mm.slab import Malloc
 from mmsim.cli import main
 from mmsim.fuzz import fuzz
 
@@ -35,5 +36,37 @@ def test_a_leak_is_found_and_the_trace_replays_it(monkeypatch, tmp_path):
     replay = runner.invoke(main, ["run", str(out), "--memory", "128M", "--check", "-q"])
     assert replay.exit_code == 1 and "invariant broken" in replay.stderr
     monkeypatch.setattr(PagePool, "free_pages", real_free_pages)
+    clean = runner.invoke(main, ["run", str(out), "--memory", "128M", "--check", "-q"])
+    assert clean.exit_code == 0, clean.stderr
+
+
+def test_a_pool_object_handed_out_twice_is_found_and_the_trace_replays_it(monkeypatch, tmp_path):
+    real_malloc = Malloc.malloc
+
+    def twice(self, size, cpu=0):  # every pool object goes to two callers in a row
+        last = self.__dict__.pop("_handed_once", None)
+        if last is not None and size <= 1024:
+            return last
+        addr = real_malloc(self, size, cpu)
+        if size <= 1024:
+            self._handed_once = addr
+        return addr
+
+    monkeypatch.setattr(Malloc, "malloc", twice)
+    out = tmp_path / "cex.trace"
+    runner = CliRunner()
+    result = runner.invoke(main, ["fuzz", "--memory", "128M", "--examples", "50",
+                                  "--seed", "1", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    broken = result.stderr.splitlines()[0]
+    assert broken.startswith("fuzz: invariant broken: AssertionError: "), broken
+    assert "overlap" in broken or "not allocated" in broken, broken  # the same object twice
+    trace = out.read_text()
+    assert trace.startswith("# mmsim-trace v1")
+    assert 3 <= len(trace.splitlines()) < 6  # two calls that get the same object, or three
+    replay = runner.invoke(main, ["run", str(out), "--memory", "128M", "--check", "-q"])
+    assert replay.exit_code == 1, replay.stderr
+    assert broken.split("AssertionError: ")[1] in replay.stderr, replay.stderr
+    monkeypatch.setattr(Malloc, "malloc", real_malloc)
     clean = runner.invoke(main, ["run", str(out), "--memory", "128M", "--check", "-q"])
     assert clean.exit_code == 0, clean.stderr

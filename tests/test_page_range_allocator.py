@@ -1,18 +1,10 @@
 """The physical page allocator against OSv's rules (reference §2, §3, §12.3-4)."""
 
 import pytest
-from hypothesis import strategies as st
-from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    consumes,
-    invariant,
-    precondition,
-    rule,
-)
 
 from mm.page_pool import L1_HI, L1_MAX, OutOfPages, PagePool
 from mm.page_range_allocator import TREE, PageRangeAllocator, run_order
+from mmsim.machines import PageAllocatorMachine  # the state machine lives in the package
 
 
 def fresh(npages: int, start: int = 1) -> PageRangeAllocator:
@@ -116,100 +108,6 @@ def test_a_bulk_allocation_that_cannot_wait_gives_its_l1_pages_back():
         pool.alloc_pages(l1 + 100)
     assert pool.l1_pages == l1 and r.free_pages == 10  # nothing lost
     assert sum(n for _, n in eaten) + l1 + pool.l2_pages + 10 == r.total_pages
-
-
-class PageAllocatorMachine(RuleBasedStateMachine):
-    """Random run, aligned, huge and single-page traffic: runs never overlap, stay coalesced
-    and sit in the right container; free + allocated + cached == total."""
-
-    allocations = Bundle("allocations")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ranges = PageRangeAllocator()
-        # two separate areas, so that coalescing across a hole would be a bug
-        self.ranges.add_initial_range(1, 3000)
-        self.ranges.add_initial_range(4096, 70000)
-        self.pool = PagePool(self.ranges, ncpus=2)
-        self.pool.start_smp()
-        self.owned: dict[int, int] = {}  # start -> npages, everything the test holds
-
-    def _own(self, start: int, n: int) -> tuple[int, int]:
-        for s, m in self.owned.items():
-            assert start + n <= s or s + m <= start, "allocation overlaps a live one"
-        self.owned[start] = n
-        return start, n
-
-    @rule(target=allocations, n=st.integers(1, 5000))
-    def alloc(self, n):
-        start = self.ranges.alloc(n)
-        if start is None:
-            assert self.ranges.largest_run() < n  # fails only when no single run fits
-            return None
-        return self._own(start, n)
-
-    @rule(target=allocations, n=st.integers(1, 600), align=st.sampled_from([1, 8, 64, 512]))
-    def alloc_aligned(self, n, align):
-        start = self.ranges.alloc_aligned(n, align)
-        if start is None:
-            return None
-        assert start % align == 0
-        return self._own(start, n)
-
-    @rule(target=allocations, cpu=st.integers(0, 1))
-    def alloc_page(self, cpu):
-        try:
-            return (*self._own(self.pool.alloc_page(cpu), 1), cpu)
-        except OutOfPages:
-            return None
-
-    @rule(target=allocations, n=st.integers(1, 1200), cpu=st.integers(0, 1))
-    def alloc_pages(self, n, cpu):
-        try:
-            extents = self.pool.alloc_pages(n, cpu)
-        except OutOfPages:
-            return None
-        assert sum(k for _, k in extents) == n
-        for s, k in extents:
-            self._own(s, k)
-        return ("bulk", extents, cpu)
-
-    @rule(a=consumes(allocations))
-    def free(self, a):
-        if a is None:
-            return
-        if a[0] == "bulk":
-            _, extents, cpu = a
-            for s, _ in extents:
-                del self.owned[s]
-            self.pool.free_pages(extents, cpu)
-        elif len(a) == 3:
-            start, _, cpu = a
-            del self.owned[start]
-            self.pool.free_page(start, cpu)
-        else:
-            start, n = a
-            del self.owned[start]
-            self.ranges.free(start, n)
-
-    @precondition(lambda self: True)
-    @rule()
-    def fill_threads(self):
-        self.pool.run_fill_threads()
-
-    @invariant()
-    def structure_and_conservation(self):
-        self.ranges.check()
-        held = sum(self.owned.values())
-        cached = self.pool.l1_pages + self.pool.l2_pages
-        assert self.ranges.free_pages + held + cached == self.ranges.total_pages
-        free_runs = list(self.ranges.runs())
-        for a, b in zip(free_runs, free_runs[1:]):
-            assert a[0] + a[1] < b[0], "adjacent free runs were not coalesced"
-        cached_pages = [(p, 1) for p in self.pool.cached()]
-        pieces = sorted(free_runs + list(self.owned.items()) + cached_pages)
-        for a, b in zip(pieces, pieces[1:]):
-            assert a[0] + a[1] <= b[0], f"{a} overlaps {b}: a page is both free and in use"
 
 
 TestPageAllocator = PageAllocatorMachine.TestCase
