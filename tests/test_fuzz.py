@@ -1,5 +1,8 @@
 """`mmsim fuzz` finds a broken invariant and prints a trace that replays the failure."""
 
+import re
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from kernel import KernelConfig
@@ -70,3 +73,10 @@ def test_a_pool_object_handed_out_twice_is_found_and_the_trace_replays_it(monkey
     monkeypatch.setattr(Malloc, "malloc", real_malloc)
     clean = runner.invoke(main, ["run", str(out), "--memory", "128M", "--check", "-q"])
     assert clean.exit_code == 0, clean.stderr
+
+
+def test_hypothesis_is_a_runtime_dependency():
+    """`mmsim fuzz` is a documented command: a plain install must be able to run it."""
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    runtime = text.split("dependencies = [", 1)[1].split("]", 1)[0]  # [project] dependencies
+    assert re.search(r'^\s*"hypothesis[><=]', runtime, re.M), runtime
