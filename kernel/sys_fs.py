@@ -167,7 +167,9 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     kernel.add_after_op(fs.after_op, fs.next_due_ns)
     mman = getattr(kernel, "mman", None)
     if mman is not None:  # file mmap shares the ARC's buffers (§7)
-        fs.on_unmap = mman.use_page_cache(ArcMappings(fs)).invalidate
+        pc = mman.use_page_cache(ArcMappings(fs))
+        fs.on_unmap = pc.invalidate
+        fs.on_file_gone = pc.forget  # an unlinked file's write-cache pages go with it
     registry = getattr(kernel, "shrinkers", None)
     if registry is not None:  # OSv registers the ARC's shrinker when ZFS starts
         registry.register(ArcShrinker(fs))

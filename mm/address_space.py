@@ -277,6 +277,8 @@ class AddressSpace:
         self._unmap_pages(start, end, vmas)
         for vma in vmas:
             self.vmas.remove(vma)
+        if self.page_cache is not None:  # an unlinked file's last mapping frees its pages
+            self.page_cache.unmapped(vmas)
 
     def _count_edge_splits(self, start: int, end: int) -> None:
         """A page-table change over ``[start, end)`` splits a 2 MiB leaf straddling either edge."""

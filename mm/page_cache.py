@@ -14,6 +14,9 @@ kernel wires a file system into it, so mm knows nothing of ZFS.
   everywhere (one TLB flush), written back if dirty and freed. Its pages are the category
   ``page_cache``; munmap does not free them.
 * msync and munmap of a shared mapping write its dirty write-cache pages back and fsync.
+* A file that is unlinked (or recreated) loses its write-cache pages once nothing maps it: at
+  the unlink (:meth:`PageCache.forget`, which the kernel calls), or at the munmap of its last
+  mapping.
 * Mapped record buffers are not pinned: the file system calls :meth:`PageCache.invalidate`
   before it evicts one; every page-table entry pointing at it is cleared (one TLB flush) and the
   next touch faults the page in again.
@@ -100,6 +103,11 @@ class FileCache(Protocol):
 
     def sync(self, file: Any) -> None:
         """Make the file's written data durable (fsync)."""
+        ...
+
+    def live(self, file: Any) -> bool:
+        """False once the file is unlinked or recreated: its write-cache pages are then
+        dropped (unwritten: the data is gone) as soon as nothing maps it."""
         ...
 
     def mapped(self, token: Any, ptes: int) -> None:
@@ -701,6 +709,27 @@ class PageCache:
             if what is None or what is _PRIVATE or (isinstance(what, _Run) and vma.shared):
                 continue
             self.space.pt.protect(a, b - a, ro)
+
+    def forget(self, file: Hashable) -> None:
+        """``file`` was unlinked or recreated: free its write-cache pages if nothing maps it
+        (else at the munmap of its last mapping, :meth:`unmapped`)."""
+        self._drop_unmapped(file)
+
+    def unmapped(self, vmas: list[Vma]) -> None:
+        """These VMAs are gone: a dead file none maps any more loses its write-cache pages."""
+        for file in {v.cache_file for v in vmas if v.cache_file in self._wc}:
+            if not self.backing.live(file):
+                self._drop_unmapped(file)
+
+    def _drop_unmapped(self, file: Hashable) -> None:
+        if file not in self._wc or any(v.cache_file is file for v in self.space.vmas):
+            return
+        runs = list(self._wc.pop(file).values())
+        for run in runs:  # no VMA maps the file, so no PTE points at these pages
+            del self._lru[(run.seq, run.page)]
+            del self._frames[run.pfn]
+            self.wc_pages -= run.n
+        self.space.pool.free_pages([(run.pfn, run.n) for run in runs], self.space._cpu())
 
     # ------------------------------------------------------------------ statistics, checks
 

@@ -109,6 +109,8 @@ class ZfsFileSystem:
         self.on_error: Callable[[str, Any, str], None] | None = None
         #: called with a mapped buffer before the ARC evicts it (the VM code unmaps it)
         self.on_unmap: Callable[[ArcBuffer], None] | None = None
+        #: called with a file unlinked or recreated (the page cache drops its pages)
+        self.on_file_gone: Callable[[ZfsFile], None] | None = None
         self.read_bytes = 0
         self.written_bytes = 0
         self.recycled = 0
@@ -158,6 +160,8 @@ class ZfsFileSystem:
         f.dirty.clear()
         self._dirty_files.pop(f.fid, None)
         del self._by_fid[f.fid]
+        if self.on_file_gone is not None:
+            self.on_file_gone(f)
         return True
 
     def _drop_buffers(self, f: ZfsFile) -> None:

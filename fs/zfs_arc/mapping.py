@@ -57,6 +57,8 @@ class ArcMappings:
     def _live(self, file: ZfsFile) -> bool:
         return self.fs.file(file.path) is file
 
+    live = _live
+
     def record(self, file: ZfsFile, page: int) -> CachedRecord | None:
         if not self._live(file):
             return None
