@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mmsim.cli import build_config, main
+from mmsim.cli import boot, build_config, main
 
 
 @main.command("fuzz")
@@ -29,6 +29,7 @@ def fuzz_command(config_path: str | None, memory: str | None, cpus: int | None, 
     if memory is None and config_path is None:
         memory = "256M"
     config = build_config(config_path, memory=memory, cpus=cpus)
+    boot(config)  # a configuration that cannot boot (e.g. a bad shrinker) is an input error
     result = fuzz(config, examples=examples, seed=seed, steps=steps)
     if result.ok:
         click.echo(f"fuzz: {examples} examples of up to {steps} operations, invariants held")

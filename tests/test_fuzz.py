@@ -80,3 +80,13 @@ def test_hypothesis_is_a_runtime_dependency():
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     runtime = text.split("dependencies = [", 1)[1].split("]", 1)[0]  # [project] dependencies
     assert re.search(r'^\s*"hypothesis[><=]', runtime, re.M), runtime
+
+
+def test_a_bad_configuration_is_an_input_error_before_fuzzing(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("shrinkers: [bogus]\n")
+    result = CliRunner().invoke(main, ["fuzz", "--config", str(config), "--examples", "2"])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""  # no counterexample
+    assert result.stderr.startswith("mmsim: error: cannot boot: shrinker 'bogus'")
+    assert len(result.stderr.splitlines()) == 1
