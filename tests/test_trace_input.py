@@ -145,23 +145,18 @@ def test_a_fifo_fed_by_another_process(kind: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not shutil.which("bash"), reason="process substitution needs bash")
-def test_process_substitution() -> None:
+@pytest.mark.parametrize(("kind", "producer"), [("native", "gzip -c examples/hello.trace"),
+                                                ("strace", f"cat '{STRACE}'")])
+def test_process_substitution(kind: str, producer: str) -> None:
     """`mmsim run <(gzip -c hello.trace)` once replayed 0 events with exit 0."""
-    cmd = (f"'{sys.executable}' -m mmsim run <(gzip -c examples/hello.trace) --json - -q; "
-           f"'{sys.executable}' -m mmsim run <(cat '{STRACE}') --json - -q")
+    cmd = f"'{sys.executable}' -m mmsim run <({producer}) --memory 512M --json - -q"
     done = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, timeout=60,
                           check=False)
     assert done.returncode == 0, done.stderr
-    first, second = _two_json(done.stdout.decode())
-    assert first["events"] == len(_expected("native"))
-    assert second["trace_reader"]["calls"] > 0
-
-
-def _two_json(text: str) -> tuple[dict, dict]:
-    decoder = json.JSONDecoder()
-    first, end = decoder.raw_decode(text)
-    second, _ = decoder.raw_decode(text[end:].lstrip())
-    return first, second
+    out = json.loads(done.stdout)
+    assert out["events"] == len(_expected(kind)) > 0
+    if kind == "strace":
+        assert out["trace_reader"]["calls"] > 0
 
 
 @pytest.mark.parametrize(("kind", "fmt"), [("native", "native"), ("native", "auto"),
@@ -186,3 +181,7 @@ def test_stdin_errors_name_dash_and_the_line() -> None:
     assert done.returncode == 2
     assert err.startswith("mmsim: error: -:2: unknown operation 'mallok'")
     assert err.count("\n") == 1
+    data = zstandard.compress(b"".join(b"malloc h%d 4K\n" % i for i in range(20000)))
+    done = _mmsim("run", "-", stdin=data[:3000])
+    assert done.returncode == 2
+    assert done.stderr.decode() == "mmsim: error: -:1: truncated or corrupt zstd data\n"

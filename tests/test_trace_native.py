@@ -426,6 +426,27 @@ def test_truncated_archive_is_a_trace_error(tmp_path: Path, kind: str) -> None:
     assert not isinstance(err, EOFError)
 
 
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_an_archive_cut_before_its_first_line_names_line_1(tmp_path: Path, kind: str) -> None:
+    """zstd gives nothing of a block until it is whole: the first 3000 bytes decompress to
+    no line at all, and detection (not the reader) meets the truncation; it must still say
+    file:line, as it does for gzip."""
+    data = _big_text(20_000)
+    packed = gzip.compress(data, 1) if kind == "gzip" else zstandard.compress(data)
+    path = tmp_path / f"t.{kind}"
+    path.write_bytes(packed[:3000])
+    if kind == "gzip":  # gzip yields the lines before the cut: the reader reports it
+        with pytest.raises(TraceError) as info:
+            list(read_trace(path))
+        assert info.value.line > 1
+    path.write_bytes(packed[:20] if kind == "gzip" else packed[:3000])
+    with pytest.raises(TraceError) as info:
+        list(read_trace(path))
+    err = info.value
+    assert (err.line, err.message) == (1, f"truncated or corrupt {kind} data")
+    assert str(err) == f"{path}:1: truncated or corrupt {kind} data"
+
+
 def test_corrupt_gzip_is_a_trace_error(tmp_path: Path) -> None:
     packed = bytearray(gzip.compress(_big_text(2000)))
     packed[len(packed) // 2] ^= 0xFF

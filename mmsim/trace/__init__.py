@@ -43,7 +43,7 @@ from .ops import (
     TraceError,
     expand,
 )
-from .source import Spool, open_trace_binary, open_trace_text, spool
+from .source import MAX_LINE_BYTES, Spool, open_trace_binary, open_trace_text, spool
 from .units import format_duration, format_size, format_size_exact, parse_duration, parse_size
 
 __all__ = [
@@ -151,6 +151,8 @@ def peek_trace(path: str | os.PathLike[str]) -> tuple[TracePeek, TraceError | No
         except TraceError as exc:
             error = exc
     head = b"".join(chunks)
+    if error is not None and error.line == 0:
+        error = _with_line(name, error)
     pieces = head.split(b"\n")
     if not complete or pieces[-1] == b"":
         pieces.pop()  # a cut-off last line, or the empty rest after the final newline
@@ -165,6 +167,20 @@ def peek_trace(path: str | os.PathLike[str]) -> tuple[TracePeek, TraceError | No
     if lines and lines[0].startswith("\ufeff"):
         lines[0] = lines[0][1:]
     return TracePeek(name, head, lines, complete, is_text), error
+
+
+def _with_line(name: str, error: TraceError) -> TraceError:
+    """``error`` (met while peeking) with the line a text reader would name: the one being
+    read when the data broke off. Found by reading the lines again up to the error (which
+    the peek met within its first PEEK_BYTES and a read buffer), as the text reader does."""
+    lines = 0
+    try:
+        with open_trace_binary(name) as stream:
+            while stream.readline(MAX_LINE_BYTES + 1):
+                lines += 1
+    except TraceError as again:
+        return TraceError(name, lines + 1, again.message)
+    return error
 
 
 def _detect_native(peek: TracePeek) -> bool:
