@@ -71,6 +71,8 @@ def main() -> None:
 def kernel_options(f: Any) -> Any:
     """The command-line twins of the configuration file's keys, shared by every command."""
     f = click.option("--seed", type=int, help="Seed for anything random (default 0).")(f)
+    f = click.option("--giant-pages/--no-giant-pages", default=None,
+                     help="Use 1 GiB leaves in the linear map (default off, as OSv).")(f)
     f = click.option("--hugepages/--no-hugepages", default=None,
                      help="Use 2 MiB pages for anonymous memory (default on).")(f)
     f = click.option("--cpus", type=int, help="Number of vCPUs (default 4).")(f)
@@ -167,12 +169,13 @@ def _reporting(ops: Any, kernel: Kernel, progress: Progress) -> Any:
 @click.option("--check", is_flag=True,
               help="Check the kernel's invariants after every operation (slow; exit 1 if broken).")
 def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus: int | None,
-        hugepages: bool | None, seed: int | None, cache_policy: str | None, arc_size: str | None,
-        block_size: str | None, pid: int | None, json_path: str | None, quiet: bool,
-        check: bool, **timeline: Any) -> None:
+        hugepages: bool | None, giant_pages: bool | None, seed: int | None,
+        cache_policy: str | None, arc_size: str | None, block_size: str | None, pid: int | None,
+        json_path: str | None, quiet: bool, check: bool, **timeline: Any) -> None:
     """Boot a guest and replay TRACE through it."""
-    config = build_config(config_path, memory=memory, cpus=cpus, hugepages=hugepages, seed=seed,
-                          cache_policy=cache_policy, arc_size=arc_size, block_size=block_size)
+    config = build_config(config_path, memory=memory, cpus=cpus, hugepages=hugepages,
+                          giant_pages=giant_pages, seed=seed, cache_policy=cache_policy,
+                          arc_size=arc_size, block_size=block_size)
     try:
         ops = reader = read_trace(trace, fmt, pid=pid)
         kernel = boot(config)

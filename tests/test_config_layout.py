@@ -173,3 +173,36 @@ def test_sweep_files_refuse_aliases(tmp_path):
     p.write_text("traces: [t.trace]\ngrid:\n  memory: [1G]\n" + _bomb("points"))
     with _deadline(5), pytest.raises(SweepError, match=rf"^{p}:6: bad YAML: aliases are not"):
         load_sweep(str(p))
+
+
+# -- command-line twins: the docs' table says which keys have one, and they exist ----------------
+
+def test_giant_pages_has_a_twin_that_overrides_the_file(tmp_path, trace):
+    import json
+
+    p = tmp_path / "c.yaml"
+    p.write_text("memory: 8G\ngiant_pages: true\n")
+    t = trace("sleep 1s\n")
+    got = {}
+    for flag in ("--giant-pages", "--no-giant-pages"):
+        code, out, _ = run("run", t, "--config", str(p), flag, "--json", "-", "-q")
+        s = json.loads(out)
+        assert code == 0
+        got[s["config"]["giant_pages"]] = s["memory"]["page_table_bytes"]
+    assert got[True] < got[False]
+
+
+def test_the_docs_twins_are_the_commands_options():
+    import pathlib
+    import re
+
+    from kernel.config import known_keys
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|", doc, re.M))
+    assert set(known_keys()) <= set(rows), "a key missing from docs/configuration.md"
+    _, helptext, _ = run("run", "--help")
+    for key, twin in rows.items():
+        if twin != "—":
+            for option in re.findall(r"--[\w-]+", twin):
+                assert option in helptext, f"{key}: {option} is not an option of mmsim run"
