@@ -270,7 +270,7 @@ class Kernel:
             "events": self.events,
             "time_ns": self.clock_ns,
             "config": {
-                "memory_bytes": self.config.memory if self.config.e820 is None else None,
+                "memory_bytes": self.config.memory,
                 "ram_bytes": self.mem.phys_mem_size,
                 "cpus": self.config.cpus,
                 "hugepages": self.config.hugepages,

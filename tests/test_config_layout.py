@@ -68,6 +68,7 @@ def test_an_e820_map_sets_memory(tmp_path):
     p.write_text("cpus: 2\n" + MAP)
     cfg = load_config(str(p))
     assert cfg.memory == MAP_RAM == Kernel(cfg).mem.phys_mem_size
+    assert Kernel(cfg).summary()["config"]["memory_bytes"] == MAP_RAM  # not null
 
 
 def test_memory_disagreeing_with_the_map_names_its_line(tmp_path):
