@@ -40,6 +40,7 @@ from kernel import (
     Kernel,
     KernelConfig,
     OutOfMemory,
+    ShrinkerError,
     apply_settings,
     load_yaml,
     parse_size,
@@ -347,7 +348,7 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
     config = kernel_config(m, memory, cpus)
     try:
         kernel = Kernel(config)
-    except (BootError, ConfigError) as e:
+    except (BootError, ConfigError, ShrinkerError) as e:
         raise ImageError(f"cannot boot: {e}") from None
     tick = on_kernel(kernel) if on_kernel is not None else None
     started = time.perf_counter()
@@ -379,6 +380,8 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
             jvm.finish(None)
     except TraceError as e:
         raise ImageError(str(e)) from None
+    except ShrinkerError as e:  # the user's shrinker failed during the run
+        raise ImageError(f"{m.path}: {e}") from None
     app_info["wall_seconds"] = round(time.perf_counter() - started, 3)
     summary = kernel.summary()
     summary["image"] = m.path

@@ -39,6 +39,7 @@ from kernel import (
     ConfigError,
     Kernel,
     OutOfMemory,
+    ShrinkerError,
     TraceFault,
     UnsupportedOperation,
     load_config,
@@ -115,7 +116,7 @@ def run_point(trace: str, fmt: str = "auto", settings: dict[str, Any] | None = N
         raise PointError(f"cannot boot: {e}") from None
     except TraceError as e:
         raise PointError(str(e)) from None
-    except (UnsupportedOperation, TraceFault) as e:
+    except (UnsupportedOperation, TraceFault, ShrinkerError) as e:  # a user shrinker's failure
         raise PointError(f"{trace}:{kernel.line if kernel else 0}: {e}") from None
     summary = kernel.summary()
     summary["trace"] = trace

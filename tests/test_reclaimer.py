@@ -410,3 +410,27 @@ def test_reclaimer_runs_at_its_wake_latency_during_a_long_sleep(latency_ms):
     k.apply(Op("sleep", 2, duration_ns=2_000_000_000))
     assert passes and passes[0] == latency_ms * 1_000_000
     assert k.clock_ns == 2_000_000_000
+
+
+def test_a_failing_user_shrinker_fails_one_sweep_point_and_one_boot_in_one_line(tmp_path,
+                                                                                monkeypatch):
+    """mmsim sweep records the point's error (no 'simulator bug'); mmsim boot says it in one
+    line with exit 2; neither shows a traceback."""
+    from cli_helpers import run
+
+    from mmsim.sweep import PointError, run_point
+
+    (tmp_path / "bad_sweep.py").write_text(BAD_SHRINKERS["raises"][0])
+    monkeypatch.chdir(tmp_path)
+    trace = tmp_path / "t.trace"
+    trace.write_text("mmap a 230M populate\nsleep 10ms\n")
+    with pytest.raises(PointError, match=r"t\.trace:1: shrinker 'bad_sweep:shrink'.*ValueError"):
+        run_point(str(trace), settings={"memory": "256M", "cpus": 1,
+                                        "shrinkers": ["bad_sweep:shrink"]})
+    (tmp_path / "image.yaml").write_text(
+        "cmdline: /tools/app.so /traces/t.trace\nfiles:\n  /traces: .\nmemory: 256M\n"
+        "kernel:\n  shrinkers: ['bad_sweep:shrink']\n")
+    code, _, err = run("boot", str(tmp_path / "image.yaml"), "-q")
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "shrinker 'bad_sweep:shrink'" in err and "ValueError" in err
