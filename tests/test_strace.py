@@ -208,6 +208,43 @@ def test_mremap_of_a_whole_mapping_follows_it(tmp_path: Path) -> None:
     assert replay(log).summary()["mmap"]["mapped_bytes"] == 2101248 - 8192 + 8192
 
 
+def test_mremap_of_a_mapping_linux_merged_but_the_simulator_split(tmp_path: Path) -> None:
+    """mprotect of a part and back: Linux merges the VMAs again, the simulator (as OSv) never
+    does, so the application's one mapping is three simulator VMAs that its mremap cannot
+    take whole (it gave EFAULT, then EINVAL for the munmap of what was never grown)."""
+    log = write_log(tmp_path, """
+        9 mmap(NULL, 1048576, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+        9 mprotect(0x7f0000000000, 4096, PROT_NONE) = 0
+        9 mprotect(0x7f0000000000, 4096, PROT_READ|PROT_WRITE) = 0
+        9 mremap(0x7f0000000000, 1048576, 4194304, MREMAP_MAYMOVE) = 0x7f1000000000
+        9 munmap(0x7f1000000000, 2097152) = 0
+    """)
+    ops = [format_op(o) for o in read_strace(log)]
+    assert ops[3:] == ["munmap m1 0 4K", "munmap m1 4K 1020K", "mmap m2 4M",
+                       "munmap m2 0 2M"]
+    summary = replay(log).summary()["mmap"]
+    assert summary["mapped_bytes"] == independent_mapped_bytes(log) == 2 << 20
+    assert summary["errors"] == {}
+    assert summary["vmas"] == 1
+
+
+def test_mremap_across_two_mappings_keeps_file_and_protection(tmp_path: Path) -> None:
+    """Two adjacent mappings of one file that Linux merged, then a read-only mprotect of both:
+    the mremap maps the file anew, from the first piece's offset, read-only."""
+    log = write_log(tmp_path, """
+        9 mmap(NULL, 8192, PROT_READ|PROT_WRITE, MAP_SHARED, 3, 0) = 0x7f0000000000
+        9 mmap(0x7f0000002000, 8192, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_FIXED, 3, 0x2000) = 0x7f0000002000
+        9 mprotect(0x7f0000000000, 16384, PROT_READ) = 0
+        9 mremap(0x7f0000001000, 12288, 20480, MREMAP_MAYMOVE) = 0x7f1000000000
+    """)
+    ops = [format_op(o) for o in read_strace(log)]
+    assert ops[-4:] == ["munmap m1 4K 4K", "munmap m2 0 8K", "create /strace/fd3 24K",
+                        "mmap m3 20K file=/strace/fd3 off=4K prot=r shared"]
+    summary = replay(log).summary()["mmap"]
+    assert summary["mapped_bytes"] == independent_mapped_bytes(log) == 24 << 10
+    assert summary["errors"] == {}
+
+
 def test_not_strace(tmp_path: Path) -> None:
     path = tmp_path / "x.strace"
     path.write_text("mmap a 4K\n")

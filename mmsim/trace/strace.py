@@ -11,6 +11,9 @@ Translation choices (docs/vm.md):
 
 * a MAP_FIXED mapping over mapped ranges unmaps those pieces and maps anew, elsewhere in the
   simulator; the bytes mapped and the VMA count stay the same;
+* mremap of a whole mapping that is one simulator VMA is the simulator's mremap; any other
+  (a part, several pieces, or a mapping that a partial mprotect/madvise/munmap split, which
+  Linux merges again but the simulator never does) unmaps the pieces and maps the new size anew;
 * brk: the heap is one growing anonymous region of the application, mapped in the simulator
   one piece per growth (no copy on growth); shrinking unmaps its top;
 * a file mapping of descriptor N maps the file ``/strace/fdN`` (or the ``-y`` path), created
@@ -135,23 +138,28 @@ def _split_args(text: str) -> list[str]:
 
 
 class _AppSpace:
-    """The application's mapped ranges as pieces of simulator handles: start -> (end, h, off)."""
+    """The application's mapped ranges as pieces of simulator handles, with the protection
+    the application gave each: start -> (end, handle, handle offset, prot)."""
 
     def __init__(self) -> None:
         self._d: SortedDict = SortedDict()
 
     def pieces(self, a: int, b: int) -> list[tuple[int, int, str, int]]:
         """(start, end, handle, handle offset) of the mapped parts of ``[a, b)``, in order."""
+        return [(s, e, h, off) for s, e, h, off, _ in self.pieces_prot(a, b)]
+
+    def pieces_prot(self, a: int, b: int) -> list[tuple[int, int, str, int, int]]:
+        """:meth:`pieces` with each piece's protection."""
         d = self._d
-        out: list[tuple[int, int, str, int]] = []
+        out: list[tuple[int, int, str, int, int]] = []
         pos = d.bisect_left(a)
         if pos:
-            s, (e, h, off) = d.peekitem(pos - 1)
+            s, (e, h, off, prot) = d.peekitem(pos - 1)
             if e > a:
-                out.append((a, min(e, b), h, off + a - s))
+                out.append((a, min(e, b), h, off + a - s, prot))
         for s in d.irange(a, b, inclusive=(True, False)):
-            e, h, off = d[s]
-            out.append((s, min(e, b), h, off))
+            e, h, off, prot = d[s]
+            out.append((s, min(e, b), h, off, prot))
         return out
 
     def remove(self, a: int, b: int) -> None:
@@ -159,15 +167,20 @@ class _AppSpace:
         d = self._d
         for s, e, _, _ in self.pieces(a, b):
             key = s if s in d else d.peekitem(d.bisect_right(s) - 1)[0]
-            end, h, off = d.pop(key)
+            end, h, off, prot = d.pop(key)
             if key < s:
-                d[key] = (s, h, off)
+                d[key] = (s, h, off, prot)
             if e < end:
-                d[e] = (end, h, off + (e - key))
+                d[e] = (end, h, off + (e - key), prot)
 
-    def add(self, a: int, b: int, handle: str, off: int = 0) -> None:
+    def add(self, a: int, b: int, handle: str, off: int, prot: int) -> None:
         self.remove(a, b)
-        self._d[a] = (b, handle, off)
+        self._d[a] = (b, handle, off, prot)
+
+    def protect(self, a: int, b: int, prot: int) -> None:
+        """The application's mprotect of ``[a, b)`` (only where it is mapped)."""
+        for s, e, h, off in self.pieces(a, b):
+            self.add(s, e, h, off, prot)
 
 
 class StraceReader:
@@ -180,7 +193,11 @@ class StraceReader:
         self._space = _AppSpace()
         self._next_handle = 0
         self._handle_len: dict[str, int] = {}
-        self._handle_prot: dict[str, int] = {}
+        #: how each handle was mapped: the mmap Op's flags and file, for mapping it anew
+        self._handle_op: dict[str, Op] = {}
+        #: handles whose simulator mapping is more than one VMA: an mprotect, madvise or
+        #: munmap of part of it split it, and the simulator (like OSv) never merges VMAs
+        self._split: set[str] = set()
         self._files: dict[str, int] = {}  # simulated file -> size created so far
         self._brk: int | None = None
         self._pending: dict[str, str] = {}  # pid -> text of an unfinished call
@@ -264,16 +281,22 @@ class StraceReader:
         return max(ns - self._t0, 0)
 
     # -- calls ---------------------------------------------------------------------------
-    def _new_handle(self, length: int, prot: int) -> str:
+    def _new_handle(self, length: int) -> str:
         self._next_handle += 1
         h = f"m{self._next_handle}"
         self._handle_len[h] = length
-        self._handle_prot[h] = prot
         return h
 
+    def _partly(self, h: str, off: int, n: int) -> None:
+        """An operation on ``[off, off + n)`` of handle ``h``: less than all of it splits it."""
+        if off or n != self._handle_len.get(h):
+            self._split.add(h)
+
     def _unmap(self, a: int, b: int) -> list[Op]:
-        ops = [Op("munmap", 0, handle=h, offset=off, length=e - s)
-               for s, e, h, off in self._space.pieces(a, b)]
+        ops = []
+        for s, e, h, off in self._space.pieces(a, b):
+            self._partly(h, off, e - s)
+            ops.append(Op("munmap", 0, handle=h, offset=off, length=e - s))
         self._space.remove(a, b)
         return ops
 
@@ -289,6 +312,7 @@ class StraceReader:
             a, length, prot = _int(args[0]), _page_up(_int(args[1])), _prot(args[2])
             yield from self._per_piece(name, a, length, lambda h, off, n: Op(
                 "mprotect", 0, handle=h, offset=off, length=n, prot=prot))
+            self._space.protect(a, a + length, prot)
         elif name == "madvise":
             advice = _ADVICE.get(args[2].strip())
             if advice is None:
@@ -316,6 +340,8 @@ class StraceReader:
         if covered < length:
             self.stats.unknown_address += 1
         for s, e, h, off in pieces:
+            if name != "msync":
+                self._partly(h, off, e - s)
             yield make(h, off, e - s)
 
     def _mmap(self, args: list[str], ret: int, page_offset: bool) -> Iterator[Op]:
@@ -326,7 +352,7 @@ class StraceReader:
         offset = _int(args[5]) * (PAGE if page_offset else 1)
         size = _page_up(length)
         yield from self._unmap(ret, ret + size)  # MAP_FIXED over earlier mappings
-        h = self._new_handle(size, prot)
+        h = self._new_handle(size)
         op = Op("mmap", 0, handle=h, size=length, prot=prot, shared="MAP_SHARED" in flags,
                 populate="MAP_POPULATE" in flags, hugetlb="MAP_HUGETLB" in flags)
         anonymous = "MAP_ANON" in flags or fd_m is None or int(fd_m["fd"]) < 0
@@ -339,32 +365,48 @@ class StraceReader:
                 self._files[path] = need
                 yield Op("create", 0, path=path, size=need)
             op.path, op.offset = path, offset
-        self._space.add(ret, ret + size, h)
+        self._space.add(ret, ret + size, h, 0, prot)
+        self._handle_op[h] = op
         yield op
 
     def _mremap(self, args: list[str], ret: int) -> Iterator[Op]:
         old, old_len, new_len = _int(args[0]), _page_up(_int(args[1])), _int(args[2])
-        pieces = self._space.pieces(old, old + old_len)
+        pieces = self._space.pieces_prot(old, old + old_len)
         if not pieces:
             self.stats.unknown_address += 1
             return
         new_size = _page_up(new_len)
-        s, e, h, off = pieces[0]
+        s, e, h, off, prot = pieces[0]
         if len(pieces) == 1 and s == old and e == old + old_len and off == 0 and (
-            self._handle_len[h] == old_len
+            self._handle_len[h] == old_len and h not in self._split
         ):
+            # the whole of a mapping that is one simulator VMA: the simulator's mremap
             self._space.remove(old, old + old_len)
-            self._space.add(ret, ret + new_size, h)
+            self._space.add(ret, ret + new_size, h, 0, prot)
             self._handle_len[h] = new_size
             yield Op("mremap", 0, handle=h, size=new_len)
             return
-        # part of a mapping, or several: unmap what was there, map the new size anew
-        prot = self._handle_prot[h]
+        # Part of a mapping, or one that the simulator holds as several VMAs or handles
+        # (Linux merges adjacent VMAs that agree, OSv and the simulator never do; the log's
+        # mremap succeeded, so Linux saw one VMA, with one protection: the last piece's):
+        # unmap the old pieces, then map the new size anew like the first piece.
         yield from self._unmap(old, old + old_len)
         yield from self._unmap(ret, ret + new_size)
-        nh = self._new_handle(new_size, prot)
-        self._space.add(ret, ret + new_size, nh)
-        yield Op("mmap", 0, handle=nh, size=new_len, prot=prot)
+        prot = pieces[-1][4]
+        nh = self._new_handle(new_size)
+        first = self._handle_op.get(h)
+        op = Op("mmap", 0, handle=nh, size=new_len, prot=prot)
+        if first is not None:
+            op.shared, op.hugetlb = first.shared, first.hugetlb
+            if first.path is not None:
+                op.path, op.offset = first.path, first.offset + off
+                need = op.offset + new_size
+                if self._files.get(op.path, -1) < need:
+                    self._files[op.path] = need
+                    yield Op("create", 0, path=op.path, size=need)
+        self._space.add(ret, ret + new_size, nh, 0, prot)
+        self._handle_op[nh] = op
+        yield op
 
     def _brk_call(self, args: list[str], ret: int) -> Iterator[Op]:
         if self._brk is None or (args[0].strip() == "NULL" and ret != self._brk):
@@ -373,9 +415,9 @@ class StraceReader:
         old_top, new_top = _page_up(self._brk), _page_up(ret)
         self._brk = ret
         if new_top > old_top:
-            h = self._new_handle(new_top - old_top, PROT_READ | PROT_WRITE)
+            h = self._new_handle(new_top - old_top)
             yield from self._unmap(old_top, new_top)
-            self._space.add(old_top, new_top, h)
+            self._space.add(old_top, new_top, h, 0, PROT_READ | PROT_WRITE)
             yield Op("mmap", 0, handle=h, size=new_top - old_top)
         elif new_top < old_top:
             yield from self._unmap(new_top, old_top)
