@@ -72,6 +72,7 @@ def replay(path: Path | str, **kw: object) -> Kernel:
 
 
 def write_log(tmp_path: Path, text: str) -> Path:
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "log.strace"
     path.write_text("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
     return path
@@ -146,6 +147,53 @@ def test_pid_filter_and_bracket_prefix(tmp_path: Path) -> None:
     assert detect_format(log) == "strace"
     assert [o.size for o in read_strace(log)] == [4096, 8192]
     assert [o.size for o in read_strace(log, pid=7)] == [8192]
+
+
+STDERR_LOG = """
+    mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+    mmap(NULL, 8192, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0 <unfinished ...>
+    strace: Process 7 attached
+    [pid     7] mmap(NULL, 16384, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000100000
+    [pid     6] <... mmap resumed>) = 0x7f0000200000
+    [pid     7] +++ exited with 0 +++
+    munmap(0x7f0000000000, 4096) = 0
+    mmap(NULL, 32768, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000300000
+    +++ exited with 0 +++
+"""
+
+
+def test_lines_without_a_pid_are_the_main_process(tmp_path: Path) -> None:
+    """strace -f writing to stderr prefixes [pid N] only while it traces several processes:
+    the started process's lines have no prefix before its first thread and after the last."""
+    log = write_log(tmp_path, STDERR_LOG)
+    assert [(o.kind, o.length or o.size) for o in read_strace(log, pid=6)] == [
+        ("mmap", 4096), ("mmap", 8192), ("munmap", 4096), ("mmap", 32768)]
+    assert [o.size for o in read_strace(log, pid=7)] == [16384]
+    everything = read_strace(log)
+    assert [o.length or o.size for o in everything] == [4096, 16384, 8192, 4096, 32768]
+    assert everything.stats.unfinished == 0  # the main's unfinished call met its resumption
+    # strace -p: the process attached before any call is the main one
+    attached = write_log(tmp_path, """
+        strace: Process 6 attached
+        mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+    """)
+    assert [o.size for o in read_strace(attached, pid=6)] == [4096]
+
+
+def test_pid_not_in_the_log_is_an_error_naming_the_pids(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "a", STDERR_LOG)
+    with pytest.raises(TraceError, match=r"--pid 5: no such pid in the log \(its pids: 6, 7\)"):
+        read_strace(log, pid=5)
+    unnamed = write_log(tmp_path / "b", """
+        mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+        strace: Process 7 attached
+        [pid 7] mmap(NULL, 8192, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000100000
+    """)
+    with pytest.raises(TraceError, match=r"its pids: 7; lines without a pid prefix"):
+        read_strace(unnamed, pid=1)
+    result = CliRunner().invoke(main, ["run", str(log), "--pid", "5", "--memory", "512M"])
+    assert result.exit_code == 2
+    assert result.stderr == f"mmsim: error: {log}: --pid 5: no such pid in the log (its pids: 6, 7)\n"
 
 
 def test_failed_and_unknown_calls_are_skipped_and_counted(tmp_path: Path) -> None:

@@ -20,7 +20,9 @@ Translation choices (docs/vm.md):
   (and grown) to cover every byte the log maps of it;
 * failed calls (``= -1 ENOMEM ...``, ``= ?``) and advice other than dontneed, hugepage and
   nohugepage are skipped and counted in :attr:`StraceReader.stats`;
-* all pids share one address space (threads); ``pid=`` keeps only one pid's lines.
+* all pids share one address space (threads); ``pid=`` keeps only one pid's lines, and is an
+  error if the log has no such pid;
+* lines without a pid prefix are the main process's (see :class:`_Processes`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ _OTHER_LINE_RE = re.compile(
     r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(?:[\d:.]+\s+)?"
     r"(?:\+\+\+ .* \+\+\+|--- .* ---|[a-z_0-9]+\(.*(?:\)\s+=\s+.*|<unfinished \.\.\.>))$"
 )
+_ATTACHED_RE = re.compile(r"^strace: Process (\d+) attached")
 _ADVICE = {"MADV_DONTNEED": "dontneed", "MADV_HUGEPAGE": "hugepage",
            "MADV_NOHUGEPAGE": "nohugepage"}
 
@@ -183,6 +186,52 @@ class _AppSpace:
             self.add(s, e, h, off, prot)
 
 
+class _Processes:
+    """Which process a line without a pid prefix belongs to.
+
+    strace -f writing to a file (``-o``) prefixes every line with its pid. Writing to stderr
+    it prefixes ``[pid N]`` only while it traces more than one process: the lines of the
+    process it started, while alone (before its first thread or child, after the last one
+    ended), have no prefix and no pid. That main process is the one whose prefixed lines
+    appear without a ``strace: Process N attached`` note first (each thread or child gets
+    one), or, for ``strace -p N``, the one attached before any call. (If the main process
+    ends before a child, or ``-q`` drops the notes, unprefixed lines may be misattributed.)
+    """
+
+    def __init__(self) -> None:
+        self.main: int | None = None
+        self.pids: set[int] = set()  # every pid the log names
+        self.unprefixed = False  # a line without a prefix was seen
+        self._children: set[int] = set()
+        self._calls = False
+
+    def see(self, prefix: str | None, rest: str) -> None:
+        """Learn from one line: its pid prefix (None if it has none) and the rest."""
+        if prefix is not None:
+            pid = int(prefix)
+            self.pids.add(pid)
+            if self.main is None and pid not in self._children:
+                self.main = pid
+            self._calls = True
+            return
+        note = _ATTACHED_RE.match(rest)
+        if note is None:
+            if not rest.startswith("strace: "):
+                self.unprefixed = True
+                self._calls = True
+            return
+        pid = int(note[1])
+        self.pids.add(pid)
+        if not self._calls and self.main is None:
+            self.main = pid  # strace -p PID: attached before anything ran
+        elif pid != self.main:
+            self._children.add(pid)
+
+    def known(self) -> set[int]:
+        """The pids a ``pid=`` can select."""
+        return self.pids | ({self.main} if self.main is not None else set())
+
+
 class StraceReader:
     """Iterator of the :class:`Op`s a strace log replays to; ``stats`` fills as it goes."""
 
@@ -201,6 +250,9 @@ class StraceReader:
         self._files: dict[str, int] = {}  # simulated file -> size created so far
         self._brk: int | None = None
         self._pending: dict[str, str] = {}  # pid -> text of an unfinished call
+        self._procs = _Processes()
+        if pid is not None:
+            self._procs = self._scan_pids(pid)
         self._t0: int | None = None
         self._prev_ns: int | None = None
         self._day = 0
@@ -213,6 +265,28 @@ class StraceReader:
         return next(self._it)
 
     # -- lines ---------------------------------------------------------------------------
+    def _scan_pids(self, pid: int) -> _Processes:
+        """A first pass over the log for ``pid=``: which pids it has, and the unprefixed
+        lines' (needed before the first of them is kept or dropped)."""
+        procs = _Processes()
+        with open_trace_text(self.path) as text:
+            for raw in text:
+                m = _PREFIX_RE.match(raw.strip())
+                assert m is not None
+                if m["rest"]:
+                    procs.see(m["bpid"] or m["pid"], m["rest"])
+        known = procs.known()
+        if pid not in known:
+            shown = sorted(known)
+            listed = ", ".join(map(str, shown[:20])) or "none"
+            if len(shown) > 20:
+                listed += f", ... ({len(shown)} in all)"
+            if procs.unprefixed and procs.main is None:
+                listed += "; lines without a pid prefix, of a process the log does not name"
+            raise TraceError(self.path, 0, f"--pid {pid}: no such pid in the log (its pids: "
+                                           f"{listed})")
+        return procs
+
     def _ops(self) -> Iterator[Op]:
         with open_trace_text(self.path) as text:
             for raw in text:
@@ -225,10 +299,16 @@ class StraceReader:
     def _line(self, line: str, lineno: int) -> Iterator[Op]:
         m = _PREFIX_RE.match(line.strip())
         assert m is not None  # the pattern matches every string
-        pid_text = m["bpid"] or m["pid"] or "0"
-        if self.pid is not None and int(pid_text) != self.pid:
-            return
         rest = m["rest"]
+        prefix = m["bpid"] or m["pid"]
+        procs = self._procs
+        if self.pid is None and procs.main is None:
+            procs.see(prefix, rest)  # learning as it goes (with pid=, the scan knows it all)
+            if procs.main is not None and "" in self._pending:
+                self._pending[str(procs.main)] = self._pending.pop("")
+        pid_text = prefix or (str(procs.main) if procs.main is not None else "")
+        if self.pid is not None and pid_text != str(self.pid):
+            return
         time_ns = self._time(m["time"]) if m["time"] else None
         if rest.startswith(("+++", "---", "strace: ")):
             return  # exits, signals, strace's own notes ("Process N attached")
