@@ -180,7 +180,7 @@ def test_a_pointer_malloced_again_while_live_is_freed_oldest_first(tmp_path: Pat
 
 def test_bad_frees_are_counted_by_kind_and_the_replay_goes_on(tmp_path: Path) -> None:
     path = _write(tmp_path, "+ 0xa 0x10\n- 0xa\n- 0xa\n- 0xbad\n< 0xa\n> 0xc 0x30\n"
-                  "< 0xold\n> 0xd 0x8\n+ 0xe 0x100\n")
+                  "< 0x01d\n> 0xd 0x8\n+ 0xe 0x100\n")
     k = Kernel(KernelConfig(memory=256 << 20, cpus=2))
     k.run(read_trace(path, "mtrace"))
     s = k.summary()
@@ -215,6 +215,16 @@ def test_a_native_trace_is_not_taken_for_mtrace(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text, line, what", [
     ("= Start\n+ 0x10 zz\n", 2, "bad size"),
     ("= Start\n+ 0x10 0x8\nhello world\n", 3, "not an mtrace record"),
+    ("= Start\n+ 0x10 -0x8\n", 2, "bad size"),  # int(_, 16) takes a sign
+    ("+ 0x10 0x8\n< 0x10\n> 0x20 -0x18\n", 3, "bad size"),
+    ("+ 0x10 0x1_0\n", 1, "bad size"),
+    ("= Start\n+ foo 0x8\n", 2, "bad pointer"),
+    ("+ 0x10 0x8\n+ 0x 0x8\n", 2, "bad pointer"),
+    ("+ 0x10 0x8\n- 0x10\n- bar\n", 3, "bad pointer"),
+    ("+ 0x10 0x8\n! zz 0x10\n", 2, "bad pointer"),
+    ("+ foo 0x8\n+ 0x20 zz\n", 1, "bad pointer"),  # the earlier line of a chunk first
+    ("xyz + 0x10 0x8\n", 1, "not an mtrace record"),  # junk, not a caller '@ ...'
+    ("+ 0x10 0x8\nxyz - 0x10\n", 2, "not an mtrace record"),
 ])
 def test_malformed_lines_name_their_line(tmp_path: Path, text: str, line: int, what: str) -> None:
     path = _write(tmp_path, text)
@@ -281,3 +291,13 @@ def test_an_oom_inside_a_batch_names_the_call_that_failed(tmp_path: Path) -> Non
         reports.append((oom, k.events))
     assert reports[0] == reports[1]
     assert reports[0][0]["line"] > 2
+
+
+def test_a_bad_pointer_past_the_first_chunk_names_its_line(tmp_path: Path) -> None:
+    """The reader checks a chunk's pointers at once; the error still names the line."""
+    good = "".join(f"+ {0x1000 + i:#x} 0x10\n+ (nil) 0x10\n" for i in range(1500))
+    path = _write(tmp_path, good + "+ 0x10 0x8\n+ 0xg 0x8\n")
+    with pytest.raises(TraceError) as e:
+        list(read_trace(path, "mtrace"))
+    assert e.value.line == 3002 and "bad pointer '0xg'" in e.value.message
+    assert len(_ops(_write(tmp_path, good, "ok.mtrace"))) == 1500  # (nil) results pass

@@ -21,6 +21,12 @@ released there, so the replay reports a ``double_free`` or ``realloc_freed``; if
 released one (the block predates the trace, or a realloc gave the pointer up), ``-`` is an
 ``invalid_free`` and ``<`` a realloc(NULL). Freed pointers are remembered for the last 32768 to
 65536 frees, as the kernel remembers freed handles.
+
+A size must be ``0`` or ``0x`` and hex digits, a pointer ``0x`` and hex digits or ``(nil)``, and
+anything before the record a caller prefix (``@ ...``); otherwise the line is a ``file:line``
+error. The hot loop checks a size the first time it sees it (the first 4096 sizes are
+remembered), the pointer of each ``+`` and ``>`` (a ``-`` or ``<`` of a live pointer names one
+checked then), and a record with more fields than its own for the ``@``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import os
 import re
 from collections import Counter, deque
 from collections.abc import Iterator
+from itertools import islice
 from typing import TYPE_CHECKING, TextIO
 
 from .ops import Op, TraceError, quick_op
@@ -46,6 +53,18 @@ RECORD_RE = re.compile(rf"(?:@ .*\] )?(?:[-<] {_PTR}|[+>!] {_PTR} {_SIZE})\s*")
 _MARK_RE = re.compile(r"= (?:Start|End)\s*")
 NIL = "(nil)"
 _SIZE_CACHE = 1 << 12  # distinct sizes remembered (memory stays bounded)
+_SIZE_TOKEN = re.compile(r"0x[0-9a-fA-F]+|0").fullmatch  # int(_, 16) also takes -0x8, 1_0
+_PTR_TOKEN = re.compile(_PTR).fullmatch
+_HEX_BYTES = b"0123456789abcdefABCDEF"
+
+
+def _pointers_ok(ptrs: list[str]) -> bool:
+    """Each of ``ptrs`` is 0x and hex digits (a quick test of a chunk's pointers, a few C calls
+    over one string; a False may still be a (nil), which the slow path accepts)."""
+    s = " " + " ".join(ptrs)
+    n = len(ptrs)
+    return (s.count(" 0x") == n and s.count("x") == n and "x " not in s and s[-1] != "x"
+            and not s.encode("ascii", "replace").translate(None, _HEX_BYTES + b" x"))
 _DEAD_HALF = 1 << 15  # freed pointers remembered: the last 32768 to 65536 frees
 #: records per MallocCalls when read through read_trace (lines per internal chunk otherwise)
 DEFAULT_BATCH = 1024
@@ -53,7 +72,10 @@ MALLOC_CALLS = "mallocs"
 
 
 def _size(cache: dict[str, int], text: str) -> int:
-    """int(text, 16) (ValueError if it is not hex), remembered for the next time."""
+    """int(text, 16) (ValueError if it is not 0 or 0x and hex digits), remembered for the next
+    time."""
+    if not _SIZE_TOKEN(text):
+        raise ValueError(text)
     size = int(text, 16)
     if len(cache) < _SIZE_CACHE:
         cache[text] = size
@@ -118,144 +140,188 @@ class MtraceReader:
         later: dict[str, deque[str]] = {}  # pointer -> handles of its younger live blocks
         moved: set[str] = set()  # live handles whose block a realloc moved off their pointer
         sizes: dict[str, int] = {}  # hex size -> int: sizes repeat, int() is the slower path
+        check = self._check_record
+        new_ptrs: list[str] = []  # the pointers of the chunk's '+' and '>' records
+        new_ptr = new_ptrs.append
         dead: dict[str, str] = {}  # pointer -> handle free() last released there (newest half)
         dead_old: dict[str, str] = {}
         pending: str | None = None  # handle of a realloc whose '>' line is next
         pending_line = 0
         serial = 0
-        n = 0
+        n = 0  # the line number
         stats = self.stats
         out: list[tuple[str, int, str, int]] = []
         emit = out.append
-        mask = every - 1
+        chunks = iter(lambda: list(islice(text, every)), [])
+        base = 0  # lines before the chunk
         try:
-            for line in text:
-                n += 1
-                if not n & mask and out:
+            for chunk in chunks:
+                if out:
                     yield out
                     out = []
                     emit = out.append
-                t = line.split()
-                nt = len(t)
-                try:
-                    if nt > 2:
-                        k = t[-3]
-                        if k == "+":
-                            if pending is not None:
-                                emit(self._lost_realloc(pending, pending_line))
-                                pending = None
-                            p = t[-2]
-                            size = sizes.get(t[-1])
-                            if size is None:
-                                size = _size(sizes, t[-1])
-                            h = "p" + p
-                            if live.setdefault(p, h) is not h:
-                                if p == NIL:
-                                    stats["null_results"] += 1
-                                    continue
-                                serial += 1
-                                h = f"p{p}.{serial}"
-                                later.setdefault(p, deque()).append(h)
-                                stats["reused_live_pointers"] += 1
-                            elif moved and h in moved:
-                                serial += 1
-                                h = f"p{p}.{serial}"
-                                live[p] = h
-                            elif p == NIL:
-                                del live[p]
-                                stats["null_results"] += 1
-                                continue
-                            emit(("malloc", n, h, size))
-                            continue
-                        if k == ">":
-                            p = t[-2]
-                            size = _size(sizes, t[-1])
-                            h = pending
-                            pending = None
-                            if h is None:  # a '>' without its '<': a realloc(NULL)
-                                stats["unpaired_realloc_results"] += 1
+                for n, line in enumerate(chunk, base + 1):  # noqa: B007 - n is the line read
+                    t = line.split()
+                    nt = len(t)
+                    try:
+                        if nt > 2:
+                            k = t[-3]
+                            if k == "+":
+                                if pending is not None:
+                                    emit(self._lost_realloc(pending, pending_line))
+                                    pending = None
+                                p = t[-2]
+                                new_ptr(p)  # checked with the chunk's others, at its end
+                                if nt > 3 and t[0] != "@":
+                                    check(t, n)
+                                size = sizes.get(t[-1])
+                                if size is None:
+                                    size = _size(sizes, t[-1])
                                 h = "p" + p
-                                if p in live or h in moved:
+                                if live.setdefault(p, h) is not h:
+                                    if p == NIL:
+                                        stats["null_results"] += 1
+                                        continue
                                     serial += 1
                                     h = f"p{p}.{serial}"
-                            if p in live:
-                                later.setdefault(p, deque()).append(h)
-                                stats["reused_live_pointers"] += 1
-                            else:
-                                live[p] = h
-                            if h != "p" + p:
-                                moved.add(h)
-                            elif moved:
-                                moved.discard(h)
-                            emit(("realloc", n, h, size))
-                            continue
-                        if k == "!":
-                            if pending is not None:
-                                emit(self._lost_realloc(pending, pending_line))
-                                pending = None
-                            _size(sizes, t[-1])
-                            stats["failed_reallocs"] += 1
-                            continue
-                    if nt > 1:
-                        k = t[-2]
-                        if k == "-" or k == "<":
-                            if pending is not None:
-                                emit(self._lost_realloc(pending, pending_line))
-                                pending = None
-                            p = t[-1]
-                            h = live.pop(p, None)
-                            if h is not None:
-                                if later:
-                                    younger = later.get(p)
-                                    if younger:
-                                        live[p] = younger.popleft()
-                                        if not younger:
-                                            del later[p]
-                                if moved:
-                                    moved.discard(h)
-                                if k == "-":
-                                    dead[p] = h
-                                    if len(dead) >= _DEAD_HALF:
-                                        dead_old = dead
-                                        dead = {}
-                                    emit(("free", n, h, 0))
+                                    later.setdefault(p, deque()).append(h)
+                                    stats["reused_live_pointers"] += 1
+                                elif moved and h in moved:
+                                    serial += 1
+                                    h = f"p{p}.{serial}"
+                                    live[p] = h
+                                elif p == NIL:
+                                    del live[p]
+                                    stats["null_results"] += 1
                                     continue
-                            elif p == NIL:
-                                stats["null_frees"] += 1
+                                emit(("malloc", n, h, size))
                                 continue
-                            else:
-                                # not live: name the block free() last released at p (so the
-                                # replay reports a double free), or a handle never allocated
-                                h = dead.get(p) or dead_old.get(p)
-                                if h is None or h in moved:
+                            if k == ">":
+                                p = t[-2]
+                                new_ptr(p)  # checked with the chunk's others, at its end
+                                if nt > 3 and t[0] != "@":
+                                    check(t, n)
+                                size = sizes.get(t[-1])
+                                if size is None:
+                                    size = _size(sizes, t[-1])
+                                h = pending
+                                pending = None
+                                if h is None:  # a '>' without its '<': a realloc(NULL)
+                                    stats["unpaired_realloc_results"] += 1
                                     h = "p" + p
-                                    if h in moved:
+                                    if p in live or h in moved:
                                         serial += 1
                                         h = f"p{p}.{serial}"
-                                if k == "-":
-                                    emit(("free", n, h, 0))
+                                if p in live:
+                                    later.setdefault(p, deque()).append(h)
+                                    stats["reused_live_pointers"] += 1
+                                else:
+                                    live[p] = h
+                                if h != "p" + p:
+                                    moved.add(h)
+                                elif moved:
+                                    moved.discard(h)
+                                emit(("realloc", n, h, size))
+                                continue
+                            if k == "!":
+                                check(t, n)
+                                if pending is not None:
+                                    emit(self._lost_realloc(pending, pending_line))
+                                    pending = None
+                                _size(sizes, t[-1])
+                                stats["failed_reallocs"] += 1
+                                continue
+                        if nt > 1:
+                            k = t[-2]
+                            if k == "-" or k == "<":
+                                if pending is not None:
+                                    emit(self._lost_realloc(pending, pending_line))
+                                    pending = None
+                                p = t[-1]
+                                if nt > 2 and t[0] != "@":
+                                    check(t, n)
+                                h = live.pop(p, None)
+                                if h is not None:
+                                    if later:
+                                        younger = later.get(p)
+                                        if younger:
+                                            live[p] = younger.popleft()
+                                            if not younger:
+                                                del later[p]
+                                    if moved:
+                                        moved.discard(h)
+                                    if k == "-":
+                                        dead[p] = h
+                                        if len(dead) >= _DEAD_HALF:
+                                            dead_old = dead
+                                            dead = {}
+                                        emit(("free", n, h, 0))
+                                        continue
+                                elif p == NIL:
+                                    stats["null_frees"] += 1
                                     continue
-                                dead.pop(p, None)
-                                dead_old.pop(p, None)
-                            pending = h
-                            pending_line = n
+                                else:
+                                    check(t, n)
+                                    # not live: name the block free() last released at p (so the
+                                    # replay reports a double free), or a handle never allocated
+                                    h = dead.get(p) or dead_old.get(p)
+                                    if h is None or h in moved:
+                                        h = "p" + p
+                                        if h in moved:
+                                            serial += 1
+                                            h = f"p{p}.{serial}"
+                                    if k == "-":
+                                        emit(("free", n, h, 0))
+                                        continue
+                                    dead.pop(p, None)
+                                    dead_old.pop(p, None)
+                                pending = h
+                                pending_line = n
+                                continue
+                            if k == "=" and _MARK_RE.fullmatch(line.strip()):
+                                continue
+                        if not t:
                             continue
-                        if k == "=" and _MARK_RE.fullmatch(line.strip()):
-                            continue
-                    if not t:
-                        continue
-                except ValueError:
-                    raise TraceError(self.path, n, f"bad size '{t[-1]}' (hex expected)") from None
-                raise TraceError(self.path, n, f"not an mtrace record: {line.strip()[:80]!r}")
+                    except ValueError:
+                        self._check_lines(chunk, base, n)  # an earlier bad pointer first
+                        raise TraceError(self.path, n, f"bad size '{t[-1]}' (hex expected)") from None
+                    self._check_lines(chunk, base, n)
+                    raise TraceError(self.path, n, f"not an mtrace record: {line.strip()[:80]!r}")
+                if new_ptrs:
+                    if not _pointers_ok(new_ptrs):
+                        self._check_lines(chunk, base, n)
+                    new_ptrs.clear()
+                base += len(chunk)
         except TraceError as e:
             if e.line:
                 raise
-            # the file itself failed (e.g. corrupt gzip): say how far reading got
-            raise TraceError(self.path, n + 1, e.message) from None
+            # the file itself failed (e.g. corrupt gzip): say how far reading got (a chunk's
+            # lines are read at once: the failure is in the first chunk after ``base``)
+            raise TraceError(self.path, base + 1, e.message) from None
         if pending is not None:
             stats["unfinished_reallocs"] += 1
         if out:
             yield out
+
+    def _check_record(self, t: list[str], n: int) -> None:
+        """The record's pointer is hex (or NIL) and what precedes the record is a caller prefix
+        (its size is checked as it is converted)."""
+        k = t[-2] if t[-2] in ("-", "<") else t[-3]
+        fields = 2 if k in ("-", "<") else 3
+        p = t[1 - fields]
+        if not _PTR_TOKEN(p):
+            raise TraceError(self.path, n, f"bad pointer '{p[:40]}' (hex or (nil) expected)")
+        if len(t) > fields and t[0] != "@":
+            raise TraceError(self.path, n, f"not an mtrace record (junk before it, not a "
+                                           f"caller '@ ...'): {' '.join(t)[:80]!r}")
+
+    def _check_lines(self, chunk: list[str], base: int, last: int) -> None:
+        """Raise for the first record of ``chunk`` (its first line is ``base + 1``) up to line
+        ``last`` whose pointer is bad (the slow path: the hot loop checks them in bulk)."""
+        for n, line in enumerate(chunk[:last - base], base + 1):
+            t = line.split()
+            if len(t) > 2 and t[-3] in ("+", ">", "!"):
+                self._check_record(t, n)
 
     def _lost_realloc(self, handle: str, line: int) -> tuple[str, int, str, int]:
         """A '<' whose '>' never came: the old block is gone, so replay it as a free."""
