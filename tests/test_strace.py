@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from kernel import Kernel, KernelConfig
 from mmsim.cli import main
 from mmsim.trace import TraceError, detect_format, format_op, read_trace
-from mmsim.trace.strace import read_strace
+from mmsim.trace.strace import HEAP_HINT, read_strace
 
 FIXTURES = Path(__file__).parent / "fixtures" / "strace"
 LOGS = sorted(FIXTURES.glob("*.strace"))
@@ -231,8 +231,8 @@ def test_fixed_overlays_file_descriptors_and_brk(tmp_path: Path) -> None:
         "mprotect m1 0 4K r",
         "mprotect m2 0 8K r",
         "mprotect m1 12K 8K r",
-        "mmap m3 132K",
-        "munmap m3 64K 68K",
+        "mmap m3 132K addr=0x100000000000",
+        "mremap m3 64K",
         "munmap m1 0 4K",
         "munmap m2 0 8K",
         "munmap m1 12K 8K",
@@ -240,6 +240,57 @@ def test_fixed_overlays_file_descriptors_and_brk(tmp_path: Path) -> None:
     kernel = replay(log)
     assert kernel.summary()["mmap"]["mapped_bytes"] == 64 << 10
     assert kernel.summary()["mmap"]["errors"] == {}
+
+
+def test_a_growing_brk_heap_is_one_vma(tmp_path: Path) -> None:
+    """Four growths (an mmap between them) make one heap VMA of the final size, as Linux's
+    heap is one VMA, so huge pages can back it; shrinking and growing again stay in it."""
+    log = write_log(tmp_path, """
+        5 brk(NULL) = 0x555555559000
+        5 brk(0x55555557a000) = 0x55555557a000
+        5 mmap(NULL, 8192, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+        5 brk(0x5555557a0000) = 0x5555557a0000
+        5 brk(0x555555c00000) = 0x555555c00000
+        5 brk(0x555556000000) = 0x555556000000
+    """)
+    ops = [format_op(o) for o in read_strace(log)]
+    assert ops[0] == f"mmap m1 132K addr={HEAP_HINT:#x}"
+    assert [o.split()[0] for o in ops] == ["mmap", "mmap", "mremap", "mremap", "mremap"]
+    kernel = replay(log)
+    size = 0x555556000000 - 0x555555559000
+    heap = kernel.address_space.vmas.find(HEAP_HINT)  # type: ignore[attr-defined]
+    assert heap is not None and (heap.start, heap.end) == (HEAP_HINT, HEAP_HINT + size)
+    assert len(kernel.address_space.vmas.intersecting(HEAP_HINT, HEAP_HINT + (1 << 40))) == 1  # type: ignore[attr-defined]
+    summary = kernel.summary()["mmap"]
+    assert summary["vmas"] == 2 and summary["errors"] == {}
+    assert summary["mapped_bytes"] == independent_mapped_bytes(log) == size + 8192
+
+
+def test_brk_heap_shrinks_in_place_and_a_split_heap_grows_by_pieces(tmp_path: Path) -> None:
+    log = write_log(tmp_path, """
+        5 brk(NULL) = 0x555555559000
+        5 brk(0x555555659000) = 0x555555659000
+        5 brk(0x555555600000) = 0x555555600000
+        5 madvise(0x555555560000, 8192, MADV_DONTNEED) = 0
+        5 brk(0x555555700000) = 0x555555700000
+        5 brk(0x555555680000) = 0x555555680000
+        5 brk(0x555555559000) = 0x555555559000
+        5 brk(0x555555569000) = 0x555555569000
+    """)
+    ops = [format_op(o) for o in read_strace(log)]
+    assert ops == [
+        f"mmap m1 1M addr={HEAP_HINT:#x}",
+        "mremap m1 668K",  # shrinking: in place
+        "madvise m1 28K 8K dontneed",  # splits the heap's VMA
+        "mmap m2 1M",  # so a growth is one more mapping
+        "munmap m2 512K 512K",
+        "munmap m1 0 668K",
+        "munmap m2 0 512K",
+        f"mmap m3 64K addr={HEAP_HINT:#x}",  # all gone: a new heap
+    ]
+    summary = replay(log).summary()["mmap"]
+    assert summary["mapped_bytes"] == independent_mapped_bytes(log) == 64 << 10
+    assert summary["errors"] == {}
 
 
 def test_mremap_of_a_whole_mapping_follows_it(tmp_path: Path) -> None:

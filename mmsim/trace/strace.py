@@ -14,8 +14,10 @@ Translation choices (docs/vm.md):
 * mremap of a whole mapping that is one simulator VMA is the simulator's mremap; any other
   (a part, several pieces, or a mapping that a partial mprotect/madvise/munmap split, which
   Linux merges again but the simulator never does) unmaps the pieces and maps the new size anew;
-* brk: the heap is one growing anonymous region of the application, mapped in the simulator
-  one piece per growth (no copy on growth); shrinking unmaps its top;
+* brk: the heap is one anonymous mapping that grows and shrinks in place (``mremap``), placed
+  by a hint below the simulator's mmap area (:data:`HEAP_HINT`) so that nothing is in its way
+  and it stays one VMA, which huge pages can back; a heap that a partial munmap, mprotect or
+  madvise has split grows by one new mapping per growth instead;
 * a file mapping of descriptor N maps the file ``/strace/fdN`` (or the ``-y`` path), created
   (and grown) to cover every byte the log maps of it;
 * failed calls (``= -1 ENOMEM ...``, ``= ?``) and advice other than dontneed, hugepage and
@@ -41,6 +43,11 @@ from .source import open_trace_text
 __all__ = ["StraceReader", "StraceStats", "detect_strace", "read_strace"]
 
 PAGE = 4096
+#: where the simulator places a program's brk heap: below MMAP_DEFAULT_START
+#: (0x2000_0000_0000), where mappings without a hint start, so the heap can always grow in
+#: place; each program image of the log (a new brk base) gets the next HEAP_STRIDE.
+HEAP_HINT = 0x1000_0000_0000
+HEAP_STRIDE = 1 << 40
 _HALF_DAY = 12 * 3600 * 10**9
 
 _PREFIX_RE = re.compile(
@@ -178,7 +185,14 @@ class _AppSpace:
 
     def add(self, a: int, b: int, handle: str, off: int, prot: int) -> None:
         self.remove(a, b)
-        self._d[a] = (b, handle, off, prot)
+        d = self._d
+        pos = d.bisect_left(a)
+        if pos:
+            s, (e, h, o, p) = d.peekitem(pos - 1)
+            if e == a and h == handle and o + (a - s) == off and p == prot:
+                d[s] = (b, handle, o, prot)  # the same simulator range, grown (a brk heap)
+                return
+        d[a] = (b, handle, off, prot)
 
     def protect(self, a: int, b: int, prot: int) -> None:
         """The application's mprotect of ``[a, b)`` (only where it is mapped)."""
@@ -249,6 +263,9 @@ class StraceReader:
         self._split: set[str] = set()
         self._files: dict[str, int] = {}  # simulated file -> size created so far
         self._brk: int | None = None
+        self._heap: str | None = None  # the brk heap's handle
+        self._heap_base = 0  # its application address
+        self._images = -1  # program images seen (each brk base is one)
         self._pending: dict[str, str] = {}  # pid -> text of an unfinished call
         self._procs = _Processes()
         if pid is not None:
@@ -488,19 +505,53 @@ class StraceReader:
         self._handle_op[nh] = op
         yield op
 
+    def _heap_whole(self, top: int) -> bool:
+        """The heap is still the one simulator VMA of ``[heap base, top)``, nothing else."""
+        h = self._heap
+        return h is not None and h not in self._split and self._handle_len.get(h) == (
+            top - self._heap_base
+        ) and self._space.pieces(self._heap_base, top) == [(self._heap_base, top, h, 0)]
+
     def _brk_call(self, args: list[str], ret: int) -> Iterator[Op]:
         if self._brk is None or (args[0].strip() == "NULL" and ret != self._brk):
             self._brk = ret  # the first call, or a new program image (execve is not logged)
+            self._heap = None
+            self._images += 1
             return
         old_top, new_top = _page_up(self._brk), _page_up(ret)
         self._brk = ret
+        rw = PROT_READ | PROT_WRITE
         if new_top > old_top:
-            h = self._new_handle(new_top - old_top)
-            yield from self._unmap(old_top, new_top)
-            self._space.add(old_top, new_top, h, 0, PROT_READ | PROT_WRITE)
-            yield Op("mmap", 0, handle=h, size=new_top - old_top)
+            yield from self._unmap(old_top, new_top)  # anything the log had mapped there
+            if self._heap is None:
+                h = self._heap = self._new_handle(new_top - old_top)
+                self._heap_base = old_top
+                self._space.add(old_top, new_top, h, 0, rw)
+                yield Op("mmap", 0, handle=h, size=new_top - old_top,
+                         addr=HEAP_HINT + max(self._images, 0) * HEAP_STRIDE)
+            elif self._heap_whole(old_top):
+                h, size = self._heap, new_top - self._heap_base
+                self._space.add(old_top, new_top, h, old_top - self._heap_base, rw)
+                self._handle_len[h] = size
+                yield Op("mremap", 0, handle=h, size=size)  # in place: nothing is after it
+            else:  # split: one more mapping
+                h = self._new_handle(new_top - old_top)
+                self._space.add(old_top, new_top, h, 0, rw)
+                yield Op("mmap", 0, handle=h, size=new_top - old_top)
         elif new_top < old_top:
-            yield from self._unmap(new_top, old_top)
+            if self._heap_whole(old_top):
+                h, size = self._heap, new_top - self._heap_base
+                self._space.remove(new_top, old_top)
+                if size > 0:
+                    self._handle_len[h] = size
+                    yield Op("mremap", 0, handle=h, size=size)
+                else:
+                    self._heap = None
+                    yield Op("munmap", 0, handle=h)
+            else:
+                yield from self._unmap(new_top, old_top)
+                if new_top <= self._heap_base:
+                    self._heap = None  # all of it is gone: the next growth is a new heap
 
 
 def read_strace(path: str | os.PathLike[str], pid: int | None = None) -> StraceReader:
