@@ -318,6 +318,7 @@ def test_malformed_lines(line: str, message: str) -> None:
     assert err.line == 2
     assert message in err.message
     assert str(err).startswith("t.trace:2: ")
+    assert "\n" not in str(err)  # the command prints it as exactly one line
 
 
 def test_errors_name_file_and_line(tmp_path: Path) -> None:
@@ -357,6 +358,7 @@ def test_missing_file_directory_unreadable(tmp_path: Path) -> None:
     with pytest.raises(TraceError) as info:
         next(read_native(tmp_path / "nope.trace"))
     assert (info.value.line, info.value.message) == (0, "no such file")
+    assert str(info.value) == f"{tmp_path / 'nope.trace'}: no such file"  # one line
     with pytest.raises(TraceError, match="is a directory"):
         open_trace_text(tmp_path)
     with pytest.raises(TraceError, match="no such file"):
