@@ -9,7 +9,9 @@ again counts as ``invalid_free``.
 Other handle rules: ``realloc`` of a handle never allocated is realloc(NULL) (a malloc);
 ``realloc H 0`` frees H; ``malloc`` of a live handle loses the old block, which stays allocated
 and live (a leak, as ``p = malloc(); p = malloc();`` is). A call that returns NULL (an impossible
-size) binds nothing and counts in ``failed_calls``.
+size, or no memory left in the simulated guest) binds nothing and counts in ``failed_calls``;
+a later free of that handle is the trace's free of a block the application did get (its malloc
+succeeded in the real run), so it counts in ``frees_of_failed``, not as an application error.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class MallocFace:
         self._malloc = self.malloc.malloc
         self._free = self.malloc.free
         self.failed = 0
+        self._failed: dict[str, int] = {}  # handle -> line of its failed (NULL) allocation
+        self.frees_of_failed = 0
         self.invalid_frees = 0
         self.live_bytes = 0
         self.live_bytes_peak = 0
@@ -71,7 +75,7 @@ class MallocFace:
         except VmError:  # no room for the mapping: malloc returns NULL
             addr = 0
         if not addr:
-            self.failed += 1
+            self._fail(op.handle, op.line)
             return
         block = (addr, size)
         old = self.live.setdefault(op.handle, block)
@@ -104,7 +108,7 @@ class MallocFace:
             addr = self.malloc.calloc(op.count, op.size, self.kernel.cpu)
         except VmError:
             addr = 0
-        self._bind(op.handle, addr, op.count * op.size)
+        self._bind(op.handle, addr, op.count * op.size, op.line)
 
     def op_memalign(self, op: Any) -> None:
         self.n_memalign += 1
@@ -115,7 +119,7 @@ class MallocFace:
             addr = 0
         except VmError:
             addr = 0
-        self._bind(op.handle, addr, op.size)
+        self._bind(op.handle, addr, op.size, op.line)
 
     def op_realloc(self, op: Any) -> None:
         self.n_realloc += 1
@@ -129,7 +133,7 @@ class MallocFace:
                 addr = self.malloc.malloc(size, self.kernel.cpu)
             except VmError:
                 addr = 0
-            self._bind(handle, addr, size)
+            self._bind(handle, addr, size, op.line)
             return
         if not size:
             self.malloc.realloc(block[0], 0, self.kernel.cpu)
@@ -174,7 +178,7 @@ class MallocFace:
                     except VmError:
                         addr = 0
                     if not addr:
-                        self.failed += 1
+                        self._fail(handle, line)
                     else:
                         block = (addr, size)
                         old = setdefault(handle, block)
@@ -208,9 +212,9 @@ class MallocFace:
         k.events = events + len(records) - 1  # the kernel counts the operation itself
 
     # -- bookkeeping -----------------------------------------------------------------------
-    def _bind(self, handle: str, addr: int, size: int) -> None:
+    def _bind(self, handle: str, addr: int, size: int, line: int) -> None:
         if not addr:
-            self.failed += 1
+            self._fail(handle, line)
             return
         old = self.live.get(handle)
         if old is not None:
@@ -231,9 +235,24 @@ class MallocFace:
             self._freed_old = freed
             self._freed = {}
 
+    def _fail(self, handle: str, line: int) -> None:
+        """A call that binds ``handle`` returned NULL here (the application's did not)."""
+        self.failed += 1
+        failed = self._failed
+        if len(failed) >= QUARANTINE:  # remembered as freed handles are: memory stays bounded
+            failed.clear()
+        failed[handle] = line
+
     def _bad_free(self, op: Any, freed_kind: str, unknown_kind: str) -> None:
         handle = op.handle
         line = self._freed.get(handle, self._freed_old.get(handle))
+        failed = self._failed.get(handle)
+        if failed is not None and (line is None or failed > line):
+            # the block the application got where our guest returned NULL: not its bug
+            del self._failed[handle]
+            if freed_kind == "double_free":
+                self.frees_of_failed += 1
+            return
         if line is not None:
             what = "free" if freed_kind == "double_free" else "realloc"
             self.kernel.errors.report(freed_kind, op.line, op.kind,
@@ -271,6 +290,7 @@ class MallocFace:
                       "memalign": self.n_memalign, "realloc": self.n_realloc,
                       "free": self.n_free},
             "failed_calls": self.failed,
+            "frees_of_failed": self.frees_of_failed,
             "invalid_frees": self.invalid_frees,
             "live_blocks": len(self.live) + len(self.leaked),
             "live_bytes": self.live_bytes,

@@ -301,3 +301,18 @@ def test_a_bad_pointer_past_the_first_chunk_names_its_line(tmp_path: Path) -> No
         list(read_trace(path, "mtrace"))
     assert e.value.line == 3002 and "bad pointer '0xg'" in e.value.message
     assert len(_ops(_write(tmp_path, good, "ok.mtrace"))) == 1500  # (nil) results pass
+
+
+@pytest.mark.parametrize("batch", [0, 64])
+def test_a_free_of_a_block_the_guest_failed_to_allocate_is_not_an_app_error(
+        tmp_path: Path, batch: int) -> None:
+    """The application's malloc succeeded (it logged a pointer); ours returned NULL (OSv fails
+    sizes of 2^63 and more): its free is counted apart, not as an invalid free."""
+    path = _write(tmp_path, "= Start\n+ 0x10 0xffffffffffffffff\n+ 0x20 0x8000000000000000\n"
+                  "+ 0x30 0x10\n- 0x10\n- 0x20\n- 0x30\n- 0x30\n- 0x40\n")
+    k, _ = _replay(path, batch)
+    s = k.summary()
+    assert s["malloc"]["failed_calls"] == 2 and s["malloc"]["frees_of_failed"] == 2
+    assert s["app_errors"]["by_kind"] == {"double_free": 1, "invalid_free": 1}
+    assert s["malloc"]["invalid_frees"] == 2
+    assert [e["line"] for e in s["app_errors"]["examples"]] == [8, 9]
