@@ -44,6 +44,7 @@ sizes = st.one_of(
     st.integers(1025, 4096),  # whole pages
     st.integers(4097, 200_000),  # runs
     st.integers(2_000_000, 3_000_000),  # around the mmap threshold
+    st.sampled_from([2_092_992, 2_092_993]),  # the threshold itself (docs/mtrace.md)
 )
 cpus = st.integers(0, CPUS - 1)
 

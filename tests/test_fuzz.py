@@ -90,3 +90,16 @@ def test_a_bad_configuration_is_an_input_error_before_fuzzing(tmp_path):
     assert result.stdout == ""  # no counterexample
     assert result.stderr.startswith("mmsim: error: cannot boot: shrinker 'bogus'")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_the_fuzz_tries_both_sides_of_the_real_mmap_threshold():
+    """§4's formula puts the threshold at 2,092,993 (its figure, 2,093,057, is a typo)."""
+    from mm.slab import MAPPED, route
+    from mmsim.fuzz import MMAP_THRESHOLD, malloc_sizes
+    from mmsim.machines import sizes
+
+    assert route(MMAP_THRESHOLD - 1, 16)[0] != MAPPED and route(MMAP_THRESHOLD, 16)[0] == MAPPED
+    for strategy in (malloc_sizes, sizes):
+        sampled = {v for s in strategy.original_strategies
+                   if hasattr(s, "elements") for v in s.elements}
+        assert {MMAP_THRESHOLD - 1, MMAP_THRESHOLD} <= sampled
