@@ -103,6 +103,18 @@ def test_fixture_replay_matches_an_independent_reading(name: str) -> None:
     assert expected["live_bytes_peak"] > 0
 
 
+def test_a_fixture_has_a_real_double_free_a_null_result_and_a_failed_realloc() -> None:
+    """So the independent reading's invalid_frees is checked above at more than 0 == 0."""
+    path = FIXTURES / "bad_frees.mtrace"
+    assert independent_reading(path)["invalid_frees"] == 1
+    reader = mmsim.trace.mtrace.MtraceReader(path)
+    k = Kernel(KernelConfig(memory=256 << 20, cpus=2))
+    k.run(reader)
+    assert reader.stats["null_results"] == 1 and reader.stats["failed_reallocs"] == 1
+    assert reader.stats["reused_live_pointers"] == 1  # malloc gave the double-freed block twice
+    assert k.summary()["app_errors"]["by_kind"] == {"double_free": 1}
+
+
 def test_fixtures_are_detected_as_mtrace() -> None:
     for name in TRACES:
         assert detect_format(FIXTURES / name) == "mtrace", name
