@@ -29,6 +29,7 @@ from mmsim.trace import (
     read_trace,
     write_native,
 )
+from mmsim.trace.source import open_trace_binary
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mtrace"
 TRACES = sorted(p.name for p in FIXTURES.iterdir() if ".mtrace" in p.name)
@@ -328,3 +329,21 @@ def test_a_free_of_a_block_the_guest_failed_to_allocate_is_not_an_app_error(
     assert s["app_errors"]["by_kind"] == {"double_free": 1, "invalid_free": 1}
     assert s["malloc"]["invalid_frees"] == 2
     assert [e["line"] for e in s["app_errors"]["examples"]] == [8, 9]
+
+
+def test_a_truncated_gzip_log_names_the_line_reading_reached(tmp_path: Path) -> None:
+    text = "".join(f"+ {0x1000 + i:#x} 0x10\n" for i in range(30000))
+    data = gzip.compress(text.encode())
+    path = tmp_path / "cut.mtrace.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TraceError) as e:
+        list(read_trace(path, "mtrace"))
+    readable = 0  # the lines the trace source gives before it fails
+    try:
+        with io.TextIOWrapper(open_trace_binary(path), encoding="utf-8") as f:
+            for readable, _ in enumerate(f, 1):  # noqa: B007
+                pass
+    except TraceError:
+        pass
+    assert 1000 < readable < 30000
+    assert e.value.line == readable + 1 and "truncated" in e.value.message  # not a chunk's start

@@ -296,8 +296,8 @@ class MtraceReader:
             if e.line:
                 raise
             # the file itself failed (e.g. corrupt gzip): say how far reading got (a chunk's
-            # lines are read at once: the failure is in the first chunk after ``base``)
-            raise TraceError(self.path, base + 1, e.message) from None
+            # lines are read at once, so count them again up to the failure)
+            raise TraceError(self.path, self._lines_readable() + 1, e.message) from None
         if pending is not None:
             stats["unfinished_reallocs"] += 1
         if out:
@@ -314,6 +314,18 @@ class MtraceReader:
         if len(t) > fields and t[0] != "@":
             raise TraceError(self.path, n, f"not an mtrace record (junk before it, not a "
                                            f"caller '@ ...'): {' '.join(t)[:80]!r}")
+
+    def _lines_readable(self) -> int:
+        """How many lines of the file read before it fails (the error path only)."""
+        n = 0
+        try:
+            with io.TextIOWrapper(open_trace_binary(self.path), encoding="utf-8",
+                                  errors="surrogateescape") as text:
+                for n, _ in enumerate(text, 1):  # noqa: B007
+                    pass
+        except TraceError:
+            pass
+        return n
 
     def _check_lines(self, chunk: list[str], base: int, last: int) -> None:
         """Raise for the first record of ``chunk`` (its first line is ``base + 1``) up to line
