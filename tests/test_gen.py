@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 from collections import Counter
@@ -78,8 +79,8 @@ def test_jvm_gives_heap_back_after_a_job(tmp_path):
     assert any(op.kind == "madvise" and op.advice == "dontneed" for op in ops)
     tl = str(tmp_path / "t.csv")
     assert run("run", trace, "--timeline", tl, "-q")[0] == 0
-    anon = [int(line.split(",")[7]) for line in open(tl).read().splitlines()[1:]]
-    assert open(tl).readline().split(",")[7] == "anonymous_bytes"
+    with open(tl, newline="") as f:
+        anon = [int(row["anonymous_bytes"]) for row in csv.DictReader(f)]
     peak = anon.index(max(anon))
     assert min(anon[peak:]) < max(anon) - (32 << 20)  # the heap shrank after its peak
 
