@@ -111,6 +111,12 @@ class Kernel:
     def add_section(self, name: str, fn: Callable[[], Any]) -> None:
         self._sections[name] = fn
 
+    def section(self, name: str) -> Any:
+        """One section of :meth:`summary` (None if no subsystem adds it): cheaper than the
+        whole summary for whoever looks after every operation."""
+        fn = self._sections.get(name)
+        return fn() if fn is not None else None
+
     def add_after_op(self, fn: Callable[[], None],
                      due: Callable[[], int | None] | None = None) -> None:
         """Deferred work (kernel threads) run after each operation, in registration order.

@@ -230,8 +230,7 @@ class KernelMachine(RuleBasedStateMachine):
     def pressure_invariants(self) -> None:
         """The ARC's target never goes under c_min (only its size may, on shrinker calls), and
         nobody waited for memory that a single free run could have served."""
-        s = self.kernel.summary()
-        arc = s.get("arc")
+        arc = self.kernel.section("arc")
         if arc is not None:
             assert arc["c_bytes"] >= arc["c_min_bytes"], "ARC target under c_min"
         reclaimer = getattr(self.kernel, "reclaimer", None)
