@@ -27,6 +27,7 @@ from mmsim.sweep import (
     plan_sweep,
     run_plan,
 )
+from mmsim.timeline import TimelineError, check_plot_path
 from mmsim.trace import READERS
 
 EXIT_POINTS_FAILED = 1
@@ -127,12 +128,10 @@ MRC_PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 def check_mrc_plot_path(path: str) -> None:
     """InputError before any point runs if the plot cannot be written at ``path``."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in MRC_PLOT_FORMATS:
-        raise InputError(f"--plot {path}: a plot must be .png, .svg or .pdf")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise InputError(f"--plot {path}: cannot write (no writable directory {parent})")
+    try:
+        check_plot_path(path, MRC_PLOT_FORMATS)
+    except TimelineError as e:
+        raise InputError(f"--plot {e}") from None
 
 
 def plot_mrc(curves: dict[str, list[tuple[int, float]]], title: str) -> Any:

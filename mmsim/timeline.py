@@ -94,11 +94,12 @@ class TimelineError(Exception):
 PLOT_FORMATS = (".png", ".svg")
 
 
-def check_plot_path(path: str) -> str:
+def check_plot_path(path: str, formats: tuple[str, ...] = PLOT_FORMATS) -> str:
     """The plot's format from its extension; TimelineError before a run if it cannot be made."""
     ext = os.path.splitext(path)[1].lower()
-    if ext not in PLOT_FORMATS:
-        raise TimelineError(f"{path}: a plot must be .png or .svg")
+    if ext not in formats:
+        names = ", ".join(formats[:-1]) + f" or {formats[-1]}" if len(formats) > 1 else formats[0]
+        raise TimelineError(f"{path}: a plot must be {names}")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise TimelineError(f"{path}: cannot write (no writable directory {parent})")
