@@ -168,47 +168,63 @@ class MallocFace:
         call = _Call()
         records = op.records
         events = k.events
+        # the counters live in locals during the loop and go back to self before anything
+        # else may look at them (the general path, the kernel's hooks, the end, an OOM)
+        live_bytes, peak, nm, nf = self.live_bytes, self.live_bytes_peak, 0, 0
         try:
             for i, (kind, line, handle, size) in enumerate(records, events):  # noqa: B007
                 k.events, k.line = i, line  # what a reclaim or OOM during the call reports
                 if kind == "malloc":  # op_malloc, inlined
-                    self.n_malloc += 1
+                    nm += 1
                     try:
                         addr = malloc(size, cpu)
                     except VmError:
                         addr = 0
-                    if not addr:
-                        self._fail(handle, line)
-                    else:
+                    if addr:
                         block = (addr, size)
                         old = setdefault(handle, block)
                         if old is not block:
                             self.leaked.append(old)
                             live[handle] = block
-                        n = self.live_bytes = self.live_bytes + size
-                        if n > self.live_bytes_peak:
-                            self.live_bytes_peak = n
+                        live_bytes += size
+                        if live_bytes > peak:
+                            peak = live_bytes
                             self.heap_at_peak = self.malloc.heap_bytes
+                    else:
+                        self._fail(handle, line)
                 else:
                     block = pop(handle, None) if kind == "free" else None
                     if block is not None:  # op_free, inlined
-                        self.n_free += 1
+                        nf += 1
                         free(block[0], cpu)
-                        self.live_bytes -= block[1]
+                        live_bytes -= block[1]
                         freed[handle] = line
                         if len(freed) >= _HALF:
                             self._freed_old = freed
                             self._freed = freed = {}
                     else:  # a realloc or a bad free: the general path
+                        self.live_bytes, self.live_bytes_peak = live_bytes, peak
+                        self.n_malloc += nm
+                        self.n_free += nf
+                        nm = nf = 0
                         call.kind, call.line, call.handle, call.size = kind, line, handle, size
                         self._handlers[kind](call)
                         freed = self._freed
+                        live_bytes, peak = self.live_bytes, self.live_bytes_peak
                 if pool.woken or ranges.free_pages != k._hooks_free or k._wakeups:
+                    self.live_bytes, self.live_bytes_peak = live_bytes, peak
+                    self.n_malloc += nm
+                    self.n_free += nf
+                    nm = nf = 0
                     k.events = i + 1  # as after the call's own operation
                     k.settle()
         except OutOfPages:
             op.kind, op.line, op.size = kind, line, size  # the OOM report names the call
             raise
+        finally:
+            self.live_bytes, self.live_bytes_peak = live_bytes, peak
+            self.n_malloc += nm
+            self.n_free += nf
         k.events = events + len(records) - 1  # the kernel counts the operation itself
 
     # -- bookkeeping -----------------------------------------------------------------------

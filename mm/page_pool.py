@@ -52,6 +52,9 @@ class PagePool:
         self.l2_hi = self.l2_max * 3 // 4
         self._l1_woken: set[int] = set()
         self._l2_woken = False
+        #: whether a fill thread has work: a plain attribute, since it is read after every
+        #: operation (and every call of a batch); set where a thread is woken
+        self.woken = False
         #: before SMP is up, single pages come straight from the runs (OSv's smp_allocator)
         self.smp = False
         #: called with a page count when the runs hold fewer single pages than needed: waits
@@ -71,11 +74,6 @@ class PagePool:
     def l2_pages(self) -> int:
         return len(self._l2) * PAGE_BATCH
 
-    @property
-    def woken(self) -> bool:
-        """Whether a fill thread has work (checked after every operation: keep it cheap)."""
-        return bool(self._l1_woken) or self._l2_woken
-
     def cached(self) -> Iterator[int]:
         """Every page held in L1 or L2 (for invariant checks, which run after every step of a
         fuzz: chained in C, not yielded one by one)."""
@@ -89,6 +87,7 @@ class PagePool:
             if not self.smp:
                 return self._early_alloc_page()
             self._l1_woken.add(cpu)
+            self.woken = True
             if not l1:
                 self._l1_refill(cpu)
         return l1.pop()
@@ -101,6 +100,7 @@ class PagePool:
                 self.ranges.free(pfn, 1)
                 return
             self._l1_woken.add(cpu)
+            self.woken = True
             if len(l1) == L1_MAX:
                 self._l1_unfill(cpu)
         l1.append(pfn)
@@ -131,6 +131,7 @@ class PagePool:
     def _l2_alloc_batch(self) -> list[int]:
         if len(self._l2) < self.l2_lo:
             self._l2_woken = True
+            self.woken = True
         while not self._l2:
             if not self._l2_refill():
                 raise self._short or self._failure(PAGE_SIZE)
@@ -140,6 +141,7 @@ class PagePool:
     def _l2_free_batch(self, batch: list[int]) -> None:
         if len(self._l2) > self.l2_hi:
             self._l2_woken = True
+            self.woken = True
         if len(self._l2) == self.l2_max:
             self._l2_unfill()
         self._l2.append(batch)
@@ -178,6 +180,7 @@ class PagePool:
         """SMP is up: single pages now go through L1/L2, whose fill threads warm them at once."""
         self.smp = True
         self._l1_woken.update(range(self.ncpus))
+        self.woken = True
         self.run_fill_threads()
 
     def run_fill_threads(self) -> None:
@@ -202,6 +205,7 @@ class PagePool:
             if len(self._l2) > self.l2_hi:
                 self._l2_unfill()
         self._l2_woken = False
+        self.woken = bool(self._l1_woken)
 
     def drain(self) -> int:
         """Return every cached page to the runs (a shrinker's last resort); pages returned."""
@@ -235,6 +239,7 @@ class PagePool:
             npages -= k
             if len(l1) < L1_LO:
                 self._l1_woken.add(cpu)
+                self.woken = True
         if npages:
             if self.ranges.free_pages < npages and self.wait_for_pages is not None:
                 try:
@@ -262,6 +267,7 @@ class PagePool:
                 self.ranges.free(start + k, n - k)
         if self.smp and len(l1) > L1_HI:
             self._l1_woken.add(cpu)
+            self.woken = True
 
 
 def _to_extents(pages: list[int]) -> list[tuple[int, int]]:
