@@ -98,8 +98,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         fn = balloon_case if args.case == "balloon" else boot_case
-        print(json.dumps(fn(args.repeat)))
-        return
+        print(json.dumps(fn(args.repeat)), flush=True)
+        # as mmsim boot does: a process hosting a JVM leaves without its exit handlers (the
+        # JVM's teardown can abort: "terminate called without an active exception")
+        os._exit(0)
     for case in ([args.case] if args.case else ["balloon", "boot"]):
         res = subprocess.run([sys.executable, __file__, "--child", "--case", case,
                               "--repeat", str(args.repeat)], capture_output=True, text=True)
