@@ -8,7 +8,9 @@ notification thread and only queues, so the simulated kernel is never touched co
 Out of guest memory while the JVM commits heap is the kernel's out-of-memory, like any other.
 
 Configuration keys: ``jvm_balloon`` (true by default: the 2014 design; OSv's kconfig has it off
-since 2024), ``jvm_path`` (a libjvm.so or JDK directory; default: the JDK of ``javac``).
+since 2024), ``jvm_path`` (a libjvm.so or JDK directory; default: the JDK of ``javac``),
+``jvm_balloon_wake_latency`` (simulated delay between a balloon request and the balloon
+thread's inflation; 0 by default: the next tick).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from balloon.balloon import MIN_RAM, JvmBalloon
 from balloon.heap import JavaHeap, TrackedMapping
 from balloon.jvm import HostJvm, JvmError, start_jvm
 from kernel.boot import BootError
-from kernel.config import register_config_keys, register_config_validator
+from kernel.config import parse_duration, register_config_keys, register_config_validator
 from mm.vma import ANON
 
 if TYPE_CHECKING:
@@ -32,18 +34,25 @@ __all__ = ["JvmOp", "JvmSubsystem", "attach"]
 register_config_keys({
     "jvm_balloon": "inflate the JVM balloon under memory pressure (true/false, default true)",
     "jvm_path": "the JVM to host: a libjvm.so or a JDK directory (default: javac's JDK)",
+    "jvm_balloon_wake_latency": "delay between a balloon request and the balloon thread's "
+                                "inflation, in simulated time (e.g. 50ms; default 0)",
 })
 
 
-def _settings(extra: dict[str, Any]) -> tuple[bool, str | None]:
-    """``jvm_balloon`` and ``jvm_path`` from ``config.extra``; ValueError names the bad key."""
+def _settings(extra: dict[str, Any]) -> tuple[bool, str | None, int]:
+    """``jvm_balloon``, ``jvm_path`` and ``jvm_balloon_wake_latency`` (ns) from
+    ``config.extra``; ValueError names the bad key."""
     enabled = extra.get("jvm_balloon", True)
     if not isinstance(enabled, bool):
         raise ValueError(f"'jvm_balloon' must be true or false, not {enabled!r}")
     path = extra.get("jvm_path")
     if path is not None and not isinstance(path, str):
         raise ValueError(f"'jvm_path' must be a path, not {path!r}")
-    return enabled, path
+    try:
+        latency = parse_duration(extra.get("jvm_balloon_wake_latency", 0))
+    except ValueError as e:
+        raise ValueError(f"'jvm_balloon_wake_latency': {e}") from None
+    return enabled, path, latency
 
 
 register_config_validator(_settings)  # each value checked as the configuration is loaded
@@ -74,7 +83,8 @@ class JvmSubsystem:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         try:
-            self.balloon_wanted, self.jvm_path = _settings(kernel.config.extra)
+            self.balloon_wanted, self.jvm_path, self.balloon_latency_ns = _settings(
+                kernel.config.extra)
         except ValueError as e:
             raise BootError(str(e)) from None
         self.host: HostJvm | None = None
@@ -91,6 +101,7 @@ class JvmSubsystem:
         self._native_at = 0.0
         self._frozen: tuple[dict[str, Any], dict[str, Any]] | None = None
         self.native_target = 0
+        self._asked_ns: int | None = None  # when the pending balloon request was made
 
     # -- launching ---------------------------------------------------------------------------
     def launch(self, options: list[str], classpath: list[str] | None = None) -> HostJvm:
@@ -178,14 +189,27 @@ class JvmSubsystem:
             self._native_at = now
             self._apply("native")
         self._apply("heap")
-        if balloon.check():
+        if self._balloon_due():
+            self._asked_ns = None
             self._apply("balloon")
         return len(events)
+
+    def _balloon_due(self) -> bool:
+        """The balloon's §9.2 check; True once a request is ``jvm_balloon_wake_latency`` old
+        (the balloon thread's wake latency, in simulated time)."""
+        assert self.balloon is not None
+        if not self.balloon.check():
+            self._asked_ns = None
+            return False
+        now = self.kernel.clock_ns
+        if self._asked_ns is None:
+            self._asked_ns = now
+        return now - self._asked_ns >= self.balloon_latency_ns
 
     def after_op(self) -> None:
         """After a workload operation: the balloon's §9.2 check (inflation waits for a tick)."""
         if self.balloon is not None:
-            self.balloon.check()
+            self._balloon_due()
 
     # -- summary ---------------------------------------------------------------------------------
     @property

@@ -200,3 +200,26 @@ def test_balloon_is_off_below_one_gib(host_jvm) -> None:
                                                (4 << 30, 15)])
 def test_soft_max_is_max_heap_over_256_mib_minus_one(max_heap: int, expected: int) -> None:
     assert soft_max_balloons(max_heap) == expected
+
+
+def test_the_balloon_thread_inflates_after_its_wake_latency(host_jvm) -> None:
+    """jvm_balloon_wake_latency: a balloon request waits that long in simulated time before
+    the balloon thread inflates (0, the default, inflates at the next tick)."""
+    import kernel.sys_jvm  # noqa: F401  (its config keys)
+
+    k = Kernel(load_config(None, {"memory": GUEST_MEMORY, "cpus": GUEST_CPUS,
+                                  "jvm_balloon_wake_latency": "2s"}))
+    k.jvm.launch(JVM_OPTIONS)
+    settle(k)
+    b = k.jvm.balloon
+    b.requested = True  # a request (§9.2), as reserved memory under 4 MiB would make it
+    k.jvm.tick()
+    assert b.count == 0  # asked, but the thread wakes 2 s later
+    k.advance_to(k.clock_ns + 1_000_000_000)
+    k.jvm.tick()
+    assert b.count == 0
+    k.advance_to(k.clock_ns + 1_000_000_000)
+    k.jvm.tick()
+    assert b.count == 1 and b.inflations == 1
+    check_conserved(k)
+    k.jvm.finish(0)
