@@ -26,7 +26,7 @@ from kernel import (
 from mmsim.progress import Progress
 from mmsim.summary_text import format_summary, human
 from mmsim.timeline import Recorder, TimelineError, timeline_options
-from mmsim.trace import READERS, TraceError, read_trace, reader_stats
+from mmsim.trace import READERS, TraceError, expand, read_trace, reader_stats
 
 EXIT_BAD_INPUT = 2
 EXIT_OOM = 3
@@ -179,8 +179,8 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
     try:
         ops = reader = read_trace(trace, fmt, pid=pid)
         kernel = boot(config)
-        if check:
-            ops = _checked(ops, kernel)
+        if check:  # after every call: a batch (mtrace, block traces) is applied call by call
+            ops = _checked(expand(ops), kernel)
         recorder = Recorder.start(kernel, trace, **timeline)
         exit_code = 0
         with Progress.for_file("replaying", trace) as progress:

@@ -347,3 +347,20 @@ def test_a_truncated_gzip_log_names_the_line_reading_reached(tmp_path: Path) -> 
         pass
     assert 1000 < readable < 30000
     assert e.value.line == readable + 1 and "truncated" in e.value.message  # not a chunk's start
+
+
+def test_check_looks_after_every_call_of_a_batch(tmp_path: Path, monkeypatch) -> None:
+    """`mmsim run --check` checks the kernel after each call, not once per 1024-call batch, and
+    the replay's results are the same as without it."""
+    import kernel.invariants
+
+    path = _write(tmp_path, "= Start\n" + "".join(f"+ {0x10 * i:#x} 0x20\n" for i in range(1, 8))
+                  + "- 0x10\n- 0x20\n= End\n")
+    real, seen = kernel.invariants.check_kernel, []
+    monkeypatch.setattr(kernel.invariants, "check_kernel",
+                        lambda k, *a: (seen.append(k.events), real(k, *a)))
+    code, checked, err = run_cli("run", str(path), "--check", "--json", "-", "-q")
+    assert code == 0, err
+    assert seen == list(range(1, 10))  # nine calls, nine checks, each after its own call
+    _, plain, _ = run_cli("run", str(path), "--json", "-", "-q")
+    assert json.loads(checked)["malloc"] == json.loads(plain)["malloc"]
