@@ -7,6 +7,7 @@ import sys
 import click
 
 from mmsim.cli import boot, build_config, main
+from mmsim.progress import Progress
 
 
 @main.command("fuzz")
@@ -30,7 +31,10 @@ def fuzz_command(config_path: str | None, memory: str | None, cpus: int | None, 
         memory = "256M"
     config = build_config(config_path, memory=memory, cpus=cpus)
     boot(config)  # a configuration that cannot boot (e.g. a bad shrinker) is an input error
-    result = fuzz(config, examples=examples, seed=seed, steps=steps)
+    with Progress("fuzzing", f"({steps} steps each)", total=examples, unit="example") as bar:
+        # the count goes past the total while hypothesis shrinks a failure
+        result = fuzz(config, examples=examples, seed=seed, steps=steps,
+                      on_example=lambda: bar.update(1))
     if result.ok:
         click.echo(f"fuzz: {examples} examples of up to {steps} operations, invariants held")
         return

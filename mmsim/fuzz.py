@@ -18,6 +18,7 @@ machines.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import hypothesis
@@ -66,12 +67,16 @@ class KernelMachine(RuleBasedStateMachine):
     config: KernelConfig = KernelConfig(memory=256 * MIB, cpus=2)
     #: the operations of the most recent run (after shrinking: the minimal failing one)
     last_ops: list[Op] = []
+    #: called as each example (a run of the machine, shrinking's included) starts
+    on_example: Callable[[], None] | None = None
 
     mallocs = Bundle("mallocs")
     maps = Bundle("maps")
 
     def __init__(self) -> None:
         super().__init__()
+        if self.on_example is not None:
+            self.on_example()
         self.kernel = Kernel(self.config)
         self.ops: list[Op] = []
         type(self).last_ops = self.ops
@@ -245,9 +250,13 @@ def _subrange(data: st.DataObject, length: int) -> tuple[int, int]:
     return first * PAGE, count * PAGE
 
 
-def make_machine(config: KernelConfig) -> type[KernelMachine]:
-    """A :class:`KernelMachine` subclass bound to ``config`` (user shrinkers included)."""
-    return type("ConfiguredKernelMachine", (KernelMachine,), {"config": config, "last_ops": []})
+def make_machine(config: KernelConfig, on_example: Callable[[], None] | None = None
+                 ) -> type[KernelMachine]:
+    """A :class:`KernelMachine` subclass bound to ``config`` (user shrinkers included);
+    ``on_example`` is called as each example starts (a progress bar)."""
+    return type("ConfiguredKernelMachine", (KernelMachine,),
+                {"config": config, "last_ops": [], "on_example": staticmethod(on_example)
+                 if on_example is not None else None})
 
 
 @dataclass
@@ -258,9 +267,11 @@ class FuzzResult:
     trace: str | None = None  # the shrunk counterexample, as a native trace
 
 
-def fuzz(config: KernelConfig, examples: int = 100, seed: int = 0, steps: int = 50) -> FuzzResult:
-    """Run the machine; on failure return the minimal failing operations as a native trace."""
-    machine = make_machine(config)
+def fuzz(config: KernelConfig, examples: int = 100, seed: int = 0, steps: int = 50,
+         on_example: Callable[[], None] | None = None) -> FuzzResult:
+    """Run the machine; on failure return the minimal failing operations as a native trace.
+    ``on_example`` is called as each example starts (those shrinking runs included)."""
+    machine = make_machine(config, on_example)
     hypothesis.seed(seed)(machine)
     run_settings = settings(
         max_examples=examples, stateful_step_count=steps, deadline=None, database=None,

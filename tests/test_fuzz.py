@@ -103,3 +103,11 @@ def test_the_fuzz_tries_both_sides_of_the_real_mmap_threshold():
         sampled = {v for s in strategy.original_strategies
                    if hasattr(s, "elements") for v in s.elements}
         assert {MMAP_THRESHOLD - 1, MMAP_THRESHOLD} <= sampled
+
+
+def test_fuzz_reports_each_example_to_its_progress_bar():
+    """`mmsim fuzz` is a long command: its bar advances once per example run."""
+    seen = []
+    result = fuzz(KernelConfig(memory=128 << 20, cpus=2), examples=5, steps=5, seed=2,
+                  on_example=lambda: seen.append(1))
+    assert result.ok and len(seen) >= 5
