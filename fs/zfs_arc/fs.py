@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from drivers.virtio_blk import VirtioBlk
 from fs.zfs_arc.buffers import MAX_BUFFER, ArcBuffer, BufferAllocator, OutOfPages
 from fs.zfs_arc.policy import NEVER, CachePolicy
+from fs.zfs_arc.policy_zfs import DBUF_SIZE, HDR_SIZE, RESIDENT_HDR
 
 FID_BITS = 32
 FID_MASK = (1 << FID_BITS) - 1
@@ -50,6 +51,25 @@ DEFAULT_RECORDSIZE = 128 << 10
 TXG_TIMEOUT_NS = 5_000_000_000
 SHRINK_MIN = 16 << 20  # the ARC shrinker's minimum per soft call (§8)
 
+# A file's indirect blocks, from the layout of OSv's (pre-2015) ZFS: files are created with
+# indblkshift = zfs_default_ibs = DN_MAX_INDBLKSHIFT = 14 (dnode.c l.59, sys/dnode.h l.60),
+# so an indirect block is 16 KiB of 128-byte block pointers (SPA_BLKPTRSHIFT 7): 128 each;
+# a ZPL file with SA bonus has one block pointer in its dnode (dnode.c l.536-537), so a file
+# of n records has ceil(n/128) L1 blocks, ceil(n/128^2) L2 blocks... up to a single top
+# block (a one-record file has none). 32 MiB in 128 KiB records: 2 L1 + 1 L2 = 48 KiB.
+INDIRECT_SIZE = 1 << 14
+INDIRECT_SHIFT = 7  # log2(block pointers per indirect block)
+# The rest of a file's metadata cannot be told from the code (dnode blocks, directory ZAPs,
+# SA, object set and MOS blocks read on the way): measured (osv-real.md §3, 128M). After
+# reading a 32 MiB file data_size is 32 MiB + 367104 B, of which the 48 KiB of indirect blocks
+# above; hdr_size 128608 = 302 (arc_buf_hdr_t + arc_buf_t) + 2 arc_buf_hdr_t alone, so 302 -
+# 256 data - 3 indirect = 43 buffers; other_size 184408 = 259 dbufs of data and indirect
+# blocks (280 B each) + 111888 B of dnodes, bonus buffers and these blocks' dbufs.
+FILE_META_BYTES = 367104 - 3 * INDIRECT_SIZE  # 317952, in FILE_META_BUFS buffers
+FILE_META_BUFS = 43
+FILE_META_HDRS = 2  # headers without a buffer
+FILE_META_OTHER = 184408 - 259 * 280  # 111888
+
 
 class Clock(Protocol):
     """Where simulated time lives (the kernel): ``clock_ns`` is read and advanced."""
@@ -61,7 +81,7 @@ class ZfsFile:
     """One file: size, record size, and its cached buffers by record index."""
 
     __slots__ = ("fid", "path", "size", "recordsize", "npages", "unit", "fixed", "bufs",
-                 "dirty")
+                 "dirty", "meta_on", "meta", "indirect")
 
     def __init__(self, fid: int, path: str, size: int, recordsize: int, unit: int,
                  fixed: bool) -> None:
@@ -73,6 +93,12 @@ class ZfsFile:
         self.fixed = fixed  # the record size never changes (block-trace files)
         self.bufs: dict[int, ArcBuffer] = {}
         self.dirty: set[int] = set()
+        #: the ARC caches this file's indirect and metadata blocks (set by the file system)
+        self.meta_on = False
+        #: their buffers, held while any record of the file is cached (each dbuf holds its
+        #: parent), and the ids (level, index) of the indirect blocks among them
+        self.meta: list[ArcBuffer] = []
+        self.indirect: set[tuple[int, int]] = set()
 
     def set_recordsize(self, recordsize: int) -> None:
         self.recordsize = recordsize
@@ -117,6 +143,7 @@ class ZfsFileSystem:
         self.shrink_calls = 0
         #: simulated delay between arc_lowmem's wake and the reclaim thread's pass (0: at once)
         self.reclaim_wake_latency_ns = 0
+        self._meta_on = policy.models_metadata
         policy.on_evict = self._on_evict
 
     # -- files -----------------------------------------------------------------------------
@@ -147,6 +174,7 @@ class ZfsFileSystem:
             rs = self.recordsize if size > self.recordsize else single_block_size(
                 size, self.recordsize)
             f = ZfsFile(fid, path, size, rs, rs, False)
+        f.meta_on = self._meta_on and not f.fixed  # a block trace's blocks are a device's
         self._files[path] = f
         self._by_fid[fid] = f
         return f
@@ -171,6 +199,65 @@ class ZfsFileSystem:
                 self.on_unmap(buf)
             self.buffers.free(buf)
         f.bufs.clear()
+        if f.meta:
+            self._release_meta(f)
+
+    # -- a file's indirect and metadata blocks ---------------------------------------------
+    def _load_meta(self, f: ZfsFile, idx: int) -> None:
+        """After record ``idx`` was cached: the blocks above it that are not cached yet (and,
+        for the file's first cached record, its measured metadata). They are held, so never
+        on an evictable list: charged to the ARC's size, in real buffer pages. f.meta holds
+        the metadata buffers first, then one buffer per indirect block, each charged once
+        complete, so that _release_meta can tell what was charged from its length."""
+        charge = self.policy.charge
+        meta = f.meta
+        if len(meta) < FILE_META_BUFS:
+            each = FILE_META_BYTES // FILE_META_BUFS
+            while len(meta) < FILE_META_BUFS:
+                meta.append(self._alloc_meta(
+                    each + (FILE_META_BYTES - each * FILE_META_BUFS if not meta else 0)))
+            charge(FILE_META_BYTES, FILE_META_BUFS * RESIDENT_HDR + FILE_META_HDRS * HDR_SIZE,
+                   FILE_META_OTHER)
+        n = -(-f.size // f.unit)  # records: the levels above them hold their pointers
+        level = 1
+        while n > 1:
+            n = -(-n >> INDIRECT_SHIFT)  # ceil(n / 128)
+            block = (level, idx >> (INDIRECT_SHIFT * level))
+            if block not in f.indirect:
+                meta.append(self._alloc_meta(INDIRECT_SIZE))
+                f.indirect.add(block)
+                charge(INDIRECT_SIZE, RESIDENT_HDR, DBUF_SIZE)
+            level += 1
+        if not f.bufs:  # a shrinker run by those allocations took the file's records
+            self._release_meta(f)
+
+    def _alloc_meta(self, size: int) -> ArcBuffer:
+        try:
+            return self.buffers.alloc(size)
+        except OutOfPages:
+            self.request_memory(size, hard=True)
+            return self.buffers.alloc(size)
+
+    def _release_meta(self, f: ZfsFile) -> None:
+        """The file's last cached record went: its dbufs release their parents (and whatever
+        an allocation that failed part-way left is freed)."""
+        nind = len(f.meta) - FILE_META_BUFS
+        if nind >= 0:
+            self.policy.charge(
+                -(FILE_META_BYTES + nind * INDIRECT_SIZE),
+                -((FILE_META_BUFS + nind) * RESIDENT_HDR + FILE_META_HDRS * HDR_SIZE),
+                -(FILE_META_OTHER + nind * DBUF_SIZE))
+        free = self.buffers.free
+        for buf in f.meta:
+            free(buf)
+        f.meta.clear()
+        f.indirect.clear()
+
+    def overhead_bytes(self) -> int:
+        """Bytes of the ARC's size that are no buffer pages: its headers and dbufs/dnodes
+        (hdr_size + other_size), which OSv mallocs (kmem_cache_alloc -> malloc)."""
+        _, hdr, other = self.policy.space()
+        return hdr + other
 
     # -- the cache -------------------------------------------------------------------------
     def _on_evict(self, key: int) -> None:
@@ -185,6 +272,8 @@ class ZfsFileSystem:
         buf = f.bufs.pop(idx, None)
         if buf is None:  # evicted before its buffer arrived (a reclaim during the fill)
             return
+        if not f.bufs and f.meta:
+            self._release_meta(f)
         if buf.dirty:
             self._write_back(f, idx, wait=False)
             buf.dirty = False
@@ -222,6 +311,8 @@ class ZfsFileSystem:
                 t.clock_ns = self._disk_read(t.clock_ns, rs)
             if rs <= self.policy.capacity:  # nothing ran that could have evicted it
                 f.bufs[idx] = spare
+                if f.meta_on:
+                    self._load_meta(f, idx)
                 return spare
             buf = spare
         else:
@@ -232,6 +323,8 @@ class ZfsFileSystem:
                 t.clock_ns = self._disk_read(t.clock_ns, rs)
         if key in self.policy:
             f.bufs[idx] = buf
+            if f.meta_on:
+                self._load_meta(f, idx)
             return buf
         self.buffers.free(buf)  # too big to cache, or reclaimed while it was filled
         return None
@@ -489,7 +582,11 @@ class ZfsFileSystem:
         """Every cached record has exactly one buffer and the buffer count adds up."""
         n = 0
         pages = 0
+        nmeta = 0
         for f in self._files.values():
+            assert not f.meta or f.bufs, "metadata held for a file with no cached record"
+            nmeta += len(f.meta)
+            pages += sum(buf.npages for buf in f.meta)
             for idx, buf in f.bufs.items():
                 assert record_key(f.fid, idx) in self.policy, "buffer of an uncached record"
                 n += 1
@@ -498,7 +595,7 @@ class ZfsFileSystem:
         assert self._spare is None, "a recycled buffer was left over"
         assert all(f.dirty for f in self._dirty_files.values()), "a clean file listed as dirty"
         assert all(f.fid in self._dirty_files for f in self._files.values() if f.dirty)
-        assert n == self.buffers.buffers and pages == self.buffers.pages, "buffer leak"
+        assert n + nmeta == self.buffers.buffers and pages == self.buffers.pages, "buffer leak"
         resident = self.policy.lists().get("mru_count", 0) + self.policy.lists().get(
             "mfu_count", 0)
         assert resident == n, f"{resident} records cached but {n} buffers"

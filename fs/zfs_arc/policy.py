@@ -64,6 +64,8 @@ class CachePolicy(ABC):
     #: ZFS's arc_no_grow and its reclaim thread's shrinks of c; False and 0 elsewhere
     no_grow: bool = False
     shrinks: int = 0
+    #: whether the file system should charge a file's indirect and metadata blocks (ZFS)
+    models_metadata: ClassVar[bool] = False
 
     def __init__(
         self, capacity: int, on_evict: EvictFn = _no_evict, *, c_min: int | None = None
@@ -121,6 +123,16 @@ class CachePolicy(ABC):
         return None
 
 
+    def space(self) -> tuple[int, int, int]:
+        """(data_size, hdr_size, other_size): what the size is made of. Only ZFS's ARC counts
+        headers and dbufs; the other policies' size is all data."""
+        return self.size, 0, 0
+
+    def charge(self, data: int, hdr: int, other: int) -> None:
+        """Bytes in the size but on no list (ZFS: held metadata blocks, their headers and
+        dbufs); policies that do not model them ignore it."""
+        return None
+
     def lists(self) -> dict[str, int]:
         """Bytes on each of the policy's lists, for the summary (resident and ghost)."""
         return {}
@@ -132,12 +144,16 @@ class CachePolicy(ABC):
     def stats(self) -> dict[str, Any]:
         """Counters and sizes for the summary's ``arc`` section."""
         total = self.hits + self.misses
+        data, hdr, other = self.space()
         return {
             "policy": self.name,
             "hits": self.hits,
             "misses": self.misses,
             "hit_ratio": self.hits / total if total else 0.0,
             "size_bytes": self.size,
+            "data_size_bytes": data,
+            "hdr_size_bytes": hdr,
+            "other_size_bytes": other,
             "c_bytes": self.target,
             "p_bytes": self.p,
             "c_min_bytes": self.c_min,

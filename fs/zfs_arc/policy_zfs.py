@@ -9,10 +9,17 @@ size may overshoot ``c`` until the reclaim thread's ``arc_adjust`` (once a simul
 trims it. OSv's additions are here too: ``arc_sized_adjust`` (the shrinker's soft path, which
 frees bytes without moving ``c``) and ``arc_lowmem`` (its hard path).
 
-Not modelled: metadata buffers and the anonymous (dirty, unsynced) state, whose sizes count
-as 0; held (referenced) buffers, since reads complete within one operation; prefetch; L2ARC;
-arc_adapt's early wake-up of the reclaim thread (it runs every simulated second, and at once
-after arc_lowmem).
+The size counts what arc.c's ``arc_size`` counts: the records' bytes (data_size), the
+headers (hdr_size: an ``arc_buf_hdr_t`` per record, ghosts included, and an ``arc_buf_t`` per
+resident one), the dbufs (other_size: a ``dmu_buf_impl_t`` per resident record), and what the
+file system charges through :meth:`ZfsArcPolicy.charge` (a file's indirect and metadata blocks,
+held while the file has cached records, with their headers and dbufs). Counters, not walks.
+
+Not modelled: the anonymous (dirty, unsynced) state; held (referenced) data buffers, since
+reads complete within one operation; prefetch; L2ARC; the 16 hash-partitioned sublists of each
+list (arc_evict walks them round robin; here each list is one LRU: docs/arc.md); arc_adapt's
+early wake-up of the reclaim thread (it runs every simulated second, and at once after
+arc_lowmem).
 """
 
 from __future__ import annotations
@@ -33,16 +40,32 @@ RECLAIM_PERIOD_NS = SEC  # the reclaim thread's sleep
 MAX_BLOCK = 128 << 10  # SPA_MAXBLOCKSIZE of the BSD port: c grows within 2 blocks of it
 MAX_CATCHUP = 4096  # reclaim passes run for one long sleep; the rest are skipped
 
+# What arc_space_consume adds to arc_size besides the records (x86-64, OSv's release build:
+# no ZFS_DEBUG, so refcount_t is one uint64_t; kmutex_t is OSv's 40-byte lockfree mutex,
+# kcondvar_t OSv's 64-byte condvar, krwlock_t OSv's 64-byte rwlock; list_node_t two pointers).
+# Summed field by field from the structs (arc.c l.503-539, sys/arc.h l.48-56, sys/dbuf.h);
+# the measurement agrees: the hdr_size of osv-real.md §3 is 424·N + 280·M at every RAM size
+# (128M: N = 302 records, M = 2 headers alone) and grows in steps of 280 between runs.
+HDR_SIZE = 280  # sizeof(arc_buf_hdr_t): hdr_cons, arc.c l.934 (ARC_SPACE_HDRS)
+BUF_SIZE = 144  # sizeof(arc_buf_t): buf_cons, arc.c l.948 (ARC_SPACE_HDRS)
+DBUF_SIZE = 280  # sizeof(dmu_buf_impl_t): dbuf_create, dbuf.c l.1725 (ARC_SPACE_OTHER)
+RESIDENT_HDR = HDR_SIZE + BUF_SIZE  # a cached record's headers; a ghost keeps HDR_SIZE
+
 # list tags
 ANON, MRU, MFU, MRU_GHOST, MFU_GHOST = range(5)
 
 
 def arc_init(phys_mem_size: int) -> tuple[int, int, int]:
-    """(c_min, c_max, meta_limit) as OSv's arc_init derives them from the RAM size."""
-    p = phys_mem_size
-    c_min = max(p // 32, 16 * MIB)
-    c_max = p - GIB if p >= GIB else c_min
-    c_max = max(p * 5 // 8, c_max)
+    """(c_min, c_max, meta_limit) as OSv's arc_init derives them from the RAM size.
+
+    kmem_size() is physmem * PAGE_SIZE, physmem being phys_mem_size in whole pages
+    (opensolaris_kmem.c, bsd/init.cc); arc.c works from arc_c = kmem/8, so its figures are
+    multiples of kmem/8, to the byte (real OSv's c_max at 128M is 83548160 = 5 * 16709632)."""
+    kmem = phys_mem_size // 4096 * 4096
+    c8 = kmem // 8
+    c_min = max(c8 // 4, 16 * MIB)
+    c_max = c8 * 8 - GIB if c8 * 8 >= GIB else c_min
+    c_max = max(c8 * 5, c_max)
     meta_limit = c_max // 4
     if c_min < meta_limit // 2:
         c_min = c_max // 8
@@ -53,6 +76,7 @@ class ZfsArcPolicy(CachePolicy):
     """MRU/MFU lists with ghosts, adaptive ``p`` and ``c``, and the ARC's reclaim thread."""
 
     name = "zfs"
+    models_metadata = True
 
     def __init__(
         self, capacity: int, on_evict: EvictFn = _no_evict, *, c_min: int | None = None
@@ -74,6 +98,10 @@ class ZfsArcPolicy(CachePolicy):
         self.next_tick_ns = 0  # the thread's first pass runs at boot
         self.mru_hits = self.mfu_hits = self.mru_ghost_hits = self.mfu_ghost_hits = 0
         self.shrinks = 0
+        #: arc_size beyond the records on the lists (arc_space_consume's bytes): charged
+        #: metadata blocks (data_size), headers (hdr_size) and dbufs/dnodes (other_size);
+        #: extra = meta + hdr + other, kept as one counter for the insert path
+        self.meta_size = self.hdr_size = self.other_size = self.extra = 0
 
     # -- hot path --------------------------------------------------------------------------
     def access(self, key: int, size: int) -> bool:
@@ -112,22 +140,37 @@ class ZfsArcPolicy(CachePolicy):
         if state == ANON:
             self._mru[key] = [size, now]
             self.mru_size += size
-        else:  # seen before, evicted since: straight to MFU
+            # a new arc_buf_hdr_t and arc_buf_t, and the record's dbuf
+            self.hdr_size += RESIDENT_HDR
+            self.other_size += DBUF_SIZE
+            self.extra += RESIDENT_HDR + DBUF_SIZE
+            # arc_get_data_buf (arc.c l.2755-2757): growing, with anonymous data beyond p
+            # (the new buffer is anonymous until arc_access puts it on the MRU)
+            if (self.mru_size + self.mfu_size + self.extra < self.c
+                    and self.mru_size > self.p):
+                self.p = min(self.c, self.p + size)
+        else:  # seen before, evicted since: straight to MFU (the ghost's header stays)
             self._drop_ghost(key)
             self._mfu[key] = [size, now]
             self.mfu_size += size
+            self.hdr_size += HDR_SIZE + BUF_SIZE
+            self.other_size += DBUF_SIZE
+            self.extra += HDR_SIZE + BUF_SIZE + DBUF_SIZE
         return False
 
     def _drop_ghost(self, key: int) -> bool:
+        """Forget a ghost and its arc_buf_hdr_t."""
         s = self._mru_ghost.pop(key, None)
         if s is not None:
             self.mru_ghost_size -= s
-            return True
-        s = self._mfu_ghost.pop(key, None)
-        if s is not None:
+        else:
+            s = self._mfu_ghost.pop(key, None)
+            if s is None:
+                return False
             self.mfu_ghost_size -= s
-            return True
-        return False
+        self.hdr_size -= HDR_SIZE
+        self.extra -= HDR_SIZE
+        return True
 
     def reclaim_needed(self) -> bool:
         """arc_reclaim_needed: a hard request is pending, or free memory is under ~25 %."""
@@ -136,7 +179,7 @@ class ZfsArcPolicy(CachePolicy):
     def _get_data_buf(self, size: int, state: int) -> None:
         """arc_get_data_buf: adapt, then evict one record's worth if the ARC is full."""
         self._adapt(size, state)
-        if not (self.reclaim_needed() or self.mru_size + self.mfu_size > self.c):
+        if not (self.reclaim_needed() or self.mru_size + self.mfu_size + self.extra > self.c):
             return
         if state == MFU_GHOST:
             victim = MRU if (self.mru_size >= size and self.c - self.p > self.mfu_size) else MFU
@@ -158,7 +201,7 @@ class ZfsArcPolicy(CachePolicy):
             self.p = max(p_min, self.p - min(size * mult, self.p))
         if self.reclaim_needed() or self.no_grow or c >= self.capacity:
             return
-        if self.mru_size + self.mfu_size > c - 2 * MAX_BLOCK:
+        if self.mru_size + self.mfu_size + self.extra > c - 2 * MAX_BLOCK:
             c += size
             if c > self.capacity:
                 c = self.capacity
@@ -175,14 +218,21 @@ class ZfsArcPolicy(CachePolicy):
         else:
             lst, ghost = self._mfu, self._mfu_ghost
         evicted = 0
+        n = self.evictions
         on_evict = self.on_evict
         while lst and evicted < nbytes:
             key, e = lst.popitem(last=False)
             s = e[0]
             ghost[key] = s
             evicted += s
-            self.evictions += 1
+            n += 1
             on_evict(key)
+        # each one loses its arc_buf_t and dbuf; its arc_buf_hdr_t stays with the ghost
+        n -= self.evictions
+        self.evictions += n
+        self.hdr_size -= n * BUF_SIZE
+        self.other_size -= n * DBUF_SIZE
+        self.extra -= n * (BUF_SIZE + DBUF_SIZE)
         if state == MRU:
             self.mru_size -= evicted
             self.mru_ghost_size += evicted
@@ -203,8 +253,12 @@ class ZfsArcPolicy(CachePolicy):
         """arc_evict_ghost: forget the oldest ghosts until ``nbytes`` are gone."""
         ghost = self._mru_ghost if state == MRU_GHOST else self._mfu_ghost
         gone = 0
+        n = len(ghost)
         while ghost and gone < nbytes:
             gone += ghost.popitem(last=False)[1]
+        n -= len(ghost)
+        self.hdr_size -= n * HDR_SIZE  # arc_hdr_destroy
+        self.extra -= n * HDR_SIZE
         if state == MRU_GHOST:
             self.mru_ghost_size -= gone
         else:
@@ -212,8 +266,9 @@ class ZfsArcPolicy(CachePolicy):
 
     # -- the reclaim thread and the shrinker hooks -----------------------------------------
     def _adjust(self) -> None:
-        """arc_adjust: evict down to c (MRU beyond p first, then MFU), then trim the ghosts."""
-        adj = min(self.size - self.c, self.mru_size - self.p)
+        """arc_adjust = arc_sized_adjust(-1): evict down to c (MRU beyond p first, then MFU),
+        then trim the ghosts."""
+        adj = min(self.size - self.c, self.mru_size + self.extra - self.p)
         if adj > 0 and self._mru:
             self._evict(MRU, min(self.mru_size, adj))
         adj = self.size - self.c
@@ -252,6 +307,11 @@ class ZfsArcPolicy(CachePolicy):
                 self.no_grow = True
                 self._aggressive = True
             self._growtime = now_ns + GROW_RETRY_NS
+            if self.needfree and not self._aggressive:
+                # arc_reclaim_thread (arc.c l.2511-2519): arc_lowmem was called, so a pass
+                # that would have been conservative is aggressive
+                self.no_grow = True
+                self._aggressive = True
             if self._aggressive:
                 self._shrink()
         elif self.no_grow and now_ns >= self._growtime:
@@ -281,7 +341,8 @@ class ZfsArcPolicy(CachePolicy):
     def sized_adjust(self, nbytes: int) -> int:
         """arc_sized_adjust (OSv): evict at least ``nbytes`` if cached; c is left unchanged."""
         freed = 0
-        adj = max(nbytes, min(self.size - self.c, self.mru_size - self.p))
+        # arc_meta_used: every arc_space_consume'd byte (metadata blocks, headers, dbufs)
+        adj = max(nbytes, min(self.size - self.c, self.mru_size + self.extra - self.p))
         if adj > 0 and self._mru:
             freed += self._evict(MRU, min(self.mru_size, adj))
         adj = max(nbytes - freed, self.size - self.c)
@@ -298,20 +359,39 @@ class ZfsArcPolicy(CachePolicy):
         e = self._mru.pop(key, None)
         if e is not None:
             self.mru_size -= e[0]
-            return True
-        e = self._mfu.pop(key, None)
-        if e is not None:
+        else:
+            e = self._mfu.pop(key, None)
+            if e is None:
+                self._drop_ghost(key)
+                return False
             self.mfu_size -= e[0]
-            return True
-        self._drop_ghost(key)
-        return False
+        self.hdr_size -= RESIDENT_HDR  # arc_hdr_destroy with its buffer
+        self.other_size -= DBUF_SIZE
+        self.extra -= RESIDENT_HDR + DBUF_SIZE
+        return True
+
+    def charge(self, data: int, hdr: int, other: int) -> None:
+        """Add (or with negative amounts take back) bytes that are in arc_size but on no
+        list here: held metadata blocks (data_size), their headers and dbufs/dnodes."""
+        self.meta_size += data
+        self.hdr_size += hdr
+        self.other_size += other
+        self.extra += data + hdr + other
 
     def __contains__(self, key: int) -> bool:
         return key in self._mru or key in self._mfu
 
     @property
     def size(self) -> int:
-        return self.mru_size + self.mfu_size
+        """arc_size: data_size + hdr_size + other_size."""
+        return self.mru_size + self.mfu_size + self.extra
+
+    @property
+    def data_size(self) -> int:
+        return self.mru_size + self.mfu_size + self.meta_size
+
+    def space(self) -> tuple[int, int, int]:
+        return self.data_size, self.hdr_size, self.other_size
 
     @property
     def target(self) -> int:
