@@ -1,8 +1,10 @@
 """Wires the host's virtio-balloon: the `host-balloon SIZE` operation, its 500 ms polling in
-simulated time, and its DEFLATE_ON_OOM shrinker."""
+simulated time, the out-of-memory report when an inflation cannot be served (OSv's guest
+aborts), and the options beyond OSv (rate limit, free floor, clamping, DEFLATE_ON_OOM)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from drivers.virtio_balloon import VirtioBalloon
@@ -14,23 +16,51 @@ from kernel.config import (
     register_config_validator,
 )
 from mm.constants import PAGE_SIZE
+from mm.page_pool import OutOfPages
 
 if TYPE_CHECKING:
     from kernel.kernel import Kernel
 
 register_config_keys({
     "host_balloon": "the host's initial virtio-balloon target (a size; default 0)",
-    "virtio_balloon_rate": "bytes per second the balloon can move (default 1G)",
-    "virtio_balloon_deflate_on_oom": "VIRTIO_BALLOON_F_DEFLATE_ON_OOM (true/false, default false)",
+    "virtio_balloon_rate": "beyond OSv: bytes per second the balloon can move (a size; default "
+                           "unset: as OSv, a poll moves the whole difference)",
+    "virtio_balloon_keep_free": "beyond OSv: free memory inflation stops at instead of waiting "
+                                "(a size, e.g. 4M; default 0: as OSv, none)",
+    "virtio_balloon_clamp_target": "beyond OSv: clamp a host target above total memory and "
+                                   "count an app error (true/false; default false: as OSv, "
+                                   "not clamped)",
+    "virtio_balloon_deflate_on_oom": "beyond OSv: act on VIRTIO_BALLOON_F_DEFLATE_ON_OOM, as "
+                                     "Linux does (true/false; default false: OSv only "
+                                     "advertises it)",
     "virtio_balloon_wake_latency": "delay between a new host target and the driver's poll "
                                    "(e.g. 1ms; default: none, the next 500 ms poll sees it)",
 })
 
 
-def _settings(extra: dict[str, Any]) -> tuple[int, int, bool, int | None]:
+@dataclass
+class _Settings:
+    target: int = 0
+    rate: int | None = None
+    keep_free: int = 0
+    clamp: bool = False
+    deflate: bool = False
+    latency: int | None = None
+
+
+def _flag(extra: dict[str, Any], key: str) -> bool:
+    value = extra.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"'{key}' must be true or false")
+    return value
+
+
+def _settings(extra: dict[str, Any]) -> _Settings:
     try:
         target = parse_size(extra.get("host_balloon", 0))
-        rate = parse_size(extra.get("virtio_balloon_rate", 1 << 30))
+        rate = extra.get("virtio_balloon_rate")
+        rate = None if rate is None else parse_size(rate)
+        keep_free = parse_size(extra.get("virtio_balloon_keep_free", 0))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     latency = extra.get("virtio_balloon_wake_latency")
@@ -39,46 +69,72 @@ def _settings(extra: dict[str, Any]) -> tuple[int, int, bool, int | None]:
             latency = parse_duration(latency)
         except ValueError as e:
             raise ConfigError(f"'virtio_balloon_wake_latency': {e}") from None
-    deflate = extra.get("virtio_balloon_deflate_on_oom", False)
-    if not isinstance(deflate, bool):
-        raise ConfigError("'virtio_balloon_deflate_on_oom' must be true or false")
-    if rate < PAGE_SIZE:
+    if rate is not None and rate < PAGE_SIZE:
         raise ConfigError("'virtio_balloon_rate' must be at least 4K per second")
-    return target, rate, deflate, latency
+    return _Settings(target, rate, keep_free, _flag(extra, "virtio_balloon_clamp_target"),
+                     _flag(extra, "virtio_balloon_deflate_on_oom"), latency)
 
 
 register_config_validator(_settings)  # each value checked as the configuration is loaded
 
 
+@dataclass
+class _Inflation:
+    """What the out-of-memory report names when the balloon's inflation fails: the driver's
+    thread (OSv's "virtio-balloon"), during the trace line being applied, and the pages its
+    poll set out to take."""
+
+    line: int
+    size: int
+    kind: str = "virtio-balloon"
+    handle: str | None = None
+    time_ns: int | None = None
+    cpu: int | None = None
+
+
 def attach(kernel: Kernel) -> VirtioBalloon:
-    target, rate, deflate, latency = _settings(kernel.config.extra)
+    cfg = _settings(kernel.config.extra)
     ranges = kernel.ranges
     balloon = VirtioBalloon(kernel.pool, lambda: ranges.free_pages,
-                            rate_bytes_per_s=rate, deflate_on_oom=deflate)
-    balloon.set_target(target)
+                            rate_bytes_per_s=cfg.rate, keep_free_bytes=cfg.keep_free,
+                            deflate_on_oom=cfg.deflate)
+    balloon.set_target(cfg.target)
 
     def host_balloon(op: Any) -> None:
-        if op.size > ranges.total_pages * PAGE_SIZE:
+        size = op.size
+        if cfg.clamp and size > ranges.total_pages * PAGE_SIZE:
             kernel.errors.report("balloon_target_too_large", op.line, op.kind,
-                                 f"target {op.size} exceeds total memory; clamped")
-        balloon.set_target(min(op.size, ranges.total_pages * PAGE_SIZE))
-        if latency is not None:
-            balloon.wake(kernel.clock_ns + latency)
+                                 f"target {size} exceeds total memory; clamped")
+            size = ranges.total_pages * PAGE_SIZE
+        balloon.set_target(size)
+        if cfg.latency is not None:
+            balloon.wake(kernel.clock_ns + cfg.latency)
         kernel.wake_threads()
 
     def poll() -> None:
         before = balloon.actual_pages
-        balloon.poll(kernel.clock_ns)
+        failed: OutOfPages | None = None
+        try:
+            balloon.poll(kernel.clock_ns)
+        except OutOfPages as e:
+            failed = e
         if balloon.actual_pages != before:
             kernel.emit("virtio_balloon", actual_bytes=balloon.actual_pages * PAGE_SIZE,
                         target_bytes=balloon.target_pages * PAGE_SIZE)
+        if failed is not None:
+            # OSv's alloc_page() never returns null: the guest aborts. The poll runs after an
+            # operation, outside the handler whose OutOfPages the kernel reports, so the report
+            # is made here, naming the driver's thread; the OutOfMemory it raises ends the run
+            # (`mmsim run`: exit 3, the summary's oom section)
+            kernel._out_of_memory(failed, _Inflation(kernel.line,
+                                                     balloon.inflating_pages * PAGE_SIZE))
 
     kernel.add_handler("host-balloon", host_balloon)
     kernel.add_after_op(poll, lambda: balloon.next_poll_ns)
     kernel.add_category("virtio_balloon", lambda: balloon.actual_pages * PAGE_SIZE)
     kernel.add_section("virtio_balloon", balloon.summary)
     registry = getattr(kernel, "shrinkers", None)
-    if registry is not None and deflate:
+    if registry is not None and cfg.deflate:
         registry.register(balloon)
     kernel.virtio_balloon = balloon  # type: ignore[attr-defined]
     return balloon

@@ -1,11 +1,15 @@
-"""The host's virtio-balloon: 500 ms polls in simulated time, pressure, DEFLATE_ON_OOM."""
+"""The host's virtio-balloon as OSv's driver (drivers/virtio-balloon.cc): 500 ms polls in
+simulated time, the whole difference a poll, inflation through alloc_page (waits, or the guest
+aborts out of memory), FIFO deflation; and the options beyond OSv, off by default."""
 
 import json
 
+import pytest
+from cli_helpers import run
 from click.testing import CliRunner
 
-from kernel import Kernel, KernelConfig
-from mm.constants import PAGE_SIZE
+from kernel import Kernel, KernelConfig, OutOfMemory, load_config
+from mm.constants import MIN_EMERGENCY_POOL, PAGE_SIZE
 from mmsim.cli import main
 from mmsim.trace.ops import Op
 
@@ -20,8 +24,30 @@ def boot(**extra) -> Kernel:
     return Kernel(KernelConfig(memory=512 * MIB, cpus=2, extra=extra))
 
 
-def test_inflation_follows_the_polls_and_the_rate():
-    k = boot(virtio_balloon_rate="100M")  # 50 MiB per 500 ms poll
+def held_pages(k: Kernel) -> list[int]:
+    """The balloon's pages in the order it took them."""
+    return [p for start, n in k.virtio_balloon.held for p in range(start, start + n)]
+
+
+def test_the_whole_difference_moves_in_one_poll():
+    # OSv's adjust_toward_target() inflates (or deflates) target - actual in one go, in
+    # requests of 256 PFNs: no rate limit
+    k = boot()
+    moves = _balloon_moves(k)
+    k.apply(op("host-balloon", size=200 * MIB))
+    assert k.virtio_balloon.actual_pages * PAGE_SIZE == 200 * MIB  # the poll due at time 0
+    assert moves == [0]
+    assert k.virtio_balloon.inflations == 200 * MIB // PAGE_SIZE // 256  # 200 requests
+    k.apply(op("host-balloon", size=8 * MIB))
+    k.apply(op("sleep", duration_ns=500_000_000))
+    assert k.virtio_balloon.actual_pages * PAGE_SIZE == 8 * MIB  # the next poll, at 500 ms
+    assert moves == [0, 500_000_000]
+    assert k.virtio_balloon.deflations == 192 * MIB // PAGE_SIZE // 256
+    k.check()
+
+
+def test_the_rate_option_moves_at_most_its_share_a_poll():
+    k = boot(virtio_balloon_rate="100M")  # beyond OSv: 50 MiB per 500 ms poll
     k.apply(op("host-balloon", size=200 * MIB))
     first = k.virtio_balloon.actual_pages * PAGE_SIZE
     assert first == 50 * MIB  # the poll due at time 0 ran after the operation
@@ -48,33 +74,136 @@ def test_deflation_returns_the_pages():
     k.check()
 
 
-def test_inflation_creates_pressure_and_wakes_the_reclaimer():
+def test_deflation_frees_the_oldest_pages_first():
+    # OSv's deflate() takes _ballooned.front() and pops it: the first pages inflated go back
+    # first (FIFO), the newest stay in the balloon
     k = boot()
-    k.apply(op("host-balloon", size=500 * MIB))
-    k.apply(op("sleep", duration_ns=2_000_000_000))
-    assert k.reclaimer.wakes >= 1
-    # the balloon stops short (at OSv's 4 MiB emergency pool) instead of making anyone wait
-    b = k.virtio_balloon
-    assert b.stalls >= 1 and b.actual_pages < b.target_pages and k.oom is None
+    k.apply(op("host-balloon", size=8 * MIB))
+    oldest = held_pages(k)
+    k.apply(op("host-balloon", size=16 * MIB))
+    k.apply(op("sleep", duration_ns=500_000_000))
+    newest = held_pages(k)[len(oldest):]
+    assert len(oldest) == len(newest) == 8 * MIB // PAGE_SIZE
+    assert set(oldest).isdisjoint(newest)
+    k.apply(op("host-balloon", size=10 * MIB))
+    k.apply(op("sleep", duration_ns=500_000_000))
+    left = 2 * MIB // PAGE_SIZE  # 6 MiB of the oldest went back, the newest all stayed
+    assert held_pages(k) == oldest[-left:] + newest
+    k.apply(op("host-balloon", size=4 * MIB))
+    k.apply(op("sleep", duration_ns=500_000_000))
+    assert held_pages(k) == newest[-(4 * MIB // PAGE_SIZE):]
     k.check()
+
+
+def test_inflation_waits_for_memory_and_the_reclaimer_frees_caches():
+    k = boot()
+    k.apply(op("create", path="/f", size=300 * MIB))
+    k.apply(op("read", path="/f", offset=0, length=300 * MIB, write=False))
+    arc = k.summary()["memory"]["categories"]["arc"]
+    assert k.free_bytes < 400 * MIB < k.free_bytes + arc  # only reclaim can give 400 MiB
+    k.apply(op("host-balloon", size=400 * MIB))
+    k.apply(op("sleep", duration_ns=500_000_000))  # the next poll (time 0's ran before)
+    # alloc_page() waits when the guest has no free pages: the reclaimer's hard pass shrinks
+    # the ARC and the whole target is inflated in that one poll
+    b = k.virtio_balloon
+    assert b.actual_pages == b.target_pages == 400 * MIB // PAGE_SIZE
+    assert k.reclaimer.waits >= 1 and k.reclaimer.hard_passes >= 1 and k.oom is None
+    assert k.summary()["memory"]["categories"]["arc"] < arc
+    assert b.stalls == 0
+    k.check()
+
+
+def test_a_target_the_guest_cannot_give_aborts_it_out_of_memory(trace, tmp_path):
+    # OSv (drivers/virtio-balloon.cc): adjust_toward_target() calls inflate(target - actual)
+    # with the host's num_pages as they are (no clamp), and inflate() takes each page with
+    # alloc_page(), which never returns null: it waits for memory (the reclaimer's hard pass)
+    # and, when nothing can be reclaimed, the guest aborts out of memory. So a 600 MiB target on
+    # a 512 MiB guest with nothing to reclaim ends the run on its first line (the poll due at
+    # time 0): exit 3, the oom section naming the driver's thread and the whole 600 MiB
+    # (629145600 bytes) its one poll asked for.
+    summary = tmp_path / "s.json"
+    code, _, err = run("run", trace("host-balloon 600M\nsleep 1s\n"), "--memory", "512M",
+                       "--json", str(summary), "-q")
+    assert code == 3
+    assert "out of memory" in err and "virtio-balloon needed 629145600 bytes" in err
+    s = json.loads(summary.read_text())
+    oom = s["oom"]
+    assert oom["op"] == "virtio-balloon" and oom["line"] == 1 and oom["time_ns"] == 0
+    assert oom["requested_bytes"] == 600 * MIB
+    assert oom["reason"] == "could not reclaim any further"
+    # the balloon keeps the requests the host was told of: all the guest had (nothing else
+    # moved), but for the page caches and what the runs keep back (under OSv's 4 MiB
+    # emergency pool and one 1 MiB request)
+    assert oom["free_bytes"] < MIN_EMERGENCY_POOL + 256 * PAGE_SIZE
+    fresh = Kernel(load_config(None, {"memory": "512M"}))
+    had = fresh.free_bytes + fresh.pool.l1_pages * PAGE_SIZE + fresh.pool.l2_pages * PAGE_SIZE
+    cats = s["memory"]["categories"]
+    held = cats["virtio_balloon"]
+    assert held + cats["l1_cache"] + cats["l2_cache"] + s["memory"]["free_bytes"] == had
+    assert held == s["virtio_balloon"]["actual_pages"] * PAGE_SIZE > had - 16 * MIB
+    assert oom["consumers"]["virtio_balloon"] == held
+    assert s["app_errors"] == fresh.errors.summary()  # not clamped: no error counted
+
+
+def test_a_target_above_total_memory_is_not_clamped():
+    k = boot()
+    k.apply(op("sleep", duration_ns=1_000_000))
+    with pytest.raises(OutOfMemory):
+        k.apply(op("host-balloon", size=1 << 40))  # polled at 500 ms, in the sleep
+        k.apply(op("sleep", duration_ns=1_000_000_000))
+    assert k.virtio_balloon.target_pages * PAGE_SIZE == 1 << 40
+    assert k.oom["op"] == "virtio-balloon" and k.oom["requested_bytes"] == (1 << 40)
+    assert k.oom["line"] == 1 and k.oom["time_ns"] == 500_000_000
+
+
+def test_the_keep_free_option_stops_short_instead_of_waiting():
+    k = boot(virtio_balloon_keep_free="16M")  # beyond OSv: a floor of free memory
+    k.apply(op("host-balloon", size=500 * MIB))
+    b = k.virtio_balloon
+    assert b.stalls == 1 and 0 < b.actual_pages < b.target_pages
+    assert k.ranges.free_pages >= 16 * MIB // PAGE_SIZE  # as the poll left the runs
+    k.apply(op("sleep", duration_ns=2_000_000_000))
+    assert k.reclaimer.wakes >= 1  # the inflation still creates pressure
+    assert b.stalls >= 2 and b.actual_pages < b.target_pages and k.oom is None
+    assert k.reclaimer.waits == 0  # no alloc_page ever waited
+    k.check()
+
+
+def test_the_clamp_option_clamps_the_target_and_counts_an_app_error():
+    k = boot(virtio_balloon_clamp_target=True, virtio_balloon_keep_free="4M")
+    k.apply(op("host-balloon", size=1 << 40))
+    assert k.virtio_balloon.target_pages == k.ranges.total_pages
+    assert "balloon_target_too_large" in json.dumps(k.errors.summary())
+    assert k.oom is None
+    plain = boot(virtio_balloon_keep_free="4M")
+    plain.apply(op("host-balloon", size=1 << 40))
+    assert plain.virtio_balloon.target_pages * PAGE_SIZE == 1 << 40
+    assert "balloon_target_too_large" not in json.dumps(plain.errors.summary())
 
 
 def test_deflate_on_oom_gives_memory_back_to_a_waiter():
     trace = [op("host-balloon", size=400 * MIB), op("sleep", duration_ns=1_000_000_000),
              op("mmap", handle="a", size=200 * MIB, populate=True)]
     plain = boot()
-    oom = None
-    try:
+    with pytest.raises(OutOfMemory):
         for o in trace:
             plain.apply(o)
-    except Exception as e:  # noqa: BLE001 - the OOM is the point
-        oom = e
-    assert oom is not None and plain.oom is not None
-    helped = boot(virtio_balloon_deflate_on_oom=True)
-    for o in trace:
+    assert plain.oom is not None and plain.oom["op"] == "mmap"
+    assert plain.virtio_balloon.summary()["oom_deflated_pages"] == 0  # OSv: no code acts on it
+    helped = boot(virtio_balloon_deflate_on_oom=True)  # beyond OSv (Linux's driver)
+    helped.apply(trace[0])
+    oldest = held_pages(helped)
+    for o in trace[1:]:
         helped.apply(o)
     assert helped.oom is None
-    assert helped.virtio_balloon.oom_deflated_pages > 0
+    b = helped.virtio_balloon
+    assert b.oom_deflated_pages > 0
+    assert held_pages(helped) == oldest[b.oom_deflated_pages:]  # the oldest went back first
+    helped.check()
+    # and its own inflation stops short (retried at the next poll) instead of aborting
+    helped.apply(op("host-balloon", size=1 << 40))
+    helped.apply(op("sleep", duration_ns=1_000_000_000))
+    assert helped.oom is None and b.stalls >= 1 and b.actual_pages < b.target_pages
     helped.check()
 
 
