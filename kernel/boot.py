@@ -28,7 +28,7 @@ LINEAR_AREAS = (MAIN_AREA, PAGE_AREA, MEMPOOL_AREA)
 
 
 class BootError(RuntimeError):
-    """The configured machine cannot boot (e.g. not enough memory for its own page tables)."""
+    """The configured machine cannot be described (e.g. RAM past the linear map's reach)."""
 
 
 class _TablePages:
@@ -59,6 +59,9 @@ class PhysicalMemory:
     phys_mem_size: int
     kernel_end: int
     e820: list[E820Entry]
+    #: why boot ran out of memory before the allocator was complete (None: it did not); the
+    #: kernel turns it into its out-of-memory report, as OSv aborts during boot
+    failure: str | None = None
 
 
 def _give(ranges: PageRangeAllocator, start: int, end: int) -> None:
@@ -81,7 +84,7 @@ def boot_memory(config: KernelConfig) -> PhysicalMemory:
     if any(e.end > LINEAR_AREA_SIZE for e in usable):  # it would run into the next area
         raise BootError("usable RAM ends past 16T, the size of each linear-map area")
     phys_mem_size = sum(e.length for e in usable)
-    kernel_end = -(-(KERNEL_PHYS + config.kernel_size) // PAGE_SIZE) * PAGE_SIZE
+    kernel_end = -(-(KERNEL_PHYS + config.kernel_bytes) // PAGE_SIZE) * PAGE_SIZE
     ranges = PageRangeAllocator()
     pool = PagePool(ranges, config.cpus)
     source = _TablePages(pool)
@@ -89,10 +92,17 @@ def boot_memory(config: KernelConfig) -> PhysicalMemory:
     # 3. usable memory from the kernel's end up to 1 GiB
     for e in usable:
         _give(ranges, max(e.start, kernel_end), min(e.end, GIB))
-    if ranges.free_pages == 0:
-        raise BootError("no usable memory between the kernel image and 1 GiB")
+    if ranges.free_pages == 0:  # the kernel itself does not fit in RAM: OSv cannot start
+        for e in usable:  # what lies below the kernel is all the guest has
+            _give(ranges, e.start, min(e.end, KERNEL_PHYS))
+        try:
+            pt = PageTables(source, giant_pages=config.giant_pages)
+        except MemoryError:
+            raise BootError("no usable memory in the e820 map") from None
+        return PhysicalMemory(ranges, pool, pt, source, phys_mem_size, kernel_end, e820,
+                              "the kernel image does not fit in RAM")
+    pt = PageTables(source, giant_pages=config.giant_pages)
     try:
-        pt = PageTables(source, giant_pages=config.giant_pages)
         # 4. the first GiB in the three linear areas, and the kernel image
         _linear_map(pt, 0, GIB)
         pt.map(KERNEL_VIRT, [(KERNEL_PHYS // PAGE_SIZE, (kernel_end - KERNEL_PHYS) // PAGE_SIZE)],
@@ -106,5 +116,6 @@ def boot_memory(config: KernelConfig) -> PhysicalMemory:
                 _linear_map(pt, start, e.end)
                 _give(ranges, start, e.end)
     except MemoryError:
-        raise BootError("not enough memory below 1 GiB for the linear map's page tables") from None
+        return PhysicalMemory(ranges, pool, pt, source, phys_mem_size, kernel_end, e820,
+                              "no page for the linear map's page tables")
     return PhysicalMemory(ranges, pool, pt, source, phys_mem_size, kernel_end, e820)

@@ -24,6 +24,23 @@ LINEAR_AREA_SIZE = 1 << 44
 #: The largest ``memory`` of the default layout, whose RAM from 3 GiB up lies above the 1 GiB
 #: PCI hole: its top is memory + 1 GiB.
 MAX_MEMORY = LINEAR_AREA_SIZE - (1 << 30)
+#: The smallest ``memory`` the default layout can describe: low memory, the BIOS hole and
+#: SeaBIOS's reserved top (the guest itself may still be too small to boot: out of memory).
+MIN_MEMORY = 0x100000 + 0x23000 + 0x1000
+
+#: SeaBIOS (QEMU's firmware) reserves the top 140 KiB of low RAM (ACPI tables and its own
+#: data): with the 640K hole it makes OSv's phys_mem_size RAM - 0x83400, which is why real
+#: OSv's ARC sizes from RAM - 528 KiB (osv-real.md §3: c_max = 5/8 of it, to the byte).
+SEABIOS_RESERVED = 0x23000
+
+#: The root file systems OSv images are built with, and their kernel ELF sizes (osv-real.md
+#: §1, loader-stripped.elf of the ZFS and ROFS builds at 0e34e4dc).
+ROOTFS_ELF_SIZE = {"zfs": 7_170_616, "rofs": 6_351_416}
+#: What the kernel occupies in memory past its ELF: .bss and the alignment to ``.edata``,
+#: up to which OSv gives no memory (arch_setup_free_memory). Measured, not in the code: real
+#: OSv's RAM - MemTotal is ELF + 1,091,016 B for both builds, of which 0x83400 is the
+#: firmware's (above) and 0x1c00 page 0 and the partial page under 640K.
+KERNEL_BSS = 546_248
 
 
 class ConfigError(ValueError):
@@ -81,15 +98,26 @@ class KernelConfig:
     cpus: int = 4
     hugepages: bool = True
     giant_pages: bool = False
-    kernel_size: int = 0x6C_0000  # 6.75 MiB: OSv's image with libstdc++ and ZFS (§11)
+    #: the root file system: "zfs" (OSv's default) or "rofs"
+    rootfs: str = "zfs"
+    #: the kernel's size in memory from 2 MiB (ELF + .bss); None: that of the rootfs's build
+    kernel_size: int | None = None
     e820: list[E820Entry] | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     #: the folder of the configuration file, if any (user shrinkers' modules may live there)
     base_dir: str | None = None
 
+    @property
+    def kernel_bytes(self) -> int:
+        """The kernel image's size in memory: the configured one, or the rootfs build's."""
+        if self.kernel_size is not None:
+            return self.kernel_size
+        return ROOTFS_ELF_SIZE[self.rootfs] + KERNEL_BSS
+
     def e820_map(self) -> list[E820Entry]:
-        """The given map, or a QEMU-like one: low RAM, the VGA hole, and the PCI hole under 4 GiB."""
+        """The given map, or QEMU's (SeaBIOS): low RAM, the 640K-1M hole, RAM up to SeaBIOS's
+        reserved top, and above 3 GiB the PCI hole with the rest of RAM from 4 GiB."""
         if self.e820 is not None:
             return list(self.e820)
         mem = self.memory
@@ -97,7 +125,8 @@ class KernelConfig:
         entries = [
             E820Entry(0, 0x9FC00, 1),
             E820Entry(0x9FC00, 0x100000 - 0x9FC00, 2),
-            E820Entry(0x100000, low_end - 0x100000, 1),
+            E820Entry(0x100000, low_end - SEABIOS_RESERVED - 0x100000, 1),
+            E820Entry(low_end - SEABIOS_RESERVED, SEABIOS_RESERVED, 2),
         ]
         if low_end < mem:
             entries.append(E820Entry(0xC000_0000, 0x4000_0000, 2))
@@ -110,7 +139,9 @@ _KEYS = {
     "cpus": "number of vCPUs (1..256)",
     "hugepages": "use 2 MiB pages for anonymous memory (true/false)",
     "giant_pages": "use 1 GiB leaves in the linear map (true/false)",
-    "kernel_size": "size of the kernel image loaded at 2 MiB",
+    "kernel_size": "size of the kernel in memory from 2 MiB (default: the rootfs build's ELF "
+                   "+ .bss)",
+    "rootfs": "root file system: zfs (default) or rofs",
     "e820": "list of {start, length, type} firmware map entries",
     "seed": "random seed for anything random",
 }
@@ -280,6 +311,10 @@ def apply_settings(
                 updates[key] = _check_memory(parse_size(value))
             elif key == "kernel_size":
                 updates[key] = parse_size(value)
+            elif key == "rootfs":
+                if not isinstance(value, str) or value not in ROOTFS_ELF_SIZE:
+                    raise ValueError(f"'rootfs' must be zfs or rofs, not {value!r}")
+                updates[key] = value
             elif key == "cpus":
                 updates[key] = _as_int(key, value, 1, 256)
             elif key == "seed":
@@ -339,8 +374,9 @@ def _memory_and_e820(config: KernelConfig, updates: dict[str, Any], path: str | 
 
 def _check_memory(memory: int) -> int:
     """``memory`` if the default layout (:meth:`KernelConfig.e820_map`) can hold it."""
-    if memory < 64 << 20:
-        raise ValueError(f"memory {memory} is too small (at least 64M)")
+    if memory < MIN_MEMORY:
+        raise ValueError(f"memory {memory} is smaller than the firmware's layout "
+                         f"({units.format_size_exact(MIN_MEMORY)} at least)")
     if memory > MAX_MEMORY:
         raise ValueError(
             f"memory {units.format_size_exact(memory)} is more than OSv's layout holds: at most "
@@ -364,11 +400,10 @@ def validate(config: KernelConfig) -> None:
     """Whole-config checks: sizes that a machine can have."""
     if config.e820 is None:
         _check_memory(config.memory)
-    usable = sum(e.length for e in config.e820_map() if e.type == 1)
-    if usable < 16 << 20:
-        raise ValueError("less than 16M of usable memory in the e820 map")
+    if not any(e.type == 1 and e.length > 0 for e in config.e820_map()):
+        raise ValueError("no usable memory in the e820 map")
     _check_top(config.e820_map())
-    if config.kernel_size <= 0 or config.kernel_size > 1 << 30:
+    if config.kernel_size is not None and not 0 < config.kernel_size <= 1 << 30:
         raise ValueError("kernel_size must be between 1 byte and 1G")
 
 

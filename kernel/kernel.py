@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from kernel.app_errors import AppErrors
 from kernel.boot import PhysicalMemory, boot_memory
 from kernel.config import KernelConfig
+from kernel.footprint import kernel_parts
 from mm.constants import PAGE_SIZE
 from mm.page_pool import OutOfPages
 
@@ -73,12 +74,12 @@ class Kernel:
         self.pool = self.mem.pool
         self.ranges = self.mem.ranges
         self.page_tables = self.mem.page_tables
-        self.pool.start_smp()
         self.clock_ns = 0
         self.cpu = 0
         self.events = 0
         self.line = 0
         self.errors = AppErrors()
+        #: the out-of-memory report once the guest has run out (during boot, or a call)
         self.oom: dict[str, Any] | None = None
         self._handlers: dict[str, Handler] = {"cpu": self._op_cpu, "sleep": self._op_sleep}
         self._categories: dict[str, Callable[[], int]] = {
@@ -86,6 +87,7 @@ class Kernel:
             "l1_cache": lambda: self.pool.l1_pages * PAGE_SIZE,
             "l2_cache": lambda: self.pool.l2_pages * PAGE_SIZE,
         }
+        self._reserved: dict[str, int] = {}  # boot-time memory by category, in pages
         self._sections: dict[str, Callable[[], Any]] = {}
         self._after_op: list[Callable[[], None]] = []
         self._due: list[Callable[[], int | None]] = []
@@ -93,9 +95,20 @@ class Kernel:
         self._hooks_free = -1
         self._wakeups = False
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        if self.mem.failure is not None:
+            self._boot_failed(self.mem.failure, PAGE_SIZE)
+        top = max(e.end for e in self.mem.e820 if e.type == 1)
+        for part in kernel_parts(config, top):  # before SMP, straight from the runs
+            self.reserve(part.category, part.nbytes)
+        self.pool.start_smp()
         from kernel.subsystems import attach_all  # the wiring lives in one place
 
         attach_all(self)
+
+    @property
+    def booted(self) -> bool:
+        """False if the guest ran out of memory during boot (``oom`` says why)."""
+        return self.oom is None or self.oom["op"] != "boot"
 
     # -- wiring for subsystems ----------------------------------------------------------
     def add_handler(self, kind: str, handler: Handler) -> None:
@@ -107,6 +120,40 @@ class Kernel:
 
     def add_category(self, name: str, bytes_fn: Callable[[], int]) -> None:
         self._categories[name] = bytes_fn
+
+    def reserve(self, category: str, nbytes: int) -> bool:
+        """Boot-time memory held for good under ``category`` (the kernel's and its file
+        systems' own allocations as they start). Whole pages from the runs, any pages; if the
+        runs cannot give them the guest fails to boot (the ``oom`` report) and False is
+        returned, so the rest of boot can still wire itself up."""
+        if category not in self._reserved:
+            self._reserved[category] = 0
+            self._categories[category] = lambda: self._reserved[category] * PAGE_SIZE
+        npages = -(-nbytes // PAGE_SIZE)
+        if self.oom is not None or npages <= 0:
+            return self.oom is None
+        if self.ranges.free_pages < npages:
+            self._boot_failed(f"boot: no memory for {category} ({nbytes} bytes)", nbytes)
+            return False
+        self.ranges.alloc_pages_bulk(npages)
+        self._reserved[category] += npages
+        return True
+
+    def _boot_failed(self, reason: str, nbytes: int) -> None:
+        """OSv aborts when boot runs out of memory: the run's out-of-memory report, line 0."""
+        self.oom = {
+            "reason": reason,
+            "requested_bytes": nbytes,
+            "chunk_bytes": nbytes,
+            "free_bytes": self.ranges.free_pages * PAGE_SIZE,
+            "largest_free_run_bytes": self.ranges.largest_run() * PAGE_SIZE,
+            "line": 0,
+            "op": "boot",
+            "time_ns": 0,
+            "shrinkers_last_yield_bytes": {},
+            "consumers": dict(sorted(self.memory_categories().items(),
+                                     key=lambda kv: -kv[1])[:5]),
+        }
 
     def add_section(self, name: str, fn: Callable[[], Any]) -> None:
         self._sections[name] = fn
@@ -142,6 +189,8 @@ class Kernel:
     # -- the face traces drive -----------------------------------------------------------
     def apply(self, op: OpLike) -> None:
         """Apply one trace operation; application errors are counted, not raised."""
+        if self.oom is not None:  # the guest is down: nothing runs any more
+            raise OutOfMemory(self.oom)
         self.line = op.line
         t = op.time_ns
         if t is not None and t > self.clock_ns:
@@ -165,11 +214,14 @@ class Kernel:
         after-op hooks if the clock or free memory moved. A handler that applies many calls
         in one operation (a batch) calls it after each call it stands for."""
         pool = self.pool
-        if pool.woken:
-            pool.run_fill_threads()
-        if (self.clock_ns != self._hooks_clock or self.ranges.free_pages != self._hooks_free
-                or self._wakeups):
-            self._run_hooks()
+        try:
+            if pool.woken:
+                pool.run_fill_threads()
+            if (self.clock_ns != self._hooks_clock or self.ranges.free_pages != self._hooks_free
+                    or self._wakeups):
+                self._run_hooks()
+        except OutOfPages as e:  # a kernel thread could not be served: OSv aborts there too
+            self._out_of_memory(e, _ThreadOp(self.line))
 
     def _apply_on_cpu(self, op: OpLike, handler: Handler) -> None:
         """An operation with a ``cpu=N`` prefix runs there; the current CPU stays as it was."""
@@ -188,7 +240,10 @@ class Kernel:
         self._wakeups = True
 
     def run(self, ops: Iterable[OpLike], progress: Callable[[int], None] | None = None) -> None:
-        """Apply every operation; ``progress`` is called with the count every 4096 operations."""
+        """Apply every operation; ``progress`` is called with the count every 4096 operations.
+        Raises :class:`OutOfMemory` at once if the guest did not boot."""
+        if self.oom is not None:
+            raise OutOfMemory(self.oom)
         for n, op in enumerate(ops, 1):
             self.apply(op)
             if progress is not None and not n & 4095:
@@ -218,7 +273,10 @@ class Kernel:
                     nxt = d
             self.clock_ns = nxt
             if nxt < t_ns:
-                self._run_threads()
+                try:
+                    self._run_threads()
+                except OutOfPages as e:
+                    self._out_of_memory(e, _ThreadOp(self.line))
 
     def _run_threads(self) -> None:
         self.pool.run_fill_threads()
@@ -311,6 +369,17 @@ class Kernel:
     def free_bytes(self) -> int:
         """Memory free in the page allocator now (the summary's ``memory.free_bytes``)."""
         return self.ranges.free_pages * PAGE_SIZE
+
+
+class _ThreadOp:
+    """What the out-of-memory report names when a kernel thread (a page-cache fill thread,
+    the balloon's poll, ...) ran out of memory after the trace's operation ``line``."""
+
+    kind = "kernel thread"
+    size = 0
+
+    def __init__(self, line: int) -> None:
+        self.line = line
 
 
 def _requested_bytes(op: Any, chunk: int) -> int:
