@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 # importing the subsystems registers their configuration keys, so a configuration file is
 # validated against every key the build knows before any kernel boots
-from kernel import sys_balloon, sys_fs, sys_jvm, sys_malloc, sys_mman, sys_pressure
+from kernel import sys_balloon, sys_fs, sys_jvm, sys_malloc, sys_mman, sys_pressure, sys_rofs
 
 if TYPE_CHECKING:
     from kernel.kernel import Kernel
@@ -17,7 +17,10 @@ def attach_all(kernel: Kernel) -> None:
     sys_pressure.attach(kernel)  # the reclaimer and the registry exist before any shrinker
     sys_mman.attach(kernel)  # virtual memory first: malloc's large blocks are mmaps
     sys_malloc.attach(kernel)  # after sys_mman: it maps blocks of 2 MiB and more
-    sys_fs.attach(kernel)  # ZFS: its ARC shrinker is a kernel one, before the user's
+    if kernel.config.rootfs == "rofs":
+        sys_rofs.attach(kernel)  # ROFS: its cache, and no shrinker at all
+    else:
+        sys_fs.attach(kernel)  # ZFS: its two ARC shrinkers are kernel ones, before the user's
     sys_jvm.attach(kernel)  # dormant until an image starts a JVM (its balloon registers then)
     sys_balloon.attach(kernel)  # virtio-balloon: its DEFLATE_ON_OOM shrinker after the ARC's
     sys_pressure.attach_user_shrinkers(kernel)  # last, after the kernel's own shrinkers

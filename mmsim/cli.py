@@ -75,6 +75,8 @@ def kernel_options(f: Any) -> Any:
                      help="Use 1 GiB leaves in the linear map (default off, as OSv).")(f)
     f = click.option("--hugepages/--no-hugepages", default=None,
                      help="Use 2 MiB pages for anonymous memory (default on).")(f)
+    f = click.option("--rootfs", type=click.Choice(["zfs", "rofs"]),
+                     help="Root file system: zfs (default, with the ARC) or rofs.")(f)
     f = click.option("--cpus", type=int, help="Number of vCPUs (default 4).")(f)
     f = click.option("--memory", metavar="SIZE", help="Guest RAM, e.g. 512M, 2G, 1T (default 2G).")(f)
     f = click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -169,11 +171,12 @@ def _reporting(ops: Any, kernel: Kernel, progress: Progress) -> Any:
 @click.option("--check", is_flag=True,
               help="Check the kernel's invariants after every operation (slow; exit 1 if broken).")
 def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus: int | None,
-        hugepages: bool | None, giant_pages: bool | None, seed: int | None,
+        rootfs: str | None, hugepages: bool | None, giant_pages: bool | None, seed: int | None,
         cache_policy: str | None, arc_size: str | None, block_size: str | None, pid: int | None,
         json_path: str | None, quiet: bool, check: bool, **timeline: Any) -> None:
     """Boot a guest and replay TRACE through it."""
-    config = build_config(config_path, memory=memory, cpus=cpus, hugepages=hugepages,
+    config = build_config(config_path, memory=memory, cpus=cpus, rootfs=rootfs,
+                          hugepages=hugepages,
                           giant_pages=giant_pages, seed=seed, cache_policy=cache_policy,
                           arc_size=arc_size, block_size=block_size)
     try:
@@ -187,6 +190,10 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
             try:
                 kernel.run(_reporting(recorder.wrap(ops), kernel, progress))
             except OutOfMemory as e:
+                if check:  # the guest is down, but what it holds must still add up
+                    from kernel.invariants import check_kernel
+
+                    check_kernel(kernel)
                 exit_code = EXIT_OOM
                 click.echo(oom_message(trace, e.report), err=True)
     except (TraceError, TimelineError) as e:

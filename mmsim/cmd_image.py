@@ -42,11 +42,13 @@ def _size(value: str | None, what: str) -> int | None:
 @click.argument("image", metavar="IMAGE.yaml")
 @click.option("--memory", metavar="SIZE", help="Guest RAM (default: the manifest's, else 2G).")
 @click.option("--cpus", type=int, help="Number of vCPUs (default: the manifest's, else 4).")
+@click.option("--rootfs", type=click.Choice(["zfs", "rofs"]),
+              help="Root file system (default: the manifest's, else zfs).")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No readable summary.")
 @timeline_options
-def boot(image: str, memory: str | None, cpus: int | None, json_path: str | None,
-         quiet: bool, **timeline: Any) -> None:
+def boot(image: str, memory: str | None, cpus: int | None, rootfs: str | None,
+         json_path: str | None, quiet: bool, **timeline: Any) -> None:
     """Boot IMAGE.yaml and run its application to completion, with its output.
 
     A Java image runs in a real JVM hosted in this process; its heap, native memory and the
@@ -71,6 +73,8 @@ def boot(image: str, memory: str | None, cpus: int | None, json_path: str | None
     try:
         with progress:
             manifest = load_manifest(image)
+            if rootfs is not None:
+                manifest.rootfs = rootfs
             outcome = boot_image(manifest, _size(memory, "--memory"), cpus,
                                  app_output_to_stderr=json_path == "-",
                                  on_kernel=start_timeline)

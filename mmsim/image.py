@@ -52,7 +52,7 @@ __all__ = [
     "load_manifest", "run_build",
 ]
 
-KEYS = ("base", "cmdline", "files", "build", "memory", "cpus", "kernel", "workload")
+KEYS = ("base", "cmdline", "files", "build", "memory", "cpus", "rootfs", "kernel", "workload")
 BUILD_DIR = "build"
 STAMP = ".mmsim-build"
 CLASSPATH_FLAGS = ("-cp", "-classpath", "--class-path")
@@ -94,6 +94,7 @@ class Manifest:
     build: list[str] = field(default_factory=list)
     memory: int | None = None
     cpus: int | None = None
+    rootfs: str | None = None  # zfs or rofs; --rootfs overrides it
     kernel: dict[str, Any] = field(default_factory=dict)
     workload: str | None = None
     lines: dict[str, int] = field(default_factory=dict)
@@ -203,6 +204,10 @@ def load_manifest(path: str) -> Manifest:
         if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= 256:
             raise fail("cpus", f"'cpus' must be an integer in 1..256, not {c!r}")
         m.cpus = c
+    if "rootfs" in data:
+        if data["rootfs"] not in ("zfs", "rofs"):
+            raise fail("rootfs", f"'rootfs' must be zfs or rofs, not {data['rootfs']!r}")
+        m.rootfs = data["rootfs"]
     kern = data.get("kernel") or {}
     if not isinstance(kern, dict):
         raise fail("kernel", "'kernel' must be a mapping of configuration keys")
@@ -285,7 +290,8 @@ def kernel_config(m: Manifest, memory: int | None = None, cpus: int | None = Non
     config = KernelConfig()
     try:
         config = apply_settings(config, m.kernel, m.path)
-        top = {k: v for k, v in (("memory", m.memory), ("cpus", m.cpus)) if v is not None}
+        top = {k: v for k, v in (("memory", m.memory), ("cpus", m.cpus), ("rootfs", m.rootfs))
+               if v is not None}
         if top:
             config = apply_settings(config, top, m.path)
         over = {k: v for k, v in (("memory", memory), ("cpus", cpus)) if v is not None}
