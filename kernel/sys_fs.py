@@ -24,6 +24,7 @@ from kernel.config import (
     register_config_keys,
     register_config_validator,
 )
+from kernel.footprint import zfs_parts
 from mm.constants import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -136,6 +137,8 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     except ValueError as e:
         raise BootError(str(e)) from None
     phys = kernel.mem.phys_mem_size
+    for part in zfs_parts(kernel.config, phys):  # mounting the root: libsolaris, hash tables
+        kernel.reserve(part.category, part.nbytes)
     if cfg.arc_size is not None:
         c_min = c_max = cfg.arc_size
     else:
@@ -171,6 +174,10 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
         fs.on_unmap = pc.invalidate
         fs.on_file_gone = pc.forget  # an unlinked file's write-cache pages go with it
     registry = getattr(kernel, "shrinkers", None)
-    if registry is not None:  # OSv registers the ARC's shrinker when ZFS starts
+    if registry is not None:
+        # two, as on OSv: libsolaris.so registers one as it loads (register_shrinker_arc_funs),
+        # and bsd_shrinker_init, after the root mount, wraps arc_lowmem (which arc_init put
+        # on vm_lowmem) in a second: every reclaimer pass asks the ARC twice
+        registry.register(ArcShrinker(fs))
         registry.register(ArcShrinker(fs))
     return fs

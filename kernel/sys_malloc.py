@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kernel.sys_pressure import extra_shrinkers
 from mm.constants import PAGE_SIZE
 from mm.page_pool import OutOfPages
 from mm.slab import POOL_CLASSES, Malloc, MallocAbort
@@ -336,8 +337,8 @@ def attach(kernel: Kernel) -> MallocFace:
     kernel.add_category("malloc_large", lambda: m.large_pages * PAGE_SIZE)
     kernel.add_section("malloc", face.summary)
     registry = getattr(kernel, "shrinkers", None)
-    if registry is not None:
-        registry.register(PoolShrinker(m))
+    if registry is not None and "malloc_pools" in extra_shrinkers(kernel.config.extra):
+        registry.register(PoolShrinker(m))  # not OSv's: only when asked for
     return face
 
 
@@ -353,8 +354,8 @@ class _Call:
 
 
 class PoolShrinker:
-    """Gives the pools' cached empty pages back (OSv keeps about one per class per CPU and has
-    no shrinker for them; under pressure a simulator user wants to see what they cost)."""
+    """Gives the pools' cached empty pages back (``extra_shrinkers: [malloc_pools]``; OSv keeps
+    about one per class per CPU and has no shrinker for them)."""
 
     name = "malloc_pools"
 

@@ -26,17 +26,36 @@ from shrinker import Reclaimer, ShrinkerRegistry
 if TYPE_CHECKING:
     from kernel.kernel import Kernel
 
+#: shrinkers mmsim can add that OSv does not have (off by default; docs/configuration.md)
+EXTRA_SHRINKERS = ("page_pool", "malloc_pools")
+
 register_config_keys({
     "shrinkers": "list of user shrinkers as 'module:attr'",
+    "extra_shrinkers": "shrinkers OSv does not have, off by default: a list of page_pool "
+                       "(drain the L1/L2 page caches on hard passes) and malloc_pools (free "
+                       "the pools' empty pages)",
     "reclaimer_wake_latency": "simulated delay between a wake and the reclaimer's pass (e.g. 1ms)",
 })
 
 
-class PagePoolShrinker:
-    """Gives the L1/L2 page caches back to the runs, on hard pressure only.
+def extra_shrinkers(extra: dict[str, Any]) -> list[str]:
+    """The ``extra_shrinkers`` a configuration turns on; ValueError names a bad one."""
+    names = extra.get("extra_shrinkers") or []
+    if not isinstance(names, list) or any(n not in EXTRA_SHRINKERS for n in names):
+        raise ValueError(f"'extra_shrinkers' must be a list of {', '.join(EXTRA_SHRINKERS)}, "
+                         f"not {names!r}")
+    return names
 
-    OSv has no such shrinker (its fill threads alone drain the caches); a hard pass that
-    ignored up to ~2 MiB per CPU of cached pages would declare out-of-memory too early.
+
+register_config_validator(extra_shrinkers)
+
+
+class PagePoolShrinker:
+    """Gives the L1/L2 page caches back to the runs, on hard pressure only (the option
+    ``extra_shrinkers: [page_pool]``).
+
+    OSv has no such shrinker (its fill threads alone drain the caches, and pages in the
+    caches stay unusable to a waiter, so OSv declares out-of-memory with them still held).
     """
 
     name = "page_pool"
@@ -207,6 +226,7 @@ def attach(kernel: Kernel) -> None:
     kernel.reclaimer = reclaimer
     kernel.ranges.on_alloc = reclaimer.on_alloc
     kernel.pool.wait_for_pages = reclaimer.wait_for_pages
+    kernel.pool.min_memory = reclaimer.wait_for_minimum_memory  # before every L2 refill batch
     latency = _wake_latency(kernel.config.extra.get("reclaimer_wake_latency", 0))
     reclaimer.clock = lambda: kernel.clock_ns
 
@@ -226,12 +246,13 @@ def attach(kernel: Kernel) -> None:
 
 
 def attach_user_shrinkers(kernel: Kernel) -> None:
-    """The page caches' shrinker after every other kernel shrinker (pages those free go to the
-    L1 caches first), then the user's, in the configuration's order.
+    """The page caches' shrinker if asked for (not OSv's) after every kernel shrinker (pages
+    those free go to the L1 caches first), then the user's, in the configuration's order.
 
     A user shrinker's modules are looked for in the configuration file's folder and the current
     one too; its answers are checked and capped at what free memory rose by (verify)."""
-    kernel.shrinkers.register(PagePoolShrinker(kernel))
+    if "page_pool" in extra_shrinkers(kernel.config.extra):
+        kernel.shrinkers.register(PagePoolShrinker(kernel))
     specs = kernel.config.extra.get("shrinkers") or []
     if not isinstance(specs, list):
         raise ConfigError("'shrinkers' must be a list of 'module:attr'")

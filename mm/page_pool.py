@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from itertools import chain
 
-from mm.constants import L1_MAX, PAGE_BATCH, PAGE_SIZE
+from mm.constants import L1_MAX, MIN_EMERGENCY_POOL, PAGE_BATCH, PAGE_SIZE
 from mm.page_range_allocator import PageRangeAllocator
 
 L1_LO = L1_MAX // 4
 L1_HI = L1_MAX * 3 // 4
 L1_HALF = L1_MAX // 2
+MIN_POOL_PAGES = MIN_EMERGENCY_POOL // PAGE_SIZE
 
 
 class OutOfPages(MemoryError):
@@ -60,6 +61,10 @@ class PagePool:
         #: called with a page count when the runs hold fewer single pages than needed: waits
         #: for memory (the reclaimer's hard pass) or raises OutOfPages
         self.wait_for_pages: Callable[[int], None] | None = None
+        #: OSv's wait_for_minimum_memory, called before every batch of pages taken from the
+        #: runs (l2::refill) while under 4 MiB are free: with shrinkers it waits (a hard
+        #: reclaimer pass) or raises OutOfPages
+        self.min_memory: Callable[[], None] | None = None
         self._short: OutOfPages | None = None  # why the last L2 refill came up short
 
     # -- counters ------------------------------------------------------------------------
@@ -156,6 +161,8 @@ class PagePool:
         waited = False
         self._short = None
         while len(self._l2) < self.l2_max // 2:
+            if self.ranges.free_pages < MIN_POOL_PAGES and self.min_memory is not None:
+                self.min_memory()
             if self.ranges.free_pages == 0 and self.wait_for_pages is not None and not waited:
                 waited = True
                 self.wait_for_pages(1)
@@ -247,13 +254,39 @@ class PagePool:
                 except OutOfPages:  # the pages already taken from L1 go back
                     self.free_pages(out, cpu)
                     raise
-            got = self.ranges.alloc_pages_bulk(npages)
-            out.extend(got)
-            if sum(n for _, n in got) < npages:
+            got = self._bulk_batches(npages, out, cpu)
+            if got < npages:
                 e = self._failure(npages * PAGE_SIZE)  # before the pages taken go back
                 self.free_pages(out, cpu)
                 raise e
         return out
+
+    def _bulk_batches(self, npages: int, out: list[tuple[int, int]], cpu: int) -> int:
+        """Take ``npages`` from the runs into ``out`` as OSv's L2 refills would, 32 at a time
+        with the 4 MiB rule before each batch: every batch that starts while 4 MiB or more are
+        free goes in one step; under that each batch first calls :attr:`min_memory`."""
+        ranges = self.ranges
+        got = 0
+        while got < npages:
+            free = ranges.free_pages
+            if free >= MIN_POOL_PAGES or self.min_memory is None:
+                # the batches starting at free, free-32, ... while that is >= 4 MiB
+                room = (free - MIN_POOL_PAGES) // PAGE_BATCH * PAGE_BATCH + PAGE_BATCH
+                take = npages - got if self.min_memory is None else min(npages - got, room)
+            else:
+                try:
+                    self.min_memory()
+                except OutOfPages:
+                    self.free_pages(out, cpu)
+                    raise
+                take = min(npages - got, PAGE_BATCH)
+            extents = ranges.alloc_pages_bulk(take)
+            out.extend(extents)
+            n = sum(k for _, k in extents)
+            got += n
+            if n < take:
+                break
+        return got
 
     def free_pages(self, extents: list[tuple[int, int]], cpu: int = 0) -> None:
         """Free single pages: they fill the CPU's L1 stack, the rest go back to the runs."""

@@ -46,6 +46,8 @@ class Reclaimer:
         self.waits = 0
         #: waits that began although one free run fit the request (must stay 0: a check)
         self.needless_waits = 0
+        #: a pass is under way (its allocations skip the 4 MiB rule)
+        self.running = False
         self.last_target = 0
         #: bytes of JVM heap counted as free while the balloon is on (§5 on_alloc); 0 otherwise
         self.jvm_heap_bytes: Callable[[], int] = lambda: 0
@@ -95,7 +97,11 @@ class Reclaimer:
         self.last_target = target
         self.passes += 1
         self.hard_passes += hard
-        freed = self.registry.shrink_all(target, hard)
+        self.running = True  # OSv's emergency_alloc_level: the reclaimer never waits
+        try:
+            freed = self.registry.shrink_all(target, hard)
+        finally:
+            self.running = False
         for fn in self.on_pass:
             fn(target, hard, freed)
         return freed
@@ -106,12 +112,16 @@ class Reclaimer:
         return self.ranges.largest_run() * PAGE_SIZE >= nbytes
 
     def wait_for_memory(self, nbytes: int) -> None:
-        """Block until one free run can serve ``nbytes``, or raise :class:`ReclaimFailed`."""
+        """Block until one free run can serve ``nbytes``, or raise :class:`ReclaimFailed`.
+
+        As OSv's, the waiter is always queued, so it always gets a hard pass, even when a run
+        already fits (§5): callers wait only when their own check failed."""
+        self._wait(nbytes, needless_check=True)
+
+    def _wait(self, nbytes: int, needless_check: bool) -> None:
         if nbytes > self.ranges.total_pages * PAGE_SIZE:
             raise self._failed(nbytes, "unreasonable allocation: more than total memory")
-        if self.fits(nbytes):
-            return
-        self._begin_wait(nbytes, contiguous=True)
+        self._begin_wait(nbytes, contiguous=True, needless_check=needless_check)
         if not self.fits(nbytes):
             free = self.free_bytes()
             reason = ("fragmentation: no single free run fits although free memory would"
@@ -130,22 +140,23 @@ class Reclaimer:
             raise self._failed(nbytes, "unreasonable allocation: more than total memory")
         if self.has_pages(npages):
             return
-        self._begin_wait(nbytes, contiguous=False)
+        self._begin_wait(nbytes, contiguous=False, needless_check=True)
         if not self.has_pages(npages):
             raise self._failed(nbytes, "could not reclaim any further")
 
-    def _begin_wait(self, nbytes: int, contiguous: bool) -> None:
+    def _begin_wait(self, nbytes: int, contiguous: bool, needless_check: bool) -> None:
         """A thread blocks: the reclaimer runs a hard pass at once (its wake is this wait).
 
         The no-needless-wait check looks at the free runs themselves as the waiter goes to
-        sleep, not through :meth:`fits`/:meth:`has_pages`, so a wrong early return in a caller
-        (it should have been served at once) shows up in ``needless_waits``."""
+        sleep, not through :meth:`fits`/:meth:`has_pages`, so a caller that waits although its
+        allocation could have been served at once shows up in ``needless_waits``. The 4 MiB
+        rule's waits are exempt: OSv makes them whatever the runs hold."""
         if contiguous:
             could_be_served = self.ranges.largest_run() * PAGE_SIZE >= nbytes
         else:
             could_be_served = self.ranges.free_pages * PAGE_SIZE >= nbytes
         self.waits += 1
-        self.needless_waits += could_be_served
+        self.needless_waits += could_be_served and needless_check
         self.pending = False
         self._pass(hard=True)
 
@@ -155,10 +166,12 @@ class Reclaimer:
                              self.ranges.largest_run() * PAGE_SIZE)
 
     def wait_for_minimum_memory(self) -> None:
-        """Before a large allocation: with shrinkers present, keep 4 MiB free (§5)."""
+        """Before malloc_large and every L2 refill batch: with shrinkers present, a caller
+        finding under 4 MiB free waits for the difference (and so gets a hard pass); with none,
+        it goes on and uses up what is left (§5). The reclaimer's own allocations never wait."""
         free = self.free_bytes()
-        if free < MIN_EMERGENCY_POOL and self.registry.active_count:
-            self.wait_for_memory(MIN_EMERGENCY_POOL - free)
+        if free < MIN_EMERGENCY_POOL and self.registry.active_count and not self.running:
+            self._wait(MIN_EMERGENCY_POOL - free, needless_check=False)
 
     def summary(self) -> dict[str, int]:
         return {"wakes": self.wakes, "lost_wakes": self.lost_wakes, "passes": self.passes,

@@ -266,11 +266,12 @@ def _replay(path: Path, batch: int, memory: int = 256 << 20) -> tuple[Kernel, li
 
 
 def _pressure_trace(tmp_path: Path) -> Path:
-    """Three rounds of 52 x 1 MiB malloc'd then freed: the reclaimer wakes in a 64 MiB guest."""
+    """Three rounds of 68 x 1 MiB malloc'd then freed: the reclaimer wakes in a 128 MiB guest
+    (43 MB of which its 2 vCPUs and ZFS root use at boot)."""
     lines = ["= Start"]
     for _ in range(3):
-        lines += [f"+ {0x1000 + i:#x} 0x100000" for i in range(52)]
-        lines += [f"- {0x1000 + i:#x}" for i in range(52)]
+        lines += [f"+ {0x1000 + i:#x} 0x100000" for i in range(68)]
+        lines += [f"- {0x1000 + i:#x}" for i in range(68)]
     return _write(tmp_path, "\n".join(lines) + "\n", "pressure.mtrace")
 
 
@@ -279,7 +280,7 @@ def test_batched_replay_is_the_per_record_replay(name: str, tmp_path: Path) -> N
     """mmsim run replays an mtrace log in batches (the fast path); a batch of any size must give
     what one operation a record gives: the summary, the event count, and the kernel's events
     with the line and event number each happened at."""
-    path, memory = (_pressure_trace(tmp_path), 64 << 20) if name == "pressure" else (
+    path, memory = (_pressure_trace(tmp_path), 128 << 20) if name == "pressure" else (
         FIXTURES / name, 256 << 20)
     one, one_events = _replay(path, 0, memory)
     if name == "pressure":
