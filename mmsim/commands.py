@@ -139,3 +139,19 @@ def compare(a: str, b: str, all_rows: bool) -> None:
     if label_a == label_b:
         label_a, label_b = a, b
     click.echo(format_comparison(compare_summaries(sa, sb), label_a, label_b, all_rows))
+
+
+@main.command(short_help="mmsim's figures beside real OSv's, scenario by scenario.")
+@click.option("--all", "all_rows", is_flag=True, help="Show every row (default: all too).")
+def calibrate(all_rows: bool) -> None:
+    """Replay every scenario real OSv was measured in (docs/calibration.md) and print OSv's
+    figure beside mmsim's, with the tolerance each is held to; exit 1 if one is outside it."""
+    from mmsim.calibration import calibrate as run_calibration
+    from mmsim.calibration import format_table
+
+    rows = run_calibration()
+    click.echo(format_table(rows))
+    off = [r for r in rows if not r.ok]
+    click.echo(f"{len(rows) - len(off)} of {len(rows)} figures within tolerance")
+    if off:
+        sys.exit(1)
