@@ -25,6 +25,7 @@ from kernel.config import (
     register_config_validator,
 )
 from kernel.footprint import zfs_parts
+from kernel.held_pages import HeldPages
 from mm.constants import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -168,6 +169,12 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     kernel.add_section("disk", disk.stats)
     fs.reclaim_wake_latency_ns = cfg.arc_reclaim_wake_latency_ns
     kernel.add_after_op(fs.after_op, fs.next_due_ns)
+    # the ARC's headers and dbufs are malloc'ed in OSv (kmem_cache_alloc): as its size counts
+    # them (hdr_size + other_size), the guest's memory holds them, packed in whole pages
+    headers = HeldPages(lambda n: kernel.pool.alloc_pages(n, kernel.cpu),
+                        lambda extents: kernel.pool.free_pages(extents, kernel.cpu))
+    kernel.add_category("arc_headers", lambda: headers.pages * PAGE_SIZE)
+    kernel.add_after_op(lambda: headers.hold(-(-fs.overhead_bytes() // PAGE_SIZE)))
     mman = getattr(kernel, "mman", None)
     if mman is not None:  # file mmap shares the ARC's buffers (§7)
         pc = mman.use_page_cache(ArcMappings(fs))

@@ -20,6 +20,7 @@ from kernel.config import (
     register_config_keys,
     register_config_validator,
 )
+from kernel.held_pages import HeldPages
 from mm.constants import PAGE_SIZE
 from shrinker import Reclaimer, ShrinkerRegistry
 
@@ -93,8 +94,17 @@ class ShrinkerKernel:
     def __init__(self, kernel: Kernel, spec: str) -> None:
         self._kernel = kernel
         self._spec = spec
-        self._held: list[tuple[int, int]] = []  # (first page, pages), oldest first
-        self.held_pages = 0
+        ranges = kernel.ranges
+
+        def give(extents: list[tuple[int, int]]) -> None:
+            for start, n in extents:  # straight to the runs: free memory rises by as much
+                ranges.free(start, n)
+
+        self._cache = HeldPages(lambda n: kernel.pool.alloc_pages(n, kernel.cpu), give)
+
+    @property
+    def held_pages(self) -> int:
+        return self._cache.pages
 
     @property
     def total_bytes(self) -> int:
@@ -123,28 +133,15 @@ class ShrinkerKernel:
         npages = -(-int(nbytes) // PAGE_SIZE)
         if npages <= 0:
             return 0
-        self._held.extend(self._kernel.pool.alloc_pages(npages, self._kernel.cpu))
-        self.held_pages += npages
+        self._cache.take(npages)
         return npages * PAGE_SIZE
 
     def free(self, nbytes: int) -> int:
         """Give back up to ``nbytes`` of the cache (whole pages, newest first) to the free
         runs; returns the bytes freed (free memory rises by as much)."""
-        left = min(-(-int(nbytes) // PAGE_SIZE), self.held_pages) if nbytes > 0 else 0
-        freed = 0
-        ranges = self._kernel.ranges
-        while left:
-            start, n = self._held[-1]
-            k = min(n, left)
-            if k == n:
-                self._held.pop()
-            else:
-                self._held[-1] = (start, n - k)
-            ranges.free(start + n - k, k)
-            left -= k
-            freed += k
-        self.held_pages -= freed
-        return freed * PAGE_SIZE
+        if nbytes <= 0:
+            return 0
+        return self._cache.give(-(-int(nbytes) // PAGE_SIZE)) * PAGE_SIZE
 
 
 def _import(module_name: str, paths: list[str]) -> Any:
