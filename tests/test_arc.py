@@ -161,8 +161,11 @@ def test_arc_init_sizes_as_osv(ram: int, c_max: int, c_min: int) -> None:
 def test_a_booted_guest_sizes_its_arc_from_its_ram() -> None:
     k = Kernel(load_config(None, {"memory": "2G"}))
     arc = k.summary()["arc"]
-    phys = k.mem.phys_mem_size  # usable e820 memory, a little under 2 GiB
-    assert arc["c_max_bytes"] == phys * 5 // 8
+    # kmem_size() = physmem pages * 4096, physmem from the usable e820 memory (RAM less the
+    # legacy hole and SeaBIOS's top: 2 GiB - 528 KiB); arc.c scales arc_c = kmem/8
+    kmem = k.mem.phys_mem_size // 4096 * 4096
+    assert kmem == (2 << 30) - 540672
+    assert arc["c_max_bytes"] == kmem // 8 * 5
     assert arc["c_min_bytes"] == arc["c_max_bytes"] // 8
     assert arc["c_bytes"] == arc["c_max_bytes"] and arc["p_bytes"] == arc["c_bytes"] // 2
     k = Kernel(load_config(None, {"memory": "2G", "arc_size": "64M"}))

@@ -363,12 +363,13 @@ def test_an_arc_eviction_of_a_mapped_buffer_unmaps_it_and_the_next_touch_faults_
     assert s["mmap"]["page_cache"]["arc_mapped_bytes"] == 0
     checked(k)
     misses, faults = s["arc"]["misses"], s["mmap"]["faults"]
-    assert vm.touch(a, 2 * RS, write=False) == 2 * PPR  # refaults, rereads
+    # one record: the ARC's 1 MiB also holds the file's metadata and the headers (arc.c), so a
+    # second refaulted record would evict the first again
+    assert vm.touch(a, RS, write=False) == PPR  # refaults, rereads
     s = k.summary()
-    assert s["mmap"]["faults"] == faults + 2 * PPR and s["arc"]["misses"] == misses + 2
+    assert s["mmap"]["faults"] == faults + PPR and s["arc"]["misses"] == misses + 1
     frames = record_frames(k, "/f")
-    assert [pfn for pfn, _ in pte_frames(vm, a, 2 * RS).values()] == [
-        frames[p] for p in range(2 * PPR)]
+    assert [pfn for pfn, _ in pte_frames(vm, a, RS).values()] == [frames[p] for p in range(PPR)]
     checked(k)
 
 
