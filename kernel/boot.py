@@ -62,6 +62,8 @@ class PhysicalMemory:
     #: why boot ran out of memory before the allocator was complete (None: it did not); the
     #: kernel turns it into its out-of-memory report, as OSv aborts during boot
     failure: str | None = None
+    #: what the failing step needed, in bytes
+    failure_bytes: int = PAGE_SIZE
 
 
 def _give(ranges: PageRangeAllocator, start: int, end: int) -> None:
@@ -100,7 +102,7 @@ def boot_memory(config: KernelConfig) -> PhysicalMemory:
         except MemoryError:
             raise BootError("no usable memory in the e820 map") from None
         return PhysicalMemory(ranges, pool, pt, source, phys_mem_size, kernel_end, e820,
-                              "the kernel image does not fit in RAM")
+                              "the kernel image does not fit in RAM", kernel_end - KERNEL_PHYS)
     pt = PageTables(source, giant_pages=config.giant_pages)
     try:
         # 4. the first GiB in the three linear areas, and the kernel image

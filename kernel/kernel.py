@@ -96,7 +96,7 @@ class Kernel:
         self._wakeups = False
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         if self.mem.failure is not None:
-            self._boot_failed(self.mem.failure, PAGE_SIZE)
+            self._boot_failed(self.mem.failure, self.mem.failure_bytes)
         top = max(e.end for e in self.mem.e820 if e.type == 1)
         for part in kernel_parts(config, top):  # before SMP, straight from the runs
             self.reserve(part.category, part.nbytes)
@@ -104,11 +104,6 @@ class Kernel:
         from kernel.subsystems import attach_all  # the wiring lives in one place
 
         attach_all(self)
-
-    @property
-    def booted(self) -> bool:
-        """False if the guest ran out of memory during boot (``oom`` says why)."""
-        return self.oom is None or self.oom["op"] != "boot"
 
     # -- wiring for subsystems ----------------------------------------------------------
     def add_handler(self, kind: str, handler: Handler) -> None:
@@ -121,23 +116,22 @@ class Kernel:
     def add_category(self, name: str, bytes_fn: Callable[[], int]) -> None:
         self._categories[name] = bytes_fn
 
-    def reserve(self, category: str, nbytes: int) -> bool:
+    def reserve(self, category: str, nbytes: int) -> None:
         """Boot-time memory held for good under ``category`` (the kernel's and its file
         systems' own allocations as they start). Whole pages from the runs, any pages; if the
-        runs cannot give them the guest fails to boot (the ``oom`` report) and False is
-        returned, so the rest of boot can still wire itself up."""
+        runs cannot give them the guest fails to boot (the ``oom`` report; every operation
+        then raises :class:`OutOfMemory`), and the rest of boot still wires itself up."""
         if category not in self._reserved:
             self._reserved[category] = 0
             self._categories[category] = lambda: self._reserved[category] * PAGE_SIZE
         npages = -(-nbytes // PAGE_SIZE)
         if self.oom is not None or npages <= 0:
-            return self.oom is None
+            return
         if self.ranges.free_pages < npages:
             self._boot_failed(f"boot: no memory for {category} ({nbytes} bytes)", nbytes)
-            return False
+            return
         self.ranges.alloc_pages_bulk(npages)
         self._reserved[category] += npages
-        return True
 
     def _boot_failed(self, reason: str, nbytes: int) -> None:
         """OSv aborts when boot runs out of memory: the run's out-of-memory report, line 0."""

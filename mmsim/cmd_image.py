@@ -20,13 +20,16 @@ from typing import Any
 import click
 
 from kernel import parse_size
+from kernel.config import MIN_MEMORY as LAYOUT_MIN
 from mmsim.cli import InputError, main, write_json
 from mmsim.image import EXIT_OK, ImageError, boot_image, load_manifest, run_build
 from mmsim.progress import Progress
 from mmsim.timeline import Recorder, TimelineError, timeline_options
 
 MIB = 1 << 20
-MIN_MEMORY = 64 * MIB  # the simulator's smallest guest
+#: the smallest guest minmem tries by default: the firmware's layout, in whole MiB (a guest too
+#: small to boot is a failed trial, out of memory during boot, as on OSv)
+MIN_MEMORY = -(-LAYOUT_MIN // MIB) * MIB
 
 
 def _size(value: str | None, what: str) -> int | None:
@@ -159,7 +162,7 @@ def _bisect(run: Callable[[int], bool], lo: int, hi: int, unit: int, confirm: in
 
 @main.command()
 @click.argument("image", metavar="IMAGE.yaml")
-@click.option("--low", "low", metavar="SIZE", help="Smallest memory to try (default 64M).")
+@click.option("--low", "low", metavar="SIZE", help="Smallest memory to try (default 2M: below, no firmware layout).")
 @click.option("--high", "high", metavar="SIZE",
               help="Largest memory to try (default: the manifest's memory, else 2G).")
 @click.option("--step", metavar="SIZE", default="1M", show_default=True,
@@ -189,7 +192,8 @@ def minmem(image: str, low: str | None, high: str | None, step: str, timeout: fl
     hi_b = _size(high, "--high") or manifest.memory or 2 << 30
     lo, hi = -(-lo_b // step_b) * unit, hi_b // step_b * unit
     if lo < MIN_MEMORY // MIB or hi < lo:
-        raise InputError(f"bad range {lo}..{hi} MiB (the guest has at least 64 MiB)")
+        raise InputError(f"bad range {lo}..{hi} MiB (the guest has at least "
+                         f"{MIN_MEMORY // MIB} MiB)")
     trials: list[dict[str, Any]] = []
     # the trials a bisection needs at least: both ends, the halvings, then the confirmations
     steps = max(0, ((hi - lo) // unit - 1).bit_length())

@@ -74,3 +74,26 @@ def test_rootfs_from_the_configuration_the_command_line_and_the_manifest(tmp_pat
     cfg.write_text("rootfs: ext4\n")
     code, _, err = run("run", path, "--config", str(cfg))
     assert code == 2 and "c.yaml:1" in err and "rootfs" in err
+
+
+def test_rootfs_in_an_image_manifest(tmp_path):
+    from mmsim.image import ImageError, kernel_config, load_manifest
+
+    (tmp_path / "t.trace").write_text("malloc a 64\n")
+    m = tmp_path / "image.yaml"
+    m.write_text("cmdline: /tools/app.so /t/t.trace\nfiles:\n  /t: .\nmemory: 128M\n"
+                 "rootfs: rofs\n")
+    manifest = load_manifest(str(m))
+    assert kernel_config(manifest).rootfs == "rofs"
+    code, out, err = run("boot", str(m), "--json", "-", "-q")
+    assert code == 0, err
+    assert "rofs" in json.loads(out) and "arc" not in json.loads(out)
+    code, out, err = run("boot", str(m), "--rootfs", "zfs", "--json", "-", "-q")
+    assert code == 0 and "arc" in json.loads(out), err
+    m.write_text("cmdline: /tools/app.so /t/t.trace\nfiles:\n  /t: .\nrootfs: btrfs\n")
+    try:
+        load_manifest(str(m))
+    except ImageError as e:
+        assert str(e).startswith(f"{m}:4: ") and "rootfs" in str(e)
+    else:
+        raise AssertionError("a bad rootfs was accepted")
