@@ -24,3 +24,22 @@ def trace(tmp_path):
         return str(p)
 
     return write
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_exit_in_the_test_process():
+    """`mmsim boot` leaves with os._exit (a JVM application may hold non-daemon threads): run
+    in-process by a test, it would end pytest itself with the image's status, 0 included, and
+    the rest of the suite would silently not run. In this process os._exit raises SystemExit
+    instead (click's test runner turns it into the exit code); children exit as ever."""
+    real_exit = os._exit
+    pid = os.getpid()
+
+    def guarded_exit(status: int) -> None:
+        if os.getpid() != pid:
+            real_exit(status)
+        raise SystemExit(status)
+
+    os._exit = guarded_exit
+    yield
+    os._exit = real_exit
