@@ -1,20 +1,25 @@
-"""OSv's JVM balloon as designed in 2014 (reference §9), against a real JVM.
+"""OSv's JVM balloon (reference §9, corrected 2026-12-02), against a real JVM.
 
 A balloon is a real 128 MiB ``byte[]`` in the real heap, held by a reference (OSv held a JNI
 global reference), whose 2 MiB-aligned interior is given back to the guest's page allocator:
-the application really has that much less heap, the guest that much more memory. The rules:
+the application really has that much less heap, the guest that much more memory. The rules are
+those of OSv's code (modules/java-base/balloon/jvm_balloon.cc), where the balloon is **not** a
+reclaimer shrinker (since 3c716bda, 2014-02-24):
 
 - reserved = free + jvm_heap - allowance, where jvm_heap is the heap's faulted pages and the
-  allowance the heap's length less the interiors given back (§9.1-2). When reserved <= 4 MiB
-  a balloon is requested; the balloon thread inflates while reserved <= 0 (§9.3), up to the soft
-  maximum, maxHeap/256 MiB - 1 (§9.4). A hard shrinker call may go past it; the excess is then
-  released with the next release request.
+  allowance the heap's length less the interiors given back. Every allocation with reserved
+  <= 4 MiB requests the balloon thread (``adjust_memory``).
+- The balloon thread: if it holds more than the soft maximum (maxHeap/256 MiB - 1, an unsigned
+  figure that wraps to 4294967295 under a 256 MiB heap) it wakes the reclaimer; a pending release
+  takes the excess over the soft maximum too; each release first shrinks the ARC
+  (``arc_sized_adjust(balloon - reserved)``, until reserved reaches a balloon or the ARC frees
+  nothing) and is given up if reserved is still short; then it inflates while reserved <= 0,
+  with no soft-maximum check.
 - After each real GC (a javax.management notification): qty = 15 x committed - 100 x free of the
-  heap after the collection; if positive, release ceil(qty / 128 MiB) balloons (§9.6).
-- At the end of each reclaimer pass, release one if reserved > 1.2 balloons (§9.6).
-- A release first shrinks the ARC (arc_sized_adjust) until reserved >= 128 MiB, then drops the
-  newest reference (§9.5).
-- A GC that moves an array (seen as a new address) moves the balloon mapping (§9.7).
+  heap; if positive, ceil(qty / 128 MiB) balloons are to be released.
+- At the end of each reclaimer pass, if reserved > 1.2 balloons, one is to be released, once per
+  release (``voluntary_return``: re-armed whenever a balloon goes back).
+- A GC that moves an array (seen as a new address) moves the balloon mapping.
 
 Guard (not OSv's): inflation needs the real heap to keep 15 % of its maximum free afterwards;
 a nearly full heap makes the JVM thrash in GC for minutes instead of failing (jpype-jvm.md §2).
@@ -44,6 +49,8 @@ REQUEST_RESERVED = 4 * MIB  # §9.2
 RELEASE_RESERVED = BALLOON_SIZE  # §9.5: the ARC shrinks until reserved reaches one balloon
 PASS_RELEASE = BALLOON_SIZE * 12 // 10  # §9.6: 1.2 balloons
 HEAP_FREE_GUARD = 0.15
+#: OSv's _soft_max_balloons is unsigned: (heap / 256 MiB) - 1 wraps under a 256 MiB heap
+SOFT_MAX_WRAPPED = 4_294_967_295
 
 
 class JvmLike(Protocol):
@@ -59,8 +66,10 @@ class JvmLike(Protocol):
 
 
 def soft_max_balloons(max_heap: int) -> int:
-    """§9.4: maxHeap / 256 MiB - 1, never negative."""
-    return max(0, max_heap // (2 * BALLOON_SIZE) - 1)
+    """§9.4: maxHeap / 256 MiB - 1, as OSv's unsigned arithmetic has it (wrapping under
+    256 MiB: no soft maximum at all)."""
+    n = max_heap // (2 * BALLOON_SIZE) - 1
+    return n if n >= 0 else SOFT_MAX_WRAPPED
 
 
 class _Balloon:
@@ -73,9 +82,7 @@ class _Balloon:
 
 
 class JvmBalloon:
-    """The balloon: a shrinker (``jvm_balloon``) and the GC-driven release rule."""
-
-    name = "jvm_balloon"
+    """The balloon thread's state and rules: requests, pending releases, the balloons."""
 
     def __init__(
         self,
@@ -99,8 +106,9 @@ class JvmBalloon:
         self._balloons: list[_Balloon] = []
         self._next_key = 0
         self._busy = False
-        self._inflated_in_pass = False
-        self.requested = False
+        self.requested = False  # OSv's _pending: an inflation request (reserved <= 4 MiB)
+        self.pending_release = 0  # OSv's _pending_release: balloons to give back
+        self._voluntary = True  # OSv's balloon_voluntary_return
         # statistics (the summary's `balloon` section)
         self.inflations = 0
         self.deflations = 0
@@ -110,6 +118,8 @@ class JvmBalloon:
         self.failed_inflations = 0
         self.arc_bytes_released = 0
         self.release_requests = 0
+        self.abandoned_releases = 0  # releases given up: reserved short of a balloon
+        self._why_release = "gc"
 
     # -- the accounting of §9 -----------------------------------------------------------------
     @property
@@ -138,25 +148,43 @@ class JvmBalloon:
 
     # -- inflation -------------------------------------------------------------------------------
     def check(self) -> bool:
-        """§9.2: request a balloon when reserved <= 4 MiB (called after each operation)."""
+        """``adjust_memory(4 MiB)``, run after each operation: request the balloon thread when
+        reserved <= 4 MiB. True if the thread has work (a request or a pending release)."""
         if self.enabled and not self.requested and self.reserved() <= REQUEST_RESERVED:
             self.requested = True
-        return self.requested
+        return self.requested or self.pending_release > 0
 
     def run_thread(self) -> int:
-        """The balloon thread's turn: one balloon for the request, then more while reserved
-        <= 0, never past the soft maximum. Returns the bytes given back to the allocator."""
-        if not self.requested:
+        """The balloon thread's turn (``_thread_loop``): wake the reclaimer over the soft
+        maximum, the pending releases (with the excess), then inflate while reserved <= 0.
+        Returns the bytes inflation gave back to the allocator."""
+        if not (self.requested or self.pending_release):
             return 0
+        if self.count > self.soft_max:
+            self.wake_reclaimer()
+        if self.pending_release and self.count > self.soft_max:
+            self.pending_release += self.count - self.soft_max
+        while self.pending_release:
+            if not self._balloons:
+                self.pending_release = 0
+                break
+            freed = 1
+            while self.reserved() < RELEASE_RESERVED and freed and self.arc_shrink is not None:
+                freed = self.arc_shrink(RELEASE_RESERVED - self.reserved())
+                self.arc_bytes_released += freed
+            if self.reserved() >= RELEASE_RESERVED:
+                self.pending_release -= 1
+                self._release_one(self._why_release)
+            else:  # the guest could not back a bigger heap: give up, as OSv does
+                self.pending_release = 0
+                self.abandoned_releases += 1
         self.requested = False
         freed = 0
-        first = True
-        while self.count < self.soft_max and (first or self.reserved() <= 0):
+        while self.reserved() <= 0:
             got = self.inflate("reserved")
             if got is None:
                 break
             freed += got
-            first = False
         return freed
 
     def inflate(self, why: str) -> int | None:
@@ -182,54 +210,48 @@ class JvmBalloon:
         finally:
             self._busy = False
         self.inflations += 1
-        self._inflated_in_pass = True
         self.peak_count = max(self.peak_count, self.count)
         self.peak_bytes = max(self.peak_bytes, self.bytes)
         self.emit("balloon", action="inflate", why=why, balloons=self.count,
                   bytes=self.bytes, freed_bytes=freed)
-        if self.count > self.soft_max:
-            self.wake_reclaimer()  # §9.4: the excess goes with the next release request
         return freed
 
-    # -- the shrinker ----------------------------------------------------------------------------
-    def request_memory(self, target: int, hard: bool) -> int:
-        """Under pressure, inflate one balloon (past the soft maximum only if ``hard``)."""
-        if not self.enabled or target <= 0 or self._busy:
-            return 0
-        if self.count >= self.soft_max and not hard:
-            return 0
-        return self.inflate("hard" if hard else "shrinker") or 0
-
+    # -- release ---------------------------------------------------------------------------------
     def end_of_pass(self, target: int, hard: bool, freed: int) -> None:
-        """§9.6: after a reclaimer pass, release one balloon if reserved > 1.2 balloons
-        (not one inflated by the same pass, which the rule would undo at once)."""
-        inflated, self._inflated_in_pass = self._inflated_in_pass, False
-        if self.count and not inflated and self.reserved() > PASS_RELEASE:
-            self.release(1, "reclaimer")
+        """``voluntary_return`` at the end of each reclaimer pass: with reserved above 1.2
+        balloons, one release, once until a balloon goes back."""
+        if self.count and self.reserved() > PASS_RELEASE and self._voluntary:
+            self._voluntary = False
+            self.release_memory(1, "reclaimer")
 
-    # -- release -----------------------------------------------------------------------------------
     def on_gc(self, committed: int, used: int) -> int:
-        """§9.6: the release rule after a real collection; returns balloons released."""
+        """The GC listener (OSvGCMonitor): qty = 15 x committed - 100 x free; if positive,
+        ceil(qty / 128 MiB) balloons are released, on the listener's turn itself, so that
+        the heap has them back before the application's next allocation. Returns balloons
+        released."""
         free = committed - used
         qty = 15 * committed - 100 * free
-        n = math.ceil(qty / BALLOON_SIZE) if qty > 0 else 0
-        return self.release(n, "gc") if n or self.count > self.soft_max else 0
+        if qty <= 0:
+            return 0
+        before = self.deflations
+        self.release_memory(math.ceil(qty / BALLOON_SIZE), "gc")
+        self.run_thread()
+        return self.deflations - before
 
-    def release(self, n: int, why: str) -> int:
-        """Release ``n`` balloons (plus any excess over the soft maximum), newest first."""
+    def release_memory(self, n: int, why: str) -> None:
+        """OSv's ``release_memory(n)``: ``n`` more balloons for the thread to give back."""
         self.release_requests += 1
-        n = min(self.count, n + max(0, self.count - self.soft_max))
-        for _ in range(n):
-            short = RELEASE_RESERVED - self.reserved()
-            if short > 0 and self.arc_shrink is not None:
-                self.arc_bytes_released += self.arc_shrink(short)
-            b = self._balloons.pop()
-            self.heap.remove_balloon(b.key)
-            b.array = None  # drop the reference: the next GC frees the array
-            self.deflations += 1
-            self.emit("balloon", action="deflate", why=why, balloons=self.count,
-                      bytes=self.bytes)
-        return n
+        self.pending_release += n
+        self._why_release = why
+
+    def _release_one(self, why: str) -> None:
+        """Drop the newest balloon's reference (``return_heap`` re-arms the voluntary return)."""
+        b = self._balloons.pop()
+        self.heap.remove_balloon(b.key)
+        b.array = None  # drop the reference: the next GC frees the array
+        self.deflations += 1
+        self._voluntary = True
+        self.emit("balloon", action="deflate", why=why, balloons=self.count, bytes=self.bytes)
 
     def release_all(self, why: str = "exit") -> int:
         n = self.count
@@ -275,5 +297,6 @@ class JvmBalloon:
             "soft_max": self.soft_max,
             "failed_inflations": self.failed_inflations,
             "arc_bytes_released": self.arc_bytes_released,
+            "abandoned_releases": self.abandoned_releases,
             "reserved_bytes": self.reserved(),
         }

@@ -1,5 +1,5 @@
-"""Wires a real JVM (balloon/) into the kernel: its memory in the guest, the balloon shrinker,
-and the `balloon` and `jvm` summary sections.
+"""Wires a real JVM (balloon/) into the kernel: its memory in the guest, the JVM balloon (driven
+by the reserve rule and its releases, not a shrinker), and the `balloon` and `jvm` sections.
 
 Attached at boot, dormant until an image launches a JVM (:meth:`JvmSubsystem.launch`). From
 then on every change the JVM makes to guest memory is a kernel operation (kind ``jvm``), applied
@@ -124,13 +124,13 @@ class JvmSubsystem:
         reclaimer = getattr(k, "reclaimer", None)
         self.balloon = JvmBalloon(
             host, self.heap, k.ranges, enabled=enabled,
-            arc_shrink=(lambda n: fs.request_memory(n, False)) if fs is not None else None,
+            arc_shrink=fs.sized_adjust if fs is not None else None,
             emit=k.emit,
             wake_reclaimer=reclaimer.wake if reclaimer is not None else lambda: None,
         )
         if enabled:
             k.add_after_op(self.after_op)  # only now: a replay without a JVM pays nothing
-            k.shrinkers.register(self.balloon)  # type: ignore[attr-defined]
+            # not a shrinker (OSv's since 3c716bda): the reserve rule and the releases alone
             if reclaimer is not None:
                 reclaimer.jvm_heap_bytes = self.balloon.jvm_heap_bytes  # §5: free + JVM heap
                 reclaimer.on_pass.append(self.balloon.end_of_pass)

@@ -104,7 +104,7 @@ def test_inflation_takes_real_heap_away_and_deflation_gives_it_back(host_jvm) ->
     assert s["jvm"]["heap_max_bytes"] == 1 << 30 and s["jvm"]["gc_count"] >= 0
 
 
-def test_file_cache_pressure_inflates_to_soft_max_then_app_pressure_deflates(host_jvm) -> None:
+def test_file_cache_pressure_inflates_then_app_pressure_deflates(host_jvm) -> None:
     from balloon.jvm import AppThread
 
     k = boot()
@@ -118,8 +118,8 @@ def test_file_cache_pressure_inflates_to_soft_max_then_app_pressure_deflates(hos
             k.jvm.tick()
             check_conserved(k)
     k.jvm.tick()
-    assert b.inflations >= b.soft_max == 3
-    assert max(counts) == b.soft_max, "inflation stops at the soft maximum"
+    # the ARC's growth takes reserved memory to 0: balloons give the guest heap pages back
+    assert b.inflations >= 1 and max(counts) >= 1
     assert k.summary()["arc"]["size_bytes"] > 500 * MIB
     # the application now needs 700 MiB of heap: its collections must release the balloons
     app = AppThread(host_jvm, "Alloc", ["900", "700", "2"])
@@ -132,9 +132,8 @@ def test_file_cache_pressure_inflates_to_soft_max_then_app_pressure_deflates(hos
     check_conserved(k)
     assert not app.alive
     assert app.outcome.exit_code == 0, app.outcome
-    assert b.deflations >= 1 and b.count < b.soft_max
+    assert b.deflations >= 1 and b.count < max(counts)
     assert b.arc_bytes_released > 0, "a release shrinks the ARC first"
-    assert max(counts) <= b.soft_max
     k.jvm.finish(0)
 
 
@@ -212,7 +211,9 @@ def test_the_balloon_thread_inflates_after_its_wake_latency(host_jvm) -> None:
     k.jvm.launch(JVM_OPTIONS)
     settle(k)
     b = k.jvm.balloon
-    b.requested = True  # a request (§9.2), as reserved memory under 4 MiB would make it
+    # reserved memory at 0 or under until one balloon inflates (standing for the file cache's
+    # growth): the thread inflates then, and only then
+    b.reserved = lambda: 0 if b.count == 0 else 1 << 30
     k.jvm.tick()
     assert b.count == 0  # asked, but the thread wakes 2 s later
     k.advance_to(k.clock_ns + 1_000_000_000)

@@ -1,10 +1,13 @@
-"""OSv's JVM balloon rules (reference §9.3-9.6), exactly, against a stand-in JVM.
+"""OSv's JVM balloon rules (jvm_balloon.cc, osv-memory.md §9 corrected), exactly, against a
+stand-in JVM.
 
 tests/test_balloon.py checks the balloon against the real JVM (real heap taken and given
 back); here the rules are pinned at their boundaries, which a real GC's timing never lets a
-test choose: the GC release rule's qty = 15 x committed - 100 x free, the soft maximum and its
-excess after a hard request, the end-of-pass release when reserved exceeds 1.2 balloons, and the
-ARC shrinking first on a release.
+test choose: the GC release rule's qty = 15 x committed - 100 x free, inflation while reserved
+<= 0 with no soft-maximum check, the soft maximum's wake-up and its excess added to the next
+release, the voluntary return when reserved exceeds 1.2 balloons (once per release), and a
+release shrinking the ARC first and given up when reserved stays short of a balloon. The
+balloon is no shrinker: no reclaimer pass inflates it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,12 @@ from typing import Any
 
 import pytest
 
-from balloon.balloon import BALLOON_SIZE, PASS_RELEASE, JvmBalloon
+from balloon.balloon import (
+    PASS_RELEASE,
+    SOFT_MAX_WRAPPED,
+    JvmBalloon,
+    soft_max_balloons,
+)
 from balloon.heap import JavaHeap
 from kernel import Kernel, KernelConfig
 
@@ -59,57 +67,105 @@ def test_the_gc_release_rule(free_mib: int, released: int) -> None:
     assert b.count == 3 - released and b.deflations == released
 
 
-def test_the_balloon_thread_inflates_while_reserved_is_negative_up_to_the_soft_maximum() -> None:
+def test_the_balloon_thread_inflates_while_reserved_is_not_positive_past_the_soft_maximum():
+    """while (jvm_heap_reserved() <= 0) _request_memory(env, 1): no soft-maximum check."""
     # a 2 GiB heap allowance in a 1 GiB guest: reserved is about -1 GiB, 9 balloons short
-    b = make(GIB, 2 * GIB)
+    woken = []
+    b = make(GIB, 2 * GIB, wake_reclaimer=lambda: woken.append(1))
     assert b.soft_max == 7
     assert b.reserved() < -7 * 126 * MIB
-    assert b.check() and b.run_thread() >= 0
-    assert b.count == b.soft_max == b.peak_count
-    assert b.reserved() <= 0  # it stopped at the maximum, not because reserved recovered
-    assert b.request_memory(16 * MIB, hard=False) == 0 and b.count == 7  # soft: no further
+    assert b.check()
+    b.run_thread()
+    assert b.count > b.soft_max and b.reserved() > 0
+    assert b.reserved() - 126 * MIB <= 0  # it stopped as soon as reserved turned positive
+    assert not woken  # the wake-up comes at the thread's next turn, over the maximum
+    b.requested = True
+    b.run_thread()
+    assert woken
 
 
-def test_a_hard_request_goes_past_the_soft_maximum_and_the_next_release_takes_the_excess() -> None:
-    woken = []
-    b = make(GIB, GIB, wake_reclaimer=lambda: woken.append(1))
-    for _ in range(b.soft_max):
+def test_a_request_with_reserved_still_positive_inflates_nothing():
+    """adjust_memory requests at reserved <= 4 MiB, but the thread inflates only at <= 0."""
+    b = make(4 * GIB, GIB)
+    b.requested = True
+    assert b.reserved() > 0 and b.run_thread() == 0 and b.count == 0
+
+
+def test_the_soft_maximum_wraps_under_a_256_mib_heap():
+    assert soft_max_balloons(255 * MIB) == SOFT_MAX_WRAPPED  # (size_t)(0 - 1), §9
+    assert soft_max_balloons(512 * MIB) == 1
+
+
+def test_a_release_takes_the_excess_over_the_soft_maximum_too():
+    b = make(4 * GIB, 512 * MIB)  # soft maximum 1
+    for _ in range(3):
         b.inflate("test")
-    assert not woken
-    b.request_memory(16 * MIB, hard=True)
-    assert b.count == b.soft_max + 1 and woken  # §9.4: the excess wakes the reclaimer
-    assert b.on_gc(1000 * MIB, 0) == 1  # qty < 0, yet the excess goes
-    assert b.count == b.soft_max
+    assert b.on_gc(1000 * MIB, 1000 * MIB - 149 * MIB) == 3  # qty: one balloon, + 2 excess
+    assert b.count == 0
 
 
-def test_end_of_pass_releases_one_when_reserved_exceeds_one_point_two_balloons() -> None:
+def test_the_voluntary_return_is_once_per_release():
+    """voluntary_return: reserved > 1.2 balloons releases one, then not again until a balloon
+    goes back (balloon_voluntary_return, re-armed by return_heap)."""
     roomy = make(4 * GIB, GIB)
     roomy.inflate("test")
     roomy.inflate("test")
-    roomy._inflated_in_pass = False  # inflated before this pass
     assert roomy.reserved() > PASS_RELEASE
     roomy.end_of_pass(0, False, 0)
+    roomy.end_of_pass(0, False, 0)  # the thread has not run yet: still one
+    assert roomy.pending_release == 1
+    roomy.run_thread()
     assert roomy.count == 1
-    roomy.inflate("test")  # inflated by this very pass: the rule would undo it at once
-    roomy.end_of_pass(0, False, 0)
-    assert roomy.count == 2
+    roomy.end_of_pass(0, False, 0)  # re-armed by that release
+    roomy.run_thread()
+    assert roomy.count == 0
     tight = make(GIB, 2 * GIB)
     tight.inflate("test")
-    tight._inflated_in_pass = False
     assert tight.reserved() <= PASS_RELEASE
     tight.end_of_pass(0, False, 0)
-    assert tight.count == 1
+    assert tight.pending_release == 0 and tight.count == 1
 
 
-def test_a_release_shrinks_the_arc_first_until_reserved_reaches_one_balloon() -> None:
-    asked: list[int] = []
-    b = make(GIB, 2 * GIB, arc_shrink=lambda n: asked.append(n) or 0)
-    b.inflate("test")
-    short = BALLOON_SIZE - b.reserved()
-    assert short > 0
-    assert b.release(1, "test") == 1
-    assert asked == [short]
+def test_a_release_shrinks_the_arc_first_and_is_given_up_if_reserved_stays_short():
+    """The thread calls arc_sized_adjust(balloon - reserved) until reserved reaches a balloon
+    or the ARC frees nothing; short of a balloon, the release is abandoned."""
+
+    def squeezed(arc_gives_back: bool) -> tuple[JvmBalloon, list[int]]:
+        """Two balloons, and pages held (standing for the ARC) until reserved is 100 MiB."""
+        asked: list[int] = []
+        b = make(4 * GIB, GIB)
+        b.inflate("test")
+        b.inflate("test")
+        held = b.ranges.alloc_pages_bulk((b.reserved() - 100 * MIB) // 4096)
+        assert b.reserved() == 100 * MIB
+
+        def arc(n: int) -> int:
+            asked.append(n)
+            if not arc_gives_back:
+                return 0
+            for start, k in held:
+                b.ranges.free(start, k)
+            held.clear()
+            return n
+
+        b.arc_shrink = arc
+        b.release_memory(1, "test")
+        b.run_thread()
+        return b, asked
+
+    b, asked = squeezed(arc_gives_back=False)
+    assert asked == [28 * MIB] and b.count == 2 and b.abandoned_releases == 1
+    b, asked = squeezed(arc_gives_back=True)
+    assert asked == [28 * MIB] and b.count == 1 and b.abandoned_releases == 0
+    asked = []
     roomy = make(4 * GIB, GIB, arc_shrink=lambda n: asked.append(n) or 0)
     roomy.inflate("test")
-    roomy.release(1, "test")
-    assert asked == [short]  # reserved already above one balloon: the ARC is left alone
+    roomy.release_memory(1, "test")
+    roomy.run_thread()
+    assert asked == [] and roomy.count == 0  # reserved above a balloon: the ARC left alone
+
+
+def test_the_balloon_is_not_a_shrinker():
+    k = Kernel(KernelConfig(memory=2 * GIB, cpus=1))
+    assert "jvm_balloon" not in k.summary()["shrinker"]
+    assert not hasattr(JvmBalloon, "request_memory")

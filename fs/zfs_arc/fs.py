@@ -561,6 +561,14 @@ class ZfsFileSystem:
         self._free_spare()
         return freed + total
 
+    def sized_adjust(self, nbytes: int) -> int:
+        """OSv's ``arc_sized_adjust(nbytes)`` called directly (the JVM balloon's release):
+        one eviction pass of at least ``nbytes`` if cached, no 16 MiB minimum, c unchanged;
+        returns the bytes freed."""
+        freed = self.policy.evict_bytes(nbytes) if nbytes > 0 else 0
+        self._free_spare()
+        return freed
+
     # -- statistics ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """The summary's ``arc`` section."""
