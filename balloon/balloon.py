@@ -21,8 +21,11 @@ reclaimer shrinker (since 3c716bda, 2014-02-24):
   release (``voluntary_return``: re-armed whenever a balloon goes back).
 - A GC that moves an array (seen as a new address) moves the balloon mapping.
 
-Guard (not OSv's): inflation needs the real heap to keep 15 % of its maximum free afterwards;
-a nearly full heap makes the JVM thrash in GC for minutes instead of failing (jpype-jvm.md §2).
+Guards (not OSv's): inflation needs the real heap to keep 15 % of its maximum free afterwards
+(a nearly full heap makes the JVM thrash in GC for minutes instead of failing, jpype-jvm.md §2);
+and a balloon's array is held through a soft reference, not OSv's global reference, so the JVM
+clears it rather than throw OutOfMemoryError at an application whose live set fits its heap
+(the releases are asynchronous to the application, in OSv as here).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class JvmLike(Protocol):
 
     def address_of(self, obj: Any) -> int: ...
 
+    def soft_reference(self, obj: Any) -> Any: ...
+
     def heap(self) -> tuple[int, int, int]: ...
 
 
@@ -73,11 +78,13 @@ def soft_max_balloons(max_heap: int) -> int:
 
 
 class _Balloon:
-    __slots__ = ("array", "key", "addr")
+    """One balloon: its array held only through a soft reference (``ref.get()``)."""
 
-    def __init__(self, key: int, array: Any, addr: int | None) -> None:
+    __slots__ = ("ref", "key", "addr")
+
+    def __init__(self, key: int, ref: Any, addr: int | None) -> None:
         self.key = key
-        self.array = array
+        self.ref = ref
         self.addr = addr
 
 
@@ -119,6 +126,7 @@ class JvmBalloon:
         self.arc_bytes_released = 0
         self.release_requests = 0
         self.abandoned_releases = 0  # releases given up: reserved short of a balloon
+        self.cleared = 0  # balloons the JVM cleared before an OutOfMemoryError
         self._why_release = "gc"
 
     # -- the accounting of §9 -----------------------------------------------------------------
@@ -203,10 +211,12 @@ class JvmBalloon:
                 self.failed_inflations += 1
                 return None
             addr = self.jvm.address_of(array)
+            ref = self.jvm.soft_reference(array)
+            del array  # the soft reference alone holds it
             key = self._next_key
             self._next_key += 1
             freed = self.heap.add_balloon(key, addr, ARRAY_BYTES + ARRAY_HEADER)
-            self._balloons.append(_Balloon(key, array, addr))
+            self._balloons.append(_Balloon(key, ref, addr))
         finally:
             self._busy = False
         self.inflations += 1
@@ -248,7 +258,7 @@ class JvmBalloon:
         """Drop the newest balloon's reference (``return_heap`` re-arms the voluntary return)."""
         b = self._balloons.pop()
         self.heap.remove_balloon(b.key)
-        b.array = None  # drop the reference: the next GC frees the array
+        b.ref = None  # drop the reference: the next GC frees the array
         self.deflations += 1
         self._voluntary = True
         self.emit("balloon", action="deflate", why=why, balloons=self.count, bytes=self.bytes)
@@ -258,7 +268,7 @@ class JvmBalloon:
         while self._balloons:
             b = self._balloons.pop()
             self.heap.remove_balloon(b.key)
-            b.array = None
+            b.ref = None
             self.deflations += 1
         if n:
             self.emit("balloon", action="deflate", why=why, balloons=0, bytes=0)
@@ -268,15 +278,30 @@ class JvmBalloon:
         """Let the shared JVM collect the arrays (a later image's run) without touching this
         run's guest, whose summary stays as it ended."""
         for b in self._balloons:
-            b.array = None
+            b.ref = None
         self.enabled = False
 
     # -- GC moves ------------------------------------------------------------------------------------
     def check_moves(self) -> int:
-        """Compare each array's address with the last seen; a moved one moves its mapping."""
+        """After a collection: each array's address against the last seen (a moved one moves
+        its mapping), and the arrays the JVM cleared (it clears soft references before it
+        would throw OutOfMemoryError: those balloons are back in the heap, ``jvm_cleared``).
+        Reading each reference also keeps it recently used. Returns the arrays moved."""
         moved = 0
-        for b in self._balloons:
-            addr = self.jvm.address_of(b.array)
+        for b in list(self._balloons):
+            array = self._array(b)
+            if array is None:
+                self._balloons.remove(b)
+                self.heap.remove_balloon(b.key)
+                b.ref = None
+                self.deflations += 1
+                self.cleared += 1
+                self._voluntary = True
+                self.emit("balloon", action="deflate", why="jvm_cleared", balloons=self.count,
+                          bytes=self.bytes)
+                continue
+            addr = self.jvm.address_of(array)
+            del array
             if addr != b.addr:
                 self.heap.move_balloon(b.key, addr, ARRAY_BYTES + ARRAY_HEADER)
                 b.addr = addr
@@ -284,6 +309,11 @@ class JvmBalloon:
                 self.emit("balloon", action="move", balloons=self.count, bytes=self.bytes)
         self.gc_moves += moved
         return moved
+
+    @staticmethod
+    def _array(b: _Balloon) -> Any:
+        """The balloon's array, or None once the JVM cleared its reference."""
+        return b.ref.get() if b.ref is not None else None
 
     def section(self) -> dict[str, Any]:
         return {
@@ -298,5 +328,6 @@ class JvmBalloon:
             "failed_inflations": self.failed_inflations,
             "arc_bytes_released": self.arc_bytes_released,
             "abandoned_releases": self.abandoned_releases,
+            "cleared": self.cleared,
             "reserved_bytes": self.reserved(),
         }

@@ -29,6 +29,16 @@ MIB = 1 << 20
 GIB = 1 << 30
 
 
+class Ref:
+    """A soft reference the test can clear, as the JVM does before an OutOfMemoryError."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def get(self) -> Any:
+        return self.obj
+
+
 class FakeJvm:
     """Arrays are tokens; their addresses are unknown, so the heap places them from its top."""
 
@@ -40,6 +50,9 @@ class FakeJvm:
 
     def address_of(self, obj: Any) -> int | None:
         return None
+
+    def soft_reference(self, obj: Any) -> Any:
+        return Ref(obj)
 
     def heap(self) -> tuple[int, int, int]:
         return 0, self.max_heap_bytes, self.max_heap_bytes  # used, committed, max: room
@@ -169,3 +182,16 @@ def test_the_balloon_is_not_a_shrinker():
     k = Kernel(KernelConfig(memory=2 * GIB, cpus=1))
     assert "jvm_balloon" not in k.summary()["shrinker"]
     assert not hasattr(JvmBalloon, "request_memory")
+
+
+def test_a_balloon_the_jvm_cleared_is_back_in_the_heap():
+    """Balloons are held through soft references (not OSv's): the JVM clears them all before
+    it would throw OutOfMemoryError, and the next collection's check gives them back."""
+    b = make(4 * GIB, GIB)
+    for _ in range(3):
+        b.inflate("test")
+    allowance = b.allowance()
+    b._balloons[-1].ref.obj = None  # the JVM cleared the newest
+    assert b.check_moves() == 0
+    assert b.count == 2 and b.cleared == 1 and b.deflations == 1
+    assert b.allowance() == allowance + 126 * MIB  # its interior is heap again
