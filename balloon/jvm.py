@@ -554,6 +554,49 @@ class HostJvm:
                     seen[i] = n
         return sum(self._app_bytes.values())
 
+    def _app_thread_objects(self) -> list[Any]:
+        """The application's live java.lang.Thread objects (the root group's, no stacks)."""
+        group = self.Thread.currentThread().getThreadGroup()
+        while group.getParent() is not None:
+            group = group.getParent()
+        arr = self._jp.JArray(self.Thread)(int(group.activeCount()) + 8)
+        n = int(group.enumerate(arr, True))
+        return [t for t in arr[:n] if t is not None and int(t.getId()) not in self._not_app]
+
+    def pause_app(self) -> None:
+        """Suspend the application's threads that run Java code (Thread.suspend, a handshake:
+        when it returns the thread is stopped at a safe point and allocates nothing), so that
+        the simulator can catch up with it; :meth:`resume_app` undoes it. A thread in native
+        code is left running: it may be JPype's thread about to take Python's lock on its way
+        out of main(), and suspended there it would hold that lock for good."""
+        if getattr(self, "_threads", None) is None or getattr(self, "_paused", None):
+            return
+        jp = self._jp
+        paused = []
+        for t in self._app_thread_objects():
+            info = self._threads.getThreadInfo(t.getId())
+            if info is None or info.isInNative():
+                continue
+            with contextlib.suppress(Exception):  # it ended meanwhile
+                t.suspend()
+                paused.append(t)
+        if paused:  # one that reached native code meanwhile goes on
+            ids = jp.JArray(jp.JLong)([t.getId() for t in paused])
+            infos = self._threads.getThreadInfo(ids)
+            for t, info in zip(list(paused), infos):
+                if info is None or info.isInNative():
+                    paused.remove(t)
+                    with contextlib.suppress(Exception):
+                        t.resume()
+        self._paused = paused
+
+    def resume_app(self) -> None:
+        """Let the threads :meth:`pause_app` suspended run again."""
+        paused, self._paused = getattr(self, "_paused", None) or [], []
+        for t in paused:
+            with contextlib.suppress(Exception):
+                t.resume()
+
     def app_blocked(self) -> bool:
         """True if the application has live threads and every one waits without a timeout
         (WAITING or BLOCKED): nothing in the guest can wake it, so it makes no more progress.

@@ -10,12 +10,13 @@ Out of guest memory while the JVM commits heap is the kernel's out-of-memory, li
 Configuration keys: ``jvm_balloon`` (true by default: the 2014 design; OSv's kconfig has it off
 since 2024), ``jvm_path`` (a libjvm.so or JDK directory; default: the JDK of ``javac``),
 ``jvm_balloon_wake_latency`` (simulated delay between a balloon request and the balloon
-thread's inflation; 0 by default: the next tick).
+thread's inflation; 0 by default: the next tick), ``jvm_alloc_rate`` (how many bytes the
+application allocates per simulated second: simulated time while a JVM app runs is
+:class:`AppClock`, driven by the app's own allocations, not the host's wall clock).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +24,18 @@ from balloon.balloon import MIN_RAM, JvmBalloon
 from balloon.heap import JavaHeap, TrackedMapping
 from balloon.jvm import HostJvm, JvmError, start_jvm
 from kernel.boot import BootError
-from kernel.config import parse_duration, register_config_keys, register_config_validator
+from kernel.config import (
+    parse_duration,
+    parse_size,
+    register_config_keys,
+    register_config_validator,
+)
 from mm.vma import ANON
 
 if TYPE_CHECKING:
     from kernel.kernel import Kernel
 
-__all__ = ["JvmOp", "JvmSubsystem", "attach"]
+__all__ = ["AppClock", "JvmOp", "JvmSubsystem", "attach"]
 
 register_config_keys({
     "jvm_balloon": "inflate the JVM balloon under memory pressure (true/false, default true)",
@@ -57,9 +63,66 @@ def _settings(extra: dict[str, Any]) -> tuple[bool, str | None, int]:
 
 register_config_validator(_settings)  # each value checked as the configuration is loaded
 
+register_config_keys({
+    "jvm_alloc_rate": "bytes a JVM application allocates per simulated second: its simulated "
+                      "time (e.g. 512M; default 1G)",
+})
+DEFAULT_ALLOC_RATE = 1 << 30  # bytes per simulated second
+
+
+def _alloc_rate(extra: dict[str, Any]) -> int:
+    """``jvm_alloc_rate`` (bytes per simulated second) from ``config.extra``."""
+    value = extra.get("jvm_alloc_rate", DEFAULT_ALLOC_RATE)
+    try:
+        rate = parse_size(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"'jvm_alloc_rate': {e}") from None
+    if rate <= 0:
+        raise ValueError(f"'jvm_alloc_rate' must be a positive size per second, not {value!r}")
+    return rate
+
+
+register_config_validator(_alloc_rate)
+
+
+class AppClock:
+    """Simulated time while a JVM application runs: the kernel's clock when it started plus
+    the bytes its threads allocated since, at ``rate`` bytes per simulated second.
+
+    The application's allocations are its progress, the same in every run of the same
+    program whatever the host's load; the wall clock is not. An application that sleeps or
+    waits allocates nothing: its time stands still. The side workload may run while the
+    kernel's clock is at or behind this time (:meth:`lets`), or freely once the application
+    has finished or is blocked for good (:attr:`free`).
+    """
+
+    def __init__(self, t0_ns: int = 0, rate: int = DEFAULT_ALLOC_RATE, bytes0: int = 0) -> None:
+        if rate <= 0:
+            raise ValueError("the allocation rate must be positive")
+        self.t0_ns, self.rate, self.bytes0 = t0_ns, rate, bytes0
+        self.allocated = 0  # bytes since t0
+        self.free = False
+
+    def restart(self, t0_ns: int, bytes0: int) -> None:
+        """Count from now: the kernel's clock ``t0_ns``, the app's ``bytes0`` allocated so far."""
+        self.t0_ns, self.bytes0, self.allocated = t0_ns, bytes0, 0
+
+    def update(self, allocated_bytes: int) -> int:
+        """The app's allocated bytes now (never taken back); its simulated time."""
+        self.allocated = max(self.allocated, allocated_bytes - self.bytes0)
+        return self.now_ns
+
+    @property
+    def now_ns(self) -> int:
+        return self.t0_ns + self.allocated * 1_000_000_000 // self.rate
+
+    def lets(self, clock_ns: int) -> bool:
+        """May the side workload's next operation run with the kernel's clock at ``clock_ns``?"""
+        return self.free or clock_ns <= self.now_ns
+
 
 NATIVE_SPAN = 8 << 30  # virtual room for the JVM's native memory (metaspace, code, threads)
-NATIVE_PERIOD_S = 0.25  # how often native memory tracking is read while the app runs
+NATIVE_PERIOD_NS = 250_000_000  # how often (simulated) native memory tracking is read
 #: native memory tracking's own bookkeeping: the guest would not run with it
 _NMT_SELF = "Native Memory Tracking"
 
@@ -96,9 +159,12 @@ class JvmSubsystem:
         self.host_gcs = 0
         self.host_gc_ms = 0
         self.gc_events = 0
-        self._t0 = 0.0
-        self._clock0 = 0
-        self._native_at = 0.0
+        try:
+            rate = _alloc_rate(kernel.config.extra)
+        except ValueError as e:
+            raise BootError(str(e)) from None
+        self.clock = AppClock(kernel.clock_ns, rate)  # simulated time while the app runs
+        self._native_at: int | None = None
         self._frozen: tuple[dict[str, Any], dict[str, Any]] | None = None
         self.native_target = 0
         self._asked_ns: int | None = None  # when the pending balloon request was made
@@ -113,8 +179,8 @@ class JvmSubsystem:
         self.host = host
         host.poll_gc()  # collections of earlier images in this process are not ours
         self._gc0 = host.gc_totals()
-        self._t0 = time.monotonic()
-        self._clock0 = self.kernel.clock_ns
+        host.track_app_threads()  # threads alive now (this one included) are not the app's
+        self.clock.restart(self.kernel.clock_ns, 0)
         space = self.kernel.address_space  # type: ignore[attr-defined]
         self.heap = JavaHeap(space, host.max_heap_bytes, host.heap_range)
         self.native = TrackedMapping(space, NATIVE_SPAN, ("jvm", "native"))
@@ -140,8 +206,21 @@ class JvmSubsystem:
 
     # -- operations ----------------------------------------------------------------------------
     def _apply(self, action: str, **args: Any) -> None:
-        now = self._clock0 + int((time.monotonic() - self._t0) * 1e9)
-        self.kernel.apply(JvmOp(action, time_ns=now, args=args))
+        """A JVM operation, stamped with the app's simulated time (:class:`AppClock`)."""
+        self.kernel.apply(JvmOp(action, time_ns=self.clock.now_ns, args=args))
+
+    def observe(self) -> int:
+        """Read the application's progress (its threads' allocated bytes) into the clock;
+        the app's simulated time."""
+        if self.host is None:
+            return self.clock.now_ns
+        return self.clock.update(self.host.app_allocated_bytes())
+
+    def restart_clock(self) -> None:
+        """The application starts now: its simulated time counts from the kernel's clock."""
+        if self.host is not None:
+            self.clock.restart(self.kernel.clock_ns, self.host.app_allocated_bytes())
+        self.clock.free = False
 
     def op(self, op: JvmOp) -> None:
         """The ``jvm`` operation's handler (runs inside the kernel's apply)."""
@@ -169,13 +248,17 @@ class JvmSubsystem:
         nmt.pop(_NMT_SELF, None)
         return sum(nmt.values()) + self.host.file_rss()
 
-    def tick(self, wait: float = 0.0) -> int:
+    def tick(self, wait: float = 0.0, *, observe: bool = True) -> int:
         """Apply what the JVM did since the last tick: its collections (release rule, moves),
-        its committed heap, now and then its native memory, and a requested inflation.
-        Waits up to ``wait`` seconds for a collection. Returns the collections seen."""
+        its committed heap, every 250 simulated ms its native memory, and a requested
+        inflation, stamped with the app's simulated time (read now with ``observe``; else the
+        time of the caller's last :meth:`observe`). Waits up to ``wait`` seconds (wall time)
+        for a collection. Returns the collections seen."""
         host, balloon = self.host, self.balloon
         if host is None or balloon is None:
             return 0
+        if observe:
+            self.observe()
         events = host.poll_gc(wait)
         for ev in events:
             self.gc_events += 1
@@ -184,15 +267,21 @@ class JvmSubsystem:
                 self.host_gc_ms += ev.duration_ms
             self._apply("gc", committed=ev.heap_committed_after, used=ev.heap_used_after,
                         cause=ev.cause)
-        now = time.monotonic()
-        if now - self._native_at >= NATIVE_PERIOD_S:
+        now = self.clock.now_ns
+        if self._native_at is None or now - self._native_at >= NATIVE_PERIOD_NS:
             self._native_at = now
             self._apply("native")
         self._apply("heap")
-        if self._balloon_due():
+        self.balloon_tick()
+        return len(events)
+
+    def balloon_tick(self) -> None:
+        """The balloon thread, if an inflation is due (after each operation of a paced
+        workload: where it inflates depends on the workload's operations, not on when the
+        simulator polled the JVM)."""
+        if self.balloon is not None and self._balloon_due():
             self._asked_ns = None
             self._apply("balloon")
-        return len(events)
 
     def _balloon_due(self) -> bool:
         """The balloon's §9.2 check; True once a request is ``jvm_balloon_wake_latency`` old

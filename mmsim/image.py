@@ -57,7 +57,8 @@ BUILD_DIR = "build"
 STAMP = ".mmsim-build"
 CLASSPATH_FLAGS = ("-cp", "-classpath", "--class-path")
 EXIT_OK, EXIT_OOM, EXIT_APP = 0, 3, 4
-WORKLOAD_SLICE_S = 0.002  # replay the side workload in slices of this much wall time
+PACE_WAIT_S = 0.0005  # while the workload waits for the app's progress, poll it this often
+BLOCKED_POLLS = 20  # polls without progress before asking whether the app is blocked for good
 
 
 class ImageError(ValueError):
@@ -436,36 +437,68 @@ def _run_java(kernel: Kernel, m: Manifest, app: JavaApp, config: KernelConfig,
     return _finish_java(kernel, jvm, runner.outcome)
 
 
+def replay_paced(kernel: Any, workload: Iterator[Any], clock: Any,
+                 after_op: Callable[[], None] | None = None) -> bool:
+    """Replay the side workload's operations while ``clock`` (an :class:`kernel.sys_jvm.
+    AppClock`) lets them: while the kernel's clock, which the workload's own disk reads and
+    sleeps advance, is at or behind the application's simulated time (all of them once the
+    application is done). ``after_op`` runs after each. False once the workload is exhausted."""
+    while clock.lets(kernel.clock_ns):
+        op = next(workload, None)
+        if op is None:
+            return False
+        kernel.apply(op)
+        if after_op is not None:
+            after_op()
+    return True
+
+
 def _drive_java(kernel: Kernel, jvm: Any, runner: AppThread, workload: Iterator[Any],
                 tick: Callable[[], None] | None) -> None:
-    """Run main() on its thread while the side workload replays in wall-clock slices and the
-    JVM's GC notifications drive the balloon, until both are done."""
+    """Run main() on its thread, the side workload paced by the application's progress, until
+    both are done. Each round reads the app's allocated bytes (its simulated time), replays
+    the workload up to that time (the balloon thread running after each operation), then
+    applies what the JVM did (collections, committed heap) at that time. The host's load
+    changes how many rounds there are, not where the workload stands when the JVM acts."""
     pending = True
+    clock, host = jvm.clock, jvm.host
+
+    def after_op() -> None:
+        jvm.balloon_tick()
+        if tick is not None:
+            tick()
+
     try:
+        jvm.restart_clock()
         try:
             runner.start()
         except Exception as e:  # no such class: the application's error, as java would say
             runner.outcome.exit_code, runner.outcome.error = 1, "exception"
             runner.outcome.message = str(e)
+        idle = 0
         while True:
             alive = runner.alive
-            if pending:
-                deadline = time.perf_counter() + WORKLOAD_SLICE_S
-                while time.perf_counter() < deadline:
-                    op = next(workload, None)
-                    if op is None:
-                        pending = False
-                        break
-                    kernel.apply(op)
-                    if tick is not None:
-                        tick()
-            jvm.tick(0.0 if pending else 0.005)
+            if alive and pending:
+                host.pause_app()  # the app waits while the workload catches up with it
+            try:
+                before = clock.now_ns
+                jvm.observe()
+                idle = idle + 1 if clock.now_ns == before else 0
+                clock.free = not alive or (idle >= BLOCKED_POLLS and host.app_blocked())
+                if pending:
+                    pending = replay_paced(kernel, workload, clock, after_op)
+                jvm.tick(observe=False)
+            finally:
+                host.resume_app()
             if tick is not None:
                 tick()
             if not alive and not pending:
                 break
+            if idle or pending:
+                time.sleep(PACE_WAIT_S)  # the app runs (or sleeps, or waits) a little
         runner.join()
     except OutOfMemory:
+        host.resume_app()
         runner.stop()
         raise
 

@@ -1,0 +1,101 @@
+"""Simulated time while a JVM application runs follows the application's own progress (the
+bytes its threads allocate, ``jvm_alloc_rate``), not the host's wall clock.
+
+A user relies on: the side workload never gets ahead of the application's simulated time, an
+application that has finished lets the rest of the workload run, and an image with a real JVM
+shows the same balloon moves on an idle host and on a loaded one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest_jvm import EXAMPLES, ROOT
+
+from kernel import ConfigError, Kernel, load_config
+from kernel.sys_jvm import AppClock
+from mmsim.image import replay_paced
+from mmsim.trace import Op
+
+MS = 1_000_000
+GIB = 1 << 30
+
+
+def _kernel() -> Kernel:
+    import kernel.sys_jvm  # noqa: F401  (its config keys)
+
+    return Kernel(load_config(None, {"memory": "1G", "cpus": 1}))
+
+
+def test_the_workload_goes_no_further_than_the_apps_simulated_time() -> None:
+    k = _kernel()
+    clock = AppClock(k.clock_ns, GIB)  # 1 GiB per simulated second: 1 MiB ~ 0.98 ms
+    ops = iter([Op("sleep", i, duration_ns=10 * MS) for i in range(10)])
+    started: list[int] = []
+
+    def after() -> None:
+        started.append(k.clock_ns)
+
+    t0 = k.clock_ns
+    # nothing allocated yet: the clock is at the app's time, so one operation may start
+    assert replay_paced(k, ops, clock, after)
+    assert k.clock_ns == t0 + 10 * MS and len(started) == 1
+    # 25 MiB allocated: ~24.4 ms of app time; operations start at +10 and +20 ms, not +30
+    clock.update(25 << 20)
+    assert replay_paced(k, ops, clock, after)
+    assert k.clock_ns == t0 + 30 * MS and len(started) == 3
+    assert not clock.lets(k.clock_ns)
+    # an app that allocates nothing (it sleeps, it waits) holds the workload where it is
+    clock.update(25 << 20)
+    assert replay_paced(k, ops, clock, after) and len(started) == 3
+    # the app has finished: the rest of the workload runs
+    clock.free = True
+    assert not replay_paced(k, ops, clock, after)
+    assert len(started) == 10 and k.clock_ns == t0 + 100 * MS
+
+
+def test_the_app_clock_counts_allocated_bytes_at_the_configured_rate() -> None:
+    clock = AppClock(5 * MS, 512 << 20)
+    assert clock.now_ns == 5 * MS
+    assert clock.update(256 << 20) == 5 * MS + 500 * MS
+    assert clock.update(100) == 5 * MS + 500 * MS  # never goes back
+    clock.restart(1000 * MS, 1 << 30)  # the app starts now, having allocated 1 GiB before
+    assert clock.update(1 << 30) == 1000 * MS
+    assert clock.update((1 << 30) + (512 << 20)) == 2000 * MS
+    with pytest.raises(ValueError):
+        AppClock(0, 0)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", -5])
+def test_jvm_alloc_rate_must_be_a_positive_size(value: object) -> None:
+    import kernel.sys_jvm  # noqa: F401
+
+    with pytest.raises(ConfigError, match="jvm.alloc.rate"):
+        load_config(None, {"jvm_alloc_rate": value})
+    assert load_config(None, {"jvm_alloc_rate": "512M"}).extra["jvm_alloc_rate"] == "512M"
+
+
+def _arc_moves() -> dict[str, int]:
+    res = subprocess.run([sys.executable, "-m", "mmsim", "boot",
+                          str(EXAMPLES / "arc" / "arc.yaml"), "--json", "-"],
+                         capture_output=True, text=True, timeout=150, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    b = json.loads(res.stdout)["balloon"]
+    return {k: b[k] for k in ("inflations", "deflations", "peak_bytes")}
+
+
+def test_the_arc_image_makes_the_same_balloon_moves_on_a_loaded_host() -> None:
+    """The app's progress, not the wall clock, paces the scan: a busy process beside the
+    simulator slows both, and changes nothing the balloon does."""
+    idle = _arc_moves()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        loaded = _arc_moves()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert idle["inflations"] >= 1 and idle["deflations"] >= 1, idle
+    assert loaded == idle
