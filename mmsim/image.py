@@ -7,6 +7,7 @@ A manifest (YAML, read safely, every key validated with file:line errors)::
     build: javac -d build/classes Hello.java
     files:
       /app: build/classes                # image path: host path (relative to the manifest)
+      /app/config.properties: conf/dev.properties   # a file; its directories are implied
     memory: 1G                           # the guest's RAM (--memory overrides it)
     cpus: 2
     kernel: {arc_size: 64M}              # configuration keys, as in the configuration file
@@ -26,8 +27,10 @@ import fcntl
 import hashlib
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +52,7 @@ from mmsim.trace import Op, TraceError, read_trace
 
 __all__ = [
     "BootOutcome", "ImageError", "JavaApp", "Manifest", "NativeApp", "boot_image",
-    "load_manifest", "run_build",
+    "classpath_host", "load_manifest", "run_build",
 ]
 
 KEYS = ("base", "cmdline", "files", "build", "memory", "cpus", "rootfs", "kernel", "workload")
@@ -112,6 +115,12 @@ class Manifest:
             return None
         rest = image_path[len(best[0]):].lstrip("/")
         return os.path.join(best[1], rest) if rest else best[1]
+
+    def below(self, image_path: str) -> list[str]:
+        """The ``files`` entries strictly inside an image path: a directory they imply (or
+        whose content they add to or replace)."""
+        prefix = image_path.rstrip("/") + "/"
+        return sorted(img for img in self.files if img.startswith(prefix))
 
 
 # -- reading the manifest ------------------------------------------------------------------------
@@ -223,16 +232,23 @@ def load_manifest(path: str) -> Manifest:
 
 
 def check_files(m: Manifest) -> None:
-    """Every host path exists, and the class path / trace lie in the image's files."""
+    """Every host path exists, and the class path / trace lie in the image's files (a class
+    path directory may be implied by the files under it)."""
     for img, host in m.files.items():
         if not os.path.exists(host):
             hint = " (apt-get install libh2-java)" if host.endswith("h2.jar") else ""
             raise ImageError(f"files: {img}: no such host file '{host}'{hint}", m.path,
                              m.lines.get("files", 0))
+    for img, host in sorted(m.files.items()):
+        inside = m.below(img)
+        if inside and not os.path.isdir(host):
+            raise ImageError(f"files: {inside[0]}: '{img}' is a file ('{host}'), not a "
+                             "directory", m.path, m.lines.get("files", 0))
+    java = isinstance(m.app, JavaApp)
     wanted = m.app.classpath if isinstance(m.app, JavaApp) else [m.app.trace]
     for p in wanted:
         host = m.host_path(p)
-        if host is None or not os.path.exists(host):
+        if (host is None or not os.path.exists(host)) and not (java and m.below(p)):
             raise ImageError(f"cmdline: '{p}' is not in the image's files", m.path,
                              m.lines.get("cmdline", 0))
     if m.workload is not None and not os.path.exists(m.workload):
@@ -330,6 +346,53 @@ def _image_files(m: Manifest) -> Iterator[tuple[str, str, int]]:
             yield img, host, os.path.getsize(host)
 
 
+def classpath_host(m: Manifest, image_path: str) -> str | None:
+    """The host path the JVM reads for a class path entry (its class path is host paths).
+
+    An entry that is a ``files`` entry, or lies inside a directory entry, is that host file or
+    directory. A directory with ``files`` entries inside it (implied by them, or a directory
+    entry that they add to) is mirrored as a tree of symbolic links to the image's files under
+    it, so that the JVM sees exactly the image's directory, wherever on the host its files come
+    from and whatever they are called there. The tree is kept in the user's cache
+    (``~/.cache/mmsim/classpath/``), named by its content, and shared by later boots.
+    """
+    if not m.below(image_path):
+        return m.host_path(image_path)
+    prefix = image_path.rstrip("/") + "/"
+    links: dict[str, str] = {}
+    for img, host, _size in _image_files(m):  # an entry sorts before the entries inside it
+        if img.startswith(prefix):
+            links[img[len(prefix):]] = host
+    try:
+        return _link_tree(links)
+    except OSError as e:
+        raise ImageError(f"cmdline: cannot lay out '{image_path}' for the JVM ({e})", m.path,
+                         m.lines.get("cmdline", 0)) from None
+
+
+def _link_tree(links: dict[str, str]) -> str:
+    """A directory holding ``relative path -> symbolic link to host path`` for each item."""
+    key = hashlib.sha256("".join(f"{rel}\0{host}\n" for rel, host in sorted(links.items()))
+                         .encode()).hexdigest()[:16]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    out = os.path.join(cache, "mmsim", "classpath", key)
+    if os.path.isdir(out):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(out))
+    try:
+        for rel, host in sorted(links.items()):
+            link = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            os.symlink(host, link)
+        os.rename(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isdir(out):  # not another process that got there first
+            raise
+    return out
+
+
 @dataclass
 class BootOutcome:
     summary: dict[str, Any]
@@ -421,7 +484,7 @@ def _run_java(kernel: Kernel, m: Manifest, app: JavaApp, config: KernelConfig,
               to_stderr: bool, tick: Callable[[], None] | None = None
               ) -> tuple[int, str | None]:
     jvm = kernel.jvm  # type: ignore[attr-defined]
-    cp_host = [h for h in (m.host_path(p) for p in app.classpath) if h]
+    cp_host = [h for h in (classpath_host(m, p) for p in app.classpath) if h]
     try:
         host = jvm.launch(jvm_options(app, config), cp_host)
     except BootError as e:

@@ -26,8 +26,11 @@ def _line(section: dict[str, Any]) -> str:
 def format_summary(s: dict[str, Any]) -> str:
     """Sections in a fixed order; byte counts in binary units, other figures as they are."""
     mem = s["memory"]
+    # a boot names its image (its workload, if any, is part of the image); a replay its trace
+    head = (f"image        {s['image']}" if s.get("image")
+            else f"trace        {s.get('trace', '-')}")
     lines = [
-        f"trace        {s.get('trace', '-')}",
+        head,
         f"events       {s['events']}   simulated time {s['time_ns'] / 1e9:.3f} s",
         f"memory       total {human(mem['total_bytes'])}  free {human(mem['free_bytes'])}  "
         f"used {human(mem['used_bytes'])}  peak used {human(mem['peak_used_bytes'])}",
@@ -37,7 +40,8 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{k} {human(v)}" for k, v in mem["categories"].items() if v),
     ]
     for name, section in s.items():
-        if name in ("trace", "events", "time_ns", "memory", "config", "app_errors", "oom"):
+        if name in ("trace", "image", "events", "time_ns", "memory", "config", "app_errors",
+                    "oom"):
             continue
         if isinstance(section, dict):
             flat = _line(section)
