@@ -184,7 +184,8 @@ def test_options_the_jvm_would_die_of_are_refused_in_one_line(tmp_path: Path) ->
 def test_the_example_images_run_and_the_arc_image_moves_memory_through_the_balloon() -> None:
     """examples/images: the allocation-heavy app runs to completion under G1; in the ARC image
     the side workload's file scan inflates balloons (taken from the heap) and the app's own
-    heap growth deflates them, the ARC giving memory back, within the soft maximum."""
+    heap growth deflates them, the ARC giving memory back; inflation, which OSv does not cap at
+    the soft maximum, stops where mmsim's guard keeps 15 % of the heap free."""
     alloc = mmsim("boot", str(EXAMPLES / "alloc" / "alloc.yaml"), "--json", "-")
     assert alloc.returncode == 0, alloc.stderr[-2000:]
     s = json.loads(alloc.stdout)
@@ -195,6 +196,6 @@ def test_the_example_images_run_and_the_arc_image_moves_memory_through_the_ballo
     b = s["balloon"]
     assert b["inflations"] >= 1 and b["deflations"] >= 1
     assert b["arc_bytes_released"] > 0
-    assert 0 < b["peak_bytes"] <= b["soft_max"] * 128 * MIB
+    assert 0 < b["peak_bytes"] <= 0.85 * s["jvm"]["heap_max_bytes"]
     m = s["memory"]
     assert m["free_bytes"] + sum(m["categories"].values()) == m["total_bytes"]
