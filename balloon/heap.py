@@ -40,6 +40,9 @@ class TrackedMapping:
         self.owner = owner
         self.base = space.map_anon(self.size, populate=False, owner=owner)
         self.syncs = 0
+        #: resident bytes as last counted: only this object's methods change its pages, and
+        #: the reclaimer and the balloon ask after every allocation (a page-table walk each)
+        self._resident: int | None = None
 
     # -- what is excluded (balloon interiors in the heap) ---------------------------------
     def excluded(self) -> list[tuple[int, int]]:
@@ -59,7 +62,9 @@ class TrackedMapping:
 
     def resident(self) -> int:
         """Bytes with a page anywhere in the mapping."""
-        return self.space.present(self.base, self.size)
+        if self._resident is None:
+            self._resident = self.space.present(self.base, self.size)
+        return self._resident
 
     def tracked_resident(self) -> int:
         return sum(self.space.present(a, b - a) for a, b in self.segments())
@@ -72,6 +77,7 @@ class TrackedMapping:
         """Fault or drop pages until the tracked resident bytes match ``target`` (faulting
         whole 2 MiB pages may overshoot by less than one); returns the change in bytes."""
         self.syncs += 1
+        self._resident = None
         target = min(_page_up(max(0, target)), sum(b - a for a, b in self.segments()))
         before = cur = self.tracked_resident()
         if cur < target:
@@ -100,6 +106,7 @@ class TrackedMapping:
                 if excess <= 0:
                     break
             cur = self.tracked_resident()
+        self._resident = None
         return cur - before
 
 
@@ -177,6 +184,7 @@ class JavaHeap(TrackedMapping):
         # the edges are whole pages: the array shares its first and last page with neighbours
         rng = BalloonRange(align_down(start, PAGE_SIZE), _page_up(end), i0, max(i0, i1))
         freed = 0
+        self._resident = None
         if rng.interior:
             freed = self.space.present(i0, rng.interior)
             self.space.mmap(rng.interior, 0, fixed=True, addr=i0, owner=("jvm", "balloon", key))
@@ -186,6 +194,7 @@ class JavaHeap(TrackedMapping):
     def remove_balloon(self, key: int) -> BalloonRange:
         """Restore ordinary anonymous heap over the interior (no pages until touched)."""
         rng = self.balloons.pop(key)
+        self._resident = None
         if rng.interior:
             self.space.mmap(rng.interior, PROT_READ | PROT_WRITE, fixed=True,
                             addr=rng.interior_start, owner=self.owner)
