@@ -243,6 +243,15 @@ def _check_options(jvm_path: str, options: Sequence[str], requested: Sequence[st
                        f"{'; '.join(said[:2]) or f'exit {res.returncode}'}")
 
 
+#: Suspend the application's threads between rounds while a side workload is pending
+#: (:meth:`HostJvm.pause_app`). The application's main() runs on a Python thread through JPype:
+#: a suspension that lands as main() returns (taking Python's lock on the way out) would
+#: deadlock the process, so an image without a workload is never paused (a CI run hung there,
+#: 2026-12-06, on in-process boots of apps that end at once), and one whose workload outlasts
+#: its application keeps that risk until main() runs on a thread of its own in Java.
+PAUSE_APP = True
+
+
 class HostJvm:
     """The started JVM and the management beans mmsim reads."""
 
@@ -569,7 +578,8 @@ class HostJvm:
         the simulator can catch up with it; :meth:`resume_app` undoes it. A thread in native
         code is left running: it may be JPype's thread about to take Python's lock on its way
         out of main(), and suspended there it would hold that lock for good."""
-        if getattr(self, "_threads", None) is None or getattr(self, "_paused", None):
+        if (not PAUSE_APP or getattr(self, "_threads", None) is None
+                or getattr(self, "_paused", None)):
             return
         jp = self._jp
         paused = []

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import os
 import shlex
 import shutil
@@ -534,7 +535,10 @@ def _drive_java(kernel: Kernel, jvm: Any, runner: AppThread, workload: Iterator[
     the workload up to that time (the balloon thread running after each operation), then
     applies what the JVM did (collections, committed heap) at that time. The host's load
     changes how many rounds there are, not where the workload stands when the JVM acts."""
-    pending = True
+    first = next(workload, None)  # no workload: the app is never paused (balloon/jvm.py)
+    pending = first is not None
+    if pending:
+        workload = itertools.chain([first], workload)
     clock, host = jvm.clock, jvm.host
 
     def after_op() -> None:
