@@ -1,11 +1,13 @@
 """The JVM's memory as the guest sees it: anonymous mappings whose resident pages follow the
-real JVM's committed bytes.
+bytes the real JVM has touched.
 
 OSv gives the JVM its heap as ordinary anonymous memory (MAP_FIXED mmaps inside the reserved
-range, java.cc). Here the heap is one mapping of -Xmx bytes in the guest's address space; the
-simulator makes its resident pages equal to the real JVM's committed heap (MemoryMXBean), filling
-holes from the bottom when the JVM commits and dropping pages from the top (MADV_DONTNEED) when
-it uncommits, so that page faults, huge pages and the allocator see the JVM as OSv would.
+range, java.cc), whose pages fault in on first write. Here the heap is one mapping of -Xmx bytes
+in the guest's address space; the simulator makes its resident pages equal to the most heap the
+real JVM has used (MemoryMXBean, and each collection's use before it), within what it has
+committed, filling holes from the bottom as that grows and dropping pages from the top
+(MADV_DONTNEED) when the JVM uncommits, so that page faults, huge pages and the allocator see
+the JVM as OSv would.
 
 A balloon's 2 MiB-aligned interior is a separate PROT_NONE mapping over the heap (OSv's
 ``jvm_balloon_vma``): mapping it evacuates the pages there back to the page allocator, and the
@@ -151,10 +153,10 @@ class JavaHeap(TrackedMapping):
         """Heap pages that are not a balloon's."""
         return self.resident() - self.balloon_resident()
 
-    def sync_committed(self, committed: int) -> int:
-        """Resident heap pages (balloon edges included) follow the JVM's committed bytes,
-        less the interiors given back."""
-        return self.sync(committed - self.interior_bytes())
+    def sync_heap(self, touched: int) -> int:
+        """Resident heap pages (balloon edges included) follow the heap bytes the JVM has
+        touched, less the interiors given back."""
+        return self.sync(touched - self.interior_bytes())
 
     # -- balloons -----------------------------------------------------------------------------
     def place(self, real_addr: int | None, length: int) -> tuple[int, int]:

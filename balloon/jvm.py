@@ -63,6 +63,8 @@ class GcEvent:
     heap_committed_after: int
     #: triggered by the host (JPype's Python-GC link, or mmsim itself), not by the application
     host: bool
+    #: the heap's use just before: the most it held, so the pages it has touched
+    heap_used_before: int = 0
 
 
 @dataclass
@@ -493,12 +495,14 @@ class HostJvm:
                         if str(k) in host.heap_pool_names:
                             used += int(u.getUsed())
                             committed += int(u.getCommitted())
+                    before = sum(int(u.getUsed()) for k, u in gi.getMemoryUsageBeforeGc().items()
+                                 if str(k) in host.heap_pool_names)
                     start = host._start_epoch_ms + int(gi.getStartTime())
                     end = host._start_epoch_ms + int(gi.getEndTime())
                     cause = str(info.getGcCause())
                     host._events.put(GcEvent(str(info.getGcName()), cause, start,
                                              int(gi.getDuration()), used, committed,
-                                             host._is_host(cause, start, end)))
+                                             host._is_host(cause, start, end), before))
                 except Exception as e:  # else Java prints only "PyExceptionProxy"
                     host.listener_errors.append(repr(e))
 

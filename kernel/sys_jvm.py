@@ -7,8 +7,10 @@ by :meth:`JvmSubsystem.tick` on the simulator's thread: the GC listener runs on 
 notification thread and only queues, so the simulated kernel is never touched concurrently.
 Out of guest memory while the JVM commits heap is the kernel's out-of-memory, like any other.
 
-Configuration keys: ``jvm_balloon`` (true by default: the 2014 design; OSv's kconfig has it off
-since 2024), ``jvm_path`` (a libjvm.so or JDK directory; default: the JDK of ``javac``),
+Configuration keys: ``jvm_balloon`` (``auto`` by default: OSv's 2014 rule, a balloon only when
+java.cc sized the heap itself, see :mod:`balloon.heap_sizing`; ``true`` gives a user-sized heap
+one too, beyond OSv; ``false`` never), ``jvm_path`` (a libjvm.so or JDK directory; default: the
+JDK of ``javac``),
 ``jvm_balloon_wake_latency`` (simulated delay between a balloon request and the balloon
 thread's inflation; 0 by default: the next tick), ``jvm_alloc_rate`` (how many bytes the
 application allocates per simulated second: simulated time while a JVM app runs is
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from balloon.balloon import MIN_RAM, JvmBalloon
 from balloon.heap import JavaHeap, TrackedMapping
+from balloon.heap_sizing import HeapSizing, size_heap
 from balloon.jvm import HostJvm, JvmError, start_jvm
 from kernel.boot import BootError
 from kernel.config import (
@@ -30,6 +33,7 @@ from kernel.config import (
     register_config_keys,
     register_config_validator,
 )
+from mm.constants import PAGE_SIZE, WATERMARK_LO_PERCENT
 from mm.vma import ANON
 
 if TYPE_CHECKING:
@@ -38,19 +42,22 @@ if TYPE_CHECKING:
 __all__ = ["AppClock", "JvmOp", "JvmSubsystem", "attach"]
 
 register_config_keys({
-    "jvm_balloon": "inflate the JVM balloon under memory pressure (true/false, default true)",
+    "jvm_balloon": "the JVM balloon: auto (OSv: only for a heap OSv sized, no -Xmx), true "
+                   "(any heap, beyond OSv) or false (default auto)",
     "jvm_path": "the JVM to host: a libjvm.so or a JDK directory (default: javac's JDK)",
     "jvm_balloon_wake_latency": "delay between a balloon request and the balloon thread's "
                                 "inflation, in simulated time (e.g. 50ms; default 0)",
 })
 
 
-def _settings(extra: dict[str, Any]) -> tuple[bool, str | None, int]:
-    """``jvm_balloon``, ``jvm_path`` and ``jvm_balloon_wake_latency`` (ns) from
-    ``config.extra``; ValueError names the bad key."""
-    enabled = extra.get("jvm_balloon", True)
-    if not isinstance(enabled, bool):
-        raise ValueError(f"'jvm_balloon' must be true or false, not {enabled!r}")
+def _settings(extra: dict[str, Any]) -> tuple[bool | None, str | None, int]:
+    """``jvm_balloon`` (None for ``auto``), ``jvm_path`` and ``jvm_balloon_wake_latency`` (ns)
+    from ``config.extra``; ValueError names the bad key."""
+    enabled = extra.get("jvm_balloon", "auto")
+    if enabled == "auto":
+        enabled = None
+    elif not isinstance(enabled, bool):
+        raise ValueError(f"'jvm_balloon' must be auto, true or false, not {enabled!r}")
     path = extra.get("jvm_path")
     if path is not None and not isinstance(path, str):
         raise ValueError(f"'jvm_path' must be a path, not {path!r}")
@@ -151,6 +158,7 @@ class JvmSubsystem:
         except ValueError as e:
             raise BootError(str(e)) from None
         self.host: HostJvm | None = None
+        self.sizing: HeapSizing | None = None
         self.heap: JavaHeap | None = None
         self.native: TrackedMapping | None = None
         self.balloon: JvmBalloon | None = None
@@ -168,12 +176,23 @@ class JvmSubsystem:
         self._frozen: tuple[dict[str, Any], dict[str, Any]] | None = None
         self.native_target = 0
         self._asked_ns: int | None = None  # when the pending balloon request was made
+        #: heap bytes the JVM has touched: OSv faults the heap's pages in on first write, so
+        #: committed but never used heap (java.cc's -Xms = all free memory) is not resident
+        self.touched = 0
+        self.pretouch = False
 
     # -- launching ---------------------------------------------------------------------------
     def launch(self, options: list[str], classpath: list[str] | None = None) -> HostJvm:
-        """Start (or reuse) the process's JVM and give it its memory in this guest."""
+        """Start (or reuse) the process's JVM and give it its memory in this guest; without
+        -Xmx, java.cc sizes the heap (and only then is there a balloon, unless
+        ``jvm_balloon`` says otherwise)."""
+        k = self.kernel
+        total = k.ranges.total_pages * PAGE_SIZE
+        self.sizing = sizing = size_heap(
+            options, k.mem.phys_mem_size, k.ranges.free_pages * PAGE_SIZE,
+            total - total * WATERMARK_LO_PERCENT // 100, MIN_RAM)
         try:
-            host = start_jvm(options, self.jvm_path, classpath or [])
+            host = start_jvm(sizing.options, self.jvm_path, classpath or [])
         except JvmError as e:
             raise BootError(str(e)) from None
         self.host = host
@@ -183,9 +202,11 @@ class JvmSubsystem:
         self.clock.restart(self.kernel.clock_ns, 0)
         space = self.kernel.address_space  # type: ignore[attr-defined]
         self.heap = JavaHeap(space, host.max_heap_bytes, host.heap_range)
+        self.touched = 0
+        self.pretouch = "-XX:+AlwaysPreTouch" in host.options
         self.native = TrackedMapping(space, NATIVE_SPAN, ("jvm", "native"))
-        k = self.kernel
-        enabled = self.balloon_wanted and k.mem.phys_mem_size >= MIN_RAM
+        wanted = sizing.osv_sized if self.balloon_wanted is None else self.balloon_wanted
+        enabled = wanted and k.mem.phys_mem_size >= MIN_RAM
         fs = getattr(k, "zfs", None)
         reclaimer = getattr(k, "reclaimer", None)
         self.balloon = JvmBalloon(
@@ -228,7 +249,7 @@ class JvmSubsystem:
         if heap is None or balloon is None or host is None:
             return
         if op.action == "heap":
-            heap.sync_committed(host.heap()[1])
+            self._sync_heap()
         elif op.action == "native":
             self.native_target = self._native_bytes()
             assert self.native is not None
@@ -236,10 +257,18 @@ class JvmSubsystem:
         elif op.action == "gc":
             balloon.check_moves()
             balloon.on_gc(op.args["committed"], op.args["used"])
-            heap.sync_committed(host.heap()[1])
+            self._sync_heap(op.args.get("used_before", 0))
         elif op.action == "balloon":
             balloon.run_thread()
-            heap.sync_committed(host.heap()[1])
+            self._sync_heap()
+
+    def _sync_heap(self, used_before: int = 0) -> None:
+        """The heap's resident pages follow what the JVM touched, within what it committed
+        (all of it with -XX:+AlwaysPreTouch); uncommitted pages are dropped."""
+        assert self.heap is not None and self.host is not None
+        used, committed, _ = self.host.heap()
+        self.touched = min(committed, max(self.touched, used, used_before))
+        self.heap.sync_heap(committed if self.pretouch else self.touched)
 
     def _native_bytes(self) -> int:
         assert self.host is not None
@@ -266,7 +295,7 @@ class JvmSubsystem:
                 self.host_gcs += 1
                 self.host_gc_ms += ev.duration_ms
             self._apply("gc", committed=ev.heap_committed_after, used=ev.heap_used_after,
-                        cause=ev.cause)
+                        used_before=ev.heap_used_before, cause=ev.cause)
         now = self.clock.now_ns
         if self._native_at is None or now - self._native_at >= NATIVE_PERIOD_NS:
             self._native_at = now
@@ -344,6 +373,7 @@ class JvmSubsystem:
             "exit_code": self.exit_code,
             "native_bytes": self.native_target,
             "options": host.options,
+            "heap_sized_by": "osv" if self.sizing and self.sizing.osv_sized else "user",
             "jvm_path": host.jvm_path,
             "start_seconds": round(host.start_seconds, 3),
         }

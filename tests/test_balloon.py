@@ -33,7 +33,8 @@ def host_jvm():
 def boot(memory: int = GUEST_MEMORY) -> Kernel:
     import kernel.sys_jvm  # noqa: F401  (its config keys)
 
-    k = Kernel(load_config(None, {"memory": memory, "cpus": GUEST_CPUS}))
+    # a user-sized heap (-Xmx): the balloon is on by jvm_balloon: true, beyond OSv
+    k = Kernel(load_config(None, {"memory": memory, "cpus": GUEST_CPUS, "jvm_balloon": True}))
     k.jvm.launch(JVM_OPTIONS)
     return k
 
@@ -150,7 +151,7 @@ import json, os, sys
 sys.path.insert(0, {root!r})
 import kernel.sys_jvm
 from kernel import Kernel, load_config
-k = Kernel(load_config(None, {{"memory": "2G", "cpus": 2}}))
+k = Kernel(load_config(None, {{"memory": "2G", "cpus": 2, "jvm_balloon": True}}))
 host = k.jvm.launch(["-Xmx1g", "-Xms16m", "-XX:+UseSerialGC"])
 junk = [host.new_byte_array(8 << 20) for _ in range(8)]
 b = k.jvm.balloon
@@ -215,7 +216,7 @@ def test_the_balloon_thread_inflates_after_its_wake_latency(host_jvm) -> None:
     import kernel.sys_jvm  # noqa: F401  (its config keys)
 
     k = Kernel(load_config(None, {"memory": GUEST_MEMORY, "cpus": GUEST_CPUS,
-                                  "jvm_balloon_wake_latency": "2s"}))
+                                  "jvm_balloon_wake_latency": "2s", "jvm_balloon": True}))
     k.jvm.launch(JVM_OPTIONS)
     settle(k)
     b = k.jvm.balloon

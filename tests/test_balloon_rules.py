@@ -61,7 +61,7 @@ class FakeJvm:
 def make(memory: int, max_heap: int, **kw: Any) -> JvmBalloon:
     k = Kernel(KernelConfig(memory=memory, cpus=1))
     heap = JavaHeap(k.address_space, max_heap, None)
-    heap.sync_committed(64 * MIB)
+    heap.sync_heap(64 * MIB)
     return JvmBalloon(FakeJvm(max_heap), heap, k.ranges, **kw)
 
 

@@ -133,7 +133,7 @@ def test_every_key_is_validated_as_the_configuration_is_loaded(tmp_path):
     ("recordsize", "3K", "must be a power of two in 512..1048576, not '3K'"),
     ("cache_policy", "fifo", "unknown cache policy 'fifo'"),
     ("disk_latency", "5 parsecs", "bad duration"),
-    ("jvm_balloon", "maybe", "must be true or false, not 'maybe'"),
+    ("jvm_balloon", "maybe", "must be auto, true or false, not 'maybe'"),
     ("virtio_balloon_deflate_on_oom", 3, "must be true or false"),
     ("host_balloon", "1Q", "bad size '1Q'"),
     ("reclaimer_wake_latency", "abc", "bad duration 'abc'"),

@@ -100,7 +100,7 @@ def test_a_second_jvm_with_other_options_is_refused_clearly(host_jvm, tmp_path: 
     ("cmdline: /java.so -cp /app Hello\nkernel:\n  seed: 1\n  arc_size: abc\n",
      "image.yaml:4: arc_size: bad size 'abc'"),
     ("cmdline: /java.so -cp /app Hello\nkernel:\n  jvm_balloon: 3\n",
-     "image.yaml:3: jvm_balloon: must be true or false"),
+     "image.yaml:3: jvm_balloon: must be auto, true or false"),
     ("cmdline: /java.so -cp /app Hello\nfiles:\n  app: x\n", "image.yaml:3: files: image path"),
 ])
 def test_manifest_errors_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:

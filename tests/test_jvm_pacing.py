@@ -90,9 +90,9 @@ def _arc_moves() -> dict[str, int]:
 def test_the_arc_image_makes_the_same_balloon_moves_on_a_loaded_host() -> None:
     """The app's progress, not the wall clock, paces the scan: a busy process beside the
     simulator slows both. The balloon moves as it does on an idle host, within one balloon:
-    the real collector's own decisions (G1 sizing its heap from pause times) still make about
-    one boot in five inflate and deflate one balloon more (docs/jvm.md); the wall clock made
-    loaded boots give 3/0, 1/0 and 0/0 where idle ones gave 3/3."""
+    the real collector's own decisions still make about one boot in eight inflate and deflate
+    one balloon fewer (docs/jvm.md); the wall clock made loaded boots give 3/0, 1/0 and 0/0
+    where idle ones gave 3/3."""
     idle = _arc_moves()
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
