@@ -246,11 +246,11 @@ def _check_options(jvm_path: str, options: Sequence[str], requested: Sequence[st
 
 
 #: Suspend the application's threads between rounds while a side workload is pending
-#: (:meth:`HostJvm.pause_app`). The application's main() runs on a Python thread through JPype:
-#: a suspension that lands as main() returns (taking Python's lock on the way out) would
-#: deadlock the process, so an image without a workload is never paused (a CI run hung there,
-#: 2026-12-06, on in-process boots of apps that end at once), and one whose workload outlasts
-#: its application keeps that risk until main() runs on a thread of its own in Java.
+#: (:meth:`HostJvm.pause_app`). main() runs on a Java thread of its own (the helper's runMain),
+#: so no suspended thread can hold Python's lock; when main() ran on a Python thread through
+#: JPype, a suspension landing as it returned deadlocked the process (a CI run hung there,
+#: 2026-12-06). What remains is Thread.suspend's own hazard: a thread suspended while it holds
+#: a lock the simulator's next call into Java needs (a class being loaded, say).
 PAUSE_APP = True
 
 
@@ -580,8 +580,7 @@ class HostJvm:
         """Suspend the application's threads that run Java code (Thread.suspend, a handshake:
         when it returns the thread is stopped at a safe point and allocates nothing), so that
         the simulator can catch up with it; :meth:`resume_app` undoes it. A thread in native
-        code is left running: it may be JPype's thread about to take Python's lock on its way
-        out of main(), and suspended there it would hold that lock for good."""
+        code is left running (it allocates nothing there, and may hold a native lock)."""
         if (not PAUSE_APP or getattr(self, "_threads", None) is None
                 or getattr(self, "_paused", None)):
             return
@@ -628,39 +627,45 @@ class HostJvm:
 
 @dataclass
 class AppThread:
-    """An application's ``main(args)`` on its own thread, System.exit guarded.
+    """An application's ``main(args)`` on a Java thread of its own, System.exit guarded.
 
-    The simulator's thread keeps running beside it (JPype releases the GIL in Java), so GC
-    notifications, the balloon and the side workload proceed while the application runs.
+    The simulator's thread keeps running beside it, so GC notifications, the balloon and the
+    side workload proceed while the application runs; no Python thread runs the application,
+    so pausing it (:meth:`HostJvm.pause_app`) never holds Python's lock.
     """
 
     jvm: HostJvm
     main_class: str
     args: list[str]
     outcome: AppOutcome = field(default_factory=AppOutcome)
-    _thread: threading.Thread | None = None
     _java_thread: Any = None
+    _done: bool = False
 
     def start(self) -> None:
+        """Start main() on a Java thread (the helper's ``runMain``, as the java launcher
+        does); a class without a static main(String[]) raises JvmError."""
+        jp = self.jvm._jp
         cls = self.jvm.load_class(self.main_class)
         self.jvm.NoExit.arm()
-        self._thread = threading.Thread(target=self._run, args=(cls,), daemon=True,
-                                        name=f"app:{self.main_class}")
-        self._thread.start()
-
-    def _run(self, cls: Any) -> None:
-        jp = self.jvm._jp
-        self._java_thread = self.jvm.Thread.currentThread()
-        # ServiceLoader users (JDBC's DriverManager) look in the context class loader: make it
-        # the one that sees the class path added after the JVM started
-        with contextlib.suppress(Exception):
-            self._java_thread.setContextClassLoader(cls.class_.getClassLoader())
-        out = self.outcome
         try:
-            cls.main(jp.JArray(jp.JString)(self.args))
+            self._java_thread = self.jvm.NoExit.runMain(cls.class_,
+                                                         jp.JArray(jp.JString)(self.args))
         except jp.JException as e:
+            raise JvmError(f"{self.main_class}: no static main(String[]) ({_java_message(e)})"
+                           ) from None
+        self._done = False
+
+    def _collect(self) -> None:
+        """The outcome of main(), once its thread has ended."""
+        if self._done:
+            return
+        self._done = True
+        self.jvm.NoExit.disarm()
+        out = self.outcome
+        e = self.jvm.NoExit.failure
+        status = int(self.jvm.NoExit.status)
+        if e is not None:
             name = _java_class(e)
-            status = int(self.jvm.NoExit.status)
             if name == "java.lang.SecurityException" and status != -(2**31):
                 out.exit_code = status
             elif _caused_by_oom(e):
@@ -668,9 +673,6 @@ class AppThread:
             else:
                 out.exit_code, out.error = 1, "exception"
             out.exception_class, out.message = name, _java_message(e)
-        except Exception as e:  # a Python-side failure (e.g. no main method)
-            out.exit_code, out.error, out.message = 1, "exception", str(e)
-        status = int(self.jvm.NoExit.status)
         if status != -(2**31) and out.error is None:
             out.exit_code = status  # System.exit from another thread, or caught by the app
         if out.exit_code and out.error is None:
@@ -678,13 +680,27 @@ class AppThread:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        t = self._java_thread
+        if t is None:
+            return False
+        if t.isAlive():
+            return True
+        self._collect()
+        return False
 
     def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if not self.alive:
-            self.jvm.NoExit.disarm()
+        """Wait for main() to end (up to ``timeout`` seconds), in Java: Python's lock is
+        released meanwhile."""
+        t = self._java_thread
+        if t is None:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while t.isAlive():  # in slices, so that Ctrl-C still reaches Python
+            left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if left <= 0:
+                return
+            t.join(max(1, int(left * 1000)))
+        self._collect()
 
     def stop(self) -> None:
         """End a still-running application (the guest died): Thread.stop, JDK 17's last resort."""

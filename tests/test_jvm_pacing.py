@@ -105,3 +105,38 @@ def test_the_arc_image_makes_the_same_balloon_moves_on_a_loaded_host() -> None:
         assert abs(moves["inflations"] - moves["deflations"]) <= 1, (idle, loaded)
     assert abs(loaded["inflations"] - idle["inflations"]) <= 1, (idle, loaded)
     assert abs(loaded["deflations"] - idle["deflations"]) <= 1, (idle, loaded)
+
+
+SHORT_MAINS = """
+import sys
+sys.path.insert(0, {root!r})
+from mmsim.image import boot_image, load_manifest
+m = load_manifest({manifest!r})
+for i in range({n}):
+    out = boot_image(m)
+    assert out.status == 0 and out.summary["arc"]["read_bytes"] >= 64 << 20, out.message
+print("ok")
+"""
+
+
+def test_apps_that_end_at_once_beside_a_workload_never_hang(tmp_path) -> None:
+    """main() runs on a Java thread of its own, so pausing the application can never leave
+    Python's lock with a suspended thread: when main() ran on a Python thread, a suspension
+    landing as it returned deadlocked the process (a CI run hung once on such boots). That race
+    is too rare to reproduce on demand (150 boots did not); this runs the path 60 times."""
+    from conftest_jvm import have_javac, java_image
+
+    if not have_javac():
+        pytest.skip("needs a JDK")
+    (tmp_path / "quick").mkdir()
+    (tmp_path / "quick" / "reads.trace").write_text(
+        "# mmsim-trace v1\ncreate /d 64M\n" + "".join(f"read /d {i}M 1M\n" for i in range(64)))
+    manifest = java_image(tmp_path, "Quick", """\
+        public class Quick {
+            public static void main(String[] args) { byte[] b = new byte[1 << 20]; }
+        }
+        """, extra="workload: ../quick/reads.trace\n")
+    script = SHORT_MAINS.format(root=str(ROOT), manifest=str(manifest), n=60)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
