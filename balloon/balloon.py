@@ -34,9 +34,9 @@ import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from balloon.heap import ARRAY_HEADER, JavaHeap
-from mm.constants import PAGE_SIZE
-from mm.page_range_allocator import PageRangeAllocator
+from mmsim.balloon.heap import ARRAY_HEADER, JavaHeap
+from mmsim.mm.constants import PAGE_SIZE
+from mmsim.mm.page_range_allocator import PageRangeAllocator
 
 __all__ = [
     "ARRAY_BYTES", "BALLOON_SIZE", "MIN_RAM", "JvmBalloon", "JvmLike", "soft_max_balloons",

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mm.address_space import PROT_READ, PROT_WRITE, AddressSpace
-from mm.constants import HUGE_PAGE_SIZE, PAGE_SIZE
-from mm.hugepage import align_down, align_up
+from mmsim.mm.address_space import PROT_READ, PROT_WRITE, AddressSpace
+from mmsim.mm.constants import HUGE_PAGE_SIZE, PAGE_SIZE
+from mmsim.mm.hugepage import align_down, align_up
 
 __all__ = ["ARRAY_HEADER", "BalloonRange", "JavaHeap", "TrackedMapping"]
 

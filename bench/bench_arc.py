@@ -27,9 +27,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fs.zfs_arc.policy import policy_class  # noqa: E402
-from kernel import Kernel, load_config  # noqa: E402
-from kernel import sys_fs as _sys_fs  # noqa: E402, F401  (registers cache_policy, arc_size)
+from mmsim.fs.zfs_arc.policy import policy_class  # noqa: E402
+from mmsim.kernel import Kernel, load_config  # noqa: E402
+from mmsim.kernel import sys_fs as _sys_fs  # noqa: E402, F401  (registers cache_policy, arc_size)
+
 from mmsim.trace import read_trace  # noqa: E402
 from mmsim.trace.blocktrace import read_lis  # noqa: E402  (also registers the formats)
 

@@ -37,9 +37,9 @@ def _p90(xs: list[float]) -> float:
 
 
 def balloon_case(repeat: int) -> dict:
-    import kernel.sys_jvm  # noqa: F401  (config keys)
-    from balloon.balloon import ARRAY_BYTES
-    from kernel import Kernel, load_config
+    import mmsim.kernel.sys_jvm  # noqa: F401  (config keys)
+    from mmsim.balloon.balloon import ARRAY_BYTES
+    from mmsim.kernel import Kernel, load_config
 
     k = Kernel(load_config(None, {"memory": "2G", "cpus": 2, "jvm_balloon": True}))
     host = k.jvm.launch(["-Xmx1g", "-Xms512m", "-XX:+UseG1GC"])

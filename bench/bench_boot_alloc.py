@@ -12,8 +12,7 @@ import gc
 import time
 
 import psutil
-
-from kernel import Kernel, KernelConfig
+from mmsim.kernel import Kernel, KernelConfig
 
 
 def rss() -> int:

@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kernel import Kernel, KernelConfig  # noqa: E402
+from mmsim.kernel import Kernel, KernelConfig  # noqa: E402
+
 from mmsim.trace.mtrace import MtraceReader, read_mtrace  # noqa: E402
 
 LINES = 500_000

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 import tracemalloc
 
-from mm.constants import GIANT_PAGE_SIZE, MAIN_AREA, MEMPOOL_AREA, PAGE_AREA
-from mm.pagetables import CountingTablePageSource, PageTables, Perm
+from mmsim.mm.constants import GIANT_PAGE_SIZE, MAIN_AREA, MEMPOOL_AREA, PAGE_AREA
+from mmsim.mm.pagetables import CountingTablePageSource, PageTables, Perm
 
 AREAS = (MAIN_AREA, PAGE_AREA, MEMPOOL_AREA)
 

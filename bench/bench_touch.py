@@ -24,8 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import psutil  # noqa: E402
-
-from kernel import Kernel, KernelConfig, parse_size  # noqa: E402
+from mmsim.kernel import Kernel, KernelConfig, parse_size  # noqa: E402
 
 CASES = ("huge", "nohugepage", "fragmented")
 CHUNKS = 64

@@ -1,5 +1,5 @@
 """Device drivers of the simulated guest."""
 
-from drivers.virtio_blk import VirtioBlk
+from mmsim.drivers.virtio_blk import VirtioBlk
 
 __all__ = ["VirtioBlk"]

@@ -25,8 +25,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from mm.constants import MIN_EMERGENCY_POOL, PAGE_SIZE
-from mm.page_pool import OutOfPages
+from mmsim.mm.constants import MIN_EMERGENCY_POOL, PAGE_SIZE
+from mmsim.mm.page_pool import OutOfPages
 
 POLL_NS = 500_000_000
 PFNS_PER_REQUEST = 256

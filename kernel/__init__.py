@@ -1,10 +1,12 @@
 """The simulated OSv kernel: boot, configuration, and the syscall face that traces drive."""
 
-from balloon.jvm import AppThread  # the thread an image's Java main() runs on
-from kernel import subsystems as _subsystems  # noqa: E402,F401  (registers every config key)
-from kernel import units  # the one grammar of sizes and durations (config, command line, traces)
-from kernel.boot import BootError
-from kernel.config import (
+from mmsim.balloon.jvm import AppThread  # the thread an image's Java main() runs on
+from mmsim.kernel import subsystems as _subsystems  # noqa: E402,F401  (registers every config key)
+from mmsim.kernel import (
+    units,  # the one grammar of sizes and durations (config, command line, traces)
+)
+from mmsim.kernel.boot import BootError
+from mmsim.kernel.config import (
     ConfigError,
     KernelConfig,
     apply_settings,
@@ -12,8 +14,8 @@ from kernel.config import (
     load_yaml,
     parse_size,
 )
-from kernel.kernel import Kernel, OutOfMemory, TraceFault, UnsupportedOperation
-from shrinker import ShrinkerError
+from mmsim.kernel.kernel import Kernel, OutOfMemory, TraceFault, UnsupportedOperation
+from mmsim.shrinker import ShrinkerError
 
 __all__ = [
     "AppThread",

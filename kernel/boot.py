@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kernel.config import LINEAR_AREA_SIZE, E820Entry, KernelConfig
-from mm.constants import (
+from mmsim.kernel.config import LINEAR_AREA_SIZE, E820Entry, KernelConfig
+from mmsim.mm.constants import (
     KERNEL_PHYS,
     KERNEL_VIRT,
     MAIN_AREA,
@@ -19,9 +19,9 @@ from mm.constants import (
     PAGE_AREA,
     PAGE_SIZE,
 )
-from mm.page_pool import OutOfPages, PagePool
-from mm.page_range_allocator import PageRangeAllocator
-from mm.pagetables import PageTables, Perm
+from mmsim.mm.page_pool import OutOfPages, PagePool
+from mmsim.mm.page_range_allocator import PageRangeAllocator
+from mmsim.mm.pagetables import PageTables, Perm
 
 GIB = 1 << 30
 LINEAR_AREAS = (MAIN_AREA, PAGE_AREA, MEMPOOL_AREA)

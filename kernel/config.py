@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-
-from kernel import units
-from mm.constants import PAGE_SIZE
+from mmsim.kernel import units
+from mmsim.mm.constants import PAGE_SIZE
 
 #: Each of OSv's linear-map areas (main 0x4000_0000_0000, page 0x5000_..., mempool 0x6000_...)
 #: is 16 TiB (address bits 0-43, §1): usable RAM must end at or below 16 TiB, or it runs into

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kernel.config import KernelConfig
-from mm.constants import PAGE_SIZE
+from mmsim.kernel.config import KernelConfig
+from mmsim.mm.constants import PAGE_SIZE
 
 #: malloc_large's header for malloc's alignment (§4): a block of n bytes takes
 #: align_up(n + 64, 4096) bytes of whole pages

@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from mm.constants import MAIN_AREA, PAGE_SIZE
-from mm.slab import (
+from mmsim.mm.constants import MAIN_AREA, PAGE_SIZE
+from mmsim.mm.slab import (
     CROSS_CPU_SIGNAL,
     InvalidPointer,
     PoolPage,
@@ -32,10 +31,10 @@ from mm.slab import (
 )
 
 if TYPE_CHECKING:
-    from kernel.kernel import Kernel
-    from mm.page_pool import PagePool
-    from mm.page_range_allocator import PageRangeAllocator
-    from mm.slab import Malloc
+    from mmsim.kernel.kernel import Kernel
+    from mmsim.mm.page_pool import PagePool
+    from mmsim.mm.page_range_allocator import PageRangeAllocator
+    from mmsim.mm.slab import Malloc
 
 __all__ = [
     "FreeRule",

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from kernel.app_errors import AppErrors
-from kernel.boot import PhysicalMemory, boot_memory
-from kernel.config import KernelConfig
-from kernel.footprint import kernel_parts
-from mm.constants import PAGE_SIZE
-from mm.page_pool import OutOfPages
+from mmsim.kernel.app_errors import AppErrors
+from mmsim.kernel.boot import PhysicalMemory, boot_memory
+from mmsim.kernel.config import KernelConfig
+from mmsim.kernel.footprint import kernel_parts
+from mmsim.mm.constants import PAGE_SIZE
+from mmsim.mm.page_pool import OutOfPages
 
 
 class OpLike(Protocol):
@@ -101,7 +101,7 @@ class Kernel:
         for part in kernel_parts(config, top):  # before SMP, straight from the runs
             self.reserve(part.category, part.nbytes)
         self.pool.start_smp()
-        from kernel.subsystems import attach_all  # the wiring lives in one place
+        from mmsim.kernel.subsystems import attach_all  # the wiring lives in one place
 
         attach_all(self)
 

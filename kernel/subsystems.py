@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 # importing the subsystems registers their configuration keys, so a configuration file is
 # validated against every key the build knows before any kernel boots
-from kernel import sys_balloon, sys_fs, sys_jvm, sys_malloc, sys_mman, sys_pressure, sys_rofs
+from mmsim.kernel import sys_balloon, sys_fs, sys_jvm, sys_malloc, sys_mman, sys_pressure, sys_rofs
 
 if TYPE_CHECKING:
-    from kernel.kernel import Kernel
+    from mmsim.kernel.kernel import Kernel
 
 
 def attach_all(kernel: Kernel) -> None:

@@ -7,19 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from drivers.virtio_balloon import VirtioBalloon
-from kernel.config import (
+from mmsim.drivers.virtio_balloon import VirtioBalloon
+from mmsim.kernel.config import (
     ConfigError,
     parse_duration,
     parse_size,
     register_config_keys,
     register_config_validator,
 )
-from mm.constants import PAGE_SIZE
-from mm.page_pool import OutOfPages
+from mmsim.mm.constants import PAGE_SIZE
+from mmsim.mm.page_pool import OutOfPages
 
 if TYPE_CHECKING:
-    from kernel.kernel import Kernel
+    from mmsim.kernel.kernel import Kernel
 
 register_config_keys({
     "host_balloon": "the host's initial virtio-balloon target (a size; default 0)",

@@ -11,25 +11,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from drivers.virtio_blk import DEFAULT_BANDWIDTH, DEFAULT_LATENCY_NS, VirtioBlk
-from fs.zfs_arc.buffers import MAX_BUFFER, BufferAllocator
-from fs.zfs_arc.fs import DEFAULT_RECORDSIZE, MIN_BLOCK, ZfsFileSystem
-from fs.zfs_arc.mapping import ArcMappings
-from fs.zfs_arc.policy import policy_class
-from fs.zfs_arc.policy_zfs import arc_init
-from kernel.boot import BootError
-from kernel.config import (
+from mmsim.drivers.virtio_blk import DEFAULT_BANDWIDTH, DEFAULT_LATENCY_NS, VirtioBlk
+from mmsim.fs.zfs_arc.buffers import MAX_BUFFER, BufferAllocator
+from mmsim.fs.zfs_arc.fs import DEFAULT_RECORDSIZE, MIN_BLOCK, ZfsFileSystem
+from mmsim.fs.zfs_arc.mapping import ArcMappings
+from mmsim.fs.zfs_arc.policy import policy_class
+from mmsim.fs.zfs_arc.policy_zfs import arc_init
+from mmsim.kernel.boot import BootError
+from mmsim.kernel.config import (
     parse_duration,
     parse_size,
     register_config_keys,
     register_config_validator,
 )
-from kernel.footprint import zfs_parts
-from kernel.held_pages import HeldPages
-from mm.constants import PAGE_SIZE
+from mmsim.kernel.footprint import zfs_parts
+from mmsim.kernel.held_pages import HeldPages
+from mmsim.mm.constants import PAGE_SIZE
 
 if TYPE_CHECKING:
-    from kernel.kernel import Kernel
+    from mmsim.kernel.kernel import Kernel
 
 __all__ = ["ArcShrinker", "FsConfig", "attach"]
 

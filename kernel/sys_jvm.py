@@ -22,22 +22,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from balloon.balloon import MIN_RAM, JvmBalloon
-from balloon.heap import JavaHeap, TrackedMapping
-from balloon.heap_sizing import HeapSizing, size_heap
-from balloon.jvm import HostJvm, JvmError, start_jvm
-from kernel.boot import BootError
-from kernel.config import (
+from mmsim.balloon.balloon import MIN_RAM, JvmBalloon
+from mmsim.balloon.heap import JavaHeap, TrackedMapping
+from mmsim.balloon.heap_sizing import HeapSizing, size_heap
+from mmsim.balloon.jvm import HostJvm, JvmError, start_jvm
+from mmsim.kernel.boot import BootError
+from mmsim.kernel.config import (
     parse_duration,
     parse_size,
     register_config_keys,
     register_config_validator,
 )
-from mm.constants import PAGE_SIZE, WATERMARK_LO_PERCENT
-from mm.vma import ANON
+from mmsim.mm.constants import PAGE_SIZE, WATERMARK_LO_PERCENT
+from mmsim.mm.vma import ANON
 
 if TYPE_CHECKING:
-    from kernel.kernel import Kernel
+    from mmsim.kernel.kernel import Kernel
 
 __all__ = ["AppClock", "JvmOp", "JvmSubsystem", "attach"]
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kernel.sys_pressure import extra_shrinkers
-from mm.constants import PAGE_SIZE
-from mm.page_pool import OutOfPages
-from mm.slab import POOL_CLASSES, Malloc, MallocAbort
+from mmsim.kernel.sys_pressure import extra_shrinkers
+from mmsim.mm.constants import PAGE_SIZE
+from mmsim.mm.page_pool import OutOfPages
+from mmsim.mm.slab import POOL_CLASSES, Malloc, MallocAbort
 
 try:
-    from mm.address_space import VmError
+    from mmsim.mm.address_space import VmError
 except ImportError:  # no virtual memory in this build: the stand-in mapper never raises it
 
     class VmError(Exception):  # type: ignore[no-redef]
@@ -32,7 +32,7 @@ except ImportError:  # no virtual memory in this build: the stand-in mapper neve
 
 
 if TYPE_CHECKING:
-    from kernel.kernel import Kernel
+    from mmsim.kernel.kernel import Kernel
 
 __all__ = ["QUARANTINE", "MallocFace", "attach"]
 

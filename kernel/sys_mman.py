@@ -12,15 +12,15 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mm.address_space import AddressSpace, VmError
-from mm.constants import KERNEL_PHYS, KERNEL_VIRT, PAGE_SIZE
-from mm.file_backing import FileTable
-from mm.hugepage import HugePagePolicy
-from mm.page_cache import FileCache, PageCache, lru_max_length
-from mm.vma import ANON, FILE
+from mmsim.mm.address_space import AddressSpace, VmError
+from mmsim.mm.constants import KERNEL_PHYS, KERNEL_VIRT, PAGE_SIZE
+from mmsim.mm.file_backing import FileTable
+from mmsim.mm.hugepage import HugePagePolicy
+from mmsim.mm.page_cache import FileCache, PageCache, lru_max_length
+from mmsim.mm.vma import ANON, FILE
 
 if TYPE_CHECKING:
-    from kernel.kernel import Kernel
+    from mmsim.kernel.kernel import Kernel
 
 __all__ = ["Mman", "attach"]
 

@@ -14,18 +14,18 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from kernel.config import (
+from mmsim.kernel.config import (
     ConfigError,
     parse_duration,
     register_config_keys,
     register_config_validator,
 )
-from kernel.held_pages import HeldPages
-from mm.constants import PAGE_SIZE
-from shrinker import Reclaimer, ShrinkerRegistry
+from mmsim.kernel.held_pages import HeldPages
+from mmsim.mm.constants import PAGE_SIZE
+from mmsim.shrinker import Reclaimer, ShrinkerRegistry
 
 if TYPE_CHECKING:
-    from kernel.kernel import Kernel
+    from mmsim.kernel.kernel import Kernel
 
 #: shrinkers mmsim can add that OSv does not have (off by default; docs/configuration.md)
 EXTRA_SHRINKERS = ("page_pool", "malloc_pools")

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from drivers.virtio_blk import VirtioBlk
-from fs.rofs import RofsFileSystem, RofsMappings
-from kernel.boot import BootError
-from kernel.sys_fs import FsConfig
-from mm.constants import PAGE_SIZE
-from mm.page_pool import OutOfPages
+from mmsim.drivers.virtio_blk import VirtioBlk
+from mmsim.fs.rofs import RofsFileSystem, RofsMappings
+from mmsim.kernel.boot import BootError
+from mmsim.kernel.sys_fs import FsConfig
+from mmsim.mm.constants import PAGE_SIZE
+from mmsim.mm.page_pool import OutOfPages
 
 if TYPE_CHECKING:
-    from kernel.kernel import Kernel
+    from mmsim.kernel.kernel import Kernel
 
 __all__ = ["attach"]
 

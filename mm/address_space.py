@@ -22,14 +22,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from mm.constants import HUGE_PAGE_SIZE, MMAP_AREA_END, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_HUGE
-from mm.file_backing import FileBacking
-from mm.hugepage import HugePagePolicy, align_down, align_up
-from mm.page_cache import FileCache, PageCache
-from mm.page_pool import OutOfPages, PagePool
-from mm.page_range_allocator import PageRangeAllocator
-from mm.pagetables import PageTables, Perm
-from mm.vma import ANON, FILE, Vma, VmaList
+from mmsim.mm.constants import HUGE_PAGE_SIZE, MMAP_AREA_END, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_HUGE
+from mmsim.mm.file_backing import FileBacking
+from mmsim.mm.hugepage import HugePagePolicy, align_down, align_up
+from mmsim.mm.page_cache import FileCache, PageCache
+from mmsim.mm.page_pool import OutOfPages, PagePool
+from mmsim.mm.page_range_allocator import PageRangeAllocator
+from mmsim.mm.pagetables import PageTables, Perm
+from mmsim.mm.vma import ANON, FILE, Vma, VmaList
 
 __all__ = ["ADVICE", "AddressSpace", "VmError", "VmStats"]
 

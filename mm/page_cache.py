@@ -35,15 +35,14 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mmsim.mm.constants import MMAP_AREA_END, PAGE_SHIFT, PAGE_SIZE
+from mmsim.mm.page_pool import OutOfPages
+from mmsim.mm.pagetables import Perm
 from sortedcontainers import SortedDict
 
-from mm.constants import MMAP_AREA_END, PAGE_SHIFT, PAGE_SIZE
-from mm.page_pool import OutOfPages
-from mm.pagetables import Perm
-
 if TYPE_CHECKING:
-    from mm.address_space import AddressSpace
-    from mm.vma import Vma
+    from mmsim.mm.address_space import AddressSpace
+    from mmsim.mm.vma import Vma
 
 __all__ = ["CachedRecord", "FileCache", "PageCache", "lru_max_length"]
 

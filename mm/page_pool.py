@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from itertools import chain
 
-from mm.constants import L1_MAX, MIN_EMERGENCY_POOL, PAGE_BATCH, PAGE_SIZE
-from mm.page_range_allocator import PageRangeAllocator
+from mmsim.mm.constants import L1_MAX, MIN_EMERGENCY_POOL, PAGE_BATCH, PAGE_SIZE
+from mmsim.mm.page_range_allocator import PageRangeAllocator
 
 L1_LO = L1_MAX // 4
 L1_HI = L1_MAX * 3 // 4

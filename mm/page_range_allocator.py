@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from mmsim.mm.constants import PAGE_RANGES_MAX_ORDER
 from sortedcontainers import SortedList
-
-from mm.constants import PAGE_RANGES_MAX_ORDER
 
 TREE = PAGE_RANGES_MAX_ORDER  # container index of the size-ordered set
 

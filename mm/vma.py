@@ -13,9 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mmsim.mm.constants import HUGE_PAGE_SIZE, MMAP_AREA_END, MMAP_DEFAULT_START, PAGE_SIZE
 from sortedcontainers import SortedDict
-
-from mm.constants import HUGE_PAGE_SIZE, MMAP_AREA_END, MMAP_DEFAULT_START, PAGE_SIZE
 
 __all__ = ["ANON", "FILE", "Vma", "VmaList"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kernel import Kernel, KernelConfig
+from mmsim.kernel import Kernel, KernelConfig
 from mmsim.trace.native import parse_native
 
 KB = 1024

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from kernel import (
+from mmsim.kernel import (
     BootError,
     ConfigError,
     Kernel,
@@ -132,7 +132,7 @@ def oom_message(where: str, oom: dict[str, Any]) -> str:
 def _checked(ops: Any, kernel: Kernel) -> Any:
     """The operations, with the kernel's invariants (kernel.invariants.check_kernel, as
     `mmsim fuzz` checks them) checked after each one is applied."""
-    from kernel.invariants import check_kernel
+    from mmsim.kernel.invariants import check_kernel
 
     for op in ops:
         yield op
@@ -191,7 +191,7 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
                 kernel.run(_reporting(recorder.wrap(ops), kernel, progress))
             except OutOfMemory as e:
                 if check:  # the guest is down, but what it holds must still add up
-                    from kernel.invariants import check_kernel
+                    from mmsim.kernel.invariants import check_kernel
 
                     check_kernel(kernel)
                 exit_code = EXIT_OOM

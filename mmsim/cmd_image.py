@@ -19,10 +19,10 @@ from typing import Any
 
 import click
 
-from kernel import parse_size
-from kernel.config import MIN_MEMORY as LAYOUT_MIN
 from mmsim.cli import InputError, main, write_json
 from mmsim.image import EXIT_OK, ImageError, boot_image, load_manifest, run_build
+from mmsim.kernel import parse_size
+from mmsim.kernel.config import MIN_MEMORY as LAYOUT_MIN
 from mmsim.progress import Progress
 from mmsim.timeline import Recorder, TimelineError, timeline_options
 

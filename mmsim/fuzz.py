@@ -33,9 +33,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from kernel import Kernel, KernelConfig, OutOfMemory
-from kernel.invariants import FreeRule, check_kernel
-from mm.slab import malloc_alignment
+from mmsim.kernel import Kernel, KernelConfig, OutOfMemory
+from mmsim.kernel.invariants import FreeRule, check_kernel
+from mmsim.mm.slab import malloc_alignment
 from mmsim.trace.native import write_native
 from mmsim.trace.ops import Op
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel import (
+from mmsim.kernel import (
     AppThread,
     BootError,
     ConfigError,

@@ -26,13 +26,18 @@ from hypothesis.stateful import (
     rule,
 )
 
-from kernel import Kernel, KernelConfig
-from kernel.invariants import FreeRule, check_address_space, check_kernel, check_page_allocator
-from mm.address_space import VmError
-from mm.constants import MMAP_DEFAULT_START, PAGE_SIZE, PAGES_PER_HUGE
-from mm.page_pool import OutOfPages, PagePool
-from mm.page_range_allocator import PageRangeAllocator
-from mm.slab import CROSS_CPU_SIGNAL, POOL_CLASSES, MallocAbort, malloc_alignment
+from mmsim.kernel import Kernel, KernelConfig
+from mmsim.kernel.invariants import (
+    FreeRule,
+    check_address_space,
+    check_kernel,
+    check_page_allocator,
+)
+from mmsim.mm.address_space import VmError
+from mmsim.mm.constants import MMAP_DEFAULT_START, PAGE_SIZE, PAGES_PER_HUGE
+from mmsim.mm.page_pool import OutOfPages, PagePool
+from mmsim.mm.page_range_allocator import PageRangeAllocator
+from mmsim.mm.slab import CROSS_CPU_SIGNAL, POOL_CLASSES, MallocAbort, malloc_alignment
 
 __all__ = ["MallocMachine", "PageAllocatorMachine", "VmMachine"]
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from kernel import (
+from mmsim.kernel import (
     BootError,
     ConfigError,
     Kernel,
@@ -45,7 +45,7 @@ from kernel import (
     load_config,
     parse_size,
 )
-from kernel.config import NoAliasLoader
+from mmsim.kernel.config import NoAliasLoader
 from mmsim.trace import READERS, TraceError, read_trace, reader_stats
 
 __all__ = [
@@ -567,7 +567,7 @@ def make_sweep(traces: list[TraceSpec], grid: dict[str, list[Any]], origin: str,
 def parse_sizes(spec: str) -> list[int]:
     """``1M,4M,16M`` or ``LO:HI:N`` (N sizes from LO to HI, evenly spaced on a log scale, each
     rounded to whole bytes), in increasing order; ValueError says what is wrong."""
-    from kernel import parse_size
+    from mmsim.kernel import parse_size
 
     spec = spec.strip()
     if ":" in spec:

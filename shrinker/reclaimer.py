@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mm.constants import MIN_EMERGENCY_POOL, PAGE_SIZE, WATERMARK_LO_PERCENT
-from mm.page_pool import OutOfPages
-from mm.page_range_allocator import PageRangeAllocator
-from shrinker.registry import ShrinkerRegistry
+from mmsim.mm.constants import MIN_EMERGENCY_POOL, PAGE_SIZE, WATERMARK_LO_PERCENT
+from mmsim.mm.page_pool import OutOfPages
+from mmsim.mm.page_range_allocator import PageRangeAllocator
+from mmsim.shrinker.registry import ShrinkerRegistry
 
 
 class ReclaimFailed(OutOfPages):

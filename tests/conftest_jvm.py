@@ -24,7 +24,8 @@ EXAMPLES = ROOT / "examples" / "images"
 
 def start_host_jvm():
     """The process's JVM, started once with :data:`JVM_OPTIONS` and the alloc example."""
-    from balloon.jvm import start_jvm
+    from mmsim.balloon.jvm import start_jvm
+
     from mmsim.image import load_manifest, run_build
 
     alloc = load_manifest(str(EXAMPLES / "alloc" / "alloc.yaml"))

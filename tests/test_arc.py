@@ -14,9 +14,8 @@ import random
 
 import pytest
 from click.testing import CliRunner
-
-from fs.zfs_arc.buffers import buffer_pages
-from fs.zfs_arc.fs import (
+from mmsim.fs.zfs_arc.buffers import buffer_pages
+from mmsim.fs.zfs_arc.fs import (
     FILE_META_BUFS,
     FILE_META_BYTES,
     FILE_META_HDRS,
@@ -24,10 +23,10 @@ from fs.zfs_arc.fs import (
     INDIRECT_SIZE,
     SHRINK_MIN,
 )
-from fs.zfs_arc.policy import available_policies, policy_class
-from fs.zfs_arc.policy_arc import ArcPolicy
-from fs.zfs_arc.policy_lru import LruPolicy
-from fs.zfs_arc.policy_zfs import (
+from mmsim.fs.zfs_arc.policy import available_policies, policy_class
+from mmsim.fs.zfs_arc.policy_arc import ArcPolicy
+from mmsim.fs.zfs_arc.policy_lru import LruPolicy
+from mmsim.fs.zfs_arc.policy_zfs import (
     BUF_SIZE,
     DBUF_SIZE,
     HDR_SIZE,
@@ -35,9 +34,10 @@ from fs.zfs_arc.policy_zfs import (
     ZfsArcPolicy,
     arc_init,
 )
-from kernel import Kernel, load_config
-from kernel import sys_fs as _sys_fs  # noqa: F401  (registers cache_policy, arc_size...)
-from mm.constants import PAGE_SIZE
+from mmsim.kernel import Kernel, load_config
+from mmsim.kernel import sys_fs as _sys_fs  # noqa: F401  (registers cache_policy, arc_size...)
+from mmsim.mm.constants import PAGE_SIZE
+
 from mmsim.trace import Op, read_trace
 from mmsim.trace import blocktrace as _blocktrace  # noqa: F401  (registers the formats)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from mmsim.kernel import Kernel, load_config
+from mmsim.kernel import sys_fs as _sys_fs  # noqa: F401  (registers cache_policy, arc_size...)
+from mmsim.mm.constants import PAGE_SIZE
 
-from kernel import Kernel, load_config
-from kernel import sys_fs as _sys_fs  # noqa: F401  (registers cache_policy, arc_size...)
-from mm.constants import PAGE_SIZE
 from mmsim.trace import Op
 
 PATHS = ["/a", "/b", "/c"]

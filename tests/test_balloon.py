@@ -14,10 +14,10 @@ import time
 
 import pytest
 from conftest_jvm import GUEST_CPUS, GUEST_MEMORY, JVM_OPTIONS, ROOT, start_host_jvm
+from mmsim.balloon.balloon import BALLOON_SIZE, soft_max_balloons
+from mmsim.kernel import Kernel, load_config
+from mmsim.mm.constants import PAGE_SIZE
 
-from balloon.balloon import BALLOON_SIZE, soft_max_balloons
-from kernel import Kernel, load_config
-from mm.constants import PAGE_SIZE
 from mmsim.trace import Op
 
 MIB = 1 << 20
@@ -31,7 +31,7 @@ def host_jvm():
 
 
 def boot(memory: int = GUEST_MEMORY) -> Kernel:
-    import kernel.sys_jvm  # noqa: F401  (its config keys)
+    import mmsim.kernel.sys_jvm  # noqa: F401  (its config keys)
 
     # a user-sized heap (-Xmx): the balloon is on by jvm_balloon: true, beyond OSv
     k = Kernel(load_config(None, {"memory": memory, "cpus": GUEST_CPUS, "jvm_balloon": True}))
@@ -114,7 +114,7 @@ def test_inflation_takes_real_heap_away_and_deflation_gives_it_back(host_jvm) ->
 
 
 def test_file_cache_pressure_inflates_then_app_pressure_deflates(host_jvm) -> None:
-    from balloon.jvm import AppThread
+    from mmsim.balloon.jvm import AppThread
 
     k = boot()
     b = k.jvm.balloon
@@ -149,8 +149,8 @@ def test_file_cache_pressure_inflates_then_app_pressure_deflates(host_jvm) -> No
 MOVE_SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {root!r})
-import kernel.sys_jvm
-from kernel import Kernel, load_config
+import mmsim.kernel.sys_jvm
+from mmsim.kernel import Kernel, load_config
 k = Kernel(load_config(None, {{"memory": "2G", "cpus": 2, "jvm_balloon": True}}))
 host = k.jvm.launch(["-Xmx1g", "-Xms16m", "-XX:+UseSerialGC"])
 junk = [host.new_byte_array(8 << 20) for _ in range(8)]
@@ -213,7 +213,7 @@ def test_soft_max_is_max_heap_over_256_mib_minus_one(max_heap: int, expected: in
 def test_the_balloon_thread_inflates_after_its_wake_latency(host_jvm) -> None:
     """jvm_balloon_wake_latency: a balloon request waits that long in simulated time before
     the balloon thread inflates (0, the default, inflates at the next tick)."""
-    import kernel.sys_jvm  # noqa: F401  (its config keys)
+    import mmsim.kernel.sys_jvm  # noqa: F401  (its config keys)
 
     k = Kernel(load_config(None, {"memory": GUEST_MEMORY, "cpus": GUEST_CPUS,
                                   "jvm_balloon_wake_latency": "2s", "jvm_balloon": True}))

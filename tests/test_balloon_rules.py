@@ -15,15 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from balloon.balloon import (
+from mmsim.balloon.balloon import (
     PASS_RELEASE,
     SOFT_MAX_WRAPPED,
     JvmBalloon,
     soft_max_balloons,
 )
-from balloon.heap import JavaHeap
-from kernel import Kernel, KernelConfig
+from mmsim.balloon.heap import JavaHeap
+from mmsim.kernel import Kernel, KernelConfig
 
 MIB = 1 << 20
 GIB = 1 << 30

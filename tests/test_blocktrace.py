@@ -215,8 +215,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_batches_replay_exactly_as_one_read_per_request(tmp_path: Path) -> None:
-    from kernel import Kernel, load_config
-    from kernel import sys_fs as _sys_fs  # noqa: F401
+    from mmsim.kernel import Kernel, load_config
+    from mmsim.kernel import sys_fs as _sys_fs  # noqa: F401
 
     rng = random.Random(3)
     ids = [int(rng.paretovariate(0.7)) % 3000 for _ in range(20_000)]

@@ -1,10 +1,9 @@
 """Booting guests of every size, and e820 maps with holes (reference §10)."""
 
 import pytest
-
-from kernel import BootError, ConfigError, Kernel, KernelConfig, load_config
-from kernel.config import E820Entry
-from mm.constants import (
+from mmsim.kernel import BootError, ConfigError, Kernel, KernelConfig, load_config
+from mmsim.kernel.config import E820Entry
+from mmsim.mm.constants import (
     KERNEL_PHYS,
     KERNEL_VIRT,
     L1_MAX,
@@ -115,7 +114,7 @@ def test_giant_pages_shrink_the_linear_map():
 def test_every_key_is_validated_as_the_configuration_is_loaded(tmp_path):
     """A bad value of any key, the kernel's or a subsystem's, names file:line: key, before any
     boot (the subsystems register validators for their keys with the config module)."""
-    from kernel.config import known_keys
+    from mmsim.kernel.config import known_keys
 
     boot_time_only = {"shrinkers"}  # user modules are imported when the kernel is built
     for key in sorted(set(known_keys()) - boot_time_only):

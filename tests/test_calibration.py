@@ -9,8 +9,8 @@ header and other sizes within 10 %.
 from __future__ import annotations
 
 import pytest
+from mmsim.kernel import Kernel, KernelConfig
 
-from kernel import Kernel, KernelConfig
 from mmsim.calibration import calibrate, format_table
 
 MIB = 1 << 20

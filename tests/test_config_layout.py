@@ -6,10 +6,9 @@ import signal
 
 import pytest
 from cli_helpers import run
-
-from kernel import BootError, ConfigError, Kernel, KernelConfig, load_config
-from kernel.config import E820Entry
-from mm.constants import MAIN_AREA, MEMPOOL_AREA, PAGE_AREA
+from mmsim.kernel import BootError, ConfigError, Kernel, KernelConfig, load_config
+from mmsim.kernel.config import E820Entry
+from mmsim.mm.constants import MAIN_AREA, MEMPOOL_AREA, PAGE_AREA
 
 GIB = 1 << 30
 
@@ -197,7 +196,7 @@ def test_the_docs_twins_are_the_commands_options():
     import pathlib
     import re
 
-    from kernel.config import known_keys
+    from mmsim.kernel.config import known_keys
 
     doc = (pathlib.Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     rows = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|", doc, re.M))

@@ -23,14 +23,14 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from mmsim.fs.zfs_arc.buffers import PAGE, RUN
+from mmsim.kernel import Kernel, load_config
+from mmsim.kernel import sys_fs as _sys_fs  # noqa: F401  (registers arc_size, recordsize)
+from mmsim.mm.address_space import AddressSpace, VmError
+from mmsim.mm.constants import PAGE_SIZE
+from mmsim.mm.file_backing import FileTable
+from mmsim.mm.pagetables import CountingTablePageSource, PageTables, Perm
 
-from fs.zfs_arc.buffers import PAGE, RUN
-from kernel import Kernel, load_config
-from kernel import sys_fs as _sys_fs  # noqa: F401  (registers arc_size, recordsize)
-from mm.address_space import AddressSpace, VmError
-from mm.constants import PAGE_SIZE
-from mm.file_backing import FileTable
-from mm.pagetables import CountingTablePageSource, PageTables, Perm
 from mmsim.trace import Op
 
 K4 = PAGE_SIZE

@@ -4,9 +4,9 @@ kept in the ``page_cache`` category for good after munmap + unlink."""
 from __future__ import annotations
 
 import pytest
+from mmsim.kernel import Kernel, load_config
+from mmsim.kernel import sys_fs as _sys_fs  # noqa: F401  (registers the file system's keys)
 
-from kernel import Kernel, load_config
-from kernel import sys_fs as _sys_fs  # noqa: F401  (registers the file system's keys)
 from mmsim.trace import parse_native
 
 

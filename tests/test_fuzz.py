@@ -4,10 +4,10 @@ import re
 from pathlib import Path
 
 from click.testing import CliRunner
+from mmsim.kernel import KernelConfig
+from mmsim.mm.page_pool import PagePool
+from mmsim.mm.slab import Malloc
 
-from kernel import KernelConfig
-from mm.page_pool import PagePool
-from mm.slab import Malloc
 from mmsim.cli import main
 from mmsim.fuzz import fuzz
 
@@ -94,7 +94,8 @@ def test_a_bad_configuration_is_an_input_error_before_fuzzing(tmp_path):
 
 def test_the_fuzz_tries_both_sides_of_the_real_mmap_threshold():
     """§4's formula puts the threshold at 2,092,993 (its figure, 2,093,057, is a typo)."""
-    from mm.slab import MAPPED, route
+    from mmsim.mm.slab import MAPPED, route
+
     from mmsim.fuzz import MMAP_THRESHOLD, malloc_sizes
     from mmsim.machines import sizes
 

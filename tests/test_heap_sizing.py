@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest_jvm import EXAMPLES, ROOT, have_javac
-
-from balloon.balloon import MIN_RAM
-from balloon.heap_sizing import size_heap
+from mmsim.balloon.balloon import MIN_RAM
+from mmsim.balloon.heap_sizing import size_heap
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -4,10 +4,9 @@ follow Linux's hugetlb rules (mmap(2), mm/mremap.c), as the reference is silent 
 from __future__ import annotations
 
 import pytest
-
-from kernel import Kernel, KernelConfig
-from mm.address_space import AddressSpace, VmError
-from mm.constants import HUGE_PAGE_SIZE, PAGE_SIZE
+from mmsim.kernel import Kernel, KernelConfig
+from mmsim.mm.address_space import AddressSpace, VmError
+from mmsim.mm.constants import HUGE_PAGE_SIZE, PAGE_SIZE
 
 M = 1 << 20
 H = HUGE_PAGE_SIZE

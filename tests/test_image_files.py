@@ -247,6 +247,7 @@ def test_the_installed_wheel_boots_a_java_image(tmp_path: Path) -> None:
             shutil.copytree(ROOT / name, src / name, ignore=ignore)
         else:
             shutil.copy2(ROOT / name, src / name)
+    packages = sorted(p.relative_to(src).as_posix() for p in src.glob("**/__init__.py"))
     dist = tmp_path / "dist"
     isolation = ["--no-build-isolation"] if _backend_here() else []
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q",
@@ -255,7 +256,13 @@ def test_the_installed_wheel_boots_a_java_image(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     (wheel,) = dist.glob("mmsim-*.whl")
     with zipfile.ZipFile(wheel) as z:
-        assert "balloon/java/MmsimNoExit.java" in z.namelist()
+        names = z.namelist()
+    # one import namespace: nothing but mmsim at the top (PyPI's fs, a user's kernel.py)
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"mmsim"}
+    assert "mmsim/balloon/java/MmsimNoExit.java" in names
+    # every package of the checkout is in the wheel, where its folder says
+    for rel in packages:
+        assert (rel if rel.startswith("mmsim/") else f"mmsim/{rel}") in names, rel
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -272,8 +279,8 @@ def test_the_installed_wheel_boots_a_java_image(tmp_path: Path) -> None:
     (Path(site.stdout.strip()) / "mmsim-test-deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # compile the guard from the wheel's source
-    where = subprocess.run([str(py), "-c", "import balloon.jvm, mmsim.image; "
-                            "print(balloon.jvm.__file__); print(mmsim.image.__file__)"],
+    where = subprocess.run([str(py), "-c", "import mmsim.balloon.jvm, mmsim.image; "
+                            "print(mmsim.balloon.jvm.__file__); print(mmsim.image.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path, env=env)
     assert where.returncode == 0, where.stderr[-2000:]
     assert all(f.startswith(str(venv)) for f in where.stdout.split()), where.stdout

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 from conftest_jvm import EXAMPLES, ROOT
+from mmsim.kernel import ConfigError, Kernel, load_config
+from mmsim.kernel.sys_jvm import AppClock
 
-from kernel import ConfigError, Kernel, load_config
-from kernel.sys_jvm import AppClock
 from mmsim.image import replay_paced
 from mmsim.trace import Op
 
@@ -25,7 +25,7 @@ GIB = 1 << 30
 
 
 def _kernel() -> Kernel:
-    import kernel.sys_jvm  # noqa: F401  (its config keys)
+    import mmsim.kernel.sys_jvm  # noqa: F401  (its config keys)
 
     return Kernel(load_config(None, {"memory": "1G", "cpus": 1}))
 
@@ -71,7 +71,7 @@ def test_the_app_clock_counts_allocated_bytes_at_the_configured_rate() -> None:
 
 @pytest.mark.parametrize("value", ["abc", "0", -5])
 def test_jvm_alloc_rate_must_be_a_positive_size(value: object) -> None:
-    import kernel.sys_jvm  # noqa: F401
+    import mmsim.kernel.sys_jvm  # noqa: F401
 
     with pytest.raises(ConfigError, match="jvm.alloc.rate"):
         load_config(None, {"jvm_alloc_rate": value})

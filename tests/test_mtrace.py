@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from mmsim.kernel import Kernel, KernelConfig, OutOfMemory
 
 import mmsim.trace.mtrace  # noqa: F401  (registers the format, if the package has not yet)
-from kernel import Kernel, KernelConfig, OutOfMemory
 from mmsim.cli import main
 from mmsim.trace import (
     Op,
@@ -353,12 +353,12 @@ def test_a_truncated_gzip_log_names_the_line_reading_reached(tmp_path: Path) -> 
 def test_check_looks_after_every_call_of_a_batch(tmp_path: Path, monkeypatch) -> None:
     """`mmsim run --check` checks the kernel after each call, not once per 1024-call batch, and
     the replay's results are the same as without it."""
-    import kernel.invariants
+    from mmsim.kernel import invariants
 
     path = _write(tmp_path, "= Start\n" + "".join(f"+ {0x10 * i:#x} 0x20\n" for i in range(1, 8))
                   + "- 0x10\n- 0x20\n= End\n")
-    real, seen = kernel.invariants.check_kernel, []
-    monkeypatch.setattr(kernel.invariants, "check_kernel",
+    real, seen = invariants.check_kernel, []
+    monkeypatch.setattr(invariants, "check_kernel",
                         lambda k, *a: (seen.append(k.events), real(k, *a)))
     code, checked, err = run_cli("run", str(path), "--check", "--json", "-", "-q")
     assert code == 0, err

@@ -1,9 +1,9 @@
 """The physical page allocator against OSv's rules (reference §2, §3, §12.3-4)."""
 
 import pytest
+from mmsim.mm.page_pool import L1_HI, L1_MAX, OutOfPages, PagePool
+from mmsim.mm.page_range_allocator import TREE, PageRangeAllocator, run_order
 
-from mm.page_pool import L1_HI, L1_MAX, OutOfPages, PagePool
-from mm.page_range_allocator import TREE, PageRangeAllocator, run_order
 from mmsim.machines import PageAllocatorMachine  # the state machine lives in the package
 
 

@@ -6,9 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-
-from mm.constants import GIANT_PAGE_SIZE, HUGE_PAGE_SIZE, PAGE_SIZE, PAGES_PER_HUGE
-from mm.pagetables import CountingTablePageSource, MappedExtent, PageTables, Perm
+from mmsim.mm.constants import GIANT_PAGE_SIZE, HUGE_PAGE_SIZE, PAGE_SIZE, PAGES_PER_HUGE
+from mmsim.mm.pagetables import CountingTablePageSource, MappedExtent, PageTables, Perm
 
 PDPT_SPAN = 512 * GIANT_PAGE_SIZE  # bytes mapped by one PML4 entry
 PERMS = st.sampled_from([Perm.NONE, Perm.R, Perm.RW, Perm.RX, Perm.RWX])

@@ -1,11 +1,10 @@
 """OSv's pressure behaviours (§5, §12.5-6): wake threshold, targets, hard mode, OOM kinds."""
 
 import pytest
-
-from kernel import Kernel, KernelConfig
-from mm.constants import PAGE_SIZE
-from mm.page_range_allocator import PageRangeAllocator
-from shrinker import Reclaimer, ReclaimFailed, ShrinkerRegistry
+from mmsim.kernel import Kernel, KernelConfig
+from mmsim.mm.constants import PAGE_SIZE
+from mmsim.mm.page_range_allocator import PageRangeAllocator
+from mmsim.shrinker import Reclaimer, ReclaimFailed, ShrinkerRegistry
 
 MIB = 1 << 20
 
@@ -340,8 +339,9 @@ def test_a_real_wait_is_not_needless():
 
 def test_fuzz_invariant_catches_a_needless_wait(monkeypatch):
     """The state machine's pressure invariant fails when the kernel's wait path is broken."""
+    from mmsim.shrinker.reclaimer import Reclaimer as _Reclaimer
+
     from mmsim.fuzz import make_machine
-    from shrinker.reclaimer import Reclaimer as _Reclaimer
 
     machine = make_machine(KernelConfig(memory=128 << 20, cpus=1))()
     machine.pressure_invariants()  # holds on a healthy kernel

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from cli_helpers import run
+from mmsim.kernel import Kernel, KernelConfig
 
-from kernel import Kernel, KernelConfig
 from mmsim.trace.native import parse_native
 
 MIB = 1 << 20

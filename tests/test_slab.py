@@ -6,12 +6,11 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
-
-from kernel import Kernel, KernelConfig
-from mm.constants import HUGE_PAGE_SIZE, MAIN_AREA, MEMPOOL_AREA, PAGE_AREA, PAGE_SIZE
-from mm.page_pool import PagePool
-from mm.page_range_allocator import PageRangeAllocator
-from mm.slab import CROSS_CPU_SIGNAL, InvalidPointer, Malloc, MallocAbort
+from mmsim.kernel import Kernel, KernelConfig
+from mmsim.mm.constants import HUGE_PAGE_SIZE, MAIN_AREA, MEMPOOL_AREA, PAGE_AREA, PAGE_SIZE
+from mmsim.mm.page_pool import PagePool
+from mmsim.mm.page_range_allocator import PageRangeAllocator
+from mmsim.mm.slab import CROSS_CPU_SIGNAL, InvalidPointer, Malloc, MallocAbort
 
 MIB = 1 << 20
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from mmsim.kernel import Kernel, KernelConfig
 
-from kernel import Kernel, KernelConfig
 from mmsim.cli import main
 from mmsim.trace import TraceError, detect_format, format_op, read_trace
 from mmsim.trace.strace import HEAP_HINT, read_strace

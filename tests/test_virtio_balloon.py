@@ -7,9 +7,9 @@ import json
 import pytest
 from cli_helpers import run
 from click.testing import CliRunner
+from mmsim.kernel import Kernel, KernelConfig, OutOfMemory, load_config
+from mmsim.mm.constants import MIN_EMERGENCY_POOL, PAGE_SIZE
 
-from kernel import Kernel, KernelConfig, OutOfMemory, load_config
-from mm.constants import MIN_EMERGENCY_POOL, PAGE_SIZE
 from mmsim.cli import main
 from mmsim.trace.ops import Op
 

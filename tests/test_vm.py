@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from mmsim.kernel import Kernel, KernelConfig
+from mmsim.mm.address_space import AddressSpace, VmError
+from mmsim.mm.constants import HUGE_PAGE_SIZE, MMAP_AREA_END, MMAP_DEFAULT_START, PAGE_SIZE
+from mmsim.mm.hugepage import HugePagePolicy
+from mmsim.mm.pagetables import Perm
 
-from kernel import Kernel, KernelConfig
-from mm.address_space import AddressSpace, VmError
-from mm.constants import HUGE_PAGE_SIZE, MMAP_AREA_END, MMAP_DEFAULT_START, PAGE_SIZE
-from mm.hugepage import HugePagePolicy
-from mm.pagetables import Perm
 from mmsim.trace import parse_native
 
 M = 1 << 20
@@ -469,7 +469,8 @@ def test_policy_is_the_only_judge() -> None:
 
 
 def test_munmap_of_the_whole_handle_after_a_partial_one_unmaps_the_rest():
-    from kernel import Kernel, KernelConfig
+    from mmsim.kernel import Kernel, KernelConfig
+
     from mmsim.trace.ops import Op
 
     k = Kernel(KernelConfig(memory=256 << 20, cpus=1))

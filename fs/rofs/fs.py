@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from mm.constants import PAGE_SIZE
+from mmsim.mm.constants import PAGE_SIZE
 
 BLOCK = 512
 SEGMENT = 64 * BLOCK  # CACHE_SEGMENT_SIZE_IN_BLOCKS

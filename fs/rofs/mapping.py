@@ -4,9 +4,9 @@ read-only. Segments are never evicted, so nothing ever unmaps them from under a 
 
 from __future__ import annotations
 
-from fs.rofs.fs import SEGMENT, RofsFile, RofsFileSystem, segment_pages
-from mm.constants import PAGE_SHIFT, PAGE_SIZE
-from mm.page_cache import CachedRecord
+from mmsim.fs.rofs.fs import SEGMENT, RofsFile, RofsFileSystem, segment_pages
+from mmsim.mm.constants import PAGE_SHIFT, PAGE_SIZE
+from mmsim.mm.page_cache import CachedRecord
 
 PAGES_PER_SEGMENT = SEGMENT >> PAGE_SHIFT
 

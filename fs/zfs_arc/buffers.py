@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mm.constants import PAGE_SIZE
-from mm.page_pool import OutOfPages, PagePool
+from mmsim.mm.constants import PAGE_SIZE
+from mmsim.mm.page_pool import OutOfPages, PagePool
 
 HEADER = PAGE_SIZE  # malloc_large's offset for an alignment of 4096
 MAX_BUFFER = 1 << 20  # ZFS's largest record; malloc_large's mmap path (>= 2 MiB) is never taken

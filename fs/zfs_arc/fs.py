@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from drivers.virtio_blk import VirtioBlk
-from fs.zfs_arc.buffers import MAX_BUFFER, ArcBuffer, BufferAllocator, OutOfPages
-from fs.zfs_arc.policy import NEVER, CachePolicy
-from fs.zfs_arc.policy_zfs import DBUF_SIZE, HDR_SIZE, RESIDENT_HDR
+from mmsim.drivers.virtio_blk import VirtioBlk
+from mmsim.fs.zfs_arc.buffers import MAX_BUFFER, ArcBuffer, BufferAllocator, OutOfPages
+from mmsim.fs.zfs_arc.policy import NEVER, CachePolicy
+from mmsim.fs.zfs_arc.policy_zfs import DBUF_SIZE, HDR_SIZE, RESIDENT_HDR
 
 FID_BITS = 32
 FID_MASK = (1 << FID_BITS) - 1

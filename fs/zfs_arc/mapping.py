@@ -12,10 +12,10 @@ private copies, the path OSv uses without a page cache.
 
 from __future__ import annotations
 
-from fs.zfs_arc.buffers import PAGE, RUN, ArcBuffer
-from fs.zfs_arc.fs import ZfsFile, ZfsFileSystem
-from mm.constants import PAGE_SHIFT, PAGE_SIZE
-from mm.page_cache import CachedRecord
+from mmsim.fs.zfs_arc.buffers import PAGE, RUN, ArcBuffer
+from mmsim.fs.zfs_arc.fs import ZfsFile, ZfsFileSystem
+from mmsim.mm.constants import PAGE_SHIFT, PAGE_SIZE
+from mmsim.mm.page_cache import CachedRecord
 
 __all__ = ["ArcMappings", "data_frames"]
 

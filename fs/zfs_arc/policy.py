@@ -170,7 +170,7 @@ class CachePolicy(ABC):
 
 def available_policies() -> list[str]:
     """Names of the policy modules shipped in this package, sorted."""
-    pkg = importlib.import_module(__package__ or "fs.zfs_arc")
+    pkg = importlib.import_module(__package__ or "mmsim.fs.zfs_arc")
     names = [
         m.name[len("policy_"):]
         for m in pkgutil.iter_modules(pkg.__path__)
@@ -184,7 +184,7 @@ def policy_class(name: str) -> type[CachePolicy]:
     if not name.isidentifier() or name not in available_policies():
         known = ", ".join(available_policies())
         raise ValueError(f"unknown cache policy '{name}' (known: {known})")
-    module = importlib.import_module(f"{__package__ or 'fs.zfs_arc'}.policy_{name}")
+    module = importlib.import_module(f"{__package__ or 'mmsim.fs.zfs_arc'}.policy_{name}")
     cls = getattr(module, "POLICY", None)
     if not (isinstance(cls, type) and issubclass(cls, CachePolicy)):
         raise ValueError(f"cache policy module '{name}' defines no POLICY class")

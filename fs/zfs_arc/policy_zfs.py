@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from fs.zfs_arc.policy import CachePolicy, EvictFn, _no_evict
+from mmsim.fs.zfs_arc.policy import CachePolicy, EvictFn, _no_evict
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -1,5 +1,5 @@
 """Huge (2 MiB) pages: the policy that decides where they are used (reference §6)."""
 
-from mm.hugepage.policy import HugePagePolicy, align_down, align_up
+from mmsim.mm.hugepage.policy import HugePagePolicy, align_down, align_up
 
 __all__ = ["HugePagePolicy", "align_down", "align_up"]

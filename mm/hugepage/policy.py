@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mm.constants import HUGE_PAGE_SIZE
+from mmsim.mm.constants import HUGE_PAGE_SIZE
 
 __all__ = ["HugePagePolicy", "align_down", "align_up"]
 

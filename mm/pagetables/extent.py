@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from mm.constants import PAGE_SHIFT
+from mmsim.mm.constants import PAGE_SHIFT
 
 from .perm import Perm
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from mm.constants import HUGE_PAGE_SIZE, PAGE_SHIFT, PAGE_SIZE
+from mmsim.mm.constants import HUGE_PAGE_SIZE, PAGE_SHIFT, PAGE_SIZE
 
 from .extent import MappedExtent, coalesce
 from .perm import Perm

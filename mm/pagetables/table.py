@@ -12,7 +12,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 from typing import NamedTuple, Union
 
-from mm.constants import PAGE_SHIFT
+from mmsim.mm.constants import PAGE_SHIFT
 
 from .perm import Perm
 

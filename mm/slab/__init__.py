@@ -1,15 +1,15 @@
 """OSv's malloc: per-CPU object pools, whole pages, large page runs and mappings (reference §4).
 
-    from mm.slab import Malloc
+    from mmsim.mm.slab import Malloc
     m = Malloc(kernel.pool, kernel.address_space)   # or Malloc(pool) with a stand-in mapper
     p = m.malloc(100, cpu=0); m.free(p, cpu=1)
 """
 
-from mm.slab.early import EarlyAllocator, EarlyPage
-from mm.slab.large import AnonMapper, LargeAllocator, PagePoolMapper
-from mm.slab.malloc import CROSS_CPU_SIGNAL, InvalidPointer, Malloc, MallocAbort
-from mm.slab.pool import Pool, PoolPage
-from mm.slab.sizes import (
+from mmsim.mm.slab.early import EarlyAllocator, EarlyPage
+from mmsim.mm.slab.large import AnonMapper, LargeAllocator, PagePoolMapper
+from mmsim.mm.slab.malloc import CROSS_CPU_SIGNAL, InvalidPointer, Malloc, MallocAbort
+from mmsim.mm.slab.pool import Pool, PoolPage
+from mmsim.mm.slab.sizes import (
     EARLY,
     LARGE,
     MAPPED,

@@ -8,10 +8,10 @@ also means malloc(0) can never be freed: OSv's behaviour, kept.
 
 from __future__ import annotations
 
-from mm.constants import MEMPOOL_AREA, PAGE_SHIFT, PAGE_SIZE
-from mm.page_pool import OutOfPages
-from mm.page_range_allocator import PageRangeAllocator
-from mm.slab.sizes import EARLY_HEADER, EARLY_SIZE_PREFIX
+from mmsim.mm.constants import MEMPOOL_AREA, PAGE_SHIFT, PAGE_SIZE
+from mmsim.mm.page_pool import OutOfPages
+from mmsim.mm.page_range_allocator import PageRangeAllocator
+from mmsim.mm.slab.sizes import EARLY_HEADER, EARLY_SIZE_PREFIX
 
 __all__ = ["EarlyAllocator", "EarlyPage"]
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from mm.constants import (
+from mmsim.mm.constants import (
     HUGE_PAGE_SIZE,
     MAIN_AREA,
     MMAP_DEFAULT_START,
     PAGE_SHIFT,
     PAGE_SIZE,
 )
-from mm.page_pool import OutOfPages, PagePool
-from mm.slab.sizes import large_layout
+from mmsim.mm.page_pool import OutOfPages, PagePool
+from mmsim.mm.slab.sizes import large_layout
 
 __all__ = ["AnonMapper", "LargeAllocator", "PagePoolMapper"]
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from mm.constants import MAIN_AREA, MEMPOOL_AREA, PAGE_AREA, PAGE_SHIFT, PAGE_SIZE
-from mm.page_pool import PagePool
-from mm.slab.early import EarlyAllocator, EarlyPage
-from mm.slab.large import AnonMapper, LargeAllocator, PagePoolMapper
-from mm.slab.pool import Pool, PoolPage
-from mm.slab.sizes import (
+from mmsim.mm.constants import MAIN_AREA, MEMPOOL_AREA, PAGE_AREA, PAGE_SHIFT, PAGE_SIZE
+from mmsim.mm.page_pool import PagePool
+from mmsim.mm.slab.early import EarlyAllocator, EarlyPage
+from mmsim.mm.slab.large import AnonMapper, LargeAllocator, PagePoolMapper
+from mmsim.mm.slab.pool import Pool, PoolPage
+from mmsim.mm.slab.sizes import (
     MAX_OBJECT,
     MIN_OBJECT,
     POOL_CLASSES,

@@ -13,8 +13,8 @@ it is now empty), so about one empty page per class per CPU is kept.
 
 from __future__ import annotations
 
-from mm.constants import MEMPOOL_AREA, PAGE_SHIFT, PAGE_SIZE
-from mm.slab.sizes import objects_per_page
+from mmsim.mm.constants import MEMPOOL_AREA, PAGE_SHIFT, PAGE_SIZE
+from mmsim.mm.slab.sizes import objects_per_page
 
 __all__ = ["Pool", "PoolPage"]
 

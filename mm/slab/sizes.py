@@ -6,7 +6,7 @@ definition of "which path does a request of n bytes with alignment a take".
 
 from __future__ import annotations
 
-from mm.constants import HUGE_PAGE_SIZE, PAGE_SIZE
+from mmsim.mm.constants import HUGE_PAGE_SIZE, PAGE_SIZE
 
 __all__ = [
     "EARLY_HEADER",

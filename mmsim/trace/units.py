@@ -1,7 +1,7 @@
 """Sizes and durations as traces write them: the kernel's own parsers (one grammar everywhere,
 configuration files, command line and traces alike)."""
 
-from kernel import units as _units
+from mmsim.kernel import units as _units
 
 LIMIT = _units.LIMIT
 format_duration = _units.format_duration
