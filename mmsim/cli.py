@@ -13,32 +13,23 @@ from typing import Any
 
 import click
 
-from mmsim.kernel import (
-    BootError,
-    ConfigError,
-    Kernel,
-    OutOfMemory,
-    ShrinkerError,
-    TraceFault,
-    UnsupportedOperation,
-    load_config,
+from mmsim.api import (
+    EXIT_BAD_INPUT,
+    EXIT_OOM,
+    InputError,
+    MmsimError,
+    boot,
+    configure,
+    replay,
 )
+from mmsim.kernel import Kernel
 from mmsim.progress import Progress
 from mmsim.summary_text import format_summary, human
-from mmsim.timeline import Recorder, TimelineError, timeline_options
-from mmsim.trace import READERS, TraceError, expand, read_trace, reader_stats
+from mmsim.timeline import timeline_options
+from mmsim.trace import READERS
 
-EXIT_BAD_INPUT = 2
-EXIT_OOM = 3
-
-
-class InputError(click.ClickException):
-    """A user error that ends the command with one line on stderr and exit code 2."""
-
-    exit_code = EXIT_BAD_INPUT
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"mmsim: error: {self.format_message()}", err=True)
+__all__ = ["EXIT_BAD_INPUT", "EXIT_OOM", "InputError", "boot", "build_config", "main",
+           "write_json"]
 
 
 class _Group(click.Group):
@@ -52,6 +43,9 @@ class _Group(click.Group):
             hint = f" (see 'mmsim {e.ctx.info_name} --help')" if e.ctx and e.ctx.parent else ""
             click.echo(f"mmsim: error: {e.format_message()}{hint}", err=True)
             sys.exit(EXIT_BAD_INPUT)
+        except MmsimError as e:  # the one place a user's error becomes a line and a code
+            click.echo(f"mmsim: error: {e}", err=True)
+            sys.exit(e.exit_code)
         except click.ClickException as e:
             e.show()
             sys.exit(e.exit_code)
@@ -85,17 +79,7 @@ def kernel_options(f: Any) -> Any:
 
 
 def build_config(config_path: str | None, **overrides: Any) -> Any:
-    try:
-        return load_config(config_path, overrides)
-    except ConfigError as e:
-        raise InputError(str(e)) from None
-
-
-def boot(config: Any) -> Kernel:
-    try:
-        return Kernel(config)
-    except (BootError, ConfigError, ShrinkerError) as e:
-        raise InputError(f"cannot boot: {e}") from None
+    return configure(config_path, overrides)
 
 
 def write_json(summary: dict, dest: str) -> None:
@@ -127,16 +111,6 @@ def oom_message(where: str, oom: dict[str, Any]) -> str:
         lines.append("mmsim:   biggest consumers: "
                      + ", ".join(f"{name} {human(n)}" for name, n in consumers.items() if n))
     return "\n".join(lines)
-
-
-def _checked(ops: Any, kernel: Kernel) -> Any:
-    """The operations, with the kernel's invariants (kernel.invariants.check_kernel, as
-    `mmsim fuzz` checks them) checked after each one is applied."""
-    from mmsim.kernel.invariants import check_kernel
-
-    for op in ops:
-        yield op
-        check_kernel(kernel)
 
 
 #: operations between progress reports: a batched operation (an mtrace batch, a block trace's
@@ -179,48 +153,18 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
                           hugepages=hugepages,
                           giant_pages=giant_pages, seed=seed, cache_policy=cache_policy,
                           arc_size=arc_size, block_size=block_size)
-    try:
-        ops = reader = read_trace(trace, fmt, pid=pid)
-        kernel = boot(config)
-        if check:  # after every call: a batch (mtrace, block traces) is applied call by call
-            ops = _checked(expand(ops), kernel)
-        recorder = Recorder.start(kernel, trace, **timeline)
-        exit_code = 0
-        with Progress.for_file("replaying", trace) as progress:
-            try:
-                kernel.run(_reporting(recorder.wrap(ops), kernel, progress))
-            except OutOfMemory as e:
-                if check:  # the guest is down, but what it holds must still add up
-                    from mmsim.kernel.invariants import check_kernel
-
-                    check_kernel(kernel)
-                exit_code = EXIT_OOM
-                click.echo(oom_message(trace, e.report), err=True)
-    except (TraceError, TimelineError) as e:
-        raise InputError(str(e)) from None
-    except (UnsupportedOperation, TraceFault) as e:
-        raise InputError(f"{trace}:{kernel.line}: {e}") from None
-    except ShrinkerError as e:  # the user's shrinker failed during the run: exit 2, no traceback
-        click.echo(f"mmsim: {trace}:{kernel.line}: {e}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except AssertionError as e:
-        click.echo(f"mmsim: {trace}:{kernel.line}: invariant broken: {e}", err=True)
-        sys.exit(1)
-    summary = kernel.summary()
-    summary["trace"] = trace
-    stats = reader_stats(reader)
-    if stats is not None:
-        summary["trace_reader"] = stats
+    with Progress.for_file("replaying", trace) as progress:
+        result = replay(trace, config, fmt=fmt, pid=pid, check=check,
+                        wrap=lambda ops, kernel: _reporting(ops, kernel, progress), **timeline)
+    summary = result.summary
+    if result.oom:
+        click.echo(oom_message(trace, result.oom), err=True)
     if json_path:
         write_json(summary, json_path)
     if not quiet:
         click.echo(format_summary(summary), err=json_path == "-")
-    try:
-        recorder.finish(summary)
-    except TimelineError as e:
-        raise InputError(str(e)) from None
-    if exit_code:
-        sys.exit(exit_code)
+    if result.exit_code:
+        sys.exit(result.exit_code)
 
 
 from mmsim import cmd_fuzz as _cmd_fuzz  # noqa: E402,F401  (registers `mmsim fuzz`)

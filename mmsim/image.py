@@ -45,6 +45,8 @@ from mmsim.kernel import (
     KernelConfig,
     OutOfMemory,
     ShrinkerError,
+    TraceFault,
+    UnsupportedOperation,
     apply_settings,
     load_yaml,
     parse_size,
@@ -402,8 +404,18 @@ class BootOutcome:
     message: str = ""
 
 
-def _ops(path: str) -> Iterator[Any]:
-    yield from read_trace(path)
+class _Source:
+    """The trace the kernel's current operation came from (the app's or the workload's), so
+    that an operation the guest cannot run is named by its file and line."""
+
+    path = ""
+
+
+def _ops(path: str, source: _Source | None = None) -> Iterator[Any]:
+    for op in read_trace(path):
+        if source is not None:
+            source.path = path
+        yield op
 
 
 def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, *,
@@ -427,17 +439,19 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
     image_files = list(_image_files(m))
     app_info: dict[str, Any] = {"cmdline": m.cmdline}
     status, message = EXIT_OK, ""
+    source = _Source()
+    source.path = m.path
     try:
         for img, _host, size in image_files:
             kernel.apply(Op("create", 0, path=img, size=size))
-        workload = _ops(m.workload) if m.workload else iter(())
+        workload = _ops(m.workload, source) if m.workload else iter(())
         if isinstance(m.app, JavaApp):
             app_info.update(kind="java", main=m.app.main, args=m.app.args)
             code, err = _run_java(kernel, m, m.app, config, image_files, workload,
                                   app_output_to_stderr, tick)
         else:
             app_info.update(kind="native", tool=m.app.tool, trace=m.app.trace)
-            code, err = _run_native(kernel, m, m.app, workload, tick)
+            code, err = _run_native(kernel, m, m.app, workload, tick, source)
         app_info.update(exit_code=code, error=err)
         if code:
             status, message = EXIT_APP, f"the application failed: {err or f'exit {code}'}"
@@ -452,6 +466,8 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
             jvm.finish(None)
     except TraceError as e:
         raise ImageError(str(e)) from None
+    except (UnsupportedOperation, TraceFault) as e:  # e.g. a cpu the guest does not have
+        raise ImageError(f"{source.path}:{kernel.line}: {e}") from None
     except ShrinkerError as e:  # the user's shrinker failed during the run
         raise ImageError(f"{m.path}: {e}") from None
     app_info["wall_seconds"] = round(time.perf_counter() - started, 3)
@@ -462,11 +478,12 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
 
 
 def _run_native(kernel: Kernel, m: Manifest, app: NativeApp, workload: Iterator[Any],
-                tick: Callable[[], None] | None = None) -> tuple[int, str | None]:
+                tick: Callable[[], None] | None = None, source: _Source | None = None
+                ) -> tuple[int, str | None]:
     """The native application's trace, interleaved op by op with the side workload."""
     host = m.host_path(app.trace)
     assert host is not None
-    ops = _ops(host)
+    ops = _ops(host, source)
     live = [ops, workload]
     while live:
         for it in list(live):

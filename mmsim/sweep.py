@@ -34,19 +34,16 @@ from typing import Any, Protocol
 
 import yaml
 
+from mmsim.api import MmsimError, replay
 from mmsim.kernel import (
     BootError,
     ConfigError,
     Kernel,
-    OutOfMemory,
-    ShrinkerError,
-    TraceFault,
-    UnsupportedOperation,
     load_config,
     parse_size,
 )
 from mmsim.kernel.config import NoAliasLoader
-from mmsim.trace import READERS, TraceError, read_trace, reader_stats
+from mmsim.trace import READERS
 
 __all__ = [
     "Plan",
@@ -102,28 +99,9 @@ def run_point(trace: str, fmt: str = "auto", settings: dict[str, Any] | None = N
     everything else that stops the run raises PointError with `mmsim run`'s message.
     """
     try:
-        cfg = load_config(config, settings)
-    except ConfigError as e:
+        return replay(trace, config, fmt=fmt, pid=pid, settings=settings).summary
+    except MmsimError as e:
         raise PointError(str(e)) from None
-    kernel: Kernel | None = None
-    try:
-        ops = read_trace(trace, fmt, pid=pid)
-        kernel = Kernel(cfg)
-        kernel.run(ops)
-    except OutOfMemory:
-        pass
-    except (BootError, ConfigError) as e:
-        raise PointError(f"cannot boot: {e}") from None
-    except TraceError as e:
-        raise PointError(str(e)) from None
-    except (UnsupportedOperation, TraceFault, ShrinkerError) as e:  # a user shrinker's failure
-        raise PointError(f"{trace}:{kernel.line if kernel else 0}: {e}") from None
-    summary = kernel.summary()
-    summary["trace"] = trace
-    stats = reader_stats(ops)
-    if stats is not None:
-        summary["trace_reader"] = stats
-    return summary
 
 
 #: summary figures left out of rows: wall-clock times, so that rows depend on the point only

@@ -123,6 +123,22 @@ class TimelineData:
     def __len__(self) -> int:
         return len(self.time)
 
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per row, what ``pandas.DataFrame`` takes: ``time_s``, ``event``,
+        ``total_bytes``, ``free_bytes``, ``<category>_bytes``, the ARC's columns, and
+        ``events`` (the kernel's events since the previous row, by name)."""
+        out = []
+        for i in range(len(self.time)):
+            r: dict[str, Any] = {"time_s": self.time[i], "event": self.event[i],
+                                 "total_bytes": self.total[i], "free_bytes": self.free[i]}
+            for name, col in self.categories.items():
+                r[name + BYTES] = col[i]
+            for name, vals in self.extra.items():
+                r[name] = vals[i]
+            r["events"] = dict(self.events[i]) if i < len(self.events) else {}
+            out.append(r)
+        return out
+
 
 def parse_events(text: str) -> dict[str, int]:
     """``reclaim=2;oom=1`` -> ``{"reclaim": 2, "oom": 1}`` (a bare name counts once)."""
@@ -322,14 +338,15 @@ class Recorder:
 
     def __init__(self, kernel: Any, source: str, *, timeline_path: str | None = None,
                  plot_path: str | None = None, every: int | None = None,
-                 step_ns: int | None = None, cap: int = DEFAULT_CAP) -> None:
+                 step_ns: int | None = None, cap: int = DEFAULT_CAP, keep: bool = False
+                 ) -> None:
         self.kernel = kernel
         self.source = source
         self.plot_path = plot_path
         self.every = every
         self.step_ns = step_ns
         self.cap = max(2, cap)
-        self.active = bool(timeline_path or plot_path)
+        self.active = bool(timeline_path or plot_path or keep)  # keep: rows for the caller
         self.rows: list[_Row] = []  # held rows: all of them unless streamed to a file
         self._writer: _Writer | None = None
         self._interval = 1
@@ -368,12 +385,13 @@ class Recorder:
     @classmethod
     def start(cls, kernel: Any, source: str, timeline_path: str | None = None,
               plot_path: str | None = None, sample_every: int | None = None,
-              sample_ms: float | None = None) -> Recorder:
-        """From the command-line options of :func:`timeline_options`; TimelineError if bad."""
+              sample_ms: float | None = None, keep: bool = False) -> Recorder:
+        """From the command-line options of :func:`timeline_options` (``keep``: the rows for
+        :meth:`records`, without a file); TimelineError if bad."""
         if sample_every is not None and sample_ms is not None:
             raise TimelineError("--sample-every and --sample-ms are exclusive")
         if (sample_every is not None or sample_ms is not None) and not (
-                timeline_path or plot_path):
+                timeline_path or plot_path or keep):
             raise TimelineError("--sample-every/--sample-ms need --timeline or --plot")
         step = None
         if sample_ms is not None:
@@ -381,7 +399,7 @@ class Recorder:
             if step < 1:
                 raise TimelineError(f"--sample-ms {sample_ms} is less than a nanosecond")
         return cls(kernel, source, timeline_path=timeline_path, plot_path=plot_path,
-                   every=sample_every, step_ns=step)
+                   every=sample_every, step_ns=step, keep=keep)
 
     @property
     def _streaming(self) -> bool:
@@ -550,6 +568,15 @@ class Recorder:
             data = load_timeline(w.path) if self._streaming and w is not None else self.data()
             data.source = self.source
             save_figure(plot_timeline(data, summary=summary), self.plot_path)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The timeline as :meth:`TimelineData.records` (after :meth:`finish`); rows streamed
+        to a file are read back from it."""
+        if not self.active:
+            return []
+        w = self._writer
+        data = load_timeline(w.path) if self._streaming and w is not None else self.data()
+        return data.records()
 
     def data(self) -> TimelineData:
         """The held rows as columns (for plotting without reading the file back)."""

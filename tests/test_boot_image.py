@@ -165,6 +165,22 @@ def test_a_native_image_replays_its_trace_beside_the_workload(tmp_path: Path) ->
     assert s["arc"]["read_bytes"] == 8 * MIB
 
 
+@pytest.mark.parametrize("which", ["app", "side"])
+def test_a_cpu_the_guest_lacks_is_one_line_naming_the_trace(tmp_path: Path, which: str) -> None:
+    """As `mmsim run` says it: exit 2, one line with the trace's file and line."""
+    bad = "mmap h 1M\ncpu=9 touch h 0 4K\n"
+    good = "mmap g 1M\ntouch g 0 4K\n"
+    (tmp_path / "app.trace").write_text("# mmsim-trace v1\n" + (bad if which == "app" else good))
+    (tmp_path / "side.trace").write_text("# mmsim-trace v1\n" + (bad if which == "side" else good))
+    (tmp_path / "image.yaml").write_text(
+        "cmdline: /tools/app.so /traces/app.trace\nfiles:\n  /traces: .\n"
+        "workload: side.trace\nmemory: 512M\ncpus: 2\n")
+    res = mmsim("boot", str(tmp_path / "image.yaml"), "-q")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert f"{tmp_path / (which + '.trace')}:3: cpu 9 does not exist" in res.stderr, res.stderr
+
+
 def test_options_the_jvm_would_die_of_are_refused_in_one_line(tmp_path: Path) -> None:
     """HotSpot exit()s the whole process on some options (two collectors): mmsim must say so
     and exit 2, not vanish without a summary."""
