@@ -14,6 +14,7 @@ import random
 
 import pytest
 from click.testing import CliRunner
+from helpers import booter
 from mmsim.fs.zfs_arc.buffers import buffer_pages
 from mmsim.fs.zfs_arc.fs import (
     FILE_META_BUFS,
@@ -289,8 +290,7 @@ def test_scan_mix_arc_keeps_its_hot_set_and_lru_does_not() -> None:
     assert arc > lru + 0.1
 
 
-def boot(memory: str = "512M", **extra: object) -> Kernel:
-    return Kernel(load_config(None, {"memory": memory, **extra}))
+boot = booter("512M")
 
 
 def replay(k: Kernel, path: str, records: list[int], rs: int) -> None:

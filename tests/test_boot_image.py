@@ -197,6 +197,7 @@ def test_options_the_jvm_would_die_of_are_refused_in_one_line(tmp_path: Path) ->
     assert "Multiple garbage collectors selected" in res.stderr
 
 
+@pytest.mark.slow
 def test_the_example_images_run_and_the_arc_image_moves_memory_through_the_balloon() -> None:
     """examples/images: the allocation-heavy app runs to completion under G1; in the ARC image
     the side workload's file scan inflates balloons (taken from the heap) and the app's own

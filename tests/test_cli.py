@@ -5,6 +5,7 @@ import json
 import re
 
 from cli_helpers import run
+from helpers import assert_one_line_error
 
 
 def test_json_summary_of_a_minimal_trace(trace):
@@ -37,22 +38,20 @@ def test_bad_option_is_one_line():
 
 def test_bad_memory_value(trace):
     code, _, err = run("run", trace("sleep 1s\n"), "--memory", "12Q")
-    assert code == 2 and "12Q" in err and err.count("\n") == 1
+    assert_one_line_error(code, err, "12Q")
 
 
 def test_unknown_operation_names_file_and_line(trace):
     path = trace("sleep 1s\n\nmallok a 10\n")
     code, _, err = run("run", path)
-    assert code == 2
-    assert f"{path}:3:" in err and "mallok" in err
-    assert err.count("\n") == 1
+    assert_one_line_error(code, err, f"{path}:3:", "mallok")
 
 
 def test_malformed_line_names_file_and_line(trace):
     path = trace("# comment\nsleep\n")
     code, _, err = run("run", path)
-    assert code == 2 and err.startswith(f"mmsim: error: {path}:2: ")
-    assert err.count("\n") == 1 and err.endswith("\n")  # exactly one line
+    assert_one_line_error(code, err)
+    assert err.startswith(f"mmsim: error: {path}:2: ")
 
 
 def test_cpu_that_does_not_exist(trace):
@@ -66,7 +65,7 @@ def test_truncated_gz(tmp_path):
     p = tmp_path / "t.trace.gz"
     p.write_bytes(data[: len(data) // 2])
     code, _, err = run("run", str(p))
-    assert code == 2 and err.count("\n") == 1
+    assert_one_line_error(code, err)
     m = re.fullmatch(rf"mmsim: error: {re.escape(str(p))}:(\d+): truncated or corrupt gzip data\n",
                      err)
     assert m is not None, err

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 
 from mmsim.cli import main
 
@@ -112,4 +113,4 @@ def test_bad_input_is_one_line(tmp_path, pair, content, message):
     if content is not None:
         bad.write_text(content)
     code, _, err = run("compare", pair[0], str(bad))
-    assert code == 2 and message in err and err.count("\n") == 1
+    assert_one_line_error(code, err, message)

@@ -15,6 +15,7 @@ from bisect import bisect_right
 from collections import deque
 
 import pytest
+from helpers import booter
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -24,7 +25,7 @@ from hypothesis.stateful import (
     rule,
 )
 from mmsim.fs.zfs_arc.buffers import PAGE, RUN
-from mmsim.kernel import Kernel, load_config
+from mmsim.kernel import Kernel
 from mmsim.kernel import sys_fs as _sys_fs  # noqa: F401  (registers arc_size, recordsize)
 from mmsim.mm.address_space import AddressSpace, VmError
 from mmsim.mm.constants import PAGE_SIZE
@@ -40,8 +41,7 @@ PPR = RS // K4  # pages per record
 R, RW = 1, 3
 
 
-def boot(memory: str = "256M", **extra: object) -> Kernel:
-    return Kernel(load_config(None, {"memory": memory, **extra}))
+boot = booter("256M")
 
 
 def vm_of(k: Kernel) -> AddressSpace:

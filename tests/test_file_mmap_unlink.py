@@ -4,14 +4,13 @@ kept in the ``page_cache`` category for good after munmap + unlink."""
 from __future__ import annotations
 
 import pytest
-from mmsim.kernel import Kernel, load_config
+from helpers import booter
+from mmsim.kernel import Kernel
 from mmsim.kernel import sys_fs as _sys_fs  # noqa: F401  (registers the file system's keys)
 
 from mmsim.trace import parse_native
 
-
-def boot() -> Kernel:
-    return Kernel(load_config(None, {"memory": "256M", "cpus": 2}))
+boot = booter("256M", cpus=2)
 
 
 def replay(k: Kernel, text: str) -> None:

@@ -3,7 +3,9 @@
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from hypothesis import settings
 from mmsim.kernel import KernelConfig
 from mmsim.mm.page_pool import PagePool
 from mmsim.mm.slab import Malloc
@@ -11,12 +13,17 @@ from mmsim.mm.slab import Malloc
 from mmsim.cli import main
 from mmsim.fuzz import fuzz
 
+#: the loaded hypothesis profile's bounds (tests/conftest.py: `ci` under CI), and short runs:
+#: a found bug is shrunk by replaying it hundreds of times, each run costing its steps
+BOUNDS = ["--examples", str(settings().max_examples), "--steps", "20"]
+
 
 def test_invariants_hold_on_a_sound_kernel():
     result = fuzz(KernelConfig(memory=128 << 20, cpus=2), examples=8, steps=30, seed=1)
     assert result.ok, result.trace
 
 
+@pytest.mark.slow
 def test_a_leak_is_found_and_the_trace_replays_it(monkeypatch, tmp_path):
     real_free_pages = PagePool.free_pages
 
@@ -29,7 +36,7 @@ def test_a_leak_is_found_and_the_trace_replays_it(monkeypatch, tmp_path):
     monkeypatch.setattr(PagePool, "free_pages", leaky)
     out = tmp_path / "cex.trace"
     runner = CliRunner()
-    result = runner.invoke(main, ["fuzz", "--memory", "256M", "--examples", "200",
+    result = runner.invoke(main, ["fuzz", "--memory", "256M", *BOUNDS,
                                   "--seed", "3", "-o", str(out)])
     assert result.exit_code == 1, result.output
     assert "invariant broken" in result.stderr
@@ -43,6 +50,7 @@ def test_a_leak_is_found_and_the_trace_replays_it(monkeypatch, tmp_path):
     assert clean.exit_code in (0, 3) and "invariant" not in clean.stderr, clean.stderr
 
 
+@pytest.mark.slow
 def test_a_pool_object_handed_out_twice_is_found_and_the_trace_replays_it(monkeypatch, tmp_path):
     real_malloc = Malloc.malloc
 
@@ -58,7 +66,7 @@ def test_a_pool_object_handed_out_twice_is_found_and_the_trace_replays_it(monkey
     monkeypatch.setattr(Malloc, "malloc", twice)
     out = tmp_path / "cex.trace"
     runner = CliRunner()
-    result = runner.invoke(main, ["fuzz", "--memory", "128M", "--examples", "50",
+    result = runner.invoke(main, ["fuzz", "--memory", "128M", *BOUNDS,
                                   "--seed", "1", "-o", str(out)])
     assert result.exit_code == 1, result.output
     broken = result.stderr.splitlines()[0]

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 
 from mmsim.cli import main
 from mmsim.gen import GENERATORS
@@ -116,4 +117,4 @@ def test_stdout_and_unknown_kind():
     assert code == 0 and out.startswith("# mmsim-trace v1\n")
     assert len([ln for ln in out.splitlines() if not ln.startswith("#")]) == 3
     code, _, err = run("gen", "postgres", "-o", "-")
-    assert code == 2 and "postgres" in err and err.count("\n") == 1
+    assert_one_line_error(code, err, "postgres")

@@ -87,6 +87,7 @@ def _arc_moves() -> dict[str, int]:
     return {k: b[k] for k in ("inflations", "deflations")}
 
 
+@pytest.mark.slow
 def test_the_arc_image_makes_the_same_balloon_moves_on_a_loaded_host() -> None:
     """The app's progress, not the wall clock, paces the scan: a busy process beside the
     simulator slows both. The balloon moves as it does on an idle host, within one balloon:

@@ -8,20 +8,17 @@ from __future__ import annotations
 import json
 
 from cli_helpers import run
-from mmsim.kernel import Kernel, KernelConfig
-
-from mmsim.trace.native import parse_native
+from helpers import apply_lines, assert_one_line_error, boot_kernel
+from mmsim.kernel import Kernel
 
 MIB = 1 << 20
 
 
 def _kernel(memory: int, rootfs: str = "zfs", **extra) -> Kernel:
-    return Kernel(KernelConfig(memory=memory, cpus=1, rootfs=rootfs, extra=extra))
+    return boot_kernel(memory, cpus=1, rootfs=rootfs, **extra)
 
 
-def _apply(kernel: Kernel, *lines: str) -> None:
-    for op in parse_native(list(lines)):
-        kernel.apply(op)
+_apply = apply_lines
 
 
 def test_a_zfs_root_asks_the_arc_twice_per_pass(trace):
@@ -103,4 +100,4 @@ def test_any_ram_size_the_layout_describes_is_accepted(trace):
     code, _, err = run("run", path, "--memory", "2M", "-q")
     assert code == 3 and "does not fit" in err  # the kernel image itself is 9 MiB
     code, _, err = run("run", path, "--memory", "1M", "-q")
-    assert code == 2 and "--memory" in err and err.count("\n") == 1
+    assert_one_line_error(code, err, "--memory")

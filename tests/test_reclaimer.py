@@ -1,6 +1,7 @@
 """OSv's pressure behaviours (§5, §12.5-6): wake threshold, targets, hard mode, OOM kinds."""
 
 import pytest
+from helpers import assert_one_line_error
 from mmsim.kernel import Kernel, KernelConfig
 from mmsim.mm.constants import PAGE_SIZE
 from mmsim.mm.page_range_allocator import PageRangeAllocator
@@ -290,8 +291,7 @@ def test_a_failing_user_shrinker_is_one_line_and_exit_2(tmp_path, case):
     trace = tmp_path / "t.trace"
     trace.write_text("mmap a 195M populate\nsleep 10ms\n")
     code, out, err = run("run", str(trace), "--config", str(cfg), "-q")
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert_one_line_error(code, err)
     assert f"shrinker '{module}:{attr}'" in err and what in err and detail in err
 
 
@@ -442,6 +442,5 @@ def test_a_failing_user_shrinker_fails_one_sweep_point_and_one_boot_in_one_line(
         "cmdline: /tools/app.so /traces/t.trace\nfiles:\n  /traces: .\nmemory: 256M\n"
         "kernel:\n  shrinkers: ['bad_sweep:shrink']\n")
     code, _, err = run("boot", str(tmp_path / "image.yaml"), "-q")
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert_one_line_error(code, err)
     assert "shrinker 'bad_sweep:shrink'" in err and "ValueError" in err

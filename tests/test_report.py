@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 
 from mmsim.cli import main
 from mmsim.summary_text import human
@@ -159,7 +160,7 @@ def test_bad_inputs_are_one_line(run_files, tmp_path, which, content, message):
         bad.write_text(content)
     args = [str(bad), tl] if which == "run" else [js, str(bad)]
     code, _, err = run("report", *args, "-o", str(tmp_path / "x.html"))
-    assert code == 2 and message in err and err.count("\n") == 1
+    assert_one_line_error(code, err, message)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -176,8 +177,7 @@ def test_a_timeline_of_another_run_is_refused(run_files, tmp_path, args, message
     if message is None:
         assert code == 0, err
     else:
-        assert code == 2 and message in err and "not the timeline of" in err, err
-        assert err.count("\n") == 1
+        assert_one_line_error(code, err, message, "not the timeline of")
 
 
 def test_a_timeline_of_another_trace_on_the_same_machine_is_refused(run_files, tmp_path):

@@ -5,20 +5,17 @@ from __future__ import annotations
 import json
 
 from cli_helpers import run
-from mmsim.kernel import Kernel, KernelConfig
-
-from mmsim.trace.native import parse_native
+from helpers import apply_lines, boot_kernel
+from mmsim.kernel import Kernel
 
 MIB = 1 << 20
 
 
 def _kernel(**kw) -> Kernel:
-    return Kernel(KernelConfig(memory=kw.pop("memory", 256 * MIB), cpus=1, rootfs="rofs", **kw))
+    return boot_kernel(kw.pop("memory", 256 * MIB), cpus=1, rootfs="rofs", **kw)
 
 
-def _apply(kernel: Kernel, *lines: str) -> None:
-    for op in parse_native(list(lines)):
-        kernel.apply(op)
+_apply = apply_lines
 
 
 def test_reading_a_file_caches_it_in_9_page_segments():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 
 from mmsim.cli import main
 from mmsim.sweep import parse_sizes
@@ -233,8 +234,7 @@ def test_sweep_file_errors_name_file_and_line(tmp_path, text, line, what):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     code, _, err = cli("sweep", str(path))
-    assert code == 2
-    assert err.count("\n") == 1, err
+    assert_one_line_error(code, err)
     assert f"{path}:{line}: " in err and what in err, err
     assert not (tmp_path / "bad.csv").exists()
 
@@ -285,7 +285,7 @@ def test_mrc_bad_options_are_one_line(tmp_path):
                                                           "unknown cache policy 'x'")):
         code, _, err = cli("mrc", str(tmp_path / "b.ids"), "--format", "ids",
                            "-o", str(tmp_path / "m.csv"), *args)
-        assert code == 2 and err.count("\n") == 1 and what in err, err
+        assert_one_line_error(code, err, what)
 
 
 def test_mrc_bad_plot_path_fails_before_any_point_runs(tmp_path, monkeypatch):
@@ -295,7 +295,7 @@ def test_mrc_bad_plot_path_fails_before_any_point_runs(tmp_path, monkeypatch):
                        ("/nonexistent/dir/m.png", "cannot write")):
         code, _, err = cli("mrc", "b.ids", "--format", "ids", "--sizes", "16K:1M:3",
                            "--plot", plot, "--workers", "1")
-        assert code == 2 and err.count("\n") == 1 and what in err, err
+        assert_one_line_error(code, err, what)
         assert not (tmp_path / "b.mrc.csv").exists()  # nothing ran
 
 

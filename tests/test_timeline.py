@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from cli_helpers import run
+from helpers import assert_one_line_error
 
 from mmsim.progress import Progress, file_position
 from mmsim.timeline import Recorder, load_timeline
@@ -173,8 +174,7 @@ def test_bad_timeline_options_are_one_line_before_running(trace, tmp_path, monke
                                                          message):
     monkeypatch.chdir(tmp_path)
     code, _, err = run("run", trace("malloc a 1K\n"), *args)
-    assert code == 2
-    assert message in err and err.count("\n") == 1
+    assert_one_line_error(code, err, message)
 
 
 class GrowingKernel:

@@ -7,7 +7,8 @@ import json
 import pytest
 from cli_helpers import run
 from click.testing import CliRunner
-from mmsim.kernel import Kernel, KernelConfig, OutOfMemory, load_config
+from helpers import booter
+from mmsim.kernel import Kernel, OutOfMemory, load_config
 from mmsim.mm.constants import MIN_EMERGENCY_POOL, PAGE_SIZE
 
 from mmsim.cli import main
@@ -20,8 +21,7 @@ def op(kind: str, **kw) -> Op:
     return Op(kind, 1, **kw)
 
 
-def boot(**extra) -> Kernel:
-    return Kernel(KernelConfig(memory=512 * MIB, cpus=2, extra=extra))
+boot = booter(512 * MIB, cpus=2)
 
 
 def held_pages(k: Kernel) -> list[int]:

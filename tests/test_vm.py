@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import booter
 from mmsim.kernel import Kernel, KernelConfig
 from mmsim.mm.address_space import AddressSpace, VmError
 from mmsim.mm.constants import HUGE_PAGE_SIZE, MMAP_AREA_END, MMAP_DEFAULT_START, PAGE_SIZE
@@ -16,9 +17,7 @@ K4 = PAGE_SIZE
 H = HUGE_PAGE_SIZE
 
 
-def boot(**kw: object) -> Kernel:
-    cfg = {"memory": 256 << 20, "cpus": 2, **kw}
-    return Kernel(KernelConfig(**cfg))  # type: ignore[arg-type]
+boot = booter(256 << 20, cpus=2)
 
 
 @pytest.fixture
@@ -469,7 +468,7 @@ def test_policy_is_the_only_judge() -> None:
 
 
 def test_munmap_of_the_whole_handle_after_a_partial_one_unmaps_the_rest():
-    from mmsim.kernel import Kernel, KernelConfig
+    from mmsim.kernel import Kernel
 
     from mmsim.trace.ops import Op
 
