@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mmsim.cli import boot, build_config, main
+from mmsim.command import boot, build_config, main
 from mmsim.progress import Progress
 
 

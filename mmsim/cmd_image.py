@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from mmsim.cli import InputError, main, write_json
+from mmsim.command import InputError, main, write_json
 from mmsim.image import EXIT_OK, ImageError, boot_image, load_manifest, run_build
 from mmsim.kernel import parse_size
 from mmsim.kernel.config import MIN_MEMORY as LAYOUT_MIN

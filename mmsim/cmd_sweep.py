@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from mmsim.cli import InputError, main
+from mmsim.command import InputError, main
 from mmsim.progress import Progress
 from mmsim.sweep import (
     STATUS_ERROR,

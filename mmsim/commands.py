@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import click
 
-from mmsim.cli import InputError, main
+from mmsim.command import InputError, main
 from mmsim.compare import SummaryError, compare_summaries, format_comparison, load_summary
 from mmsim.gen import GENERATORS, write_trace
 from mmsim.progress import Progress

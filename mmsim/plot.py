@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from mmsim.summary_text import human
-from mmsim.timeline import TimelineData, TimelineError, check_plot_path
+from mmsim.timeline_file import TimelineData, TimelineError, check_plot_path
 
 __all__ = [
     "EVENT_STYLES",

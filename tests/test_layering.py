@@ -52,3 +52,58 @@ def test_mm_knows_nothing_of_the_subsystems_above_it() -> None:
 def test_no_subsystem_imports_the_front(folder: str) -> None:
     bad = [(f, m) for f, m in _imports(folder) if _subsystem(m) in FRONT]
     assert not bad, bad
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT / "mmsim").with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+def _front_graph() -> dict[str, set[str]]:
+    """The front package's modules (``cli``, ``trace``, ``trace.mtrace``, ...) and the front
+    modules each imports, lazy imports too."""
+    paths = sorted((ROOT / "mmsim").rglob("*.py"))
+    names = {_module_name(p) for p in paths}
+    graph: dict[str, set[str]] = {}
+    for path in paths:
+        me = _module_name(path)
+        package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: from . import x, from .x import y
+                    base = package.split(".") if package else []
+                    base = base[: len(base) - node.level + 1]
+                    root = ".".join(base + ([node.module] if node.module else []))
+                    mods = [root] + [f"{root}.{a.name}".lstrip(".") for a in node.names]
+                elif node.module and node.module.startswith("mmsim"):
+                    root = node.module.removeprefix("mmsim").lstrip(".")
+                    mods = [root] + [f"{root}.{a.name}".lstrip(".") for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name.removeprefix("mmsim").lstrip(".") for a in node.names
+                        if a.name.startswith("mmsim")]
+            deps |= {m for m in mods if m in names}
+        graph[me] = deps - {me, ""}
+    return graph
+
+
+def test_the_front_has_no_import_cycles() -> None:
+    """Not even behind a lazy import: the command group and its subcommands, the recorder and
+    the plots, the readers and their package import one way."""
+    graph = _front_graph()
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            cycle = path[path.index(node):] + [node]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if node in done:
+            return
+        for dep in sorted(graph.get(node, ())):
+            visit(dep, [*path, node])
+        done.add(node)
+
+    for module in sorted(graph):
+        visit(module, [])

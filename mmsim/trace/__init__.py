@@ -20,8 +20,7 @@ is imported at the bottom of this file.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 from .native import (
     HEADER,
@@ -43,6 +42,16 @@ from .ops import (
     TraceError,
     expand,
 )
+from .registry import DETECTORS as _DETECTORS
+from .registry import (
+    PEEK_BYTES,
+    PEEK_LINES,
+    READERS,
+    Detector,
+    Reader,
+    TracePeek,
+    register_reader,
+)
 from .source import MAX_LINE_BYTES, Spool, open_trace_binary, open_trace_text, spool
 from .units import format_duration, format_size, format_size_exact, parse_duration, parse_size
 
@@ -55,7 +64,9 @@ __all__ = [
     "PROT_RW",
     "PROT_WRITE",
     "READERS",
+    "Detector",
     "Op",
+    "Reader",
     "TraceError",
     "TracePeek",
     "detect_format",
@@ -75,51 +86,6 @@ __all__ = [
     "register_reader",
     "write_native",
 ]
-
-Reader = Callable[[str], Iterator[Op]]
-
-
-@dataclass(frozen=True, slots=True)
-class TracePeek:
-    """The start of a (decompressed) trace, shown to format detectors.
-
-    One peek serves every detector, so the file is opened and decompressed once.
-    """
-
-    path: str
-    head: bytes  # first PEEK_BYTES bytes after decompression
-    lines: list[str]  # complete lines of head (at most PEEK_LINES), newline stripped
-    complete: bool  # head is the whole file
-    is_text: bool  # head is UTF-8 without NUL bytes
-
-
-Detector = Callable[[TracePeek], bool]
-
-PEEK_BYTES = 64 << 10
-PEEK_LINES = 64
-
-READERS: dict[str, Reader] = {}
-"""Readers by format name, in registration order (which is also detection order)."""
-_DETECTORS: dict[str, Detector] = {}
-
-
-def register_reader(
-    name: str, reader: Reader, detector: Detector | None = None, *, replace: bool = False
-) -> None:
-    """Make ``reader`` available as format ``name``; ``detector`` lets "auto" choose it.
-
-    Formats without a detector can only be read by naming them. Registering a name
-    twice is an error unless ``replace`` (it is almost always two modules colliding).
-    """
-    if name == "auto":
-        raise ValueError("'auto' is reserved for format detection")
-    if name in READERS and not replace:
-        raise ValueError(f"trace format '{name}' is already registered")
-    READERS[name] = reader
-    _DETECTORS.pop(name, None)
-    if detector is not None:
-        _DETECTORS[name] = detector
-
 
 def _known() -> str:
     return ", ".join(["auto", *READERS])

@@ -28,8 +28,8 @@ import re
 import struct
 from collections.abc import Callable, Iterator
 
-from . import register_reader
 from .ops import OP_KINDS, Op, TraceError
+from .registry import register_reader
 from .source import open_trace_binary
 
 __all__ = [

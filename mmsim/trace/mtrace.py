@@ -43,7 +43,7 @@ from .ops import Op, TraceError, quick_op
 from .source import compression_of, open_trace_binary
 
 if TYPE_CHECKING:
-    from . import TracePeek
+    from .registry import TracePeek
 
 __all__ = ["DEFAULT_BATCH", "MALLOC_CALLS", "MallocCalls", "MtraceReader", "detect_mtrace", "read_mtrace"]
 
@@ -360,7 +360,7 @@ def detect_mtrace(peek: TracePeek) -> bool:
 
 
 def _register() -> None:
-    from mmsim.trace import register_reader  # the package imports this module at its end
+    from .registry import register_reader
 
     register_reader("mtrace", read_mtrace, detect_mtrace)
 

@@ -577,7 +577,7 @@ def detect_strace(peek) -> bool:  # noqa: ANN001 - a TracePeek (imported lazily 
 
 
 def _register() -> None:
-    from mmsim.trace import register_reader  # the package imports this module at its end
+    from .registry import register_reader
 
     register_reader("strace", read_strace, detect_strace)
 
