@@ -12,9 +12,9 @@ from mmsim.kernel.config import (
     apply_settings,
     load_config,
     load_yaml,
-    parse_size,
 )
 from mmsim.kernel.kernel import Kernel, OutOfMemory, TraceFault, UnsupportedOperation
+from mmsim.kernel.units import parse_size  # the one definition; sizes' grammar is `units`
 from mmsim.shrinker import ShrinkerError
 
 __all__ = [

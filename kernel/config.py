@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from mmsim.kernel import units
+from mmsim.kernel.units import parse_size
 from mmsim.mm.constants import PAGE_SIZE
 
 #: Each of OSv's linear-map areas (main 0x4000_0000_0000, page 0x5000_..., mempool 0x6000_...)
@@ -55,25 +56,6 @@ class ConfigError(ValueError):
         super().__init__(where + message)
         self.key = key
         self.reason = reason
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from an int or a string like ``512M``, ``64G``, ``1T`` or ``0x1000`` (binary units,
-    the grammar of traces: see :mod:`kernel.units`)."""
-    if isinstance(value, bool):
-        raise ValueError(f"bad size {value!r}")
-    if isinstance(value, int):
-        if not 0 <= value < units.LIMIT:
-            raise ValueError(f"size {value} out of range")
-        return value
-    return units.parse_size(str(value))
-
-
-def parse_duration(value: Any) -> int:
-    """Nanoseconds from a number of seconds or a string like ``500us``, ``1.5ms``, ``2s``."""
-    if isinstance(value, bool):
-        raise ValueError(f"bad duration {value!r}")
-    return units.parse_duration(str(value))
 
 
 @dataclass(frozen=True)

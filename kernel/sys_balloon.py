@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Any
 from mmsim.drivers.virtio_balloon import VirtioBalloon
 from mmsim.kernel.config import (
     ConfigError,
-    parse_duration,
-    parse_size,
     register_config_keys,
     register_config_validator,
 )
+from mmsim.kernel.units import parse_duration, parse_size
 from mmsim.mm.constants import PAGE_SIZE
 from mmsim.mm.page_pool import OutOfPages
 

@@ -19,13 +19,12 @@ from mmsim.fs.zfs_arc.policy import policy_class
 from mmsim.fs.zfs_arc.policy_zfs import arc_init
 from mmsim.kernel.boot import BootError
 from mmsim.kernel.config import (
-    parse_duration,
-    parse_size,
     register_config_keys,
     register_config_validator,
 )
 from mmsim.kernel.footprint import zfs_parts
 from mmsim.kernel.held_pages import HeldPages
+from mmsim.kernel.units import parse_duration, parse_size
 from mmsim.mm.constants import PAGE_SIZE
 
 if TYPE_CHECKING:

@@ -28,11 +28,10 @@ from mmsim.balloon.heap_sizing import HeapSizing, size_heap
 from mmsim.balloon.jvm import HostJvm, JvmError, start_jvm
 from mmsim.kernel.boot import BootError
 from mmsim.kernel.config import (
-    parse_duration,
-    parse_size,
     register_config_keys,
     register_config_validator,
 )
+from mmsim.kernel.units import parse_duration, parse_size
 from mmsim.mm.constants import PAGE_SIZE, WATERMARK_LO_PERCENT
 from mmsim.mm.vma import ANON
 

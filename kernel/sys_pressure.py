@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from mmsim.kernel.config import (
     ConfigError,
-    parse_duration,
     register_config_keys,
     register_config_validator,
 )
 from mmsim.kernel.held_pages import HeldPages
+from mmsim.kernel.units import parse_duration
 from mmsim.mm.constants import PAGE_SIZE
 from mmsim.shrinker import Reclaimer, ShrinkerRegistry
 

@@ -90,14 +90,25 @@ def parse_int(text: str, what: str = "size") -> int:
     return value
 
 
-@functools.lru_cache(maxsize=4096)  # traces repeat the same few sizes millions of times
-def parse_size(text: str, what: str = "size") -> int:
-    """Parse a byte count: ``4096``, ``0x1000``, ``4K``, ``4KiB``, ``4k``, ``1.5G``.
+def parse_size(text: str | int, what: str = "size") -> int:
+    """Parse a byte count: ``4096``, ``0x1000``, ``4K``, ``4KiB``, ``4k``, ``1.5G``, or an int
+    (a YAML or JSON number) in range.
 
     Suffixes K/M/G/T are binary (powers of 1024) in every spelling; ``KB`` and friends
     are rejected because they are ambiguous. ``what`` names the quantity in errors
     (e.g. "offset"), so messages say what was wrong, not just that something was.
     """
+    if type(text) is str:
+        return _parse_size_text(text, what)
+    if isinstance(text, bool) or not isinstance(text, int):
+        raise ValueError(f"bad {what} {text!r}")
+    if not 0 <= text < LIMIT:
+        raise ValueError(f"{what} {text} out of range")
+    return text
+
+
+@functools.lru_cache(maxsize=4096)  # traces repeat the same few sizes millions of times
+def _parse_size_text(text: str, what: str) -> int:
     if text.isascii() and text.isdigit() and len(text) < 20:  # fast path: plain bytes
         return int(text)
     m = _split(text)
@@ -128,12 +139,17 @@ def parse_size(text: str, what: str = "size") -> int:
     return value
 
 
-def parse_duration(text: str, what: str = "duration") -> int:
-    """Parse a duration into integer nanoseconds: ``250us``, ``1.5ms``, ``2s``, ``3`` (= 3 s).
+def parse_duration(text: str | float, what: str = "duration") -> int:
+    """Parse a duration into integer nanoseconds: ``250us``, ``1.5ms``, ``2s``, ``3`` (= 3 s),
+    or a number of seconds (a YAML or JSON number).
 
     Integer nanoseconds keep simulated time exact and totally ordered, which floats
     would not after millions of additions.
     """
+    if not isinstance(text, str):
+        if isinstance(text, bool) or not isinstance(text, (int, float)):
+            raise ValueError(f"bad {what} {text!r}")
+        text = str(text)
     m = _split(text)
     if m is None or m["hex"] is not None:
         raise ValueError(f"bad {what} '{_show(text)}'")

@@ -140,14 +140,14 @@ def plot_mrc(curves: dict[str, list[tuple[int, float]]], title: str) -> Any:
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
 
-    from mmsim.trace import format_size
+    from mmsim.kernel import units
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for policy, points in curves.items():
         ax.plot([s for s, _ in points], [r for _, r in points], marker="o", label=policy)
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_size(int(x))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: units.format_size(int(x))))
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("ARC size")
     ax.set_ylabel("miss ratio")
@@ -222,7 +222,7 @@ def mrc(trace: str, sizes: str, policies: str, fmt: str, block_size: str | None,
 
 def format_mrc(curves: dict[str, list[tuple[int, float]]], sizes: list[int]) -> str:
     """A table: one line per size, a miss-ratio column per policy ('-' where a point failed)."""
-    from mmsim.trace import format_size_exact
+    from mmsim.kernel import units
 
     policies = list(curves)
     lines = ["size        " + "".join(f"{p:>10}" for p in policies)]
@@ -230,5 +230,5 @@ def format_mrc(curves: dict[str, list[tuple[int, float]]], sizes: list[int]) -> 
     for size in sizes:
         cells = "".join(f"{ratios[p][size]:>10.4f}" if size in ratios[p] else f"{'-':>10}"
                         for p in policies)
-        lines.append(f"{format_size_exact(size):<12}{cells}")
+        lines.append(f"{units.format_size_exact(size):<12}{cells}")
     return "\n".join(lines)

@@ -107,3 +107,28 @@ def test_the_front_has_no_import_cycles() -> None:
 
     for module in sorted(graph):
         visit(module, [])
+
+
+UNIT_FUNCTIONS = {"parse_size", "parse_duration", "parse_int", "format_size",
+                  "format_size_exact", "format_duration"}
+
+
+def test_sizes_and_durations_have_one_grammar_in_one_place() -> None:
+    """kernel/units.py alone defines them; the kernel's public face re-exports parse_size
+    (configuration values, the command line and traces all read sizes with it)."""
+    defined = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if path.parts[len(ROOT.parts)] in ("tests", "bench", ".venv", "build"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name in UNIT_FUNCTIONS:
+                defined.append(str(path.relative_to(ROOT)))
+    assert set(defined) == {"kernel/units.py"}, defined
+    import mmsim.kernel
+    import mmsim.trace
+    from mmsim.kernel import units
+
+    assert mmsim.kernel.parse_size is units.parse_size
+    assert not any(hasattr(mmsim.trace, name) for name in UNIT_FUNCTIONS)
+    assert units.parse_size(4096) == units.parse_size("4K") == 4096
+    assert units.parse_duration(2) == units.parse_duration("2s") == 2_000_000_000

@@ -11,6 +11,13 @@ import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mmsim.kernel.units import (
+    format_duration,
+    format_size,
+    format_size_exact,
+    parse_duration,
+    parse_size,
+)
 
 import mmsim.trace as trace
 from mmsim.trace import (
@@ -19,15 +26,10 @@ from mmsim.trace import (
     Op,
     TraceError,
     detect_format,
-    format_duration,
     format_op,
-    format_size,
-    format_size_exact,
     open_trace_binary,
     open_trace_text,
-    parse_duration,
     parse_native,
-    parse_size,
     read_native,
     read_trace,
     register_reader,

@@ -53,7 +53,6 @@ from .registry import (
     register_reader,
 )
 from .source import MAX_LINE_BYTES, Spool, open_trace_binary, open_trace_text, spool
-from .units import format_duration, format_size, format_size_exact, parse_duration, parse_size
 
 __all__ = [
     "HEADER",
@@ -71,15 +70,10 @@ __all__ = [
     "TracePeek",
     "detect_format",
     "expand",
-    "format_duration",
     "format_op",
-    "format_size",
-    "format_size_exact",
     "open_trace_binary",
     "open_trace_text",
-    "parse_duration",
     "parse_native",
-    "parse_size",
     "peek_trace",
     "read_native",
     "read_trace",

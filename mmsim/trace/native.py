@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
+from mmsim.kernel import units
+
 from .ops import (
     MADVICE,
     OP_KINDS,
@@ -29,14 +31,6 @@ from .ops import (
     expand,
 )
 from .source import open_trace_text
-from .units import (
-    LIMIT,
-    format_duration,
-    format_size_exact,
-    parse_duration,
-    parse_int,
-    parse_size,
-)
 
 __all__ = [
     "HEADER",
@@ -114,7 +108,7 @@ def _handle(kind: str, text: str) -> str:
 
 def _size(kind: str, text: str, what: str = "size") -> int:
     try:
-        return parse_size(text, what)
+        return units.parse_size(text, what)
     except ValueError as exc:
         raise _Bad(f"{kind}: {exc}") from None
 
@@ -162,7 +156,7 @@ def _p_malloc(kind: str, a: list[str]) -> Op:
 def _p_calloc(kind: str, a: list[str]) -> Op:
     _expect(kind, a, 3)
     try:
-        count = parse_int(a[1], "count")
+        count = units.parse_int(a[1], "count")
     except ValueError as exc:
         raise _Bad(f"{kind}: {exc}") from None
     return Op(kind, 0, handle=_handle(kind, a[0]), count=count, size=_size(kind, a[2]))
@@ -311,14 +305,14 @@ def _p_balloon(kind: str, a: list[str]) -> Op:
 def _p_sleep(kind: str, a: list[str]) -> Op:
     _expect(kind, a, 1)
     try:
-        return Op(kind, 0, duration_ns=parse_duration(a[0]))
+        return Op(kind, 0, duration_ns=units.parse_duration(a[0]))
     except ValueError as exc:
         raise _Bad(f"{kind}: {exc}") from None
 
 
 def _cpu_number(text: str) -> int:
     try:
-        return parse_int(text, "cpu number")
+        return units.parse_int(text, "cpu number")
     except ValueError as exc:
         raise _Bad(str(exc)) from None
 
@@ -399,13 +393,13 @@ class NativeParser:
         cpu: int | None = None
         if tokens[0].startswith("@"):
             try:
-                time_ns = parse_duration(tokens[0][1:], "time stamp")
+                time_ns = units.parse_duration(tokens[0][1:], "time stamp")
             except ValueError as exc:
                 raise _Bad(str(exc)) from None
             if self._last_time is not None and time_ns < self._last_time:
                 raise _Bad(
-                    f"time goes backwards: @{format_duration(time_ns)} "
-                    f"after @{format_duration(self._last_time)}"
+                    f"time goes backwards: @{units.format_duration(time_ns)} "
+                    f"after @{units.format_duration(self._last_time)}"
                 )
             i = 1
         if i < len(tokens) and tokens[i].startswith("cpu="):
@@ -490,11 +484,11 @@ def _w_path(op: Op) -> str:
 def _w_length(op: Op) -> str:
     if op.length is None:
         raise ValueError(f"cannot write {op.kind}: length is None")
-    return format_size_exact(op.length)
+    return units.format_size_exact(op.length)
 
 
 def _w_count(op: Op, n: int) -> str:
-    if not 0 <= n < LIMIT:
+    if not 0 <= n < units.LIMIT:
         raise ValueError(f"cannot write {op.kind}: number {n} out of range")
     return str(n)
 
@@ -506,11 +500,11 @@ def format_op(op: Op) -> str:
     ``w``), sizes with the largest exact binary suffix, addresses in hex, mmap options
     in the documented order. ``op.line`` is not written.
     """
-    z = format_size_exact
+    z = units.format_size_exact
     kind = op.kind
     parts: list[str] = []
     if op.time_ns is not None:
-        parts.append("@" + format_duration(op.time_ns))
+        parts.append("@" + units.format_duration(op.time_ns))
     if op.cpu is not None:
         if kind == "cpu":
             raise ValueError("cannot write cpu: a 'cpu N' op takes no cpu= prefix")
@@ -577,7 +571,7 @@ def format_op(op: Op) -> str:
     elif kind == "host-balloon":
         parts.append(z(op.size))
     elif kind == "sleep":
-        parts.append(format_duration(op.duration_ns))
+        parts.append(units.format_duration(op.duration_ns))
     elif kind == "cpu":
         parts.append(_w_count(op, op.count))
     else:
