@@ -54,7 +54,7 @@ def touch_once(vm, size: int, small: bool) -> tuple[float, int]:  # noqa: ANN001
 def run_case(case: str, size: int, memory: int) -> dict:
     proc = psutil.Process()
     kernel = Kernel(KernelConfig(memory=memory, cpus=2))
-    vm = kernel.address_space  # type: ignore[attr-defined]
+    vm = kernel.address_space
     pinned = fragment(kernel) if case == "fragmented" else 0
     small = case == "nohugepage"
     a = vm.mmap(size)

@@ -121,7 +121,7 @@ def check_blocks(malloc: Malloc, blocks: Iterable[tuple[int, int, int]]) -> None
 def face_blocks(kernel: Kernel) -> list[tuple[int, int, int]]:
     """The blocks the kernel's malloc face holds for the trace (live handles and leaked
     blocks), with the alignment every malloc family call gets at least."""
-    face = kernel.malloc  # type: ignore[attr-defined]
+    face = kernel.malloc
     return [(addr, size, min(8, malloc_alignment(size)))
             for addr, size in [*face.live.values(), *face.leaked]]
 
@@ -141,7 +141,7 @@ def check_kernel(kernel: Kernel, blocks: Iterable[tuple[int, int, int]] | None =
     address space against its page tables."""
     kernel.check()
     check_page_allocator(kernel.ranges)
-    face = getattr(kernel, "malloc", None)
+    face = kernel.malloc
     if face is not None:
         m = face.malloc
         m.check()
@@ -151,7 +151,7 @@ def check_kernel(kernel: Kernel, blocks: Iterable[tuple[int, int, int]] | None =
         held = sum(n for _, n in m.pfns())
         assert m.heap_bytes == held * PAGE_SIZE + m.large.mapped_bytes, "heap size drifted"
         check_blocks(m, face_blocks(kernel) if blocks is None else blocks)
-    vm = getattr(kernel, "address_space", None)
+    vm = kernel.address_space
     if vm is not None:
         check_address_space(vm)
 

@@ -8,7 +8,7 @@ summary) and summary sections. The kernel wires them; they never reach into each
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mmsim.kernel.app_errors import AppErrors
 from mmsim.kernel.boot import PhysicalMemory, boot_memory
@@ -16,6 +16,16 @@ from mmsim.kernel.config import KernelConfig
 from mmsim.kernel.footprint import kernel_parts
 from mmsim.mm.constants import PAGE_SIZE
 from mmsim.mm.page_pool import OutOfPages
+
+if TYPE_CHECKING:  # the subsystems' types, for the attributes kernel/subsystems.py sets
+    from mmsim.drivers.virtio_balloon import VirtioBalloon
+    from mmsim.fs.rofs import RofsFileSystem
+    from mmsim.fs.zfs_arc.fs import ZfsFileSystem
+    from mmsim.kernel.sys_jvm import JvmSubsystem
+    from mmsim.kernel.sys_malloc import MallocFace
+    from mmsim.kernel.sys_mman import Mman
+    from mmsim.mm.address_space import AddressSpace
+    from mmsim.shrinker import Reclaimer, ShrinkerRegistry
 
 
 class OpLike(Protocol):
@@ -68,7 +78,21 @@ _SUBSYSTEM = {
 class Kernel:
     """One booted OSv guest."""
 
+    # The subsystems, set as kernel/subsystems.py attaches them in OSv's boot order (None
+    # until then, and for those this guest lacks: ``zfs`` on a ROFS root).
+    shrinkers: ShrinkerRegistry | None
+    reclaimer: Reclaimer | None
+    mman: Mman | None
+    address_space: AddressSpace | None
+    malloc: MallocFace | None
+    files: ZfsFileSystem | RofsFileSystem | None
+    zfs: ZfsFileSystem | None
+    jvm: JvmSubsystem | None
+    virtio_balloon: VirtioBalloon | None
+
     def __init__(self, config: KernelConfig) -> None:
+        self.shrinkers = self.reclaimer = self.mman = self.address_space = None
+        self.malloc = self.files = self.zfs = self.jvm = self.virtio_balloon = None
         self.config = config
         self.mem: PhysicalMemory = boot_memory(config)
         self.pool = self.mem.pool
@@ -284,7 +308,7 @@ class Kernel:
         self._hooks_free = self.ranges.free_pages
 
     def _out_of_memory(self, e: OutOfPages, op: OpLike) -> None:
-        shrinkers = getattr(self, "shrinkers", None)
+        shrinkers = self.shrinkers
         chunk = int(e.args[0]) if e.args else PAGE_SIZE
         free, largest = _at_failure(e)
         self.oom = {

@@ -132,8 +132,8 @@ def attach(kernel: Kernel) -> VirtioBalloon:
     kernel.add_after_op(poll, lambda: balloon.next_poll_ns)
     kernel.add_category("virtio_balloon", lambda: balloon.actual_pages * PAGE_SIZE)
     kernel.add_section("virtio_balloon", balloon.summary)
-    registry = getattr(kernel, "shrinkers", None)
+    registry = kernel.shrinkers
     if registry is not None and cfg.deflate:
         registry.register(balloon)
-    kernel.virtio_balloon = balloon  # type: ignore[attr-defined]
+    kernel.virtio_balloon = balloon
     return balloon

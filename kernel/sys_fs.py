@@ -148,7 +148,7 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     low_pages = 3 * phys // 4 // PAGE_SIZE  # kmem_used > 3/4 kmem_size
     policy.memory_low = lambda: ranges.total_pages - ranges.free_pages > low_pages
     policy.clock = lambda: kernel.clock_ns
-    reclaimer = getattr(kernel, "reclaimer", None)
+    reclaimer = kernel.reclaimer
     buffers = BufferAllocator(
         kernel.pool, cpu=lambda: kernel.cpu,
         before_large=getattr(reclaimer, "wait_for_minimum_memory", None))
@@ -161,8 +161,8 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     kernel.add_handler("read", fs.read_op)
     kernel.add_handler("blockread", fs.block_read_op)  # mmsim.trace.blocktrace's fast path
     fs.on_error = lambda kind, op, message: kernel.errors.report(kind, op.line, op.kind, message)
-    kernel.files = fs  # type: ignore[attr-defined]
-    kernel.zfs = fs  # type: ignore[attr-defined]
+    kernel.files = fs
+    kernel.zfs = fs
     kernel.add_category("arc", lambda: buffers.pages * PAGE_SIZE)
     kernel.add_section("arc", fs.stats)
     kernel.add_section("disk", disk.stats)
@@ -174,12 +174,12 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
                         lambda extents: kernel.pool.free_pages(extents, kernel.cpu))
     kernel.add_category("arc_headers", lambda: headers.pages * PAGE_SIZE)
     kernel.add_after_op(lambda: headers.hold(-(-fs.overhead_bytes() // PAGE_SIZE)))
-    mman = getattr(kernel, "mman", None)
+    mman = kernel.mman
     if mman is not None:  # file mmap shares the ARC's buffers (§7)
         pc = mman.use_page_cache(ArcMappings(fs))
         fs.on_unmap = pc.invalidate
         fs.on_file_gone = pc.forget  # an unlinked file's write-cache pages go with it
-    registry = getattr(kernel, "shrinkers", None)
+    registry = kernel.shrinkers
     if registry is not None:
         # two, as on OSv: libsolaris.so registers one as it loads (register_shrinker_arc_funs),
         # and bsd_shrinker_init, after the root mount, wraps arc_lowmem (which arc_init put

@@ -199,15 +199,15 @@ class JvmSubsystem:
         self._gc0 = host.gc_totals()
         host.track_app_threads()  # threads alive now (this one included) are not the app's
         self.clock.restart(self.kernel.clock_ns, 0)
-        space = self.kernel.address_space  # type: ignore[attr-defined]
+        space = self.kernel.address_space
         self.heap = JavaHeap(space, host.max_heap_bytes, host.heap_range)
         self.touched = 0
         self.pretouch = "-XX:+AlwaysPreTouch" in host.options
         self.native = TrackedMapping(space, NATIVE_SPAN, ("jvm", "native"))
         wanted = sizing.osv_sized if self.balloon_wanted is None else self.balloon_wanted
         enabled = wanted and k.mem.phys_mem_size >= MIN_RAM
-        fs = getattr(k, "zfs", None)
-        reclaimer = getattr(k, "reclaimer", None)
+        fs = k.zfs
+        reclaimer = k.reclaimer
         self.balloon = JvmBalloon(
             host, self.heap, k.ranges, enabled=enabled,
             arc_shrink=fs.sized_adjust if fs is not None else None,
@@ -397,9 +397,9 @@ class JvmSubsystem:
 def attach(kernel: Kernel) -> JvmSubsystem:
     """Register the ``jvm`` operation, the JVM's categories and the two summary sections."""
     jvm = JvmSubsystem(kernel)
-    kernel.jvm = jvm  # type: ignore[attr-defined]
+    kernel.jvm = jvm
     kernel.add_handler("jvm", jvm.op)
-    space = kernel.address_space  # type: ignore[attr-defined]
+    space = kernel.address_space
     # the JVM's mappings are anonymous memory: count them in their own categories and
     # not again in sys_mman's `anonymous`, so that free + categories still adds up to total
     kernel.add_category("anonymous", lambda: space.resident[ANON] - jvm.heap_bytes()

@@ -47,8 +47,8 @@ class MallocFace:
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
-        self.malloc = Malloc(kernel.pool, getattr(kernel, "address_space", None))
-        reclaimer = getattr(kernel, "reclaimer", None)
+        self.malloc = Malloc(kernel.pool, kernel.address_space)
+        reclaimer = kernel.reclaimer
         if reclaimer is not None:
             self.malloc.wait_for_minimum_memory = reclaimer.wait_for_minimum_memory
         self.live: dict[str, tuple[int, int]] = {}  # handle -> (address, requested size)
@@ -328,7 +328,7 @@ class MallocFace:
 def attach(kernel: Kernel) -> MallocFace:
     """Register malloc's handlers, its three memory categories and the ``malloc`` section."""
     face = MallocFace(kernel)
-    kernel.malloc = face  # type: ignore[attr-defined]
+    kernel.malloc = face
     for kind in ("malloc", "calloc", "memalign", "realloc", "free", "mallocs"):
         kernel.add_handler(kind, getattr(face, f"op_{kind}"))
     m = face.malloc
@@ -336,7 +336,7 @@ def attach(kernel: Kernel) -> MallocFace:
     kernel.add_category("malloc_pages", lambda: m.whole_pages * PAGE_SIZE)
     kernel.add_category("malloc_large", lambda: m.large_pages * PAGE_SIZE)
     kernel.add_section("malloc", face.summary)
-    registry = getattr(kernel, "shrinkers", None)
+    registry = kernel.shrinkers
     if registry is not None and "malloc_pools" in extra_shrinkers(kernel.config.extra):
         registry.register(PoolShrinker(m))  # not OSv's: only when asked for
     return face

@@ -36,7 +36,7 @@ class _KernelFiles:
         self.table = table
 
     def size(self, path: str) -> int | None:
-        fs = getattr(self._kernel, "files", None)
+        fs = self._kernel.files
         if fs is not None:
             return fs.size(path)
         return self.table.size(path)
@@ -72,7 +72,7 @@ class Mman:
 
     def _wake_reclaimer(self) -> None:
         """OSv wakes the reclaimer when a huge page is not available (if one is built)."""
-        reclaimer = getattr(self.kernel, "reclaimer", None)
+        reclaimer = self.kernel.reclaimer
         if reclaimer is not None:
             reclaimer.wake()
 
@@ -222,8 +222,8 @@ class Mman:
 def attach(kernel: Kernel) -> Mman:
     """Create the address space, register the mmap-family handlers, categories and section."""
     mman = Mman(kernel)
-    kernel.address_space = mman.space  # type: ignore[attr-defined]
-    kernel.mman = mman  # type: ignore[attr-defined]
+    kernel.address_space = mman.space
+    kernel.mman = mman
     for kind in ("mmap", "munmap", "mprotect", "madvise", "mremap", "touch", "msync"):
         kernel.add_handler(kind, getattr(mman, f"op_{kind}"))
     for kind in ("create", "unlink"):

@@ -29,7 +29,7 @@ class _ContiguousPages:
 
     def __init__(self, kernel: Kernel) -> None:
         self.ranges = kernel.ranges
-        self.reclaimer = getattr(kernel, "reclaimer", None)
+        self.reclaimer = kernel.reclaimer
 
     def alloc(self, npages: int) -> int:
         if self.reclaimer is not None:
@@ -93,11 +93,11 @@ def attach(kernel: Kernel) -> RofsFileSystem:
     handlers = _Handlers(kernel, fs)
     for kind in ("create", "read", "blockread", "write", "fsync", "unlink"):
         kernel.add_handler(kind, getattr(handlers, kind))
-    kernel.files = fs  # type: ignore[attr-defined]
+    kernel.files = fs
     kernel.add_category("rofs_cache", lambda: fs.pages * PAGE_SIZE)
     kernel.add_section("rofs", fs.stats)
     kernel.add_section("disk", disk.stats)
-    mman = getattr(kernel, "mman", None)
+    mman = kernel.mman
     if mman is not None:  # file mmap maps the cache's segments (rofs_map_cached_page)
         mman.use_page_cache(RofsMappings(fs))
     return fs

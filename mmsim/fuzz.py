@@ -82,7 +82,7 @@ class KernelMachine(RuleBasedStateMachine):
         type(self).last_ops = self.ops
         self.names = 0
         self.out_of_memory = False
-        self.face = self.kernel.malloc  # type: ignore[attr-defined]
+        self.face = self.kernel.malloc
         #: the machine's model of its live blocks: handle -> (requested bytes, alignment)
         self.blocks: dict[str, tuple[int, int]] = {}
         self.free_rule = FreeRule(self.face.malloc)
@@ -238,7 +238,7 @@ class KernelMachine(RuleBasedStateMachine):
         arc = self.kernel.section("arc")
         if arc is not None:
             assert arc["c_bytes"] >= arc["c_min_bytes"], "ARC target under c_min"
-        reclaimer = getattr(self.kernel, "reclaimer", None)
+        reclaimer = self.kernel.reclaimer
         if reclaimer is not None:
             assert not reclaimer.needless_waits, "a waiter slept while a free run fit it"
 

@@ -461,7 +461,7 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
         message = (f"out of memory ({oom['reason']}): {oom['op']} needed "
                    f"{oom['requested_bytes']} bytes, {oom['free_bytes']} free")
         app_info.update(exit_code=None, error="guest out of memory")
-        jvm = getattr(kernel, "jvm", None)
+        jvm = kernel.jvm
         if jvm is not None:
             jvm.finish(None)
     except TraceError as e:
@@ -494,7 +494,7 @@ def _run_native(kernel: Kernel, m: Manifest, app: NativeApp, workload: Iterator[
                 kernel.apply(op)
                 if tick is not None:
                     tick()
-    kernel.jvm.finish(0)  # type: ignore[attr-defined]
+    kernel.jvm.finish(0)
     return 0, None
 
 
@@ -502,7 +502,7 @@ def _run_java(kernel: Kernel, m: Manifest, app: JavaApp, config: KernelConfig,
               image_files: list[tuple[str, str, int]], workload: Iterator[Any],
               to_stderr: bool, tick: Callable[[], None] | None = None
               ) -> tuple[int, str | None]:
-    jvm = kernel.jvm  # type: ignore[attr-defined]
+    jvm = kernel.jvm
     cp_host = [h for h in (classpath_host(m, p) for p in app.classpath) if h]
     try:
         host = jvm.launch(jvm_options(app, config), cp_host)

@@ -67,7 +67,7 @@ class MallocMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.kernel = Kernel(KernelConfig(memory=256 << 20, cpus=CPUS))
-        self.m = self.kernel.malloc.malloc  # type: ignore[attr-defined]
+        self.m = self.kernel.malloc.malloc
         self.live: dict[int, tuple[int, int]] = {}  # address -> (requested, alignment)
         self.rule = FreeRule(self.m)
 
@@ -256,7 +256,7 @@ class VmMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.kernel = Kernel(KernelConfig(memory=256 << 20, cpus=2))
-        self.vm = self.kernel.address_space  # type: ignore[attr-defined]
+        self.vm = self.kernel.address_space
         self.mapped: dict[int, int] = {}  # page -> prot
         self.starts: set[int] = set()  # pages where a VMA starts (if mapped)
         self.touched: set[int] = set()  # pages that must be resident

@@ -148,3 +148,17 @@ def test_a_bad_value_names_file_line_key_and_what_is_wrong(tmp_path, key, value,
     with pytest.raises(ConfigError) as e:  # the command line's twin names the option
         load_config(None, {key: value})
     assert str(e.value).startswith(f"--{key.replace('_', '-')}: "), str(e.value)
+
+
+@pytest.mark.parametrize("rootfs", ["zfs", "rofs"])
+def test_the_kernel_declares_every_subsystem_it_wires(rootfs: str) -> None:
+    """Kernel's annotations name every subsystem attach_all sets (no attribute appears from
+    nowhere), each set after boot; a ROFS root has no ZFS."""
+    from mmsim.kernel import Kernel, load_config
+
+    declared = set(Kernel.__annotations__)
+    k = Kernel(load_config(None, {"memory": "256M", "rootfs": rootfs}))
+    assert declared <= set(vars(k))
+    set_ = {n for n in declared if getattr(k, n) is not None}
+    assert set_ == declared - ({"zfs"} if rootfs == "rofs" else set())
+    assert (k.zfs is k.files) if rootfs == "zfs" else (k.zfs is None)

@@ -59,7 +59,7 @@ def create(k: Kernel, path: str, size: int) -> None:
 def checked(k: Kernel) -> None:
     k.check()
     vm_of(k).check()
-    k.zfs.check()  # type: ignore[attr-defined]
+    k.zfs.check()
     assert_no_pte_outlives_its_buffer(k)
 
 
@@ -69,7 +69,7 @@ def cats(k: Kernel) -> dict[str, int]:
 
 def record_frames(k: Kernel, path: str) -> dict[int, int]:
     """file page -> frame, for every cached record of ``path``, from the ARC's buffers."""
-    f = k.zfs.file(path)  # type: ignore[attr-defined]
+    f = k.zfs.file(path)
     out: dict[int, int] = {}
     per = max(f.recordsize // K4, 1)
     for idx, buf in f.bufs.items():
@@ -98,7 +98,7 @@ def assert_no_pte_outlives_its_buffer(k: Kernel) -> None:
     mapping points at is in use, and one in a live ARC buffer is the data page of the file
     page mapped there. Each buffer's ``mapped`` counts the PTEs pointing at it."""
     vm = vm_of(k)
-    fs = k.zfs  # type: ignore[attr-defined]
+    fs = k.zfs
     owner: dict[int, tuple[object, int | None, object]] = {}  # frame -> file, page, buffer
     for f in fs._files.values():
         per = max(f.recordsize // K4, 1)
@@ -679,7 +679,7 @@ class FileMmapMachine(RuleBasedStateMachine):
     @rule(hard=st.booleans())
     def arc_shrinks(self, hard: bool) -> None:
         assert self.k is not None
-        self.k.zfs.request_memory(0, hard)  # type: ignore[attr-defined]
+        self.k.zfs.request_memory(0, hard)
         apply(self.k, "sleep", duration_ns=1_100_000_000)
 
     @invariant()

@@ -16,8 +16,8 @@ boot = booter("256M", cpus=2)
 def replay(k: Kernel, text: str) -> None:
     k.run(parse_native(text.strip().splitlines()))
     k.check()  # pages are conserved: free + every category == total
-    k.address_space.check()  # type: ignore[attr-defined]
-    k.zfs.check()  # type: ignore[attr-defined]
+    k.address_space.check()
+    k.zfs.check()
 
 
 def page_cache(k: Kernel) -> int:

@@ -125,8 +125,9 @@ def test_sizes_and_durations_have_one_grammar_in_one_place() -> None:
                 defined.append(str(path.relative_to(ROOT)))
     assert set(defined) == {"kernel/units.py"}, defined
     import mmsim.kernel
-    import mmsim.trace
     from mmsim.kernel import units
+
+    import mmsim.trace
 
     assert mmsim.kernel.parse_size is units.parse_size
     assert not any(hasattr(mmsim.trace, name) for name in UNIT_FUNCTIONS)

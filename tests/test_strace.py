@@ -67,7 +67,7 @@ def replay(path: Path | str, **kw: object) -> Kernel:
     kernel = Kernel(KernelConfig(memory=512 << 20, cpus=2))
     kernel.run(read_trace(path, "strace") if not kw else read_strace(path, **kw))  # type: ignore[arg-type]
     kernel.check()
-    kernel.address_space.check()  # type: ignore[attr-defined]
+    kernel.address_space.check()
     return kernel
 
 
@@ -258,9 +258,9 @@ def test_a_growing_brk_heap_is_one_vma(tmp_path: Path) -> None:
     assert [o.split()[0] for o in ops] == ["mmap", "mmap", "mremap", "mremap", "mremap"]
     kernel = replay(log)
     size = 0x555556000000 - 0x555555559000
-    heap = kernel.address_space.vmas.find(HEAP_HINT)  # type: ignore[attr-defined]
+    heap = kernel.address_space.vmas.find(HEAP_HINT)
     assert heap is not None and (heap.start, heap.end) == (HEAP_HINT, HEAP_HINT + size)
-    assert len(kernel.address_space.vmas.intersecting(HEAP_HINT, HEAP_HINT + (1 << 40))) == 1  # type: ignore[attr-defined]
+    assert len(kernel.address_space.vmas.intersecting(HEAP_HINT, HEAP_HINT + (1 << 40))) == 1
     summary = kernel.summary()["mmap"]
     assert summary["vmas"] == 2 and summary["errors"] == {}
     assert summary["mapped_bytes"] == independent_mapped_bytes(log) == size + 8192

@@ -32,7 +32,7 @@ def vm(kernel: Kernel) -> AddressSpace:
 
 def checked(kernel: Kernel) -> None:
     kernel.check()
-    kernel.address_space.check()  # type: ignore[attr-defined]
+    kernel.address_space.check()
 
 
 def errno(fn, *args, **kw) -> str:  # noqa: ANN001
@@ -131,7 +131,7 @@ def test_touch_counts_one_fault_per_block_or_4k_page(kernel: Kernel, vm: Address
 
 def test_hugepages_false_maps_4k_only() -> None:
     k = boot(hugepages=False)
-    vm = k.address_space  # type: ignore[attr-defined]
+    vm = k.address_space
     a = vm.mmap(4 * H, populate=True)
     assert (vm.huge_pages, vm.small_pages) == (0, 4 * 512)
     b = vm.mmap(2 * H)
@@ -143,7 +143,7 @@ def test_hugepages_false_maps_4k_only() -> None:
 
 def test_no_aligned_physical_run_maps_all_512_small_pages(kernel: Kernel, vm: AddressSpace) -> None:
     kept = fragment(kernel)
-    reclaimer = kernel.reclaimer  # type: ignore[attr-defined]
+    reclaimer = kernel.reclaimer
     reclaimer.run()
     wakes = reclaimer.wakes
     a = vm.mmap(2 * H)
@@ -450,7 +450,7 @@ def test_map_anon_for_malloc(kernel: Kernel, vm: AddressSpace) -> None:
 
 def test_giant_page_kernels_map_huge_pages_too() -> None:
     k = boot(giant_pages=True)
-    vm = k.address_space  # type: ignore[attr-defined]
+    vm = k.address_space
     a = vm.mmap(3 * H, populate=True)
     assert vm.huge_pages == 3 and k.page_tables.translate(a + H)[2] == H
     vm.munmap(a, 3 * H)
