@@ -1,7 +1,6 @@
 """The simulated OSv kernel: boot, configuration, and the syscall face that traces drive."""
 
 from mmsim.balloon.jvm import AppThread  # the thread an image's Java main() runs on
-from mmsim.kernel import subsystems as _subsystems  # noqa: E402,F401  (registers every config key)
 from mmsim.kernel import (
     units,  # the one grammar of sizes and durations (config, command line, traces)
 )

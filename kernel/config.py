@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from mmsim.kernel import units
+from mmsim.kernel import config_keys, units
 from mmsim.kernel.units import parse_size
 from mmsim.mm.constants import PAGE_SIZE
 
@@ -115,51 +114,13 @@ class KernelConfig:
         return entries
 
 
-_KEYS = {
-    "memory": "RAM size, e.g. 512M, 2G, 1T",
-    "cpus": "number of vCPUs (1..256)",
-    "hugepages": "use 2 MiB pages for anonymous memory (true/false)",
-    "giant_pages": "use 1 GiB leaves in the linear map (true/false)",
-    "kernel_size": "size of the kernel in memory from 2 MiB (default: the rootfs build's ELF "
-                   "+ .bss)",
-    "rootfs": "root file system: zfs (default) or rofs",
-    "e820": "list of {start, length, type} firmware map entries",
-    "seed": "random seed for anything random",
-}
-
-#: keys later subsystems accept; their values are checked by the subsystems' validators
-_DEFERRED_KEYS: set[str] = set()
-
-#: ``check(settings)`` of each subsystem: ValueError if one of its keys in ``settings`` (a
-#: mapping like ``KernelConfig.extra``) has a bad value; other keys it ignores
-Validator = Callable[[dict[str, Any]], object]
-_VALIDATORS: list[Validator] = []
-
-
-def register_config_keys(keys: dict[str, str], validator: Validator | None = None) -> None:
-    """Let a subsystem add its own configuration keys, and the validator of their values."""
-    _KEYS.update(keys)
-    _DEFERRED_KEYS.update(keys)
-    if validator is not None:
-        register_config_validator(validator)
-
-
-def register_config_validator(validator: Validator) -> None:
-    """Check subsystem keys' values as the configuration is loaded, so that a bad one is an
-    error naming its file and line (or its command-line option), not a failed boot.
-
-    ``validator`` is called with one key at a time (``{key: value}``) and raises ValueError
-    saying what is wrong; the subsystem typically passes the function that reads its settings
-    from ``config.extra`` at boot, so the two cannot disagree. The config module knows nothing
-    of the subsystems: they register themselves when imported (kernel/subsystems.py).
-    """
-    if validator not in _VALIDATORS:
-        _VALIDATORS.append(validator)
+#: every key, from the one table of them (kernel/config_keys.py)
+_KEYS = {k.name: k.doc for k in config_keys.KEYS}
 
 
 def _check_extra(key: str, value: Any) -> None:
-    for check in _VALIDATORS:
-        check({key: value})
+    """A subsystem key's value, checked by the subsystem that reads it (ValueError)."""
+    config_keys.check_value(key, value)
 
 
 def known_keys() -> dict[str, str]:

@@ -14,6 +14,7 @@ from mmsim.kernel.app_errors import AppErrors
 from mmsim.kernel.boot import PhysicalMemory, boot_memory
 from mmsim.kernel.config import KernelConfig
 from mmsim.kernel.footprint import kernel_parts
+from mmsim.kernel.subsystems import attach_all
 from mmsim.mm.constants import PAGE_SIZE
 from mmsim.mm.page_pool import OutOfPages
 
@@ -125,9 +126,7 @@ class Kernel:
         for part in kernel_parts(config, top):  # before SMP, straight from the runs
             self.reserve(part.category, part.nbytes)
         self.pool.start_smp()
-        from mmsim.kernel.subsystems import attach_all  # the wiring lives in one place
-
-        attach_all(self)
+        attach_all(self)  # the wiring lives in one place
 
     # -- wiring for subsystems ----------------------------------------------------------
     def add_handler(self, kind: str, handler: Handler) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-# importing the subsystems registers their configuration keys, so a configuration file is
-# validated against every key the build knows before any kernel boots
 from mmsim.kernel import sys_balloon, sys_fs, sys_jvm, sys_malloc, sys_mman, sys_pressure, sys_rofs
 
 if TYPE_CHECKING:

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Any
 from mmsim.drivers.virtio_balloon import VirtioBalloon
 from mmsim.kernel.config import (
     ConfigError,
-    register_config_keys,
-    register_config_validator,
 )
 from mmsim.kernel.units import parse_duration, parse_size
 from mmsim.mm.constants import PAGE_SIZE
@@ -20,21 +18,6 @@ from mmsim.mm.page_pool import OutOfPages
 if TYPE_CHECKING:
     from mmsim.kernel.kernel import Kernel
 
-register_config_keys({
-    "host_balloon": "the host's initial virtio-balloon target (a size; default 0)",
-    "virtio_balloon_rate": "beyond OSv: bytes per second the balloon can move (a size; default "
-                           "unset: as OSv, a poll moves the whole difference)",
-    "virtio_balloon_keep_free": "beyond OSv: free memory inflation stops at instead of waiting "
-                                "(a size, e.g. 4M; default 0: as OSv, none)",
-    "virtio_balloon_clamp_target": "beyond OSv: clamp a host target above total memory and "
-                                   "count an app error (true/false; default false: as OSv, "
-                                   "not clamped)",
-    "virtio_balloon_deflate_on_oom": "beyond OSv: act on VIRTIO_BALLOON_F_DEFLATE_ON_OOM, as "
-                                     "Linux does (true/false; default false: OSv only "
-                                     "advertises it)",
-    "virtio_balloon_wake_latency": "delay between a new host target and the driver's poll "
-                                   "(e.g. 1ms; default: none, the next 500 ms poll sees it)",
-})
 
 
 @dataclass
@@ -74,7 +57,6 @@ def _settings(extra: dict[str, Any]) -> _Settings:
                      _flag(extra, "virtio_balloon_deflate_on_oom"), latency)
 
 
-register_config_validator(_settings)  # each value checked as the configuration is loaded
 
 
 @dataclass

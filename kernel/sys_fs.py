@@ -18,10 +18,6 @@ from mmsim.fs.zfs_arc.mapping import ArcMappings
 from mmsim.fs.zfs_arc.policy import policy_class
 from mmsim.fs.zfs_arc.policy_zfs import arc_init
 from mmsim.kernel.boot import BootError
-from mmsim.kernel.config import (
-    register_config_keys,
-    register_config_validator,
-)
 from mmsim.kernel.footprint import zfs_parts
 from mmsim.kernel.held_pages import HeldPages
 from mmsim.kernel.units import parse_duration, parse_size
@@ -32,16 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ArcShrinker", "FsConfig", "attach"]
 
-register_config_keys({
-    "cache_policy": "ARC replacement policy: zfs (default), arc (FAST'03) or lru",
-    "arc_size": "fixed ARC capacity, e.g. 512M (c_min = c_max); default from the RAM size",
-    "recordsize": "ZFS record size, a power of two in 512..1M (default 128K)",
-    "block_size": "record size of block-trace files (default: the trace's block, 512 for .lis)",
-    "disk_latency": "virtio-blk latency per request, e.g. 100us (the default; a bare number is seconds)",
-    "disk_bandwidth": "virtio-blk bandwidth in bytes per second, e.g. 500M (default)",
-    "arc_reclaim_wake_latency": "delay between arc_lowmem's wake and the ARC's reclaim pass "
-                                "(e.g. 10ms; default 0: right after the operation)",
-})
 
 
 def _pow2_size(key: str, value: Any, lo: int, hi: int) -> int:
@@ -79,7 +65,6 @@ class FsConfig:
             raise ValueError(f"'arc_reclaim_wake_latency': {e}") from None
 
 
-register_config_validator(FsConfig)  # each value checked as the configuration is loaded
 
 
 def _duration(value: Any) -> int:

@@ -27,10 +27,6 @@ from mmsim.balloon.heap import JavaHeap, TrackedMapping
 from mmsim.balloon.heap_sizing import HeapSizing, size_heap
 from mmsim.balloon.jvm import HostJvm, JvmError, start_jvm
 from mmsim.kernel.boot import BootError
-from mmsim.kernel.config import (
-    register_config_keys,
-    register_config_validator,
-)
 from mmsim.kernel.units import parse_duration, parse_size
 from mmsim.mm.constants import PAGE_SIZE, WATERMARK_LO_PERCENT
 from mmsim.mm.vma import ANON
@@ -40,13 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AppClock", "JvmOp", "JvmSubsystem", "attach"]
 
-register_config_keys({
-    "jvm_balloon": "the JVM balloon: auto (OSv: only for a heap OSv sized, no -Xmx), true "
-                   "(any heap, beyond OSv) or false (default auto)",
-    "jvm_path": "the JVM to host: a libjvm.so or a JDK directory (default: javac's JDK)",
-    "jvm_balloon_wake_latency": "delay between a balloon request and the balloon thread's "
-                                "inflation, in simulated time (e.g. 50ms; default 0)",
-})
 
 
 def _settings(extra: dict[str, Any]) -> tuple[bool | None, str | None, int]:
@@ -67,12 +56,7 @@ def _settings(extra: dict[str, Any]) -> tuple[bool | None, str | None, int]:
     return enabled, path, latency
 
 
-register_config_validator(_settings)  # each value checked as the configuration is loaded
 
-register_config_keys({
-    "jvm_alloc_rate": "bytes a JVM application allocates per simulated second: its simulated "
-                      "time (e.g. 512M; default 1G)",
-})
 DEFAULT_ALLOC_RATE = 1 << 30  # bytes per simulated second
 
 
@@ -88,7 +72,6 @@ def _alloc_rate(extra: dict[str, Any]) -> int:
     return rate
 
 
-register_config_validator(_alloc_rate)
 
 
 class AppClock:

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from mmsim.kernel.config import (
     ConfigError,
-    register_config_keys,
-    register_config_validator,
 )
 from mmsim.kernel.held_pages import HeldPages
 from mmsim.kernel.units import parse_duration
@@ -30,13 +28,6 @@ if TYPE_CHECKING:
 #: shrinkers mmsim can add that OSv does not have (off by default; docs/configuration.md)
 EXTRA_SHRINKERS = ("page_pool", "malloc_pools")
 
-register_config_keys({
-    "shrinkers": "list of user shrinkers as 'module:attr'",
-    "extra_shrinkers": "shrinkers OSv does not have, off by default: a list of page_pool "
-                       "(drain the L1/L2 page caches on hard passes) and malloc_pools (free "
-                       "the pools' empty pages)",
-    "reclaimer_wake_latency": "simulated delay between a wake and the reclaimer's pass (e.g. 1ms)",
-})
 
 
 def extra_shrinkers(extra: dict[str, Any]) -> list[str]:
@@ -48,7 +39,6 @@ def extra_shrinkers(extra: dict[str, Any]) -> list[str]:
     return names
 
 
-register_config_validator(extra_shrinkers)
 
 
 class PagePoolShrinker:
@@ -68,6 +58,11 @@ class PagePoolShrinker:
         return self.pool.drain() * PAGE_SIZE if hard else 0
 
 
+def check_wake_latency(extra: dict[str, Any]) -> int:
+    """``reclaimer_wake_latency`` from ``config.extra`` (ns); ConfigError if bad."""
+    return _wake_latency(extra.get("reclaimer_wake_latency", 0))
+
+
 def _wake_latency(value: Any) -> int:
     """A duration (``1ms``, ``0.5s``, a number of seconds) in nanoseconds."""
     try:
@@ -76,7 +71,6 @@ def _wake_latency(value: Any) -> int:
         raise ConfigError(f"'reclaimer_wake_latency': {e}") from None
 
 
-register_config_validator(lambda extra: _wake_latency(extra.get("reclaimer_wake_latency", 0)))
 
 
 class ShrinkerKernel:
