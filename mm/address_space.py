@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mmsim.mm.constants import HUGE_PAGE_SIZE, MMAP_AREA_END, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_HUGE
 from mmsim.mm.file_backing import FileBacking
@@ -666,6 +667,53 @@ class AddressSpace:
             self.resident[vma.kind] += b - a
 
     # ------------------------------------------------------------------ checks
+
+    # -- the page providers' face (mm/page_cache.py's Mapper): pages another owner holds ------
+    def holes(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The unpopulated sub-ranges of ``[start, end)``, in order."""
+        return self._holes(start, end)
+
+    def frame_extents(self, start: int, length: int) -> Iterable[Any]:
+        """The present extents (``vaddr``, ``end``, ``pfn``, ``npages``) in the range."""
+        return self.pt.extents(start, length)
+
+    def map_private(self, vma: Vma, pieces: list[tuple[int, int]], perm: Perm) -> None:
+        """Fresh anonymous 4K pages of this space on every ``[a, b)`` of ``pieces`` (a private
+        copy of file data, say): the space owns them."""
+        self._map_small(vma, pieces, perm)
+
+    def map_frames(self, vaddr: int, frames: list[tuple[int, int]], perm: Perm) -> None:
+        """Map frames another owner holds (a cache's) at ``vaddr``, 4K each; MemoryError if a
+        page-table page cannot be had (nothing mapped then)."""
+        self.pt.map(vaddr, frames, perm)
+        self.small_pages += sum(n for _, n in frames)
+
+    def unmap_frames(self, vaddr: int, length: int) -> list[Any]:
+        """Clear the PTEs of ``[vaddr, vaddr + length)`` without freeing their frames (their
+        owner does); the extents that were mapped."""
+        gone = list(self.pt.unmap(vaddr, length))
+        self.small_pages -= sum(ext.npages for ext in gone)
+        return gone
+
+    def protect_frames(self, vaddr: int, length: int, perm: Perm) -> None:
+        self.pt.protect(vaddr, length, perm)
+
+    def alloc_frames(self, npages: int) -> list[tuple[int, int]]:
+        """Pages from the allocator on the current CPU, for an owner outside this space."""
+        return self.pool.alloc_pages(npages, self._cpu())
+
+    def free_frames(self, runs: list[tuple[int, int]]) -> None:
+        self.pool.free_pages(runs, self._cpu())
+
+    def count_faults(self, n: int) -> None:
+        self.stats.faults += n
+
+    def count_tlb_flush(self) -> None:
+        self.stats.tlb_flushes += 1
+
+    def maps_file(self, file: object) -> bool:
+        """True if a mapping of this space is of ``file`` (a page-cache file)."""
+        return any(v.cache_file is file for v in self.vmas)
 
     def check(self) -> None:
         """Assert that the VMAs, the page tables and the counters agree (tests; O(extents))."""

@@ -41,10 +41,11 @@ from mmsim.mm.pagetables import Perm
 from sortedcontainers import SortedDict
 
 if TYPE_CHECKING:
-    from mmsim.mm.address_space import AddressSpace
+    from collections.abc import Iterable
+
     from mmsim.mm.vma import Vma
 
-__all__ = ["CachedRecord", "FileCache", "PageCache", "lru_max_length"]
+__all__ = ["CachedRecord", "FileCache", "Mapper", "PageCache", "lru_max_length"]
 
 PROT_WRITE = 2
 #: at most this many remembered mapping spans per buffer before the stale ones are dropped
@@ -199,10 +200,38 @@ def _slice(frames: tuple[tuple[int, int], ...], skip: int, n: int) -> list[tuple
     return out
 
 
+class Mapper(Protocol):
+    """What the page cache asks of the address space it maps its pages into: the small face
+    of a page provider in OSv's mmu.cc. The cache owns its frames; the space maps them, owns
+    the private copies, and counts faults and TLB flushes."""
+
+    def holes(self, start: int, end: int) -> list[tuple[int, int]]: ...
+
+    def frame_extents(self, start: int, length: int) -> Iterable[Any]: ...
+
+    def map_private(self, vma: Vma, pieces: list[tuple[int, int]], perm: Perm) -> None: ...
+
+    def map_frames(self, vaddr: int, frames: list[tuple[int, int]], perm: Perm) -> None: ...
+
+    def unmap_frames(self, vaddr: int, length: int) -> list[Any]: ...
+
+    def protect_frames(self, vaddr: int, length: int, perm: Perm) -> None: ...
+
+    def alloc_frames(self, npages: int) -> list[tuple[int, int]]: ...
+
+    def free_frames(self, runs: list[tuple[int, int]]) -> None: ...
+
+    def count_faults(self, n: int) -> None: ...
+
+    def count_tlb_flush(self) -> None: ...
+
+    def maps_file(self, file: object) -> bool: ...
+
+
 class PageCache:
     """The page cache of one address space: shared record pages and the write cache."""
 
-    def __init__(self, space: AddressSpace, backing: FileCache, lru_max: int) -> None:
+    def __init__(self, space: Mapper, backing: FileCache, lru_max: int) -> None:
         self.space = space
         self.backing = backing
         self.lru_max = lru_max
@@ -244,7 +273,7 @@ class PageCache:
         """``[start, end)`` cut into (a, b, what): None (hole), _PRIVATE, or the cache frame."""
         out: list[tuple[int, int, Any]] = []
         cursor = start
-        for ext in self.space.pt.extents(start, end - start):
+        for ext in self.space.frame_extents(start, end - start):
             if ext.vaddr > cursor:
                 out.append((cursor, ext.vaddr, None))
             p = ext.pfn
@@ -305,7 +334,7 @@ class PageCache:
             else:
                 merged.append([s, e])
         for s, e in merged:
-            for ext in self.space.pt.extents(s, e - s):
+            for ext in self.space.frame_extents(s, e - s):
                 ext_end = ext.pfn + ext.npages
                 i = max(bisect_right(starts, ext.pfn) - 1, 0)
                 while i < len(frames) and frames[i][0] < ext_end:
@@ -326,11 +355,9 @@ class PageCache:
         """Clear every PTE pointing at ``owners``' frames (of pages [lo, hi)); pages cleared.
 
         No accounting of the owners here: the caller knows whether they are still alive."""
-        pt = self.space.pt
         removed = 0
         for va, end in self._targets(owners, None, lo_page, hi_page):
-            removed += sum(ext.npages for ext in pt.unmap(va, end - va))
-        self.space.small_pages -= removed
+            removed += sum(ext.npages for ext in self.space.unmap_frames(va, end - va))
         return removed
 
     # ------------------------------------------------------------------ shared records
@@ -384,7 +411,7 @@ class PageCache:
         e.ptes = 0
         self.invalidations += 1
         if removed:
-            self.space.stats.tlb_flushes += 1
+            self.space.count_tlb_flush()
 
     def _map_records(self, vma: Vma, p0: int, p1: int, perm: Perm) -> None:
         """Map file pages [p0, p1) (holes) record by record from the file system's cache."""
@@ -396,7 +423,7 @@ class PageCache:
             rec = backing.record(file, page)
             if rec is None or rec.frames is None:  # nothing to share: a private copy
                 hi = p1 if rec is None else min(p1, rec.page + rec.npages)
-                space._map_small(vma, [(_va(vma, page), _va(vma, hi))], Perm(vma.prot))
+                space.map_private(vma, [(_va(vma, page), _va(vma, hi))], Perm(vma.prot))
                 self.copied_pages += hi - page
                 page = hi
                 continue
@@ -409,7 +436,7 @@ class PageCache:
             backing.mapped(rec.token, e.ptes + n)
             va = _va(vma, page)
             try:
-                space.pt.map(va, _slice(rec.frames, page - rec.page, n), perm)
+                space.map_frames(va, _slice(rec.frames, page - rec.page, n), perm)
             except MemoryError:
                 if e.alive and not e.ptes:
                     self._drop_entry(e)
@@ -419,10 +446,9 @@ class PageCache:
             if e.alive:
                 e.ptes += n
                 self.shared_ptes += n
-                space.small_pages += n
                 backing.mapped(rec.token, e.ptes)
             else:  # evicted meanwhile: no PTE may outlive its buffer
-                space.pt.unmap(va, n << PAGE_SHIFT)
+                space.unmap_frames(va, n << PAGE_SHIFT)
             page = hi
 
     def _drop_record_pages(self, file: Hashable, p0: int, p1: int) -> int:
@@ -503,10 +529,9 @@ class PageCache:
     def _map_run(self, vma: Vma, run: _Run, p0: int, p1: int, perm: Perm) -> None:
         self._add_base(run, _va(vma, run.page))
         try:
-            self.space.pt.map(_va(vma, p0), [(run.pfn + p0 - run.page, p1 - p0)], perm)
+            self.space.map_frames(_va(vma, p0), [(run.pfn + p0 - run.page, p1 - p0)], perm)
         except MemoryError:
             raise OutOfPages(PAGE_SIZE) from None
-        self.space.small_pages += p1 - p0
 
     def _insert(self, vma: Vma, p0: int, p1: int, perm: Perm) -> None:
         """New dirty write-cache pages for file pages [p0, p1), mapped in ``vma``; past the
@@ -517,7 +542,7 @@ class PageCache:
         page = p0
         while page < p1:
             k = min(p1 - page, self.lru_max + 1 - self.wc_pages)
-            frames = space.pool.alloc_pages(k, space._cpu())
+            frames = space.alloc_frames(k)
             self._seq += 1
             va = _va(vma, page)
             for pfn, n in frames:
@@ -528,10 +553,9 @@ class PageCache:
                 page += n
             self.wc_pages += k
             try:
-                space.pt.map(va, frames, perm)
+                space.map_frames(va, frames, perm)
             except MemoryError:
                 raise OutOfPages(PAGE_SIZE) from None
-            space.small_pages += k
             if self.wc_pages > self.lru_max:
                 self._evict(self.lru_batch)
 
@@ -552,10 +576,10 @@ class PageCache:
             count -= run.n
             gone.append(run)
         self._unmap_owners(gone)
-        self.space.stats.tlb_flushes += 1
+        self.space.count_tlb_flush()
         self.evictions += 1
         self.evicted_pages += sum(run.n for run in gone)
-        self.space.pool.free_pages([(run.pfn, run.n) for run in gone], self.space._cpu())
+        self.space.free_frames([(run.pfn, run.n) for run in gone])
         self._write_back([run for run in gone if run.dirty])
 
     def _write_back(self, runs: list[_Run]) -> None:
@@ -583,7 +607,7 @@ class PageCache:
         file = vma.cache_file
         self.backing.read(file, p0 << PAGE_SHIFT, (p1 - p0) << PAGE_SHIFT)
         if self._drop_record_pages(file, p0, p1):
-            self.space.stats.tlb_flushes += 1
+            self.space.count_tlb_flush()
         self._insert(vma, p0, p1, perm)
 
     # ------------------------------------------------------------------ faults
@@ -598,7 +622,7 @@ class PageCache:
             self._private_write(vma, start, end)
 
     def _read(self, vma: Vma, start: int, end: int, count: bool) -> None:
-        holes = self.space._holes(start, end)
+        holes = self.space.holes(start, end)
         ro = Perm(vma.prot & ~PROT_WRITE)
         wc_perm = Perm(vma.prot) if vma.shared else ro
         faults = 0
@@ -610,7 +634,7 @@ class PageCache:
                 else:
                     self._map_records(vma, q0, q1, ro)
         if count:
-            self.space.stats.faults += faults
+            self.space.count_faults(faults)
 
     def _shared_write(self, vma: Vma, start: int, end: int) -> None:
         file = vma.cache_file
@@ -637,7 +661,7 @@ class PageCache:
                 else:
                     self._to_write_cache(vma, q0, q1, perm)
                 q = q1
-        self.space.stats.faults += faults
+        self.space.count_faults(faults)
 
     def _private_write(self, vma: Vma, start: int, end: int) -> None:
         file = vma.cache_file
@@ -651,16 +675,15 @@ class PageCache:
         for a, b, what in self._classify(start, end):
             if what is not None and what is not _PRIVATE:
                 self._unmap_range(a, b)
-        holes = self.space._holes(start, end)
+        holes = self.space.holes(start, end)
         n = sum(b - a for a, b in holes) >> PAGE_SHIFT
-        self.space._map_small(vma, holes, Perm(vma.prot))
+        self.space.map_private(vma, holes, Perm(vma.prot))
         self.copied_pages += n
-        self.space.stats.faults += n
+        self.space.count_faults(n)
 
     def _unmap_range(self, a: int, b: int) -> None:
         """Clear the cache PTEs of ``[a, b)`` (a mapping's own range), with their accounting."""
-        for ext in self.space.pt.unmap(a, b - a):
-            self.space.small_pages -= ext.npages
+        for ext in self.space.unmap_frames(a, b - a):
             rest = self.release(ext.pfn, ext.npages)
             assert not rest, "a private page in a range of cache pages"
 
@@ -694,7 +717,7 @@ class PageCache:
                 run.dirty = False
                 todo.append(run)
         if todo:
-            self.space.stats.tlb_flushes += 1  # the PTEs' dirty bits are cleaned
+            self.space.count_tlb_flush()  # the PTEs' dirty bits are cleaned
             self._write_back(todo)
         self.backing.sync(file)
 
@@ -707,7 +730,7 @@ class PageCache:
         for a, b, what in self._classify(start, end):
             if what is None or what is _PRIVATE or (isinstance(what, _Run) and vma.shared):
                 continue
-            self.space.pt.protect(a, b - a, ro)
+            self.space.protect_frames(a, b - a, ro)
 
     def forget(self, file: Hashable) -> None:
         """``file`` was unlinked or recreated: free its write-cache pages if nothing maps it
@@ -721,14 +744,14 @@ class PageCache:
                 self._drop_unmapped(file)
 
     def _drop_unmapped(self, file: Hashable) -> None:
-        if file not in self._wc or any(v.cache_file is file for v in self.space.vmas):
+        if file not in self._wc or self.space.maps_file(file):
             return
         runs = list(self._wc.pop(file).values())
         for run in runs:  # no VMA maps the file, so no PTE points at these pages
             del self._lru[(run.seq, run.page)]
             del self._frames[run.pfn]
             self.wc_pages -= run.n
-        self.space.pool.free_pages([(run.pfn, run.n) for run in runs], self.space._cpu())
+        self.space.free_frames([(run.pfn, run.n) for run in runs])
 
     # ------------------------------------------------------------------ statistics, checks
 

@@ -133,3 +133,19 @@ def test_sizes_and_durations_have_one_grammar_in_one_place() -> None:
     assert not any(hasattr(mmsim.trace, name) for name in UNIT_FUNCTIONS)
     assert units.parse_size(4096) == units.parse_size("4K") == 4096
     assert units.parse_duration(2) == units.parse_duration("2s") == 2_000_000_000
+
+
+def test_the_page_cache_uses_the_address_space_only_through_its_mapper_face() -> None:
+    """mm/page_cache.py asks the space it maps into only what Mapper declares (OSv's page
+    provider face), never its page tables, counters or private helpers."""
+    from mmsim.mm.page_cache import Mapper
+
+    face = {n for n in vars(Mapper) if not n.startswith("_")}
+    used = set()
+    for node in ast.walk(ast.parse((ROOT / "mm" / "page_cache.py").read_text())):
+        if isinstance(node, ast.Attribute):
+            base = node.value
+            if (isinstance(base, ast.Name) and base.id == "space") or (
+                    isinstance(base, ast.Attribute) and base.attr == "space"):
+                used.add(node.attr)
+    assert used and used <= face, sorted(used - face)
