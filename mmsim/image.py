@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmsim.api import InputError, boot
 from mmsim.kernel import (
     AppThread,
     BootError,
@@ -68,8 +69,9 @@ PACE_STEP_NS = 1_000_000  # the app runs about this much simulated time between 
 BLOCKED_POLLS = 20  # polls without progress before asking whether the app is blocked for good
 
 
-class ImageError(ValueError):
-    """A bad manifest, file or build; str() is one line naming the file (and line)."""
+class ImageError(InputError, ValueError):
+    """A bad manifest, file or build; str() is one line naming the file (and line), and
+    `mmsim` exits 2 on it like on any input error."""
 
     def __init__(self, message: str, path: str | None = None, line: int = 0) -> None:
         where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
@@ -430,10 +432,7 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
     run_build(m)
     check_files(m)
     config = kernel_config(m, memory, cpus)
-    try:
-        kernel = Kernel(config)
-    except (BootError, ConfigError, ShrinkerError) as e:
-        raise ImageError(f"cannot boot: {e}") from None
+    kernel = boot(config)  # InputError ("cannot boot: ...") as for `mmsim run`
     tick = on_kernel(kernel) if on_kernel is not None else None
     started = time.perf_counter()
     image_files = list(_image_files(m))
