@@ -14,6 +14,7 @@ from mmsim.kernel.app_errors import AppErrors
 from mmsim.kernel.boot import PhysicalMemory, boot_memory
 from mmsim.kernel.config import KernelConfig
 from mmsim.kernel.footprint import kernel_parts
+from mmsim.kernel.operations import OPERATIONS, subsystem_of
 from mmsim.kernel.subsystems import attach_all
 from mmsim.mm.constants import PAGE_SIZE
 from mmsim.mm.page_pool import OutOfPages
@@ -60,21 +61,6 @@ Handler = Callable[[Any], None]
 
 #: granularity at which kernel threads see simulated time pass (the balloon polls every 500 ms)
 TICK_NS = 100_000_000
-
-#: which subsystem each trace operation needs, for the "not built yet" message
-_SUBSYSTEM = {
-    "malloc": "malloc pools (mm/slab)", "calloc": "malloc pools (mm/slab)",
-    "memalign": "malloc pools (mm/slab)", "realloc": "malloc pools (mm/slab)",
-    "free": "malloc pools (mm/slab)",
-    "mmap": "virtual memory (mm/)", "munmap": "virtual memory (mm/)",
-    "mprotect": "virtual memory (mm/)", "madvise": "virtual memory (mm/)",
-    "mremap": "virtual memory (mm/)", "touch": "virtual memory (mm/)",
-    "msync": "virtual memory (mm/)",
-    "create": "ZFS (fs/zfs_arc)", "read": "ZFS (fs/zfs_arc)", "write": "ZFS (fs/zfs_arc)",
-    "fsync": "ZFS (fs/zfs_arc)", "unlink": "ZFS (fs/zfs_arc)",
-    "host-balloon": "virtio-balloon (drivers/)",
-}
-
 
 class Kernel:
     """One booted OSv guest."""
@@ -130,6 +116,9 @@ class Kernel:
 
     # -- wiring for subsystems ----------------------------------------------------------
     def add_handler(self, kind: str, handler: Handler) -> None:
+        """The handler of operation ``kind``, one of kernel/operations.py's table."""
+        if kind not in OPERATIONS:
+            raise ValueError(f"'{kind}' is not an operation of kernel/operations.py")
         self._handlers[kind] = handler
 
     def has_handler(self, kind: str) -> bool:
@@ -214,8 +203,8 @@ class Kernel:
             self.advance_to(t)
         handler = self._handlers.get(op.kind)
         if handler is None:
-            what = _SUBSYSTEM.get(op.kind, "a subsystem")
-            raise UnsupportedOperation(f"'{op.kind}' needs {what}, which is not built yet")
+            raise UnsupportedOperation(
+                f"'{op.kind}' needs {subsystem_of(op.kind)}, which this guest does not have")
         if op.cpu is None:
             try:
                 handler(op)

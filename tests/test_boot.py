@@ -162,3 +162,18 @@ def test_the_kernel_declares_every_subsystem_it_wires(rootfs: str) -> None:
     set_ = {n for n in declared if getattr(k, n) is not None}
     assert set_ == declared - ({"zfs"} if rootfs == "rofs" else set())
     assert (k.zfs is k.files) if rootfs == "zfs" else (k.zfs is None)
+
+
+@pytest.mark.parametrize("rootfs", ["zfs", "rofs"])
+def test_every_operation_of_the_table_has_a_handler_and_no_other(rootfs: str) -> None:
+    """kernel/operations.py is the kernel's syscall face: every kind a trace reader makes is
+    in it, a booted guest handles every one, and no subsystem adds a kind outside it."""
+    from mmsim.kernel import Kernel, load_config
+    from mmsim.kernel.operations import OPERATIONS
+    from mmsim.trace import OP_KINDS
+
+    assert set(OP_KINDS) <= set(OPERATIONS)
+    k = Kernel(load_config(None, {"memory": "256M", "rootfs": rootfs}))
+    assert all(k.has_handler(kind) for kind in OPERATIONS)
+    with pytest.raises(ValueError, match="not an operation"):
+        k.add_handler("mallok", lambda op: None)
