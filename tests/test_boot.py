@@ -170,6 +170,7 @@ def test_every_operation_of_the_table_has_a_handler_and_no_other(rootfs: str) ->
     in it, a booted guest handles every one, and no subsystem adds a kind outside it."""
     from mmsim.kernel import Kernel, load_config
     from mmsim.kernel.operations import OPERATIONS
+
     from mmsim.trace import OP_KINDS
 
     assert set(OP_KINDS) <= set(OPERATIONS)
