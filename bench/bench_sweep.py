@@ -20,15 +20,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmsim.sweep import (  # noqa: E402
-    LocalBackend,
-    TraceSpec,
-    make_sweep,
-    parse_sizes,
-    plan_sweep,
-    run_plan,
-    run_point,
-)
+from mmsim.sweep import plan_sweep, run_plan  # noqa: E402
+from mmsim.sweep_exec import LocalBackend  # noqa: E402
+from mmsim.sweep_file import TraceSpec, make_sweep, parse_sizes  # noqa: E402
+from mmsim.sweep_points import run_point  # noqa: E402
 
 
 def write_ids(path: str, n: int, distinct: int = 20000) -> None:

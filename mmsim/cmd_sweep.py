@@ -14,19 +14,9 @@ import click
 
 from mmsim.command import InputError, main
 from mmsim.progress import Progress
-from mmsim.sweep import (
-    STATUS_ERROR,
-    SweepError,
-    SweepStats,
-    TraceSpec,
-    backend_for,
-    default_output,
-    load_sweep,
-    make_sweep,
-    parse_sizes,
-    plan_sweep,
-    run_plan,
-)
+from mmsim.sweep import SweepStats, backend_for, default_output, plan_sweep, run_plan
+from mmsim.sweep_file import SweepError, TraceSpec, load_sweep, make_sweep, parse_sizes
+from mmsim.sweep_points import STATUS_ERROR
 from mmsim.timeline import TimelineError, check_plot_path
 from mmsim.trace import READERS
 

@@ -166,7 +166,7 @@ def test_image_manifests_refuse_aliases_and_duplicate_keys(tmp_path):
 
 
 def test_sweep_files_refuse_aliases(tmp_path):
-    from mmsim.sweep import SweepError, load_sweep
+    from mmsim.sweep_file import SweepError, load_sweep
 
     (tmp_path / "t.trace").write_text("sleep 1s\n")
     p = tmp_path / "s.yaml"

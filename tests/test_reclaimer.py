@@ -429,7 +429,7 @@ def test_a_failing_user_shrinker_fails_one_sweep_point_and_one_boot_in_one_line(
     line with exit 2; neither shows a traceback."""
     from cli_helpers import run
 
-    from mmsim.sweep import PointError, run_point
+    from mmsim.sweep_points import PointError, run_point
 
     (tmp_path / "bad_sweep.py").write_text(BAD_SHRINKERS["raises"][0])
     monkeypatch.chdir(tmp_path)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from helpers import assert_one_line_error
 
 from mmsim.cli import main
-from mmsim.sweep import parse_sizes
+from mmsim.sweep_file import parse_sizes
 
 NATIVE = """\
 # mmsim-trace v1
@@ -330,7 +330,7 @@ def test_a_sweep_file_error_names_the_key_not_its_option(tmp_path):
 
 
 def test_an_isolated_point_whose_process_cannot_start_fails_alone(monkeypatch):
-    import mmsim.sweep as sweep
+    import mmsim.sweep_points as sweep
 
     def no_process(*args, **kwargs):
         raise OSError(7, "Argument list too long")
