@@ -8,7 +8,7 @@ summary) and summary sections. The kernel wires them; they never reach into each
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from mmsim.kernel.app_errors import AppErrors
 from mmsim.kernel.boot import PhysicalMemory, boot_memory
@@ -106,6 +106,7 @@ class Kernel:
         self._hooks_free = -1
         self._wakeups = False
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._batch_base = 0  # the events before the batch being applied
         if self.mem.failure is not None:
             self._boot_failed(self.mem.failure, self.mem.failure_bytes)
         top = max(e.end for e in self.mem.e820 if e.type == 1)
@@ -240,6 +241,30 @@ class Kernel:
         finally:
             self.cpu = cpu
 
+    # -- batches: one operation standing for many calls (kernel/operations.py) -----------
+    def begin_batch(self) -> None:
+        """A batch's handler starts: its calls are counted from the kernel's events now."""
+        self._batch_base = self.events
+
+    def batch_call(self, index: int, line: int) -> None:
+        """Call ``index`` (from 0) of the batch starts, at the trace's ``line``. First what
+        follows every operation, for the call before it (the fill threads, the kernel threads,
+        the hooks) if anything moved, as after an operation of its own; then the event and
+        line that a reclaim or an out-of-memory during this call reports."""
+        if self.pool.woken or self.ranges.free_pages != self._hooks_free or self._wakeups:
+            self.events = self._batch_base + index
+            self.settle()
+        self.events = self._batch_base + index
+        self.line = line
+
+    def end_batch(self, calls: int) -> None:
+        """The batch applied ``calls`` calls, each an event (apply counts the last one)."""
+        self.events = self._batch_base + calls - 1
+
+    def batch_failed(self, e: OutOfPages, kind: str, line: int, size: int) -> NoReturn:
+        """A call of the batch found no memory: the guest's out-of-memory, naming that call."""
+        self._out_of_memory(e, _CallOp(kind, line, size))
+
     def wake_threads(self) -> None:
         """Make the kernel threads run after this operation even if neither the clock nor free
         memory moved (they are skipped otherwise: most operations of a long trace move neither)."""
@@ -295,7 +320,7 @@ class Kernel:
         self._hooks_clock = self.clock_ns
         self._hooks_free = self.ranges.free_pages
 
-    def _out_of_memory(self, e: OutOfPages, op: OpLike) -> None:
+    def _out_of_memory(self, e: OutOfPages, op: OpLike) -> NoReturn:
         shrinkers = self.shrinkers
         chunk = int(e.args[0]) if e.args else PAGE_SIZE
         free, largest = _at_failure(e)
@@ -375,6 +400,16 @@ class Kernel:
     def free_bytes(self) -> int:
         """Memory free in the page allocator now (the summary's ``memory.free_bytes``)."""
         return self.ranges.free_pages * PAGE_SIZE
+
+
+class _CallOp:
+    """One call of a batch, as the out-of-memory report reads it."""
+
+    count = 0
+
+    def __init__(self, kind: str, line: int, size: int) -> None:
+        self.kind, self.line, self.size = kind, line, size
+        self.length = size
 
 
 class _ThreadOp:

@@ -9,6 +9,7 @@ default), ``block_size`` (record size of block-trace files, overriding the trace
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mmsim.drivers.virtio_blk import DEFAULT_BANDWIDTH, DEFAULT_LATENCY_NS, VirtioBlk
@@ -22,6 +23,7 @@ from mmsim.kernel.footprint import zfs_parts
 from mmsim.kernel.held_pages import HeldPages
 from mmsim.kernel.units import parse_duration, parse_size
 from mmsim.mm.constants import PAGE_SIZE
+from mmsim.mm.page_pool import OutOfPages
 
 if TYPE_CHECKING:
     from mmsim.kernel.kernel import Kernel
@@ -115,6 +117,23 @@ class _Handlers:
             self._enoent(op)
 
 
+def _block_reads(kernel: Kernel, fs: ZfsFileSystem) -> Callable[[Any], None]:
+    """The handler of a block trace's batch of reads (mmsim.trace.blocktrace.BlockReads): the
+    file system reads them in one go; the kernel counts each request as an event and names the
+    one that found no memory."""
+
+    def blockread(op: Any) -> None:
+        kernel.begin_batch()
+        try:
+            fs.block_read_op(op)
+        except OutOfPages as e:
+            i = getattr(e, "request", 0)
+            kernel.batch_failed(e, "read", op.lines[i], op.length)
+        kernel.end_batch(len(op.blocks))
+
+    return blockread
+
+
 def attach(kernel: Kernel) -> ZfsFileSystem:
     """Build the file system from the configuration and plug it into ``kernel``."""
     try:
@@ -144,7 +163,7 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     for kind in ("create", "write", "fsync", "unlink"):
         kernel.add_handler(kind, getattr(handlers, kind))
     kernel.add_handler("read", fs.read_op)
-    kernel.add_handler("blockread", fs.block_read_op)  # mmsim.trace.blocktrace's fast path
+    kernel.add_handler("blockread", _block_reads(kernel, fs))  # block traces' fast path
     fs.on_error = lambda kind, op, message: kernel.errors.report(kind, op.line, op.kind, message)
     kernel.files = fs
     kernel.zfs = fs

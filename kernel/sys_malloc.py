@@ -157,8 +157,6 @@ class MallocFace:
         replay): each record is applied as its own operation would be, settling the kernel
         after it (fill threads, reclaimer, hooks) and counting it as an event."""
         k = self.kernel
-        pool = k.pool
-        ranges = k.ranges
         live = self.live
         setdefault = live.setdefault
         pop = live.pop
@@ -168,13 +166,15 @@ class MallocFace:
         cpu = k.cpu
         call = _Call()
         records = op.records
-        events = k.events
+        k.begin_batch()
+        batch_call = k.batch_call  # also settles the kernel after the call before
         # the counters live in locals during the loop and go back to self before anything
-        # else may look at them (the general path, the kernel's hooks, the end, an OOM)
+        # else may look at them (the general path, the end, an OOM; only the summary reads
+        # them, never a kernel thread)
         live_bytes, peak, nm, nf = self.live_bytes, self.live_bytes_peak, 0, 0
         try:
-            for i, (kind, line, handle, size) in enumerate(records, events):  # noqa: B007
-                k.events, k.line = i, line  # what a reclaim or OOM during the call reports
+            for i, (kind, line, handle, size) in enumerate(records):  # noqa: B007
+                batch_call(i, line)  # what a reclaim or OOM during the call reports
                 if kind == "malloc":  # op_malloc, inlined
                     nm += 1
                     try:
@@ -212,21 +212,17 @@ class MallocFace:
                         self._handlers[kind](call)
                         freed = self._freed
                         live_bytes, peak = self.live_bytes, self.live_bytes_peak
-                if pool.woken or ranges.free_pages != k._hooks_free or k._wakeups:
-                    self.live_bytes, self.live_bytes_peak = live_bytes, peak
-                    self.n_malloc += nm
-                    self.n_free += nf
-                    nm = nf = 0
-                    k.events = i + 1  # as after the call's own operation
-                    k.settle()
-        except OutOfPages:
-            op.kind, op.line, op.size = kind, line, size  # the OOM report names the call
-            raise
+        except OutOfPages as e:
+            self.live_bytes, self.live_bytes_peak = live_bytes, peak
+            self.n_malloc += nm
+            self.n_free += nf
+            nm = nf = 0
+            k.batch_failed(e, kind, line, size)  # the OOM report names the call
         finally:
             self.live_bytes, self.live_bytes_peak = live_bytes, peak
             self.n_malloc += nm
             self.n_free += nf
-        k.events = events + len(records) - 1  # the kernel counts the operation itself
+        k.end_batch(len(records))
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _bind(self, handle: str, addr: int, size: int, line: int) -> None:

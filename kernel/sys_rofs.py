@@ -63,11 +63,20 @@ class _Handlers:
             self._error("ENOENT", op, f"{op.path}: no such file")
 
     def blockread(self, op: Any) -> None:
+        """A block trace's batch of reads, request by request; each is an event."""
+        k = self.kernel
         lines = op.lines
+        k.begin_batch()
         for i, b in enumerate(op.blocks):
-            op.line = lines[i]
-            if self.fs.read(op.path, b * op.length, op.length) is None:
+            k.batch_call(i, lines[i])
+            op.line = lines[i]  # an application error names the request's line
+            try:
+                got = self.fs.read(op.path, b * op.length, op.length)
+            except OutOfPages as e:
+                k.batch_failed(e, "read", lines[i], op.length)
+            if got is None:
                 self._error("ENOENT", op, f"{op.path}: no such file")
+        k.end_batch(len(op.blocks))
 
     def write(self, op: Any) -> None:
         if not self.fs.exists(op.path):

@@ -258,3 +258,21 @@ def test_mmsim_run_rejects_an_unknown_policy(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", str(path), "--cache-policy", "fifo"])
     assert result.exit_code == 2
     assert "unknown cache policy 'fifo'" in result.output
+
+
+def test_a_batch_counts_one_event_per_request(tmp_path) -> None:
+    """The kernel counts a batch's calls: `events` is the same batched or one read per
+    request (`--check` expands the batches)."""
+    import json
+
+    from cli_helpers import run
+
+    p = tmp_path / "t.lis"
+    p.write_text("".join(f"{i % 37} 1 0 0\n" for i in range(600)))
+    outs = []
+    for extra in ([], ["--check"]):
+        code, out, err = run("run", str(p), "--memory", "256M", "--json", "-", "-q", *extra)
+        assert code == 0, err
+        outs.append(json.loads(out))
+    assert outs[0]["events"] == outs[1]["events"] == 601  # 600 requests and the create
+    assert outs[0]["arc"]["hits"] == outs[1]["arc"]["hits"]

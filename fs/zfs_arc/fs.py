@@ -405,8 +405,8 @@ class ZfsFileSystem:
                     if clock.clock_ns >= self._next_timer:  # as after a single read
                         self._free_spare()
                         self._run_timers()
-        except OutOfPages:
-            op.line = op.lines[i]  # the kernel's OOM report names the request's line
+        except OutOfPages as e:
+            e.request = i  # type: ignore[attr-defined]  # which one: the OOM report names it
             raise
         self.read_bytes += f.unit * len(blocks)
 
