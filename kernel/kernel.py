@@ -107,6 +107,7 @@ class Kernel:
         self._wakeups = False
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._batch_base = 0  # the events before the batch being applied
+        self._observers: list[Callable[[Kernel], object]] = []
         if self.mem.failure is not None:
             self._boot_failed(self.mem.failure, self.mem.failure_bytes)
         top = max(e.end for e in self.mem.e820 if e.type == 1)
@@ -215,6 +216,14 @@ class Kernel:
             self._apply_on_cpu(op, handler)
         self.events += 1
         self.settle()
+        if self._observers:
+            for observe in self._observers:
+                observe(self)
+
+    def add_observer(self, observe: Callable[[Kernel], object]) -> None:
+        """Call ``observe(kernel)`` after every operation is applied and settled (a batch once:
+        replay the expanded operations to observe each call, as mmsim.api does)."""
+        self._observers.append(observe)
 
     def settle(self) -> None:
         """What follows every operation: the fill threads if woken, the kernel threads and

@@ -17,7 +17,7 @@ memory is a result, not an error: ``result.oom`` and ``result.exit_code`` (:data
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +48,7 @@ EXIT_BAD_INPUT = 2
 EXIT_OOM = 3
 EXIT_APP = 4
 
-#: called with the kernel after each operation is applied (a batch: after each of its calls
-#: when the replay is checked, else after the batch)
+#: called with the kernel after each call is applied (batches are expanded for observers)
 Observer = Callable[[Kernel], None]
 
 
@@ -120,27 +119,21 @@ def boot(config: KernelConfig) -> Kernel:
         raise InputError(f"cannot boot: {e}") from None
 
 
-def _observed(ops: Iterable[Any], kernel: Kernel, observers: list[Observer]) -> Iterator[Any]:
-    for op in ops:
-        yield op  # the kernel applies it before asking for the next one
-        for observe in observers:
-            observe(kernel)
-
-
 def replay_ops(kernel: Kernel, ops: Iterable[Any], where: str, *,
                observers: Iterable[Observer] = (), check: bool = False) -> None:
     """Apply ``ops`` (read from ``where``, for messages) to ``kernel``: the one place where
     a replay's failures become :class:`MmsimError`. Out of memory propagates
-    (:class:`~mmsim.kernel.OutOfMemory`); under ``check`` a batch is applied call by call and
-    the invariants are checked after each."""
+    (:class:`~mmsim.kernel.OutOfMemory`). The kernel runs the observers (and under ``check``
+    the invariants first) after every call: batches are applied call by call then."""
     watchers = list(observers)
     if check:
         from mmsim.kernel.invariants import check_kernel
 
-        ops = expand(ops)
         watchers.insert(0, check_kernel)
     if watchers:
-        ops = _observed(ops, kernel, watchers)
+        ops = expand(ops)
+        for observe in watchers:
+            kernel.add_observer(observe)
     try:
         kernel.run(ops)
     except OutOfMemory:
@@ -201,7 +194,8 @@ def replay(trace: str, config: KernelConfig | str | None = None, *, fmt: str = "
                                   sample_ms=sample_ms, keep=timeline)
     except TimelineError as e:
         raise InputError(str(e)) from None
-    if check:  # call by call: the timeline too samples each call of a batch
+    if check or observers:  # call by call: the timeline too samples each call of a batch
+        observers = list(observers)
         ops = expand(ops)
     ops = recorder.wrap(ops)
     if wrap is not None:

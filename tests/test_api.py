@@ -110,3 +110,11 @@ def test_configure_then_replay_with_more_settings() -> None:
     s = replay(HELLO, cfg, hugepages=False, cpus=4).summary
     assert s["config"]["memory_bytes"] == 1 << 30 and s["config"]["cpus"] == 4
     assert s["config"]["hugepages"] is False
+
+
+def test_observers_see_every_call_of_a_batch() -> None:
+    """An mtrace log is replayed in batches of calls; observers still see each call, run by
+    the kernel with its events counted as they are."""
+    seen: list[int] = []
+    result = replay(MTRACE, memory="512M", observers=[lambda k: seen.append(k.events)])
+    assert seen == list(range(1, result.summary["events"] + 1))
