@@ -59,8 +59,6 @@ class OutOfMemory(Exception):
 
 Handler = Callable[[Any], None]
 
-#: granularity at which kernel threads see simulated time pass (the balloon polls every 500 ms)
-TICK_NS = 100_000_000
 
 class Kernel:
     """One booted OSv guest."""
@@ -102,6 +100,7 @@ class Kernel:
         self._sections: dict[str, Callable[[], Any]] = {}
         self._after_op: list[Callable[[], None]] = []
         self._due: list[Callable[[], int | None]] = []
+        self._skips: list[Callable[[int], None]] = []
         self._hooks_clock = -1  # the clock and free pages when the hooks last ran
         self._hooks_free = -1
         self._wakeups = False
@@ -173,15 +172,20 @@ class Kernel:
         return fn() if fn is not None else None
 
     def add_after_op(self, fn: Callable[[], None],
-                     due: Callable[[], int | None] | None = None) -> None:
+                     due: Callable[[], int | None] | None = None,
+                     skip: Callable[[int], None] | None = None) -> None:
         """Deferred work (kernel threads) run after each operation, in registration order.
 
-        ``due`` tells when the thread next wants to run (simulated ns, or None): while time
-        passes (:meth:`advance_to`) the clock stops there, so the thread runs at its time and
-        not at the next tick."""
+        ``due`` tells when the thread next wants to run (simulated ns, or None: not until an
+        operation gives it work): while time passes (:meth:`advance_to`) the clock stops
+        there, and jumps over the rest. ``skip(t)`` is told when the clock jumped to ``t``
+        with the thread idle, so that a periodic thread keeps its grid (its passes meanwhile
+        were no-ops). A thread whose work depends on time alone must have a ``due``."""
         self._after_op.append(fn)
         if due is not None:
             self._due.append(due)
+        if skip is not None:
+            self._skips.append(skip)
 
     def subscribe(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
         """Be told of kernel events (pressure passes, shrinker yields, OOM, balloon moves)."""
@@ -301,17 +305,20 @@ class Kernel:
         self.advance_to(self.clock_ns + op.duration_ns)
 
     def advance_to(self, t_ns: int) -> None:
-        """Let simulated time pass: kernel threads run at every tick on the way and at each
-        time a thread asked for (its wake latency, its period), all in registration order, so a
-        long sleep sees the balloon's polls, the ARC's reclaim and the reclaimer interleave."""
+        """Let simulated time pass: kernel threads run at each time a thread asked for (its
+        wake latency, its period), all in registration order, so a long sleep sees the
+        balloon's polls, the ARC's reclaim and the reclaimer interleave. Time jumps over
+        periods where no thread has work, so a sleep costs its events, not its length."""
         while self.clock_ns < t_ns:
             now = self.clock_ns
-            nxt = min(t_ns, now + TICK_NS)
+            nxt = t_ns
             for due in self._due:
                 d = due()
                 if d is not None and now < d < nxt:
                     nxt = d
             self.clock_ns = nxt
+            for skip in self._skips:
+                skip(nxt)
             if nxt < t_ns:
                 try:
                     self._run_threads()

@@ -111,7 +111,9 @@ def attach(kernel: Kernel) -> VirtioBalloon:
                                                      balloon.inflating_pages * PAGE_SIZE))
 
     kernel.add_handler("host-balloon", host_balloon)
-    kernel.add_after_op(poll, lambda: balloon.next_poll_ns)
+    # idle at its target, its polls do nothing (poll() skips them when it next runs)
+    kernel.add_after_op(poll, lambda: balloon.next_poll_ns
+                        if balloon.actual_pages != balloon.target_pages else None)
     kernel.add_category("virtio_balloon", lambda: balloon.actual_pages * PAGE_SIZE)
     kernel.add_section("virtio_balloon", balloon.summary)
     registry = kernel.shrinkers

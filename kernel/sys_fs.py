@@ -171,7 +171,7 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     kernel.add_section("arc", fs.stats)
     kernel.add_section("disk", disk.stats)
     fs.reclaim_wake_latency_ns = cfg.arc_reclaim_wake_latency_ns
-    kernel.add_after_op(fs.after_op, fs.next_due_ns)
+    kernel.add_after_op(fs.after_op, fs.next_due_ns, fs.skip_to)
     # the ARC's headers and dbufs are malloc'ed in OSv (kmem_cache_alloc): as its size counts
     # them (hdr_size + other_size), the guest's memory holds them, packed in whole pages
     headers = HeldPages(lambda n: kernel.pool.alloc_pages(n, kernel.cpu),

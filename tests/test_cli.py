@@ -4,6 +4,7 @@ import gzip
 import json
 import re
 
+import pytest
 from cli_helpers import run
 from helpers import assert_one_line_error
 
@@ -143,3 +144,24 @@ def test_bad_subsystem_value_in_yaml_names_file_line_and_key(tmp_path, trace):
     cfg.write_text("memory: 1G\ncache_policy: arc\narc_size: abc\n")
     code, _, err = run("run", trace("sleep 1s\n"), "--config", str(cfg))
     assert code == 2 and err == f"mmsim: error: {cfg}:3: arc_size: bad size 'abc'\n"
+
+
+@pytest.mark.parametrize("text", [
+    "malloc a 1M\nsleep 18446744073709551615ns\nfree a\n",  # 2^64 - 1 ns
+    "create /f 8M\nread /f 0 8M\nwrite /f 0 1M\nsleep 94608000s\nread /f 0 1M\n",  # 3 years
+    "mmap a 64M\ntouch a 0 64M\n@18446744073709551615ns sleep 0\n",
+])
+def test_an_absurd_simulated_time_costs_its_events_not_its_length(tmp_path, text):
+    """Simulated time jumps over periods where no kernel thread has work (the ARC's reclaim
+    thread at rest, the txg sync with nothing dirty, the balloon at its target): a sleep of
+    years ends at once (it took hours tick by tick)."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "t.trace"
+    p.write_text("# mmsim-trace v1\n" + text)
+    res = subprocess.run([sys.executable, "-m", "mmsim", "run", str(p), "--json", "-", "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert s["time_ns"] >= 94608000 * 10**9

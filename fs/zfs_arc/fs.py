@@ -514,8 +514,26 @@ class ZfsFileSystem:
             self._run_timers()
 
     def next_due_ns(self) -> int | None:
-        """When the ARC's reclaim thread or the txg sync next wants to run (None: never)."""
-        return self._next_timer if self._next_timer < NEVER else None
+        """When the ARC's reclaim thread or the txg sync next wants to run (None: never, or
+        not until an operation changes what they look at: every pass would be a no-op)."""
+        if self._next_timer >= NEVER or (
+                self._next_timer >= 0 and not self._dirty_files and self.policy.at_rest()):
+            return None
+        return self._next_timer
+
+    def skip_to(self, t_ns: int) -> None:
+        """Simulated time jumped to ``t_ns`` with nothing due (:meth:`next_due_ns`): the passes
+        before it were no-ops, so their grid moves on as if they had run (the one at ``t_ns``
+        runs after the operation there, as it would have)."""
+        policy = self.policy
+        period = policy.tick_period_ns
+        if self._next_timer < 0 or period >= NEVER or not 0 <= policy.next_tick_ns < t_ns:
+            return
+        last = policy.next_tick_ns + (t_ns - 1 - policy.next_tick_ns) // period * period
+        policy.next_tick_ns = last + period
+        if self._next_txg <= last:
+            self._next_txg = last - last % TXG_TIMEOUT_NS + TXG_TIMEOUT_NS
+        self._next_timer = policy.next_tick_ns
 
     def _run_timers(self) -> None:
         now = self._time.clock_ns

@@ -56,6 +56,8 @@ class CachePolicy(ABC):
     p: float = 0.0
     #: when :meth:`tick` next has work (simulated ns); never for policies without a thread
     next_tick_ns: int = NEVER
+    #: the period of :meth:`tick`'s passes (their grid: next_tick_ns + k periods)
+    tick_period_ns: int = NEVER
     #: hits on each list (ghost hits are misses that found a ghost); 0 without such a list
     mru_hits: int = 0
     mfu_hits: int = 0
@@ -98,6 +100,11 @@ class CachePolicy(ABC):
     @abstractmethod
     def __contains__(self, key: int) -> bool:
         """Whether ``key`` is resident (ghosts do not count)."""
+
+    def at_rest(self) -> bool:
+        """True if a pass of :meth:`tick` would change nothing now (always, without a thread):
+        the file system then lets simulated time jump over the passes."""
+        return True
 
     @property
     @abstractmethod

@@ -319,6 +319,21 @@ class ZfsArcPolicy(CachePolicy):
         self._adjust()
         self.needfree = False
 
+    tick_period_ns = RECLAIM_PERIOD_NS
+
+    def at_rest(self) -> bool:
+        """A reclaim pass would change nothing: no reclaim needed (nor asked for), free to grow,
+        nothing above c to evict, no ghost list over its share. Only an operation or another
+        kernel thread changes that, so the passes meanwhile can be skipped."""
+        if self.next_tick_ns < 0 or self.no_grow or self.reclaim_needed():
+            return False
+        c = self.c
+        if self.mru_size + self.mfu_size + self.extra > c:
+            return False
+        if self.mru_ghost_size > 0 and self.mru_size + self.mru_ghost_size > c:
+            return False
+        return not (self.mfu_ghost_size > 0 and self.mru_ghost_size + self.mfu_ghost_size > c)
+
     def tick(self, now_ns: int) -> None:
         t = self.next_tick_ns
         if now_ns < t:
