@@ -6,17 +6,20 @@ from mmsim.kernel import (
 )
 from mmsim.kernel.boot import BootError
 from mmsim.kernel.config import (
+    MAX_NESTING,
     ConfigError,
     KernelConfig,
     apply_settings,
     load_config,
     load_yaml,
+    nesting_depth,
 )
 from mmsim.kernel.kernel import Kernel, OutOfMemory, TraceFault, UnsupportedOperation
 from mmsim.kernel.units import parse_size  # the one definition; sizes' grammar is `units`
 from mmsim.shrinker import ShrinkerError
 
 __all__ = [
+    "MAX_NESTING",
     "AppThread",
     "BootError",
     "ConfigError",
@@ -29,6 +32,7 @@ __all__ = [
     "apply_settings",
     "load_config",
     "load_yaml",
+    "nesting_depth",
     "parse_size",
     "units",
 ]

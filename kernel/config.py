@@ -170,11 +170,33 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+#: how deep a configuration, sweep file, manifest or summary may nest: far more than any of
+#: them needs, far less than the parsers' recursion can follow
+MAX_NESTING = 64
+
+
+def nesting_depth(data: Any, limit: int = MAX_NESTING) -> int:
+    """How deep ``data`` nests lists and mappings (iteratively, stopping past ``limit``)."""
+    deepest = 0
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list | tuple):
+            deepest = max(deepest, depth + 1)
+            if deepest > limit:
+                return deepest
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in items)
+    return deepest
+
+
 def load_yaml(path: str) -> dict[str, Any]:
     """Read a YAML mapping safely; every error is a ConfigError naming the file and line."""
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.load(f, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError(f"nested more than {MAX_NESTING} levels deep", path) from None
     except FileNotFoundError:
         raise ConfigError("no such file", path) from None
     except IsADirectoryError:
@@ -192,6 +214,8 @@ def load_yaml(path: str) -> dict[str, Any]:
         return {"__lines__": {}}
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping of configuration keys", path, 1)
+    if nesting_depth(data, MAX_NESTING + 1) > MAX_NESTING + 1:  # + the line numbers' level
+        raise ConfigError(f"nested more than {MAX_NESTING} levels deep", path)
     return data
 
 

@@ -202,6 +202,9 @@ def mrc(trace: str, sizes: str, policies: str, fmt: str, block_size: str | None,
     spec = TraceSpec(trace, os.path.abspath(trace), fmt)
     stats = _run(lambda: make_sweep([spec], grid, "mrc"), output, os.path.basename(trace),
                  workers, dask, isolate)
+    errors = {row.get("error") for row in stats.rows if row.get("status") == STATUS_ERROR}
+    if stats.rows and stats.failed == len(stats.rows) and len(errors) == 1:
+        raise InputError(str(errors.pop()))  # every point met it: the trace itself is bad
     curves = mrc_curves(stats.rows)
     click.echo(format_mrc(curves, size_list))
     if plot_path:

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from mmsim.kernel import MAX_NESTING, nesting_depth
 from mmsim.summary_text import human
 
 __all__ = ["Difference", "compare_summaries", "flatten", "format_comparison", "load_summary"]
@@ -30,10 +31,14 @@ def load_summary(path: str) -> dict[str, Any]:
             data = json.load(f)
     except OSError as e:
         raise SummaryError(f"{path}: cannot read ({e.strerror})") from None
+    except RecursionError:
+        raise SummaryError(f"{path}: nested more than {MAX_NESTING} levels deep") from None
     except ValueError as e:
         raise SummaryError(f"{path}: not JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("memory"), dict):
         raise SummaryError(f"{path}: not an mmsim run summary (no 'memory' section)")
+    if nesting_depth(data) > MAX_NESTING:
+        raise SummaryError(f"{path}: nested more than {MAX_NESTING} levels deep")
     return data
 
 

@@ -18,7 +18,7 @@ from mmsim.kernel import (
     Kernel,
     load_config,
 )
-from mmsim.kernel.config import NoAliasLoader
+from mmsim.kernel.config import MAX_NESTING, NoAliasLoader
 from mmsim.trace import READERS
 
 #: keys whose values are not checked by booting a kernel up front: booting with every memory
@@ -66,6 +66,22 @@ _TOP_KEYS = {
 }
 
 
+def _node_depth(node: yaml.Node) -> int:
+    """How deep a composed YAML node nests (iteratively)."""
+    deepest = 0
+    stack = [(node, 1)]
+    while stack:
+        n, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            break
+        if isinstance(n, yaml.SequenceNode):
+            stack.extend((v, depth + 1) for v in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            stack.extend((v, depth + 1) for _k, v in n.value)
+    return deepest
+
+
 class _Located:
     """A YAML document as plain values, with the line of every mapping key and list item."""
 
@@ -88,7 +104,11 @@ class _Located:
         loader = NoAliasLoader(text)  # an alias bomb would never finish loading
         try:
             node = loader.get_single_node()
+            if node is not None and _node_depth(node) > MAX_NESTING:
+                raise SweepError(f"nested more than {MAX_NESTING} levels deep", self.path)
             return None if node is None else self._value(loader, node, ())
+        except RecursionError:
+            raise SweepError(f"nested more than {MAX_NESTING} levels deep", self.path) from None
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             raise SweepError(f"bad YAML: {e.problem or e.context}", self.path,

@@ -1,0 +1,127 @@
+"""Whatever a user feeds mmsim, every command answers the same way: bad input is one line
+naming the file (and line) and exit 2, never a traceback, a hang or a host allocation sized by
+the input (issue 15). One table of bad inputs, run against every command that reads them, each
+in its own process with a timeout and a 2 GiB address-space limit. (An empty trace is not bad
+input: it replays nothing, a boot-only run.)
+"""
+
+from __future__ import annotations
+
+import gzip
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT_AS = 2 << 30
+TIMEOUT_S = 60
+
+
+def _limit() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (LIMIT_AS, LIMIT_AS))
+
+
+def _mmsim(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmsim", *args], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, cwd=cwd, preexec_fn=_limit)
+
+
+def _cut(data: bytes) -> bytes:
+    """A compressed file cut in the middle, as a copy interrupted."""
+    return data[: len(data) // 2]
+
+
+def _nested_yaml(depth: int) -> str:
+    return "memory: 1G\nshrinkers: " + "[" * depth + "]" * depth + "\n"
+
+
+#: name -> (file name, bytes); each a trace, a configuration or a summary as the command wants
+FILES: dict[str, tuple[str, Callable[[], bytes]]] = {
+    "binary": ("t.trace", lambda: bytes(range(256)) * 64),
+    "nul": ("t.trace", lambda: b"# mmsim-trace v1\nmalloc a 1\x00K\n"),
+    "bad_utf8": ("t.trace", lambda: b"# mmsim-trace v1\nmalloc a 1K\nfree \xff\xfe\n"),
+    "unknown_op": ("t.trace", lambda: b"# mmsim-trace v1\nmallok a 1K\n"),
+    "size_neg": ("t.trace", lambda: b"# mmsim-trace v1\nmalloc a -1\n"),
+    "size_2_64": ("t.trace", lambda: b"# mmsim-trace v1\nmalloc a 18446744073709551616\n"),
+    "size_1e30": ("t.trace", lambda: b"# mmsim-trace v1\nmalloc a 1e30\n"),
+    "truncated_gz": ("t.trace.gz", lambda: _cut(gzip.compress(b"# mmsim-trace v1\n" + b"".join(
+        b"malloc h%d %d\n" % (i, (i * 7919) % 65521) for i in range(20000))))),
+    "long_line": ("t.trace", lambda: b"# mmsim-trace v1\nmalloc a " + b"9" * (10 << 20) + b"\n"),
+}
+
+CONFIGS: dict[str, str] = {
+    "config_bad_size": "memory: 12Q\n",
+    "config_zero": "memory: 0\n",
+    "config_negative_cpus": "cpus: -1\n",
+    "config_huge": "memory: 18446744073709551616\n",
+    "config_unknown_key": "memroy: 1G\n",
+    "config_bad_bool": "hugepages: maybe\n",
+    "config_bad_duration": "reclaimer_wake_latency: soon\n",
+    "config_nested": _nested_yaml(10_000),
+    "config_nested_80": _nested_yaml(80),
+    "config_not_mapping": "- 1\n- 2\n",
+    "config_alias_bomb": "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n",
+}
+
+
+def _one_line(res: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mmsim: error: "), res.stderr[-2000:]
+    assert all(f in lines[0] for f in fragments), (fragments, lines[0])
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+@pytest.mark.parametrize("command", ["run", "mrc"])
+def test_a_bad_trace_is_one_line(tmp_path: Path, name: str, command: str) -> None:
+    fname, make = FILES[name]
+    (tmp_path / fname).write_bytes(make())
+    args = ["run", fname, "-q"] if command == "run" else [
+        "mrc", fname, "--sizes", "1M:4M:2", "--workers", "1", "-o", "m.csv"]
+    _one_line(_mmsim(*args, cwd=tmp_path), fname)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("command", ["run", "boot", "sweep"])
+def test_a_bad_configuration_is_one_line(tmp_path: Path, name: str, command: str) -> None:
+    (tmp_path / "t.trace").write_text("# mmsim-trace v1\nmalloc a 1K\n")
+    text = CONFIGS[name]
+    if command == "run":
+        (tmp_path / "c.yaml").write_text(text)
+        res = _mmsim("run", "t.trace", "--config", "c.yaml", "-q", cwd=tmp_path)
+        where = "c.yaml"
+    elif command == "boot":  # a manifest's kernel section, or the manifest itself
+        body = "".join("  " + ln + "\n" for ln in text.splitlines())
+        (tmp_path / "image.yaml").write_text(
+            "cmdline: /tools/app.so /t/t.trace\nfiles:\n  /t: .\nkernel:\n" + body)
+        res = _mmsim("boot", "image.yaml", "-q", cwd=tmp_path)
+        where = "image.yaml"
+    else:
+        (tmp_path / "s.yaml").write_text("traces: [t.trace]\n" + text)
+        res = _mmsim("sweep", "s.yaml", "-o", "r.csv", "--workers", "1", cwd=tmp_path)
+        where = "s.yaml"
+    _one_line(res, where)
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+@pytest.mark.parametrize("command", ["run", "boot", "sweep", "report", "compare"])
+def test_a_path_that_is_not_a_file_is_one_line(tmp_path: Path, what: str, command: str) -> None:
+    name = "nothing.x" if what == "missing" else "adir"
+    if what == "directory":
+        (tmp_path / name).mkdir()
+    args = {"run": ["run", name], "boot": ["boot", name], "sweep": ["sweep", name],
+            "report": ["report", name], "compare": ["compare", name, name]}[command]
+    _one_line(_mmsim(*args, cwd=tmp_path), name)
+
+
+@pytest.mark.parametrize("depth", [80, 100_000])
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_a_deeply_nested_summary_is_one_line(tmp_path: Path, depth: int, command: str) -> None:
+    (tmp_path / "s.json").write_text('{"memory": {}, "x": ' + "[" * depth + "]" * depth + "}")
+    args = ["report", "s.json"] if command == "report" else ["compare", "s.json", "s.json"]
+    _one_line(_mmsim(*args, cwd=tmp_path), "s.json", "nested")
