@@ -125,3 +125,19 @@ def test_a_deeply_nested_summary_is_one_line(tmp_path: Path, depth: int, command
     (tmp_path / "s.json").write_text('{"memory": {}, "x": ' + "[" * depth + "]" * depth + "}")
     args = ["report", "s.json"] if command == "report" else ["compare", "s.json", "s.json"]
     _one_line(_mmsim(*args, cwd=tmp_path), "s.json", "nested")
+
+
+@pytest.mark.parametrize("fmt", ["ids", "lis", "mtrace", "native", "strace"])
+def test_a_decompression_bomb_without_a_newline_is_refused_at_once(tmp_path: Path,
+                                                                    fmt: str) -> None:
+    """64 MiB of one endless line in a 6 KB .zst: every text reader stops at its line limit
+    (1 MiB), in bounded memory and time, naming the line; the ids and .lis readers ran on
+    for minutes, the mtrace reader held the whole line, before."""
+    import zstandard
+
+    with open(tmp_path / "bomb.zst", "wb") as f, \
+            zstandard.ZstdCompressor(level=1).stream_writer(f) as w:
+        for _ in range(64):
+            w.write(b"7" * (1 << 20))
+    _one_line(_mmsim("run", "bomb.zst", "--format", fmt, "-q", cwd=tmp_path),
+              "bomb.zst", "line longer than")

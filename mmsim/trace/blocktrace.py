@@ -128,7 +128,7 @@ def _chunks(name: str, stream) -> Iterator[tuple[int, bytes]]:  # type: ignore[n
 def read_lis(path: str | os.PathLike[str], batch: int = 0) -> Iterator[Op]:
     """The requests of an ARC-paper ``.lis`` trace (``batch`` > 0: as BlockReads)."""
     name = os.fspath(path)
-    return _ops(_lis(name, open_trace_binary(name)), LIS_BLOCK, batch)
+    return _ops(_lis(name, open_trace_binary(name, lines=True)), LIS_BLOCK, batch)
 
 
 def _lis(name: str, stream) -> Iterator[Batch]:  # type: ignore[no-untyped-def]
@@ -223,7 +223,7 @@ def id_of(token: bytes) -> int:
 def read_ids(path: str | os.PathLike[str], batch: int = 0) -> Iterator[Op]:
     """The requests of a plain text trace with one object id per line."""
     name = os.fspath(path)
-    return _ops(_ids(name, open_trace_binary(name)), IDS_BLOCK, batch)
+    return _ops(_ids(name, open_trace_binary(name, lines=True)), IDS_BLOCK, batch)
 
 
 def _ids(name: str, stream) -> Iterator[Batch]:  # type: ignore[no-untyped-def]

@@ -116,7 +116,7 @@ class MtraceReader:
         self.stats: Counter[str] = Counter()
 
     def __iter__(self) -> Iterator[Op]:
-        binary = open_trace_binary(self.path)  # raises TraceError for a missing/bad file
+        binary = open_trace_binary(self.path, lines=True)  # TraceError: missing, bad, bomb
         with open(self.path, "rb") as raw:
             head = raw.read(8)
         if compression_of(head) is None:

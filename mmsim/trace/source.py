@@ -136,8 +136,14 @@ class _ZstdRaw(io.RawIOBase):
 class _Guarded(io.RawIOBase):
     """Turns the many ways decompression or reading fails into one TraceError."""
 
-    def __init__(self, inner: BinaryIO, path: str, compression: str | None, file: BinaryIO) -> None:
+    def __init__(self, inner: BinaryIO, path: str, compression: str | None, file: BinaryIO,
+                 lines: bool = False) -> None:
         self._inner = inner
+        #: a text format's stream: a line longer than MAX_LINE_BYTES is an error as soon as
+        #: it is read (a decompression bomb without a newline costs bounded memory and time)
+        self._lines = lines
+        self._since_newline = 0
+        self._lineno = 1
         self._file = file  # the underlying file, which a GzipFile would not close
         self._path = path
         self._what = f"truncated or corrupt {compression} data" if compression else None
@@ -152,7 +158,10 @@ class _Guarded(io.RawIOBase):
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         try:
-            return self._inner.readinto(buffer)  # type: ignore[attr-defined, no-any-return]
+            n = self._inner.readinto(buffer)  # type: ignore[attr-defined]
+            if self._lines and n:
+                self._count_lines(bytes(buffer[:n]))
+            return n  # type: ignore[no-any-return]
         except self._errors:
             raise TraceError(self._path, 0, self._what or "corrupt data") from None
         except OSError as exc:
@@ -160,6 +169,17 @@ class _Guarded(io.RawIOBase):
                 # gzip raises plain OSError("Not a gzipped file") and the like
                 raise TraceError(self._path, 0, self._what) from None
             raise TraceError(self._path, 0, _os_error_message(exc)) from None
+
+    def _count_lines(self, data: bytes) -> None:
+        last = data.rfind(b"\n")
+        if last < 0:
+            self._since_newline += len(data)
+        else:
+            self._lineno += data.count(b"\n")
+            self._since_newline = len(data) - last - 1
+        if self._since_newline > MAX_LINE_BYTES:
+            raise TraceError(self._path, self._lineno,
+                             f"line longer than {MAX_LINE_BYTES} bytes")
 
     def close(self) -> None:
         if not self.closed:
@@ -207,14 +227,16 @@ def _open_raw(path: str) -> tuple[BinaryIO, str | None, BinaryIO]:
     return inner, compression, file
 
 
-def open_trace_binary(path: str | os.PathLike[str]) -> BinaryIO:
+def open_trace_binary(path: str | os.PathLike[str], lines: bool = False) -> BinaryIO:
     """Open ``path`` as a buffered binary stream, transparently decompressing gzip/zstd.
 
-    For readers of binary formats; read errors raise TraceError with line 0.
+    Read errors raise TraceError with line 0; with ``lines`` (a text format read in binary
+    chunks) a line longer than :data:`MAX_LINE_BYTES` is a TraceError naming its line.
     """
     name = os.fspath(path)
     inner, compression, file = _open_raw(name)
-    return io.BufferedReader(_Guarded(inner, name, compression, file))  # type: ignore[return-value]
+    return io.BufferedReader(  # type: ignore[return-value]
+        _Guarded(inner, name, compression, file, lines))
 
 
 class TraceText(io.TextIOBase):
