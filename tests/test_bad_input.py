@@ -50,6 +50,7 @@ FILES: dict[str, tuple[str, Callable[[], bytes]]] = {
     "size_1e30": ("t.trace", lambda: b"# mmsim-trace v1\nmalloc a 1e30\n"),
     "truncated_gz": ("t.trace.gz", lambda: _cut(gzip.compress(b"# mmsim-trace v1\n" + b"".join(
         b"malloc h%d %d\n" % (i, (i * 7919) % 65521) for i in range(20000))))),
+    "lis_huge_run": ("t.lis", lambda: b"0 18000000000000000000 0 0\n"),
     "long_line": ("t.trace", lambda: b"# mmsim-trace v1\nmalloc a " + b"9" * (10 << 20) + b"\n"),
 }
 

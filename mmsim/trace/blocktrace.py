@@ -50,6 +50,9 @@ LIS_BLOCK = 512
 ORACLE_BLOCK = 4096
 IDS_BLOCK = 4096
 ID_LIMIT = 1 << 64
+#: blocks one .lis line may ask for (8 GiB of 512-byte blocks): real traces ask for a few; a
+#: line asking for 10^19 would take centuries to replay, so it is refused with this limit named
+MAX_LIS_RUN = 1 << 24
 ORACLE_RECORD = struct.Struct("<IQIq")
 _CHUNK = 24 << 14  # bytes per read: whole binary records
 #: requests per BlockReads when read through read_trace (0: one ``read`` Op per request).
@@ -151,6 +154,11 @@ def _lis(name: str, stream) -> Iterator[Batch]:  # type: ignore[no-untyped-def]
                 raise TraceError(
                     name, lineno, "expected 'start_block n_blocks ignore request_number'"
                     f" (non-negative integers), got {_show(line)}") from None
+            if count > MAX_LIS_RUN:
+                if ids:
+                    yield lines, ids
+                raise TraceError(name, lineno, f"a request of {count} blocks (at most "
+                                 f"{MAX_LIS_RUN}, 8 GiB: a replay would not end)")
             if count == 1:
                 lines.append(lineno)
                 ids.append(start)
