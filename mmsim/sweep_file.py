@@ -304,6 +304,11 @@ def _prepare_image(path: str, error: Callable[..., SweepError], *at: Any) -> Non
         raise error(f"image: {e}", *at) from None
 
 
+#: points a sweep may plan (each a replay; planning a million took 14 minutes and 2 GB before
+#: the first row ran): a stated limit, far above any study that can finish
+MAX_POINTS = 100_000
+
+
 def _grid_points(doc: _Located, grid: Any) -> tuple[list[dict[str, Any]], list[str]]:
     if not isinstance(grid, dict) or not grid:
         raise doc.error("'grid' must map configuration keys to lists of values", "grid")
@@ -321,6 +326,10 @@ def _grid_points(doc: _Located, grid: Any) -> tuple[list[dict[str, Any]], list[s
                 raise doc.error(f"grid: '{key}' lists {cell(value)} twice", "grid", key, i)
             seen[cell(value)] = i
     keys = [str(k) for k in grid]
+    n = math.prod(len(v) for v in grid.values())
+    if n > MAX_POINTS:
+        raise doc.error(f"grid: {n} points (at most {MAX_POINTS}: split the study, or list "
+                        "the points you need under 'points')", "grid")
     points = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())]
     _check_points(points, doc.path, lambda i: doc.lines.get(("grid",), 0))
     return points, keys
@@ -348,6 +357,9 @@ def _listed_points(doc: _Located, points: Any) -> tuple[list[dict[str, Any]], li
 def make_sweep(traces: list[TraceSpec], grid: dict[str, list[Any]], origin: str,
                config: str | None = None) -> Sweep:
     """A grid sweep built in code (e.g. by `mmsim mrc`), checked like a sweep file."""
+    n = math.prod(len(v) for v in grid.values()) * max(len(traces), 1)
+    if n > MAX_POINTS:
+        raise SweepError(f"{n} points (at most {MAX_POINTS})", origin)
     for key, values in grid.items():
         for value in values:
             try:
@@ -377,6 +389,8 @@ def parse_sizes(spec: str) -> list[int]:
             raise ValueError(f"bad count {parts[2]!r} in {spec!r}") from None
         if not 0 < lo < hi or n < 2:
             raise ValueError(f"bad range {spec!r} (needs 0 < LO < HI and N >= 2)")
+        if n > MAX_POINTS:
+            raise ValueError(f"{n} sizes in {spec!r} (at most {MAX_POINTS})")
         ratio = math.log(hi / lo)
         sizes = [lo] + [round(lo * math.exp(ratio * i / (n - 1))) for i in range(1, n - 1)]
         sizes.append(hi)

@@ -142,3 +142,15 @@ def test_a_decompression_bomb_without_a_newline_is_refused_at_once(tmp_path: Pat
             w.write(b"7" * (1 << 20))
     _one_line(_mmsim("run", "bomb.zst", "--format", fmt, "-q", cwd=tmp_path),
               "bomb.zst", "line longer than")
+
+
+def test_work_sized_by_the_input_is_refused_with_its_limit(tmp_path: Path) -> None:
+    """A grid of 1.2 million points, or mrc with a million sizes, planned for minutes and
+    gigabytes before the first row: refused at once, the limit named."""
+    (tmp_path / "t.trace").write_text("# mmsim-trace v1\nmalloc a 1K\n")
+    values = ", ".join(str(i) for i in range(1, 1101))
+    (tmp_path / "s.yaml").write_text(
+        f"traces: [t.trace]\ngrid:\n  seed: [{values}]\n  disk_latency: [{values}]\n")
+    _one_line(_mmsim("sweep", "s.yaml", "-o", "r.csv", cwd=tmp_path), "s.yaml", "at most")
+    _one_line(_mmsim("mrc", "t.trace", "--sizes", "1K:1T:1000000", cwd=tmp_path),
+              "--sizes", "at most")
