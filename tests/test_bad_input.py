@@ -154,3 +154,8 @@ def test_work_sized_by_the_input_is_refused_with_its_limit(tmp_path: Path) -> No
     _one_line(_mmsim("sweep", "s.yaml", "-o", "r.csv", cwd=tmp_path), "s.yaml", "at most")
     _one_line(_mmsim("mrc", "t.trace", "--sizes", "1K:1T:1000000", cwd=tmp_path),
               "--sizes", "at most")
+
+
+def test_an_endless_stream_is_refused_not_copied_without_end(tmp_path: Path) -> None:
+    """/dev/zero (one endless line) is read once: its copy stops at the line limit."""
+    _one_line(_mmsim("run", "/dev/zero", "-q", cwd=tmp_path), "/dev/zero", "line longer than")

@@ -21,7 +21,6 @@ import errno
 import gzip
 import io
 import os
-import shutil
 import stat
 import sys
 import tempfile
@@ -357,7 +356,10 @@ class Spool:
         self._finalizer = weakref.finalize(self, _unlink, self.path)
         try:
             with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
+                _copy_lines(source, out, name)
+        except TraceError:
+            self.close()
+            raise
         except OSError as exc:
             self.close()
             raise TraceError(name, 0, "cannot copy the input to a temporary file: "
@@ -369,6 +371,25 @@ class Spool:
     def close(self) -> None:
         """Delete the copy (idempotent)."""
         self._finalizer()
+
+
+def _copy_lines(source: BinaryIO, out: BinaryIO, name: str) -> None:
+    """Copy a once-only input; uncompressed, it must show a line within MAX_LINE_BYTES (an
+    endless stream of one line, such as /dev/zero, would be copied without end)."""
+    chunk = source.read(1 << 20)
+    plain = chunk and compression_of(chunk[:10]) is None
+    seen = 0
+    while chunk:
+        out.write(chunk)
+        if plain and seen >= 0:
+            if b"\n" in chunk:
+                seen = -1  # a line ends: a text stream, copied as it comes
+            else:
+                seen += len(chunk)
+                if seen > MAX_LINE_BYTES:
+                    raise TraceError(name, 1, f"line longer than {MAX_LINE_BYTES} bytes (no "
+                                     "newline: not a text trace, and a binary one must be a file)")
+        chunk = source.read(1 << 20)
 
 
 def spool(path: str | os.PathLike[str]) -> Spool | None:
