@@ -315,8 +315,9 @@ def kernel_config(m: Manifest, memory: int | None = None, cpus: int | None = Non
         config = apply_settings(config, m.kernel, m.path)
         top = {k: v for k, v in (("memory", m.memory), ("cpus", m.cpus), ("rootfs", m.rootfs))
                if v is not None}
-        if top:
-            config = apply_settings(config, top, m.path)
+        if top:  # with their lines in the manifest, for the messages
+            lines = {k: m.lines.get(k, 0) for k in top}
+            config = apply_settings(config, {**top, "__lines__": lines}, m.path)
         over = {k: v for k, v in (("memory", memory), ("cpus", cpus)) if v is not None}
         if over:
             config = apply_settings(config, over)

@@ -159,3 +159,15 @@ def test_work_sized_by_the_input_is_refused_with_its_limit(tmp_path: Path) -> No
 def test_an_endless_stream_is_refused_not_copied_without_end(tmp_path: Path) -> None:
     """/dev/zero (one endless line) is read once: its copy stops at the line limit."""
     _one_line(_mmsim("run", "/dev/zero", "-q", cwd=tmp_path), "/dev/zero", "line longer than")
+
+
+def test_invalid_utf8_in_a_text_trace_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "t.trace").write_bytes(b"# mmsim-trace v1\nmalloc a 1K\nfree \xff\xfe\n")
+    _one_line(_mmsim("run", "t.trace", "-q", cwd=tmp_path), "t.trace:3:", "invalid UTF-8")
+
+
+def test_a_manifests_bad_memory_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "t.trace").write_text("# mmsim-trace v1\nmalloc a 1K\n")
+    (tmp_path / "image.yaml").write_text(
+        "cmdline: /tools/app.so /t/t.trace\nfiles:\n  /t: .\nmemory: 1\n")
+    _one_line(_mmsim("boot", "image.yaml", "-q", cwd=tmp_path), "image.yaml:4:", "memory")

@@ -216,6 +216,16 @@ def _detect(path: str) -> str:
             raise TraceError(
                 peek.path, native.line, f"{native.message} (format not recognized; tried native)"
             )
+    if not peek.is_text and b"\0" not in peek.head:
+        # text with a bad byte (no NUL: not binary): name its line, as a reader would
+        parts = peek.head.split(b"\n")
+        for lineno, raw in enumerate(parts, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if lineno < len(parts) or e.reason != "unexpected end of data":  # not a cut
+                    raise TraceError(peek.path, lineno, f"invalid UTF-8 at byte {e.start + 1} "
+                                     "of the line (format not recognized)") from None
     raise TraceError(peek.path, 0, f"unrecognized trace format (known: {_known()})")
 
 
