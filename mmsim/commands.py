@@ -93,8 +93,9 @@ def report(run_json: str, timeline: str | None, output: str | None, title: str |
         page = render_report(summary, data, title)
     except (SummaryError, TimelineError) as e:
         raise InputError(str(e)) from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"{run_json}: not an mmsim run summary ({e!r})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field deeper down
+        raise InputError(f"{run_json}: not an mmsim run summary ({type(e).__name__}: "
+                         f"{e})") from None
     dest = output or os.path.splitext(run_json)[0] + ".html"
     try:
         with open(dest, "w", encoding="utf-8") as f:
@@ -138,7 +139,12 @@ def compare(a: str, b: str, all_rows: bool) -> None:
     label_b = os.path.basename(b)
     if label_a == label_b:
         label_a, label_b = a, b
-    click.echo(format_comparison(compare_summaries(sa, sb), label_a, label_b, all_rows))
+    try:
+        text = format_comparison(compare_summaries(sa, sb), label_a, label_b, all_rows)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field deeper down
+        raise InputError(f"{a} or {b}: not an mmsim run summary ({type(e).__name__}: "
+                         f"{e})") from None
+    click.echo(text)
 
 
 @main.command(short_help="mmsim's figures beside real OSv's, scenario by scenario.")

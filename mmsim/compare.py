@@ -39,7 +39,35 @@ def load_summary(path: str) -> dict[str, Any]:
         raise SummaryError(f"{path}: not an mmsim run summary (no 'memory' section)")
     if nesting_depth(data) > MAX_NESTING:
         raise SummaryError(f"{path}: nested more than {MAX_NESTING} levels deep")
+    _check_shape(data, path)
     return data
+
+
+#: what a summary's fields must be where present (a field of the wrong type is named)
+_SCALARS = {"events": int, "time_ns": int, "trace": str, "image": str}
+_MEMORY_INTS = ("total_bytes", "free_bytes", "used_bytes", "peak_used_bytes")
+
+
+def _check_shape(data: dict[str, Any], path: str) -> None:
+    """SummaryError naming the first field whose type is not a summary's."""
+    def bad(field: str, want: str) -> SummaryError:
+        return SummaryError(f"{path}: not an mmsim run summary ('{field}' is not {want})")
+
+    for key, value in data.items():
+        want = _SCALARS.get(key)
+        if want is not None:
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise bad(key, "an integer" if want is int else "a string")
+        elif value is not None and not isinstance(value, dict):
+            raise bad(key, "a mapping")
+    memory = data["memory"]
+    for key in _MEMORY_INTS:
+        if key in memory and (not isinstance(memory[key], int) or isinstance(memory[key], bool)):
+            raise bad(f"memory.{key}", "an integer")
+    cats = memory.get("categories", {})
+    if not isinstance(cats, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in cats.values()):
+        raise bad("memory.categories", "a mapping of byte counts")
 
 
 def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:

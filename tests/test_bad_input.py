@@ -171,3 +171,25 @@ def test_a_manifests_bad_memory_names_its_line(tmp_path: Path) -> None:
     (tmp_path / "image.yaml").write_text(
         "cmdline: /tools/app.so /t/t.trace\nfiles:\n  /t: .\nmemory: 1\n")
     _one_line(_mmsim("boot", "image.yaml", "-q", cwd=tmp_path), "image.yaml:4:", "memory")
+
+
+@pytest.mark.parametrize("field, value", [("app_errors", [1, 2]), ("oom", "boom"), ("arc", 5),
+                                          ("events", "many"), ("memory.categories", [1])])
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_a_summary_field_of_the_wrong_type_is_named(tmp_path: Path, field: str, value: object,
+                                                   command: str) -> None:
+    import json
+
+    res = _mmsim("run", str(ROOT / "examples" / "hello.trace"), "--json", "good.json", "-q",
+                 cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    s = json.loads((tmp_path / "good.json").read_text())
+    where = s
+    *parents, last = field.split(".")
+    for p in parents:
+        where = where[p]
+    where[last] = value
+    (tmp_path / "bad.json").write_text(json.dumps(s))
+    args = ["report", "bad.json", "-o", "r.html"] if command == "report" else [
+        "compare", "good.json", "bad.json"]
+    _one_line(_mmsim(*args, cwd=tmp_path), "bad.json", f"'{field}'")
