@@ -193,3 +193,24 @@ def test_a_summary_field_of_the_wrong_type_is_named(tmp_path: Path, field: str, 
     args = ["report", "bad.json", "-o", "r.html"] if command == "report" else [
         "compare", "good.json", "bad.json"]
     _one_line(_mmsim(*args, cwd=tmp_path), "bad.json", f"'{field}'")
+
+
+@pytest.mark.parametrize("trace", ["examples/hello.trace",
+                                   "tests/fixtures/mtrace/python3.mtrace.gz",
+                                   "tests/fixtures/strace/python_threads.strace"])
+def test_the_same_replay_gives_the_same_summary_in_another_process_on_a_busy_host(
+        tmp_path: Path, trace: str) -> None:
+    """Determinism across processes and host load: byte for byte."""
+    outs = []
+    for busy in (0, 2):
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        try:
+            res = _mmsim("run", str(ROOT / trace), "--memory", "512M", "--json", "-", "-q",
+                         cwd=tmp_path)
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
+        assert res.returncode in (0, 3), res.stderr
+        outs.append(res.stdout)
+    assert outs[0] == outs[1]
