@@ -84,6 +84,10 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         result = replay(trace, config, fmt=fmt, pid=pid, check=check,
                         wrap=lambda ops, kernel: _reporting(ops, kernel, progress), **timeline)
     summary = result.summary
+    cut = (summary.get("trace_reader") or {}).get("truncated_at_line")
+    if cut:
+        click.echo(f"mmsim: warning: {trace}:{cut}: the log ends inside this record (the "
+                   "program died while writing it?); replayed up to it", err=True)
     if result.oom:
         click.echo(oom_message(trace, result.oom), err=True)
     if json_path:

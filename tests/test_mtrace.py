@@ -365,3 +365,27 @@ def test_check_looks_after_every_call_of_a_batch(tmp_path: Path, monkeypatch) ->
     assert seen == list(range(1, 10))  # nine calls, nine checks, each after its own call
     _, plain, _ = run_cli("run", str(path), "--json", "-", "-q")
     assert json.loads(checked)["malloc"] == json.loads(plain)["malloc"]
+
+
+def test_a_log_cut_inside_its_last_record_replays_up_to_it_with_a_warning(tmp_path) -> None:
+    """A program that died while glibc wrote its log: the replay is the log's whole records,
+    a one-line warning names the cut line, and the summary says the log was truncated."""
+    import json
+
+    from cli_helpers import run as run_cli
+
+    full = (Path(__file__).parent / "fixtures" / "mtrace" / "ls.mtrace").read_bytes()
+    body = full[: full.rstrip(b"\n").rfind(b"\n= End")]  # the records, without the end mark
+    whole = body[: body.rfind(b"\n") + 1]
+    cut = whole + body[body.rfind(b"\n") + 1:][:20]  # 20 bytes into the last record
+    (tmp_path / "whole.mtrace").write_bytes(whole)
+    (tmp_path / "cut.mtrace").write_bytes(cut)
+    code, out_cut, err = run_cli("run", str(tmp_path / "cut.mtrace"), "--json", "-", "-q")
+    assert code == 0 and err.count("\n") == 1 and "warning" in err
+    n = whole.count(b"\n") + 1
+    assert f"cut.mtrace:{n}:" in err
+    code, out_whole, _ = run_cli("run", str(tmp_path / "whole.mtrace"), "--json", "-", "-q")
+    a, b = json.loads(out_cut), json.loads(out_whole)
+    assert a["trace_reader"].pop("truncated_at_line") == n
+    a.pop("trace"), b.pop("trace")
+    assert a == b

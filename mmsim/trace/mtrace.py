@@ -160,6 +160,11 @@ class MtraceReader:
                     yield out
                     out = []
                     emit = out.append
+                if chunk[-1][-1:] != "\n" and chunk[-1].strip():
+                    # the log's last line has no newline: glibc ends every record with one,
+                    # so the program died while writing it; replay up to it, and say so
+                    stats["truncated_at_line"] = base + len(chunk)
+                    chunk.pop()
                 for n, line in enumerate(chunk, base + 1):  # noqa: B007 - n is the line read
                     t = line.split()
                     nt = len(t)
