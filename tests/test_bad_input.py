@@ -88,7 +88,7 @@ def test_a_bad_trace_is_one_line(tmp_path: Path, name: str, command: str) -> Non
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-@pytest.mark.parametrize("command", ["run", "boot", "sweep"])
+@pytest.mark.parametrize("command", ["run", "boot", "sweep", "fuzz"])
 def test_a_bad_configuration_is_one_line(tmp_path: Path, name: str, command: str) -> None:
     (tmp_path / "t.trace").write_text("# mmsim-trace v1\nmalloc a 1K\n")
     text = CONFIGS[name]
@@ -102,6 +102,10 @@ def test_a_bad_configuration_is_one_line(tmp_path: Path, name: str, command: str
             "cmdline: /tools/app.so /t/t.trace\nfiles:\n  /t: .\nkernel:\n" + body)
         res = _mmsim("boot", "image.yaml", "-q", cwd=tmp_path)
         where = "image.yaml"
+    elif command == "fuzz":
+        (tmp_path / "c.yaml").write_text(text)
+        res = _mmsim("fuzz", "--config", "c.yaml", "--examples", "1", cwd=tmp_path)
+        where = "c.yaml"
     else:
         (tmp_path / "s.yaml").write_text("traces: [t.trace]\n" + text)
         res = _mmsim("sweep", "s.yaml", "-o", "r.csv", "--workers", "1", cwd=tmp_path)
@@ -110,13 +114,16 @@ def test_a_bad_configuration_is_one_line(tmp_path: Path, name: str, command: str
 
 
 @pytest.mark.parametrize("what", ["missing", "directory"])
-@pytest.mark.parametrize("command", ["run", "boot", "sweep", "report", "compare"])
+@pytest.mark.parametrize("command", ["run", "boot", "minmem", "sweep", "mrc", "report",
+                                     "compare", "fuzz"])
 def test_a_path_that_is_not_a_file_is_one_line(tmp_path: Path, what: str, command: str) -> None:
     name = "nothing.x" if what == "missing" else "adir"
     if what == "directory":
         (tmp_path / name).mkdir()
-    args = {"run": ["run", name], "boot": ["boot", name], "sweep": ["sweep", name],
-            "report": ["report", name], "compare": ["compare", name, name]}[command]
+    args = {"run": ["run", name], "boot": ["boot", name], "minmem": ["minmem", name],
+            "sweep": ["sweep", name], "mrc": ["mrc", name, "--sizes", "1M,2M"],
+            "report": ["report", name], "compare": ["compare", name, name],
+            "fuzz": ["fuzz", "--config", name, "--examples", "1"]}[command]
     _one_line(_mmsim(*args, cwd=tmp_path), name)
 
 
