@@ -18,7 +18,7 @@ from mmsim import cmd_fuzz as _cmd_fuzz  # noqa: F401  (fuzz)
 from mmsim import cmd_image as _cmd_image  # noqa: F401  (boot, minmem)
 from mmsim import cmd_sweep as _cmd_sweep  # noqa: F401  (sweep, mrc)
 from mmsim import commands as _commands  # noqa: F401  (gen, report, compare)
-from mmsim.api import replay
+from mmsim.api import one_line, replay
 from mmsim.command import (
     EXIT_BAD_INPUT,
     EXIT_OOM,
@@ -86,7 +86,7 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
     summary = result.summary
     cut = (summary.get("trace_reader") or {}).get("truncated_at_line")
     if cut:
-        click.echo(f"mmsim: warning: {trace}:{cut}: the log ends inside this record (the "
+        click.echo(f"mmsim: warning: {one_line(trace)}:{cut}: the log ends inside this record (the "
                    "program died while writing it?); replayed up to it", err=True)
     if result.oom:
         click.echo(oom_message(trace, result.oom), err=True)

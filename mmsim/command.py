@@ -12,7 +12,15 @@ from typing import Any
 
 import click
 
-from mmsim.api import EXIT_BAD_INPUT, EXIT_OOM, InputError, MmsimError, boot, configure
+from mmsim.api import (
+    EXIT_BAD_INPUT,
+    EXIT_OOM,
+    InputError,
+    MmsimError,
+    boot,
+    configure,
+    one_line,
+)
 from mmsim.summary_text import human
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_OOM", "InputError", "boot", "build_config",
@@ -86,6 +94,7 @@ def oom_message(where: str, oom: dict[str, Any]) -> str:
     yield and the biggest consumers, one concise line each."""
     chunk = oom.get("chunk_bytes", oom["requested_bytes"])
     part = f" (failed on a {chunk}-byte piece)" if chunk != oom["requested_bytes"] else ""
+    where = one_line(where)  # a file name may hold a newline
     lines = [f"mmsim: {where}:{oom['line']}: out of memory ({oom['reason']}): "
              f"{oom['op']} needed {oom['requested_bytes']} bytes{part}, {oom['free_bytes']} "
              f"free, largest free run {oom['largest_free_run_bytes']}"]

@@ -118,3 +118,10 @@ def test_observers_see_every_call_of_a_batch() -> None:
     seen: list[int] = []
     result = replay(MTRACE, memory="512M", observers=[lambda k: seen.append(k.events)])
     assert seen == list(range(1, result.summary["events"] + 1))
+
+
+def test_an_out_of_memory_report_stays_on_its_lines_whatever_the_file_name(tmp_path) -> None:
+    trace = _write(tmp_path, "mmap a 1G\ntouch a 0 1G\n", "bad\nname.trace")
+    code, _out, err = run("run", trace, "--memory", "256M", "-q")
+    assert code == EXIT_OOM
+    assert all(line.startswith("mmsim: ") for line in err.splitlines()), err
