@@ -86,8 +86,8 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
     summary = result.summary
     cut = (summary.get("trace_reader") or {}).get("truncated_at_line")
     if cut:
-        click.echo(f"mmsim: warning: {one_line(trace)}:{cut}: the log ends inside this record (the "
-                   "program died while writing it?); replayed up to it", err=True)
+        click.echo(f"mmsim: warning: {one_line(trace)}:{cut}: the log ends inside this "
+                   "record (the program died while writing it?); replayed up to it", err=True)
     if result.oom:
         click.echo(oom_message(trace, result.oom), err=True)
     if json_path:
