@@ -162,8 +162,8 @@ def _run_isolated(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def isolated_main(result_path: str) -> None:
-    """``python -m mmsim.sweep_points RESULT.json``: one task from stdin, its result in the file; then
-    leave at once (a JVM's application may hold non-daemon threads)."""
+    """``python -m mmsim.sweep_points RESULT.json``: one task from stdin, its result in the
+    file; then leave at once (a JVM's application may hold non-daemon threads)."""
     result = _execute(json.load(sys.stdin))
     with open(result_path, "w", encoding="utf-8") as f:
         json.dump(result, f)
