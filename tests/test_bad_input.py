@@ -221,3 +221,12 @@ def test_the_same_replay_gives_the_same_summary_in_another_process_on_a_busy_hos
         assert res.returncode in (0, 3), res.stderr
         outs.append(res.stdout)
     assert outs[0] == outs[1]
+
+
+def test_an_endless_line_in_a_plain_mtrace_log_is_refused_before_it_is_read(
+        tmp_path: Path) -> None:
+    """The plain-text fast path reads whole lines: a 40 MiB line is found first, cheaply."""
+    (tmp_path / "t.mtrace").write_bytes(b"= Start\n@ x:(f)[0x1] + 0x10 0x20\n"
+                                        + b"7" * (40 << 20) + b"\n")
+    _one_line(_mmsim("run", "t.mtrace", "--format", "mtrace", "-q", cwd=tmp_path),
+              "t.mtrace:3:", "line longer than")

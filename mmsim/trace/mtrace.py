@@ -32,6 +32,7 @@ checked then), and a record with more fields than its own for the ``@``.
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import re
 from collections import Counter, deque
@@ -40,7 +41,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, TextIO
 
 from .ops import Op, TraceError, quick_op
-from .source import compression_of, open_trace_binary
+from .source import MAX_LINE_BYTES, compression_of, open_trace_binary
 
 if TYPE_CHECKING:
     from .registry import TracePeek
@@ -101,6 +102,23 @@ class MallocCalls(Op):
             yield quick_op(kind, line, handle, size)
 
 
+def _check_line_lengths(path: str) -> None:
+    """TraceError if a line of the plain file is much longer than MAX_LINE_BYTES (beyond
+    1.5 times it): every window of MAX_LINE_BYTES starting at a multiple of half of it must hold
+    a newline, a few calls per MiB, so an endless line is refused before it is read whole."""
+    step = MAX_LINE_BYTES // 2
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= MAX_LINE_BYTES:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            for pos in range(0, size - MAX_LINE_BYTES, step):
+                if m.find(b"\n", pos, pos + MAX_LINE_BYTES) < 0:
+                    line = 1 + sum(m[i:min(i + (16 << 20), pos)].count(b"\n")
+                                   for i in range(0, pos, 16 << 20))
+                    raise TraceError(path, line, f"line longer than {MAX_LINE_BYTES} bytes")
+
+
 class MtraceReader:
     """Streams the Ops of one mtrace log; :attr:`stats` counts what was skipped or repaired.
 
@@ -122,6 +140,7 @@ class MtraceReader:
         if compression_of(head) is None:
             # plain text: the C-level reader is ~20 % faster than the guarded binary stream
             binary.close()
+            _check_line_lengths(self.path)
             text: TextIO = open(self.path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
         else:
             text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape")
