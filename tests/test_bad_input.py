@@ -230,3 +230,16 @@ def test_an_endless_line_in_a_plain_mtrace_log_is_refused_before_it_is_read(
                                         + b"7" * (40 << 20) + b"\n")
     _one_line(_mmsim("run", "t.mtrace", "--format", "mtrace", "-q", cwd=tmp_path),
               "t.mtrace:3:", "line longer than")
+
+
+def test_a_jvm_that_cannot_start_is_one_line(tmp_path: Path) -> None:
+    """Under a 2 GiB address-space limit HotSpot cannot reserve its spaces: mmsim says so in one
+    line and exits 2 (it died with exit 1 and HotSpot's report on stdout)."""
+    import shutil
+
+    if shutil.which("javac") is None:
+        pytest.skip("needs a JDK")
+    res = _mmsim("boot", str(ROOT / "examples" / "images" / "hello" / "hello.yaml"), "-q",
+                 cwd=tmp_path)
+    _one_line(res, "hello.yaml", "JVM")
+    assert not res.stdout.strip(), res.stdout[-2000:]
