@@ -17,7 +17,8 @@ memory is a result, not an error: ``result.oom`` and ``result.exit_code`` (:data
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from mmsim.trace import TraceError, expand, read_trace, reader_stats
 __all__ = [
     "EXIT_APP", "EXIT_BAD_INPUT", "EXIT_INVARIANT", "EXIT_OK", "EXIT_OOM", "InputError",
     "InvariantBroken", "MmsimError", "Observer", "RunResult", "boot", "configure", "replay",
-    "replay_ops",
+    "replay_errors", "replay_ops",
 ]
 
 EXIT_OK = 0
@@ -134,20 +135,30 @@ def replay_ops(kernel: Kernel, ops: Iterable[Any], where: str, *,
         ops = expand(ops)
         for observe in watchers:
             kernel.add_observer(observe)
-    try:
-        kernel.run(ops)
-    except OutOfMemory:
-        if check:  # the guest is down, but what it holds must still add up
-            from mmsim.kernel.invariants import check_kernel
+    with replay_errors(kernel, lambda: where):
+        try:
+            kernel.run(ops)
+        except OutOfMemory:
+            if check:  # the guest is down, but what it holds must still add up
+                from mmsim.kernel.invariants import check_kernel
 
-            _invariants(check_kernel, kernel, where)
-        raise
+                _invariants(check_kernel, kernel, where)
+            raise
+
+
+@contextmanager
+def replay_errors(kernel: Kernel, where: Callable[[], str]) -> Iterator[None]:
+    """The one place where what stops a replay becomes an :class:`MmsimError`, naming the
+    trace (``where()``: the file the failing operation came from) and the kernel's line; out
+    of memory propagates (:class:`~mmsim.kernel.OutOfMemory`)."""
+    try:
+        yield
     except (TraceError, TimelineError) as e:
         raise InputError(str(e)) from None
-    except (UnsupportedOperation, TraceFault, ShrinkerError) as e:
-        raise InputError(f"{where}:{kernel.line}: {e}") from None
+    except (UnsupportedOperation, TraceFault, ShrinkerError) as e:  # a user shrinker failed too
+        raise InputError(f"{where()}:{kernel.line}: {e}") from None
     except AssertionError as e:
-        raise InvariantBroken(f"{where}:{kernel.line}: invariant broken: {e}") from None
+        raise InvariantBroken(f"{where()}:{kernel.line}: invariant broken: {e}") from None
 
 
 def _invariants(check: Callable[[Kernel], Any], kernel: Kernel, where: str) -> None:

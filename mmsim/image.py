@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmsim.api import InputError, boot
+from mmsim.api import InputError, boot, replay_errors
 from mmsim.kernel import (
     AppThread,
     BootError,
@@ -45,14 +45,11 @@ from mmsim.kernel import (
     Kernel,
     KernelConfig,
     OutOfMemory,
-    ShrinkerError,
-    TraceFault,
-    UnsupportedOperation,
     apply_settings,
     load_yaml,
     parse_size,
 )
-from mmsim.trace import Op, TraceError, read_trace
+from mmsim.trace import Op, read_trace
 
 __all__ = [
     "BootOutcome", "ImageError", "JavaApp", "Manifest", "NativeApp", "boot_image",
@@ -438,9 +435,24 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
     started = time.perf_counter()
     image_files = list(_image_files(m))
     app_info: dict[str, Any] = {"cmdline": m.cmdline}
-    status, message = EXIT_OK, ""
     source = _Source()
     source.path = m.path
+    with replay_errors(kernel, lambda: source.path):  # as mmsim run's, naming the trace
+        status, message, app_info = _run_app(kernel, m, config, image_files, source, app_info,
+                                             app_output_to_stderr, tick)
+    app_info["wall_seconds"] = round(time.perf_counter() - started, 3)
+    summary = kernel.summary()
+    summary["image"] = m.path
+    summary["app"] = app_info
+    return BootOutcome(summary, status, message)
+
+
+def _run_app(kernel: Kernel, m: Manifest, config: KernelConfig,
+             image_files: list[tuple[str, str, int]], source: _Source, app_info: dict[str, Any],
+             app_output_to_stderr: bool, tick: Callable[[], None] | None
+             ) -> tuple[int, str, dict[str, Any]]:
+    """The image's files, then its application beside its workload; (status, message, app)."""
+    status, message = EXIT_OK, ""
     try:
         for img, _host, size in image_files:
             kernel.apply(Op("create", 0, path=img, size=size))
@@ -464,17 +476,7 @@ def boot_image(m: Manifest, memory: int | None = None, cpus: int | None = None, 
         jvm = kernel.jvm
         if jvm is not None:
             jvm.finish(None)
-    except TraceError as e:
-        raise ImageError(str(e)) from None
-    except (UnsupportedOperation, TraceFault) as e:  # e.g. a cpu the guest does not have
-        raise ImageError(f"{source.path}:{kernel.line}: {e}") from None
-    except ShrinkerError as e:  # the user's shrinker failed during the run
-        raise ImageError(f"{m.path}: {e}") from None
-    app_info["wall_seconds"] = round(time.perf_counter() - started, 3)
-    summary = kernel.summary()
-    summary["image"] = m.path
-    summary["app"] = app_info
-    return BootOutcome(summary, status, message)
+    return status, message, app_info
 
 
 def _run_native(kernel: Kernel, m: Manifest, app: NativeApp, workload: Iterator[Any],

@@ -212,3 +212,14 @@ def test_the_docs_tables_are_the_key_table():
     for k in KEYS:
         for option in re.findall(r"--[\w-]+", k.option or ""):
             assert option in helptext, f"{k.name}: {option} is not an option of mmsim run"
+
+
+def test_every_checker_the_key_table_names_exists():
+    import importlib
+
+    from mmsim.kernel.config_keys import KEYS
+
+    for k in KEYS:
+        if k.checker is not None:
+            module, _, attr = k.checker.partition(":")
+            assert callable(getattr(importlib.import_module(module), attr)), k.name
