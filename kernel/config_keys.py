@@ -33,8 +33,8 @@ class ConfigKey:
 
 
 _FS = "mmsim.kernel.sys_fs:FsConfig"
-_JVM = "mmsim.kernel.sys_jvm:_settings"
-_VIRTIO = "mmsim.kernel.sys_balloon:_settings"
+_JVM = "mmsim.kernel.sys_jvm:jvm_settings"
+_VIRTIO = "mmsim.kernel.sys_balloon:virtio_settings"
 
 KEYS: tuple[ConfigKey, ...] = (
     # the machine (kernel/config.py)
@@ -97,7 +97,7 @@ KEYS: tuple[ConfigKey, ...] = (
               "thread's inflation, in simulated time (e.g. 50ms; default 0)", "`0`", None, _JVM),
     ConfigKey("jvm_alloc_rate", "bytes a JVM application allocates per simulated second: its "
               "simulated time (e.g. 512M; default 1G)", "`1G`", None,
-              "mmsim.kernel.sys_jvm:_alloc_rate"),
+              "mmsim.kernel.sys_jvm:alloc_rate"),
 )
 
 _BY_NAME = {k.name: k for k in KEYS}

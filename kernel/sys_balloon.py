@@ -37,7 +37,7 @@ def _flag(extra: dict[str, Any], key: str) -> bool:
     return value
 
 
-def _settings(extra: dict[str, Any]) -> _Settings:
+def virtio_settings(extra: dict[str, Any]) -> _Settings:
     try:
         target = parse_size(extra.get("host_balloon", 0))
         rate = extra.get("virtio_balloon_rate")
@@ -74,7 +74,7 @@ class _Inflation:
 
 
 def attach(kernel: Kernel) -> VirtioBalloon:
-    cfg = _settings(kernel.config.extra)
+    cfg = virtio_settings(kernel.config.extra)
     ranges = kernel.ranges
     balloon = VirtioBalloon(kernel.pool, lambda: ranges.free_pages,
                             rate_bytes_per_s=cfg.rate, keep_free_bytes=cfg.keep_free,

@@ -38,7 +38,7 @@ __all__ = ["AppClock", "JvmOp", "JvmSubsystem", "attach"]
 
 
 
-def _settings(extra: dict[str, Any]) -> tuple[bool | None, str | None, int]:
+def jvm_settings(extra: dict[str, Any]) -> tuple[bool | None, str | None, int]:
     """``jvm_balloon`` (None for ``auto``), ``jvm_path`` and ``jvm_balloon_wake_latency`` (ns)
     from ``config.extra``; ValueError names the bad key."""
     enabled = extra.get("jvm_balloon", "auto")
@@ -60,7 +60,7 @@ def _settings(extra: dict[str, Any]) -> tuple[bool | None, str | None, int]:
 DEFAULT_ALLOC_RATE = 1 << 30  # bytes per simulated second
 
 
-def _alloc_rate(extra: dict[str, Any]) -> int:
+def alloc_rate(extra: dict[str, Any]) -> int:
     """``jvm_alloc_rate`` (bytes per simulated second) from ``config.extra``."""
     value = extra.get("jvm_alloc_rate", DEFAULT_ALLOC_RATE)
     try:
@@ -135,7 +135,7 @@ class JvmSubsystem:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         try:
-            self.balloon_wanted, self.jvm_path, self.balloon_latency_ns = _settings(
+            self.balloon_wanted, self.jvm_path, self.balloon_latency_ns = jvm_settings(
                 kernel.config.extra)
         except ValueError as e:
             raise BootError(str(e)) from None
@@ -150,7 +150,7 @@ class JvmSubsystem:
         self.host_gc_ms = 0
         self.gc_events = 0
         try:
-            rate = _alloc_rate(kernel.config.extra)
+            rate = alloc_rate(kernel.config.extra)
         except ValueError as e:
             raise BootError(str(e)) from None
         self.clock = AppClock(kernel.clock_ns, rate)  # simulated time while the app runs
