@@ -10,19 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
+from mmsim.fs.zfs_arc.fs import ZfsFileSystem
 from mmsim.kernel.app_errors import AppErrors
 from mmsim.kernel.boot import PhysicalMemory, boot_memory
 from mmsim.kernel.config import KernelConfig
 from mmsim.kernel.footprint import kernel_parts
 from mmsim.kernel.operations import OPERATIONS, subsystem_of
-from mmsim.kernel.subsystems import attach_all
+from mmsim.kernel.subsystems import Subsystems, build
 from mmsim.mm.constants import PAGE_SIZE
 from mmsim.mm.page_pool import OutOfPages
 
-if TYPE_CHECKING:  # the subsystems' types, for the attributes kernel/subsystems.py sets
+if TYPE_CHECKING:  # the subsystems' types
     from mmsim.drivers.virtio_balloon import VirtioBalloon
     from mmsim.fs.rofs import RofsFileSystem
-    from mmsim.fs.zfs_arc.fs import ZfsFileSystem
     from mmsim.kernel.sys_jvm import JvmSubsystem
     from mmsim.kernel.sys_malloc import MallocFace
     from mmsim.kernel.sys_mman import Mman
@@ -63,21 +63,19 @@ Handler = Callable[[Any], None]
 class Kernel:
     """One booted OSv guest."""
 
-    # The subsystems, set as kernel/subsystems.py attaches them in OSv's boot order (None
-    # until then, and for those this guest lacks: ``zfs`` on a ROFS root).
-    shrinkers: ShrinkerRegistry | None
-    reclaimer: Reclaimer | None
-    mman: Mman | None
-    address_space: AddressSpace | None
-    malloc: MallocFace | None
-    files: ZfsFileSystem | RofsFileSystem | None
+    # The subsystems, built in OSv's boot order by kernel/subsystems.py; ``zfs`` is None on a
+    # ROFS root
+    shrinkers: ShrinkerRegistry
+    reclaimer: Reclaimer
+    mman: Mman
+    address_space: AddressSpace
+    malloc: MallocFace
+    files: ZfsFileSystem | RofsFileSystem
     zfs: ZfsFileSystem | None
-    jvm: JvmSubsystem | None
-    virtio_balloon: VirtioBalloon | None
+    jvm: JvmSubsystem
+    virtio_balloon: VirtioBalloon
 
     def __init__(self, config: KernelConfig) -> None:
-        self.shrinkers = self.reclaimer = self.mman = self.address_space = None
-        self.malloc = self.files = self.zfs = self.jvm = self.virtio_balloon = None
         self.config = config
         self.mem: PhysicalMemory = boot_memory(config)
         self.pool = self.mem.pool
@@ -113,7 +111,18 @@ class Kernel:
         for part in kernel_parts(config, top):  # before SMP, straight from the runs
             self.reserve(part.category, part.nbytes)
         self.pool.start_smp()
-        attach_all(self)  # the wiring lives in one place
+        self._install(build(self))  # the wiring lives in one place
+
+    def _install(self, parts: Subsystems) -> None:
+        self.shrinkers = parts.shrinkers
+        self.reclaimer = parts.reclaimer
+        self.mman = parts.mman
+        self.address_space = parts.mman.space
+        self.malloc = parts.malloc
+        self.files = parts.files
+        self.zfs = parts.files if isinstance(parts.files, ZfsFileSystem) else None
+        self.jvm = parts.jvm
+        self.virtio_balloon = parts.virtio_balloon
 
     # -- wiring for subsystems ----------------------------------------------------------
     def add_handler(self, kind: str, handler: Handler) -> None:

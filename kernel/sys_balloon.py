@@ -17,6 +17,7 @@ from mmsim.mm.page_pool import OutOfPages
 
 if TYPE_CHECKING:
     from mmsim.kernel.kernel import Kernel
+    from mmsim.shrinker import ShrinkerRegistry
 
 
 
@@ -73,7 +74,7 @@ class _Inflation:
     cpu: int | None = None
 
 
-def attach(kernel: Kernel) -> VirtioBalloon:
+def attach(kernel: Kernel, registry: ShrinkerRegistry) -> VirtioBalloon:
     cfg = virtio_settings(kernel.config.extra)
     ranges = kernel.ranges
     balloon = VirtioBalloon(kernel.pool, lambda: ranges.free_pages,
@@ -116,8 +117,6 @@ def attach(kernel: Kernel) -> VirtioBalloon:
                         if balloon.actual_pages != balloon.target_pages else None)
     kernel.add_category("virtio_balloon", lambda: balloon.actual_pages * PAGE_SIZE)
     kernel.add_section("virtio_balloon", balloon.summary)
-    registry = kernel.shrinkers
-    if registry is not None and cfg.deflate:
+    if cfg.deflate:
         registry.register(balloon)
-    kernel.virtio_balloon = balloon
     return balloon

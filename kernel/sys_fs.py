@@ -27,6 +27,8 @@ from mmsim.mm.page_pool import OutOfPages
 
 if TYPE_CHECKING:
     from mmsim.kernel.kernel import Kernel
+    from mmsim.kernel.sys_mman import Mman
+    from mmsim.shrinker import Reclaimer, ShrinkerRegistry
 
 __all__ = ["ArcShrinker", "FsConfig", "attach"]
 
@@ -134,7 +136,8 @@ def _block_reads(kernel: Kernel, fs: ZfsFileSystem) -> Callable[[Any], None]:
     return blockread
 
 
-def attach(kernel: Kernel) -> ZfsFileSystem:
+def attach(kernel: Kernel, mman: Mman, registry: ShrinkerRegistry,
+           reclaimer: Reclaimer) -> ZfsFileSystem:
     """Build the file system from the configuration and plug it into ``kernel``."""
     try:
         cfg = FsConfig(kernel.config.extra)
@@ -152,10 +155,9 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     low_pages = 3 * phys // 4 // PAGE_SIZE  # kmem_used > 3/4 kmem_size
     policy.memory_low = lambda: ranges.total_pages - ranges.free_pages > low_pages
     policy.clock = lambda: kernel.clock_ns
-    reclaimer = kernel.reclaimer
     buffers = BufferAllocator(
         kernel.pool, cpu=lambda: kernel.cpu,
-        before_large=getattr(reclaimer, "wait_for_minimum_memory", None))
+        before_large=reclaimer.wait_for_minimum_memory)
     disk = VirtioBlk(cfg.disk_latency_ns, cfg.disk_bandwidth)
 
     fs = ZfsFileSystem(policy, buffers, disk, kernel, cfg.recordsize)
@@ -165,8 +167,6 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
     kernel.add_handler("read", fs.read_op)
     kernel.add_handler("blockread", _block_reads(kernel, fs))  # block traces' fast path
     fs.on_error = lambda kind, op, message: kernel.errors.report(kind, op.line, op.kind, message)
-    kernel.files = fs
-    kernel.zfs = fs
     kernel.add_category("arc", lambda: buffers.pages * PAGE_SIZE)
     kernel.add_section("arc", fs.stats)
     kernel.add_section("disk", disk.stats)
@@ -178,16 +178,12 @@ def attach(kernel: Kernel) -> ZfsFileSystem:
                         lambda extents: kernel.pool.free_pages(extents, kernel.cpu))
     kernel.add_category("arc_headers", lambda: headers.pages * PAGE_SIZE)
     kernel.add_after_op(lambda: headers.hold(-(-fs.overhead_bytes() // PAGE_SIZE)))
-    mman = kernel.mman
-    if mman is not None:  # file mmap shares the ARC's buffers (§7)
-        pc = mman.use_page_cache(ArcMappings(fs))
-        fs.on_unmap = pc.invalidate
-        fs.on_file_gone = pc.forget  # an unlinked file's write-cache pages go with it
-    registry = kernel.shrinkers
-    if registry is not None:
-        # two, as on OSv: libsolaris.so registers one as it loads (register_shrinker_arc_funs),
-        # and bsd_shrinker_init, after the root mount, wraps arc_lowmem (which arc_init put
-        # on vm_lowmem) in a second: every reclaimer pass asks the ARC twice
-        registry.register(ArcShrinker(fs))
-        registry.register(ArcShrinker(fs))
+    pc = mman.use_page_cache(ArcMappings(fs))  # file mmap shares the ARC's buffers (§7)
+    fs.on_unmap = pc.invalidate
+    fs.on_file_gone = pc.forget  # an unlinked file's write-cache pages go with it
+    # two, as on OSv: libsolaris.so registers one as it loads (register_shrinker_arc_funs),
+    # and bsd_shrinker_init, after the root mount, wraps arc_lowmem (which arc_init put
+    # on vm_lowmem) in a second: every reclaimer pass asks the ARC twice
+    registry.register(ArcShrinker(fs))
+    registry.register(ArcShrinker(fs))
     return fs

@@ -33,6 +33,7 @@ from mmsim.mm.vma import ANON
 
 if TYPE_CHECKING:
     from mmsim.kernel.kernel import Kernel
+    from mmsim.mm.address_space import AddressSpace
 
 __all__ = ["AppClock", "JvmOp", "JvmSubsystem", "attach"]
 
@@ -132,8 +133,9 @@ class JvmOp:
 class JvmSubsystem:
     """The guest's view of the hosted JVM: heap and native mappings, balloon, GC statistics."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, space: AddressSpace) -> None:
         self.kernel = kernel
+        self._space = space
         try:
             self.balloon_wanted, self.jvm_path, self.balloon_latency_ns = jvm_settings(
                 kernel.config.extra)
@@ -182,7 +184,7 @@ class JvmSubsystem:
         self._gc0 = host.gc_totals()
         host.track_app_threads()  # threads alive now (this one included) are not the app's
         self.clock.restart(self.kernel.clock_ns, 0)
-        space = self.kernel.address_space
+        space = self._space
         self.heap = JavaHeap(space, host.max_heap_bytes, host.heap_range)
         self.touched = 0
         self.pretouch = "-XX:+AlwaysPreTouch" in host.options
@@ -377,12 +379,10 @@ class JvmSubsystem:
         return self.native.resident() if self.native is not None else 0
 
 
-def attach(kernel: Kernel) -> JvmSubsystem:
+def attach(kernel: Kernel, space: AddressSpace) -> JvmSubsystem:
     """Register the ``jvm`` operation, the JVM's categories and the two summary sections."""
-    jvm = JvmSubsystem(kernel)
-    kernel.jvm = jvm
+    jvm = JvmSubsystem(kernel, space)
     kernel.add_handler("jvm", jvm.op)
-    space = kernel.address_space
     # the JVM's mappings are anonymous memory: count them in their own categories and
     # not again in sys_mman's `anonymous`, so that free + categories still adds up to total
     kernel.add_category("anonymous", lambda: space.resident[ANON] - jvm.heap_bytes()

@@ -33,6 +33,8 @@ except ImportError:  # no virtual memory in this build: the stand-in mapper neve
 
 if TYPE_CHECKING:
     from mmsim.kernel.kernel import Kernel
+    from mmsim.mm.address_space import AddressSpace
+    from mmsim.shrinker import Reclaimer, ShrinkerRegistry
 
 __all__ = ["QUARANTINE", "MallocFace", "attach"]
 
@@ -45,12 +47,10 @@ _CLASS_NAMES = [str(s) for s in POOL_CLASSES]
 class MallocFace:
     """Handles -> blocks of one :class:`Malloc`, with the application's statistics."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, space: AddressSpace, reclaimer: Reclaimer) -> None:
         self.kernel = kernel
-        self.malloc = Malloc(kernel.pool, kernel.address_space)
-        reclaimer = kernel.reclaimer
-        if reclaimer is not None:
-            self.malloc.wait_for_minimum_memory = reclaimer.wait_for_minimum_memory
+        self.malloc = Malloc(kernel.pool, space)
+        self.malloc.wait_for_minimum_memory = reclaimer.wait_for_minimum_memory
         self.live: dict[str, tuple[int, int]] = {}  # handle -> (address, requested size)
         self.leaked: list[tuple[int, int]] = []  # blocks whose handle was bound again
         self._freed: dict[str, int] = {}  # handle -> line of its free (newest half)
@@ -321,10 +321,10 @@ class MallocFace:
         }
 
 
-def attach(kernel: Kernel) -> MallocFace:
+def attach(kernel: Kernel, space: AddressSpace, registry: ShrinkerRegistry,
+           reclaimer: Reclaimer) -> MallocFace:
     """Register malloc's handlers, its three memory categories and the ``malloc`` section."""
-    face = MallocFace(kernel)
-    kernel.malloc = face
+    face = MallocFace(kernel, space, reclaimer)
     for kind in ("malloc", "calloc", "memalign", "realloc", "free", "mallocs"):
         kernel.add_handler(kind, getattr(face, f"op_{kind}"))
     m = face.malloc
@@ -332,8 +332,7 @@ def attach(kernel: Kernel) -> MallocFace:
     kernel.add_category("malloc_pages", lambda: m.whole_pages * PAGE_SIZE)
     kernel.add_category("malloc_large", lambda: m.large_pages * PAGE_SIZE)
     kernel.add_section("malloc", face.summary)
-    registry = kernel.shrinkers
-    if registry is not None and "malloc_pools" in extra_shrinkers(kernel.config.extra):
+    if "malloc_pools" in extra_shrinkers(kernel.config.extra):
         registry.register(PoolShrinker(m))  # not OSv's: only when asked for
     return face
 

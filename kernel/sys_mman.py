@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mmsim.mm.address_space import AddressSpace, VmError
 from mmsim.mm.constants import KERNEL_PHYS, KERNEL_VIRT, PAGE_SIZE
@@ -21,46 +21,56 @@ from mmsim.mm.vma import ANON, FILE
 
 if TYPE_CHECKING:
     from mmsim.kernel.kernel import Kernel
+    from mmsim.shrinker import Reclaimer
 
 __all__ = ["Mman", "attach"]
 
 
 class _KernelFiles:
-    """File sizes from the filesystem subsystem if one set ``kernel.files``, else our table.
+    """File sizes from the file system once one is mounted (:meth:`Mman.mount`: it attaches
+    after this subsystem), else our table."""
 
-    Looked up at each call: the ZFS subsystem attaches after this one.
-    """
-
-    def __init__(self, kernel: Kernel, table: FileTable) -> None:
-        self._kernel = kernel
+    def __init__(self, table: FileTable) -> None:
         self.table = table
+        self.fs: FileSizes | None = None
 
     def size(self, path: str) -> int | None:
-        fs = self._kernel.files
-        if fs is not None:
-            return fs.size(path)
+        if self.fs is not None:
+            return self.fs.size(path)
         return self.table.size(path)
+
+
+class FileSizes(Protocol):
+    """What mmap needs of a file system: a file's size (None if it has none)."""
+
+    def size(self, path: str) -> int | None: ...
 
 
 class Mman:
     """Trace handles over one :class:`AddressSpace`, and the summary of its use."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, reclaimer: Reclaimer) -> None:
         self.kernel = kernel
+        self._reclaimer = reclaimer
         self.file_table = FileTable()
+        self._files = _KernelFiles(self.file_table)
         image = kernel.mem.kernel_end - KERNEL_PHYS
         self.space = AddressSpace(
             kernel.page_tables,
             kernel.pool,
             kernel.ranges,
             HugePagePolicy(enabled=kernel.config.hugepages),
-            files=_KernelFiles(kernel, self.file_table),
+            files=self._files,
             reserved=[(0, PAGE_SIZE), (KERNEL_VIRT, KERNEL_VIRT + image)],
             cpu=lambda: kernel.cpu,
             on_huge_page_shortage=self._wake_reclaimer,
         )
         self.handles: dict[str, tuple[int, int]] = {}  # handle -> (address, length)
         self.handle_errors: Counter = Counter()
+
+    def mount(self, fs: FileSizes) -> None:
+        """The root file system: file mappings take their files' sizes from it."""
+        self._files.fs = fs
 
     def use_page_cache(self, backing: FileCache) -> PageCache:
         """Map ``backing``'s files through the page cache (a file system with one calls this);
@@ -72,9 +82,7 @@ class Mman:
 
     def _wake_reclaimer(self) -> None:
         """OSv wakes the reclaimer when a huge page is not available (if one is built)."""
-        reclaimer = self.kernel.reclaimer
-        if reclaimer is not None:
-            reclaimer.wake()
+        self._reclaimer.wake()
 
     # -- handles -------------------------------------------------------------------------
     @staticmethod
@@ -219,11 +227,9 @@ class Mman:
         return out
 
 
-def attach(kernel: Kernel) -> Mman:
+def attach(kernel: Kernel, reclaimer: Reclaimer) -> Mman:
     """Create the address space, register the mmap-family handlers, categories and section."""
-    mman = Mman(kernel)
-    kernel.address_space = mman.space
-    kernel.mman = mman
+    mman = Mman(kernel, reclaimer)
     for kind in ("mmap", "munmap", "mprotect", "madvise", "mremap", "touch", "msync"):
         kernel.add_handler(kind, getattr(mman, f"op_{kind}"))
     for kind in ("create", "unlink"):

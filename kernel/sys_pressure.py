@@ -85,8 +85,9 @@ class ShrinkerKernel:
 
     page_size = PAGE_SIZE
 
-    def __init__(self, kernel: Kernel, spec: str) -> None:
+    def __init__(self, kernel: Kernel, registry: ShrinkerRegistry, spec: str) -> None:
         self._kernel = kernel
+        self._registry = registry
         self._spec = spec
         ranges = kernel.ranges
 
@@ -122,7 +123,7 @@ class ShrinkerKernel:
         """Take whole pages for ``nbytes`` into the cache; returns the bytes taken. Raises
         MemoryError if the guest cannot give them (after the reclaimer tried). Not allowed
         inside ``request_memory`` (a shrinker gives memory back then)."""
-        if self._kernel.shrinkers.calling is not None:
+        if self._registry.calling is not None:
             raise RuntimeError("alloc() inside request_memory: a shrinker may only free there")
         npages = -(-int(nbytes) // PAGE_SIZE)
         if npages <= 0:
@@ -210,11 +211,10 @@ def load_user_shrinker(spec: Any, face: ShrinkerKernel | None = None,
     return obj
 
 
-def attach(kernel: Kernel) -> None:
+def attach(kernel: Kernel) -> tuple[ShrinkerRegistry, Reclaimer]:
+    """The shrinker registry and the reclaimer, wired to the page allocator's pressure hooks."""
     registry = ShrinkerRegistry(lambda: kernel.ranges.free_pages * PAGE_SIZE)
     reclaimer = Reclaimer(kernel.ranges, registry)
-    kernel.shrinkers = registry
-    kernel.reclaimer = reclaimer
     kernel.ranges.on_alloc = reclaimer.on_alloc
     kernel.pool.wait_for_pages = reclaimer.wait_for_pages
     kernel.pool.min_memory = reclaimer.wait_for_minimum_memory  # before every L2 refill batch
@@ -234,16 +234,17 @@ def attach(kernel: Kernel) -> None:
         "reclaim", target_bytes=target, hard=hard, freed_bytes=freed,
         by_shrinker={n: s["last_yield_bytes"] for n, s in registry.summary().items()}))
     kernel.add_section("shrinker", lambda: {**registry.summary(), "reclaimer": reclaimer.summary()})
+    return registry, reclaimer
 
 
-def attach_user_shrinkers(kernel: Kernel) -> None:
+def attach_user_shrinkers(kernel: Kernel, registry: ShrinkerRegistry) -> None:
     """The page caches' shrinker if asked for (not OSv's) after every kernel shrinker (pages
     those free go to the L1 caches first), then the user's, in the configuration's order.
 
     A user shrinker's modules are looked for in the configuration file's folder and the current
     one too; its answers are checked and capped at what free memory rose by (verify)."""
     if "page_pool" in extra_shrinkers(kernel.config.extra):
-        kernel.shrinkers.register(PagePoolShrinker(kernel))
+        registry.register(PagePoolShrinker(kernel))
     specs = kernel.config.extra.get("shrinkers") or []
     if not isinstance(specs, list):
         raise ConfigError("'shrinkers' must be a list of 'module:attr'")
@@ -253,11 +254,11 @@ def attach_user_shrinkers(kernel: Kernel) -> None:
     faces: list[ShrinkerKernel] = []
     kernel.add_category("user_shrinkers", lambda: sum(f.held_pages for f in faces) * PAGE_SIZE)
     for spec in specs:
-        face = ShrinkerKernel(kernel, spec)
+        face = ShrinkerKernel(kernel, registry, spec)
         faces.append(face)
         try:
             obj = load_user_shrinker(spec, face, paths)
         except (ValueError, TypeError) as e:
             raise ConfigError(str(e)) from None
-        kernel.shrinkers.register(obj, name=spec.split(":")[1] if isinstance(spec, str) else None,
+        registry.register(obj, name=spec.split(":")[1] if isinstance(spec, str) else None,
                                   verify=True, origin=str(spec))

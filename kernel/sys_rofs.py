@@ -19,6 +19,8 @@ from mmsim.mm.page_pool import OutOfPages
 
 if TYPE_CHECKING:
     from mmsim.kernel.kernel import Kernel
+    from mmsim.kernel.sys_mman import Mman
+    from mmsim.shrinker import Reclaimer
 
 __all__ = ["attach"]
 
@@ -27,15 +29,14 @@ class _ContiguousPages:
     """malloc_large(contiguous=true), as alloc_phys_contiguous_aligned takes it (§4): the
     4 MiB rule first, one run, and when none fits a wait for the reclaimer, then one retry."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, reclaimer: Reclaimer) -> None:
         self.ranges = kernel.ranges
-        self.reclaimer = kernel.reclaimer
+        self.reclaimer = reclaimer
 
     def alloc(self, npages: int) -> int:
-        if self.reclaimer is not None:
-            self.reclaimer.wait_for_minimum_memory()
+        self.reclaimer.wait_for_minimum_memory()
         pfn = self.ranges.alloc(npages, contiguous=True)
-        if pfn is None and self.reclaimer is not None:
+        if pfn is None:
             self.reclaimer.wait_for_memory(npages * PAGE_SIZE)
             pfn = self.ranges.alloc(npages, contiguous=True)
         if pfn is None:
@@ -91,22 +92,19 @@ class _Handlers:
             self._error("ENOENT", op, f"{op.path}: no such file")
 
 
-def attach(kernel: Kernel) -> RofsFileSystem:
+def attach(kernel: Kernel, mman: Mman, reclaimer: Reclaimer) -> RofsFileSystem:
     """Mount the ROFS root and plug its operations into ``kernel``."""
     try:
         cfg = FsConfig(kernel.config.extra)  # the disk's settings are the same keys
     except ValueError as e:
         raise BootError(str(e)) from None
     disk = VirtioBlk(cfg.disk_latency_ns, cfg.disk_bandwidth)
-    fs = RofsFileSystem(_ContiguousPages(kernel), disk, kernel)
+    fs = RofsFileSystem(_ContiguousPages(kernel, reclaimer), disk, kernel)
     handlers = _Handlers(kernel, fs)
     for kind in ("create", "read", "blockread", "write", "fsync", "unlink"):
         kernel.add_handler(kind, getattr(handlers, kind))
-    kernel.files = fs
     kernel.add_category("rofs_cache", lambda: fs.pages * PAGE_SIZE)
     kernel.add_section("rofs", fs.stats)
     kernel.add_section("disk", disk.stats)
-    mman = kernel.mman
-    if mman is not None:  # file mmap maps the cache's segments (rofs_map_cached_page)
-        mman.use_page_cache(RofsMappings(fs))
+    mman.use_page_cache(RofsMappings(fs))  # file mmap maps the cache's segments
     return fs

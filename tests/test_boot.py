@@ -152,8 +152,8 @@ def test_a_bad_value_names_file_line_key_and_what_is_wrong(tmp_path, key, value,
 
 @pytest.mark.parametrize("rootfs", ["zfs", "rofs"])
 def test_the_kernel_declares_every_subsystem_it_wires(rootfs: str) -> None:
-    """Kernel's annotations name every subsystem attach_all sets (no attribute appears from
-    nowhere), each set after boot; a ROFS root has no ZFS."""
+    """Kernel's annotations name every subsystem kernel/subsystems.py builds (no attribute
+    appears from nowhere), each set after boot; a ROFS root has no ZFS."""
     from mmsim.kernel import Kernel, load_config
 
     declared = set(Kernel.__annotations__)
@@ -162,6 +162,26 @@ def test_the_kernel_declares_every_subsystem_it_wires(rootfs: str) -> None:
     set_ = {n for n in declared if getattr(k, n) is not None}
     assert set_ == declared - ({"zfs"} if rootfs == "rofs" else set())
     assert (k.zfs is k.files) if rootfs == "zfs" else (k.zfs is None)
+
+
+def test_subsystems_are_handed_what_they_need_not_looking_it_up_on_the_kernel() -> None:
+    """The boot order in kernel/subsystems.py is the only one: no subsystem module reads
+    another subsystem off the kernel (it is passed the ones it needs as arguments), so that
+    reordering the build cannot silently hand one a None."""
+    import re
+    from pathlib import Path
+
+    from mmsim.kernel import Kernel
+
+    names = "|".join(n for n in Kernel.__annotations__)
+    lookup = re.compile(rf"kernel\.({names})\b")
+    root = Path(__file__).resolve().parent.parent
+    files = [*(root / "kernel").glob("sys_*.py"),
+             *(p for f in ("fs", "balloon", "drivers", "shrinker") for p in (root / f).rglob("*.py"))]
+    assert len(files) > 10
+    offenders = [f"{p.relative_to(root)}:{n}: {line.strip()}" for p in sorted(files)
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if lookup.search(line)]
+    assert offenders == []
 
 
 @pytest.mark.parametrize("rootfs", ["zfs", "rofs"])
