@@ -123,7 +123,7 @@ def face_blocks(kernel: Kernel) -> list[tuple[int, int, int]]:
     blocks), with the alignment every malloc family call gets at least."""
     face = kernel.malloc
     return [(addr, size, min(8, malloc_alignment(size)))
-            for addr, size in [*face.live.values(), *face.leaked]]
+            for addr, size, _site in [*face.live.values(), *face.leaked]]
 
 
 def check_address_space(vm: Any) -> None:

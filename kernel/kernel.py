@@ -105,6 +105,12 @@ class Kernel:
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._batch_base = 0  # the events before the batch being applied
         self._observers: list[Callable[[Kernel], object]] = []
+        self.op_kind = "boot"  # the kind of the call being applied (a batch's: its record's)
+        #: massif's peak snapshot: memory by category when used memory last reached a new peak
+        self.peak: dict[str, Any] = {}
+        self._peak_pages = -1
+        self._peak_hooks: list[Callable[[], None]] = []
+        self._peak_views: dict[str, Callable[[], Any]] = {}
         if self.mem.failure is not None:
             self._boot_failed(self.mem.failure, self.mem.failure_bytes)
         top = max(e.end for e in self.mem.e820 if e.type == 1)
@@ -112,6 +118,7 @@ class Kernel:
             self.reserve(part.category, part.nbytes)
         self.pool.start_smp()
         self._install(build(self))  # the wiring lives in one place
+        self._snapshot_peak()  # what boot left used: the first peak
 
     def _install(self, parts: Subsystems) -> None:
         self.shrinkers = parts.shrinkers
@@ -171,6 +178,33 @@ class Kernel:
                                      key=lambda kv: -kv[1])[:5]),
         }
 
+    def add_peak_view(self, name: str, on_peak: Callable[[], None],
+                      view: Callable[[], Any]) -> None:
+        """``on_peak()`` is called whenever used memory reaches a new peak (after the call that
+        raised it); ``view()`` gives the summary's ``peak.<name>`` as it was then."""
+        self._peak_hooks.append(on_peak)
+        self._peak_views[name] = view
+
+    def _snapshot_peak(self) -> None:
+        """Used memory reached a new peak during the call just applied: its categories now."""
+        self._peak_pages = self.ranges.peak_used_pages
+        cats = self.memory_categories()
+        self.peak = {
+            "used_bytes": sum(cats.values()),
+            "time_ns": self.clock_ns,
+            "event": self.events,
+            "line": self.line,
+            "op": self.op_kind,
+            "categories": cats,
+        }
+        for hook in self._peak_hooks:
+            hook()
+
+    def peak_section(self) -> dict[str, Any]:
+        """The summary's ``peak``: when used memory peaked, by what, and what held it."""
+        return {**self.peak, "peak_used_bytes": self._peak_pages * PAGE_SIZE,
+                **{name: view() for name, view in self._peak_views.items()}}
+
     def add_section(self, name: str, fn: Callable[[], Any]) -> None:
         self._sections[name] = fn
 
@@ -213,6 +247,7 @@ class Kernel:
         if self.oom is not None:  # the guest is down: nothing runs any more
             raise OutOfMemory(self.oom)
         self.line = op.line
+        self.op_kind = op.kind
         t = op.time_ns
         if t is not None and t > self.clock_ns:
             self.advance_to(t)
@@ -268,7 +303,7 @@ class Kernel:
         """A batch's handler starts: its calls are counted from the kernel's events now."""
         self._batch_base = self.events
 
-    def batch_call(self, index: int, line: int) -> None:
+    def batch_call(self, index: int, line: int, kind: str) -> None:
         """Call ``index`` (from 0) of the batch starts, at the trace's ``line``. First what
         follows every operation, for the call before it (the fill threads, the kernel threads,
         the hooks) if anything moved, as after an operation of its own; then the event and
@@ -278,6 +313,7 @@ class Kernel:
             self.settle()
         self.events = self._batch_base + index
         self.line = line
+        self.op_kind = kind
 
     def end_batch(self, calls: int) -> None:
         """The batch applied ``calls`` calls, each an event (apply counts the last one)."""
@@ -344,6 +380,8 @@ class Kernel:
             fn()
         self._hooks_clock = self.clock_ns
         self._hooks_free = self.ranges.free_pages
+        if self.ranges.peak_used_pages > self._peak_pages:
+            self._snapshot_peak()
 
     def _out_of_memory(self, e: OutOfPages, op: OpLike) -> NoReturn:
         shrinkers = self.shrinkers
@@ -408,6 +446,7 @@ class Kernel:
                 "largest_free_run_bytes": self.ranges.largest_run() * PAGE_SIZE,
                 "categories": cats,
             },
+            "peak": self.peak_section(),
             "app_errors": self.errors.summary(),
             "oom": self.oom,
         }

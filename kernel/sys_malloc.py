@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mmsim.kernel.alloc_sites import AllocSites
 from mmsim.kernel.sys_pressure import extra_shrinkers
 from mmsim.mm.constants import PAGE_SIZE
 from mmsim.mm.page_pool import OutOfPages
@@ -41,18 +42,24 @@ __all__ = ["QUARANTINE", "MallocFace", "attach"]
 #: freed handles remembered to tell a double free from an invalid one (two halves of this)
 QUARANTINE = 1 << 16
 _HALF = QUARANTINE // 2
+PEAK_SITES = 10  # call sites in the summary's peak snapshot
 _CLASS_NAMES = [str(s) for s in POOL_CLASSES]
+#: a live block: (address, requested size, the caller's site or None)
+Block = tuple[int, int, "str | None"]
 
 
 class MallocFace:
-    """Handles -> blocks of one :class:`Malloc`, with the application's statistics."""
+    """Handles -> blocks of one :class:`Malloc`, with the application's statistics.
+
+    A live block is ``(address, requested size, site)``; ``site`` (the caller, where the trace
+    names one) is counted in :attr:`sites` (kernel/alloc_sites.py)."""
 
     def __init__(self, kernel: Kernel, space: AddressSpace, reclaimer: Reclaimer) -> None:
         self.kernel = kernel
         self.malloc = Malloc(kernel.pool, space)
         self.malloc.wait_for_minimum_memory = reclaimer.wait_for_minimum_memory
-        self.live: dict[str, tuple[int, int]] = {}  # handle -> (address, requested size)
-        self.leaked: list[tuple[int, int]] = []  # blocks whose handle was bound again
+        self.live: dict[str, Block] = {}  # handle -> its block
+        self.leaked: list[Block] = []  # blocks whose handle was bound again
         self._freed: dict[str, int] = {}  # handle -> line of its free (newest half)
         self._freed_old: dict[str, int] = {}
         self.n_malloc = self.n_calloc = self.n_memalign = self.n_realloc = self.n_free = 0
@@ -65,6 +72,13 @@ class MallocFace:
         self.live_bytes = 0
         self.live_bytes_peak = 0
         self.heap_at_peak = 0
+        self.sites = AllocSites()
+        self.allocated_blocks = 0  # successful allocations (a realloc's new block is one)
+        self.allocated_bytes = 0
+        self.unattributed_bytes = 0  # of those, by calls that name no site
+        # live bytes reached a new peak and nothing changed the live blocks since: the sites'
+        # snapshot is taken just before the next change that does not raise the peak
+        self.peak_pending = False
         self._handlers = {"free": self.op_free, "realloc": self.op_realloc}
 
     # -- the handlers (op_malloc and op_free are the hot path of a replay: kept inline) -----
@@ -78,15 +92,7 @@ class MallocFace:
         if not addr:
             self._fail(op.handle, op.line)
             return
-        block = (addr, size)
-        old = self.live.setdefault(op.handle, block)
-        if old is not block:
-            self.leaked.append(old)
-            self.live[op.handle] = block
-        live = self.live_bytes = self.live_bytes + size
-        if live > self.live_bytes_peak:
-            self.live_bytes_peak = live
-            self.heap_at_peak = self.malloc.heap_bytes
+        self._bind(op.handle, addr, size, op.line, op.site)
 
     def op_free(self, op: Any) -> None:
         self.n_free += 1
@@ -96,12 +102,8 @@ class MallocFace:
             self._bad_free(op, "double_free", "invalid_free")
             return
         self._free(block[0], self.kernel.cpu)
-        self.live_bytes -= block[1]
-        freed = self._freed
-        freed[handle] = op.line
-        if len(freed) >= _HALF:
-            self._freed_old = freed
-            self._freed = {}
+        self._dropped(block)
+        self._forget(handle, op.line)
 
     def op_calloc(self, op: Any) -> None:
         self.n_calloc += 1
@@ -109,7 +111,7 @@ class MallocFace:
             addr = self.malloc.calloc(op.count, op.size, self.kernel.cpu)
         except VmError:
             addr = 0
-        self._bind(op.handle, addr, op.count * op.size, op.line)
+        self._bind(op.handle, addr, op.count * op.size, op.line, op.site)
 
     def op_memalign(self, op: Any) -> None:
         self.n_memalign += 1
@@ -120,7 +122,7 @@ class MallocFace:
             addr = 0
         except VmError:
             addr = 0
-        self._bind(op.handle, addr, op.size, op.line)
+        self._bind(op.handle, addr, op.size, op.line, op.site)
 
     def op_realloc(self, op: Any) -> None:
         self.n_realloc += 1
@@ -134,12 +136,12 @@ class MallocFace:
                 addr = self.malloc.malloc(size, self.kernel.cpu)
             except VmError:
                 addr = 0
-            self._bind(handle, addr, size, op.line)
+            self._bind(handle, addr, size, op.line, op.site)
             return
         if not size:
             self.malloc.realloc(block[0], 0, self.kernel.cpu)
             del self.live[handle]
-            self.live_bytes -= block[1]
+            self._dropped(block)
             self._forget(handle, op.line)
             return
         try:
@@ -149,10 +151,12 @@ class MallocFace:
         if not addr:
             self.failed += 1
             return
-        self.live[handle] = (addr, size)
-        self._grew(size - block[1])
+        # the new block is the realloc's caller's: the old one leaves its site
+        self._dropped(block)
+        self.live[handle] = new = (addr, size, op.site)
+        self._added(new)
 
-    def op_mallocs(self, op: Any) -> None:
+    def op_mallocs(self, op: Any) -> None:  # noqa: C901 - one hot loop, kept flat
         """Many calls in one operation (mmsim.trace.mtrace.MallocCalls, the fast path of a
         replay): each record is applied as its own operation would be, settling the kernel
         after it (fill threads, reclaimer, hooks) and counting it as an event."""
@@ -164,6 +168,11 @@ class MallocFace:
         malloc = self._malloc
         free = self._free
         cpu = k.cpu
+        sites = self.sites
+        stats = sites.stats
+        entry = sites.entry
+        dirty = sites.dirty.add
+        snapshot = sites.snapshot_live_peak
         call = _Call()
         records = op.records
         k.begin_batch()
@@ -171,10 +180,20 @@ class MallocFace:
         # the counters live in locals during the loop and go back to self before anything
         # else may look at them (the general path, the end, an OOM; only the summary reads
         # them, never a kernel thread)
-        live_bytes, peak, nm, nf = self.live_bytes, self.live_bytes_peak, 0, 0
+        live_bytes, peak, pending = self.live_bytes, self.live_bytes_peak, self.peak_pending
+        nm = nf = nb = nbytes = unattributed = 0
+
+        def store() -> None:
+            self.live_bytes, self.live_bytes_peak, self.peak_pending = live_bytes, peak, pending
+            self.n_malloc += nm
+            self.n_free += nf
+            self.allocated_blocks += nb
+            self.allocated_bytes += nbytes
+            self.unattributed_bytes += unattributed
+
         try:
-            for i, (kind, line, handle, size) in enumerate(records):  # noqa: B007
-                batch_call(i, line)  # what a reclaim or OOM during the call reports
+            for i, (kind, line, handle, size, site) in enumerate(records):  # noqa: B007
+                batch_call(i, line, kind)  # what a reclaim or OOM during the call reports
                 if kind == "malloc":  # op_malloc, inlined
                     nm += 1
                     try:
@@ -182,7 +201,7 @@ class MallocFace:
                     except VmError:
                         addr = 0
                     if addr:
-                        block = (addr, size)
+                        block = (addr, size, site)
                         old = setdefault(handle, block)
                         if old is not block:
                             self.leaked.append(old)
@@ -190,56 +209,107 @@ class MallocFace:
                         live_bytes += size
                         if live_bytes > peak:
                             peak = live_bytes
+                            pending = True
                             self.heap_at_peak = self.malloc.heap_bytes
+                        elif pending:  # a block of 0 bytes: the peak's snapshot first
+                            snapshot()
+                            pending = False
+                        nb += 1
+                        nbytes += size
+                        if site is not None:
+                            st = stats.get(site) or entry(site)
+                            st[0] += 1
+                            st[1] += size
+                            st[2] += 1
+                            st[3] += size
+                            dirty(site)
+                        else:
+                            unattributed += size
                     else:
                         self._fail(handle, line)
                 else:
                     block = pop(handle, None) if kind == "free" else None
                     if block is not None:  # op_free, inlined
                         nf += 1
+                        if pending:
+                            snapshot()
+                            pending = False
                         free(block[0], cpu)
                         live_bytes -= block[1]
+                        site = block[2]
+                        if site is not None:
+                            st = stats[site]
+                            st[0] -= 1
+                            st[1] -= block[1]
+                            dirty(site)
                         freed[handle] = line
                         if len(freed) >= _HALF:
                             self._freed_old = freed
                             self._freed = freed = {}
                     else:  # a realloc or a bad free: the general path
-                        self.live_bytes, self.live_bytes_peak = live_bytes, peak
-                        self.n_malloc += nm
-                        self.n_free += nf
-                        nm = nf = 0
+                        store()
+                        nm = nf = nb = nbytes = unattributed = 0
                         call.kind, call.line, call.handle, call.size = kind, line, handle, size
+                        call.site = site
                         self._handlers[kind](call)
                         freed = self._freed
                         live_bytes, peak = self.live_bytes, self.live_bytes_peak
+                        pending = self.peak_pending
         except OutOfPages as e:
-            self.live_bytes, self.live_bytes_peak = live_bytes, peak
-            self.n_malloc += nm
-            self.n_free += nf
-            nm = nf = 0
+            store()
+            nm = nf = nb = nbytes = unattributed = 0
             k.batch_failed(e, kind, line, size)  # the OOM report names the call
         finally:
-            self.live_bytes, self.live_bytes_peak = live_bytes, peak
-            self.n_malloc += nm
-            self.n_free += nf
+            store()
         k.end_batch(len(records))
 
     # -- bookkeeping -----------------------------------------------------------------------
-    def _bind(self, handle: str, addr: int, size: int, line: int) -> None:
+    def _bind(self, handle: str, addr: int, size: int, line: int, site: str | None) -> None:
         if not addr:
             self._fail(handle, line)
             return
         old = self.live.get(handle)
         if old is not None:
             self.leaked.append(old)
-        self.live[handle] = (addr, size)
-        self._grew(size)
+        self.live[handle] = block = (addr, size, site)
+        self._added(block)
 
-    def _grew(self, delta: int) -> None:
-        live = self.live_bytes = self.live_bytes + delta
+    def _added(self, block: Block) -> None:
+        """A block became live (counted as allocated by its site)."""
+        size, site = block[1], block[2]
+        live = self.live_bytes + size
         if live > self.live_bytes_peak:
             self.live_bytes_peak = live
             self.heap_at_peak = self.malloc.heap_bytes
+            self.peak_pending = True
+        elif self.peak_pending:
+            self.sites.snapshot_live_peak()  # as the peak was, before this block
+            self.peak_pending = False
+        self.live_bytes = live
+        self.allocated_blocks += 1
+        self.allocated_bytes += size
+        if site is None:
+            self.unattributed_bytes += size
+            return
+        st = self.sites.entry(site)
+        st[0] += 1
+        st[1] += size
+        st[2] += 1
+        st[3] += size
+        self.sites.dirty.add(site)
+
+    def _dropped(self, block: Block) -> None:
+        """A block stopped being live (freed, or replaced by a realloc's new block)."""
+        if self.peak_pending:
+            self.sites.snapshot_live_peak()  # as the peak was, before this change
+            self.peak_pending = False
+        self.live_bytes -= block[1]
+        site = block[2]
+        if site is not None:
+            st = self.sites.stats[site]
+            st[0] -= 1
+            st[1] -= block[1]
+            self.sites.dirty.add(site)
 
     def _forget(self, handle: str, line: int) -> None:
         freed = self._freed
@@ -284,7 +354,7 @@ class MallocFace:
         classes: dict[str, dict[str, int]] = {
             name: {"blocks": 0, "requested_bytes": 0, "usable_bytes": 0, "memory_bytes": 0}
             for name in [*_CLASS_NAMES, "early", "page", "large", "mapped"]}
-        for addr, size in [*self.live.values(), *self.leaked]:
+        for addr, size, _site in [*self.live.values(), *self.leaked]:
             c = classes[m.kind_of(addr)]
             c["blocks"] += 1
             c["requested_bytes"] += size
@@ -318,7 +388,22 @@ class MallocFace:
             "cross_cpu_pending": m.pending_cross_cpu(),
             "pool_pages_returned": m.pool_pages_returned,
             "classes": classes,
+            "allocated_blocks": self.allocated_blocks,
+            "allocated_bytes": self.allocated_bytes,
+            "sites": self.sites_summary(),
+            "functions": self.sites.by_function(),
         }
+
+    def folded(self) -> list[tuple[str, int]]:
+        """Bytes allocated per site as folded stacks (see AllocSites.folded)."""
+        return self.sites.folded(self.unattributed_bytes)
+
+    def sites_summary(self) -> dict[str, list[dict[str, Any]]]:
+        """``malloc.sites``: the top call sites at the live peak, at the end, and over the run."""
+        if self.peak_pending:  # nothing lowered the peak since: it is the state now
+            self.sites.snapshot_live_peak()
+            self.peak_pending = False
+        return self.sites.summary()
 
 
 def attach(kernel: Kernel, space: AddressSpace, registry: ShrinkerRegistry,
@@ -332,6 +417,8 @@ def attach(kernel: Kernel, space: AddressSpace, registry: ShrinkerRegistry,
     kernel.add_category("malloc_pages", lambda: m.whole_pages * PAGE_SIZE)
     kernel.add_category("malloc_large", lambda: m.large_pages * PAGE_SIZE)
     kernel.add_section("malloc", face.summary)
+    kernel.add_peak_view("sites", face.sites.snapshot_use_peak,
+                         lambda: face.sites.at_use_peak(PEAK_SITES))
     if "malloc_pools" in extra_shrinkers(kernel.config.extra):
         registry.register(PoolShrinker(m))  # not OSv's: only when asked for
     return face
@@ -340,12 +427,13 @@ def attach(kernel: Kernel, space: AddressSpace, registry: ShrinkerRegistry,
 class _Call:
     """One record of a batch, seen by the general handlers as the Op it stands for."""
 
-    __slots__ = ("handle", "kind", "line", "size")
+    __slots__ = ("handle", "kind", "line", "site", "size")
     cpu = None
 
     def __init__(self) -> None:
         self.kind = self.handle = ""
         self.line = self.size = 0
+        self.site: str | None = None
 
 
 class PoolShrinker:

@@ -69,7 +69,7 @@ class _Handlers:
         lines = op.lines
         k.begin_batch()
         for i, b in enumerate(op.blocks):
-            k.batch_call(i, lines[i])
+            k.batch_call(i, lines[i], "read")
             op.line = lines[i]  # an application error names the request's line
             try:
                 got = self.fs.read(op.path, b * op.length, op.length)

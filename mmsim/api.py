@@ -100,6 +100,12 @@ class RunResult:
     def exit_code(self) -> int:
         return EXIT_OOM if self.oom else EXIT_OK
 
+    def folded(self) -> list[tuple[str, int]]:
+        """Bytes allocated per call site as folded stacks (``file;function``, bytes), the
+        input of flamegraph.pl, speedscope and inferno; calls that name no site are
+        ``[unknown]``. The counts add up to the summary's ``malloc.allocated_bytes``."""
+        return self.kernel.malloc.folded()
+
 
 def configure(config_path: str | None = None, settings: dict[str, Any] | None = None,
               **more: Any) -> KernelConfig:

@@ -28,6 +28,7 @@ from mmsim.command import (
     kernel_options,
     main,
     oom_message,
+    write_folded,
     write_json,
 )
 from mmsim.kernel import Kernel
@@ -68,13 +69,17 @@ def _reporting(ops: Any, kernel: Kernel, progress: Progress) -> Any:
 @click.option("--pid", type=int, help="Replay only this process of a strace log.")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No readable summary.")
+@click.option("--folded", "folded_path", metavar="PATH",
+              help="Write bytes allocated per call site as folded stacks (flamegraph.pl, "
+                   "speedscope, inferno).")
 @timeline_options
 @click.option("--check", is_flag=True,
               help="Check the kernel's invariants after every operation (slow; exit 1 if broken).")
 def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus: int | None,
         rootfs: str | None, hugepages: bool | None, giant_pages: bool | None, seed: int | None,
         cache_policy: str | None, arc_size: str | None, block_size: str | None, pid: int | None,
-        json_path: str | None, quiet: bool, check: bool, **timeline: Any) -> None:
+        json_path: str | None, quiet: bool, folded_path: str | None, check: bool,
+        **timeline: Any) -> None:
     """Boot a guest and replay TRACE through it."""
     config = build_config(config_path, memory=memory, cpus=cpus, rootfs=rootfs,
                           hugepages=hugepages,
@@ -92,6 +97,8 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         click.echo(oom_message(trace, result.oom), err=True)
     if json_path:
         write_json(summary, json_path)
+    if folded_path:
+        write_folded(result.folded(), folded_path)
     if not quiet:
         click.echo(format_summary(summary), err=json_path == "-")
     if result.exit_code:

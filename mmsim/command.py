@@ -78,7 +78,16 @@ def build_config(config_path: str | None, **overrides: Any) -> Any:
 
 
 def write_json(summary: dict, dest: str) -> None:
-    text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
+    write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", dest)
+
+
+def write_folded(stacks: list[tuple[str, int]], dest: str) -> None:
+    """Folded stacks, one ``stack count`` line each (flamegraph.pl's input)."""
+    write_text("".join(f"{stack} {count}\n" for stack, count in stacks), dest)
+
+
+def write_text(text: str, dest: str) -> None:
+    """``text`` to the file ``dest`` (``-``: standard output); one-line error if it cannot."""
     if dest == "-":
         sys.stdout.write(text)
         return

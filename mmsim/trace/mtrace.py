@@ -66,6 +66,22 @@ def _pointers_ok(ptrs: list[str]) -> bool:
     n = len(ptrs)
     return (s.count(" 0x") == n and s.count("x") == n and "x " not in s and s[-1] != "x"
             and not s.encode("ascii", "replace").translate(None, _HEX_BYTES + b" x"))
+#: one call: (kind, line, handle, size, site); site is the caller's text or None
+Record = tuple[str, int, str, int, "str | None"]
+
+
+def _caller(line: str, t: list[str], nt: int) -> str | None:
+    """The caller of a record with other than one field before it: the text between ``@ ``
+    and the record, as the log writes it (a file name may hold spaces); None if none."""
+    if nt <= 3 or t[0] != "@":
+        return None
+    body = line.rstrip("\r\n")
+    end = len(body.rstrip())
+    for field in reversed(t[-3:]):  # the record's three fields, from the end
+        end = body.rindex(field, 0, end)
+    return body[body.index("@") + 1:end].strip() or None
+
+
 _DEAD_HALF = 1 << 15  # freed pointers remembered: the last 32768 to 65536 frees
 #: records per MallocCalls when read through read_trace (lines per internal chunk otherwise)
 DEFAULT_BATCH = 1024
@@ -87,19 +103,20 @@ class MallocCalls(Op):
     """Many malloc/free/realloc records in one operation (the fast path of a replay).
 
     ``kind`` is ``mallocs``, ``line`` the first record's line; ``records`` holds each call as
-    ``(kind, line, handle, size)``. :meth:`expand` gives the same calls as plain Ops, which is
+    ``(kind, line, handle, size, site)``: ``site`` is the caller as the log writes it (what
+    stands between ``@ `` and the record), or None. :meth:`expand` gives the same calls as plain Ops, which is
     what it means: the kernel replays it record by record, with the same results.
     """
 
     __slots__ = ("records",)
 
-    def __init__(self, records: list[tuple[str, int, str, int]]) -> None:
+    def __init__(self, records: list[Record]) -> None:
         super().__init__(MALLOC_CALLS, records[0][1], count=len(records))
         self.records = records
 
     def expand(self) -> Iterator[Op]:
-        for kind, line, handle, size in self.records:
-            yield quick_op(kind, line, handle, size)
+        for kind, line, handle, size, site in self.records:
+            yield quick_op(kind, line, handle, size, site)
 
 
 def _check_line_lengths(path: str) -> None:
@@ -150,10 +167,10 @@ class MtraceReader:
                     yield MallocCalls(records)
             else:
                 for records in self._records(text, DEFAULT_BATCH):
-                    for kind, line, handle, nbytes in records:
-                        yield quick_op(kind, line, handle, nbytes)
+                    for kind, line, handle, nbytes, site in records:
+                        yield quick_op(kind, line, handle, nbytes, site)
 
-    def _records(self, text: TextIO, every: int) -> Iterator[list[tuple[str, int, str, int]]]:  # noqa: C901 - one hot loop, kept flat
+    def _records(self, text: TextIO, every: int) -> Iterator[list[Record]]:  # noqa: C901 - one hot loop, kept flat
         """The records of the log, a list every ``every`` lines (a power of two)."""
         live: dict[str, str] = {}  # pointer -> handle of its oldest live block
         later: dict[str, deque[str]] = {}  # pointer -> handles of its younger live blocks
@@ -169,7 +186,7 @@ class MtraceReader:
         serial = 0
         n = 0  # the line number
         stats = self.stats
-        out: list[tuple[str, int, str, int]] = []
+        out: list[Record] = []
         emit = out.append
         chunks = iter(lambda: list(islice(text, every)), [])
         base = 0  # lines before the chunk
@@ -218,7 +235,8 @@ class MtraceReader:
                                     del live[p]
                                     stats["null_results"] += 1
                                     continue
-                                emit(("malloc", n, h, size))
+                                emit(("malloc", n, h, size, t[1] if nt == 5 and t[0] == "@"
+                                       else _caller(line, t, nt)))
                                 continue
                             if k == ">":
                                 p = t[-2]
@@ -245,7 +263,8 @@ class MtraceReader:
                                     moved.add(h)
                                 elif moved:
                                     moved.discard(h)
-                                emit(("realloc", n, h, size))
+                                emit(("realloc", n, h, size, t[1] if nt == 5 and t[0] == "@"
+                                       else _caller(line, t, nt)))
                                 continue
                             if k == "!":
                                 check(t, n)
@@ -279,7 +298,7 @@ class MtraceReader:
                                         if len(dead) >= _DEAD_HALF:
                                             dead_old = dead
                                             dead = {}
-                                        emit(("free", n, h, 0))
+                                        emit(("free", n, h, 0, None))
                                         continue
                                 elif p == NIL:
                                     stats["null_frees"] += 1
@@ -295,7 +314,7 @@ class MtraceReader:
                                             serial += 1
                                             h = f"p{p}.{serial}"
                                     if k == "-":
-                                        emit(("free", n, h, 0))
+                                        emit(("free", n, h, 0, None))
                                         continue
                                     dead.pop(p, None)
                                     dead_old.pop(p, None)
@@ -359,10 +378,10 @@ class MtraceReader:
             if len(t) > 2 and t[-3] in ("+", ">", "!"):
                 self._check_record(t, n)
 
-    def _lost_realloc(self, handle: str, line: int) -> tuple[str, int, str, int]:
+    def _lost_realloc(self, handle: str, line: int) -> Record:
         """A '<' whose '>' never came: the old block is gone, so replay it as a free."""
         self.stats["unpaired_realloc_frees"] += 1
-        return ("free", line, handle, 0)
+        return ("free", line, handle, 0, None)
 
 
 def read_mtrace(path: str | os.PathLike[str], batch: int = DEFAULT_BATCH) -> MtraceReader:

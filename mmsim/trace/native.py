@@ -347,6 +347,10 @@ _PARSERS: dict[str, Callable[[str, list[str]], Op]] = {
 assert tuple(_PARSERS) == OP_KINDS
 
 
+#: operations that may end with ``site=CALLER``: who allocated the block (docs/trace-format.md)
+SITE_KINDS = frozenset(("malloc", "calloc", "memalign", "realloc"))
+
+
 # --- the line parser -----------------------------------------------------------------
 
 
@@ -419,7 +423,15 @@ class NativeParser:
             raise _Bad(f"unknown operation '{_show(kind)}'{hint}")
         if kind == "cpu" and cpu is not None:
             raise _Bad("'cpu N' takes no cpu= prefix")
-        op = parser(kind, tokens[i + 1 :])
+        args = tokens[i + 1 :]
+        site = None
+        if kind in SITE_KINDS and args and args[-1].startswith("site="):
+            site = args.pop()[5:]
+            if not site:
+                raise _Bad(f"{kind}: empty site= (the caller's name expected)")
+        op = parser(kind, args)
+        if site is not None:
+            op.site = site
         op.line = lineno
         op.time_ns = time_ns
         op.cpu = cpu
@@ -576,6 +588,11 @@ def format_op(op: Op) -> str:
         parts.append(_w_count(op, op.count))
     else:
         raise ValueError(f"cannot write unknown operation {kind!r}")
+    if op.site is not None and kind in SITE_KINDS:
+        if not op.site or any(c.isspace() or c == "#" for c in op.site):
+            raise ValueError(f"cannot write {kind}: site {op.site!r} is empty or holds a "
+                             "space or '#'")
+        parts.append("site=" + op.site)
     return " ".join(parts)
 
 

@@ -90,17 +90,20 @@ class Op:
     duration_ns: int = 0  # sleep DURATION
     time_ns: int | None = None  # optional @TIME stamp
     cpu: int | None = None  # optional per-line cpu=N selector
+    site: str | None = None  # the allocation's caller, where the trace names one
 
 
 def quick_op(kind: str, line: int, handle: str | None, size: int = 0,
-             _new: object = object.__new__) -> Op:
-    """An Op with only kind, line, handle and size set (the rest read the class defaults): the
-    fast path of readers of huge allocator logs."""
+             site: str | None = None, _new: object = object.__new__) -> Op:
+    """An Op with only kind, line, handle, size and site set (the rest read the class
+    defaults): the fast path of readers of huge allocator logs."""
     op = _new(Op)  # type: ignore[operator]
     op.kind = kind
     op.line = line
     op.handle = handle
     op.size = size
+    if site is not None:
+        op.site = site
     return op
 
 
