@@ -206,7 +206,7 @@ def test_the_readable_summary_names_the_image(tmp_path: Path) -> None:
     out = boot_image(load_manifest(str(p)))
     assert out.status == EXIT_OK
     text = format_summary(out.summary).splitlines()
-    assert text[0] == f"image        {p}"
+    assert text[0].startswith(f"image {p}: ")
     assert not any(line.startswith("trace ") for line in text)
 
 
@@ -217,7 +217,7 @@ def test_boot_prints_the_app_output_and_names_the_image(tmp_path: Path) -> None:
                          text=True, timeout=300, cwd=ROOT)
     assert res.returncode == EXIT_APP, res.stderr[-2000:]  # System.exit(42)
     assert res.stdout.startswith("ImpliedMain sees its dependency\n")
-    assert f"\nimage        {p}\n" in res.stdout
+    assert f"\nimage {p}: " in res.stdout
 
 
 # -- the wheel -----------------------------------------------------------------------------------
