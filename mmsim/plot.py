@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from mmsim.summary_text import human
 from mmsim.timeline_file import TimelineData, TimelineError, check_plot_path
 
 __all__ = [
+    "CATEGORY_COLORS",
     "EVENT_STYLES",
     "XAxis",
     "byte_unit",
@@ -54,6 +56,17 @@ _SPOTLIGHT = ("balloon", "jvm")
 _FREE_COLOR = "#e8e8e8"
 #: strong colours first, then their light twins: neighbours in the stack stay distinct
 _COLORS = matplotlib.colormaps["tab20"].colors[0::2] + matplotlib.colormaps["tab20"].colors[1::2]
+#: one colour per memory category, the same in every plot of every run (docs/summary.md's list;
+#: the timeline's ``kernel`` is the memory outside the allocator), no two alike
+_PALETTE = _COLORS + matplotlib.colormaps["tab20b"].colors[0::2]
+CATEGORY_COLORS: dict[str, Any] = {
+    name: _PALETTE[i] for i, name in enumerate((
+        "anonymous", "malloc_pools", "arc", "jvm_heap", "file", "malloc_large", "page_cache",
+        "balloon", "virtio_balloon", "malloc_pages", "l1_cache", "l2_cache", "page_tables",
+        "arc_headers", "rofs_cache", "jvm_native", "zfs_threads", "zfs_hash_tables", "zfs",
+        "kernel_heap", "percpu", "kernel_threads", "virtio_net", "app_main_stack",
+        "page_bitmap", "user_shrinkers", "kernel"))}
+_PEAK_COLOR = "tab:red"
 #: the total is drawn (and the axis goes up to it) once this share of it is used
 _TOTAL_SHOWN = 0.4
 _SVG_RC = {"svg.hashsalt": "mmsim", "svg.fonttype": "none"}
@@ -169,6 +182,13 @@ def _subtitle(summary: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+def category_color(name: str) -> Any:
+    """The category's colour: fixed for the known ones, from the name's checksum otherwise
+    (never from its place in this run's list, which changes from run to run)."""
+    color = CATEGORY_COLORS.get(name)
+    return color if color is not None else _PALETTE[zlib.crc32(name.encode()) % len(_PALETTE)]
+
+
 def _event_marks(data: TimelineData) -> dict[str, list[int]]:
     """Row indexes per event kind (shrinker yields go with their reclaim pass)."""
     marks: dict[str, list[int]] = {}
@@ -216,10 +236,12 @@ def plot_timeline(data: TimelineData, summary: dict[str, Any] | None = None,
     total = max(data.total)
     show_total = used >= total * _TOTAL_SHOWN
     uname, unit = byte_unit(total if show_total else used)
+    # a sample holds from its x to the next one's: changes are instant, so steps, not ramps
     ax.stackplot(x, [[b / unit for b in data.categories[n]] for n in cats], labels=cats,
-                 colors=[_COLORS[i % len(_COLORS)] for i in range(len(cats))], linewidth=0)
+                 colors=[category_color(n) for n in cats], linewidth=0, step="post")
     if show_total:  # free memory is the gap up to this line
-        ax.plot(x, [t / unit for t in data.total], color="black", linewidth=1, label="total")
+        ax.plot(x, [t / unit for t in data.total], color="black", linewidth=1, label="total",
+                drawstyle="steps-post")
         ax.set_ylim(0, total / unit * 1.02)
         ax.set_ylabel(f"memory ({uname})")
     else:
@@ -227,6 +249,11 @@ def plot_timeline(data: TimelineData, summary: dict[str, Any] | None = None,
         ax.set_ylabel(f"memory ({uname}) of {human(total)}")
     ax.margins(x=0)
     _mark_events(ax, x, marks, data, label=True)
+    _mark_peak(ax, x, data, unit)
+    if "oom" in marks:
+        ax.annotate("out of memory", (x[marks["oom"][0]], 1), xycoords=("data", "axes fraction"),
+                    xytext=(-4, -4), textcoords="offset points", ha="right", va="top",
+                    fontsize="small", fontweight="bold")
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1),
               fontsize="small", title="top of the stack first", title_fontsize="small")
@@ -240,7 +267,8 @@ def plot_timeline(data: TimelineData, summary: dict[str, Any] | None = None,
         ax = axes[n]
         sname, sunit = byte_unit(max(max(data.categories[c]) for c in spot))
         for c in spot:
-            ax.plot(x, [b / sunit for b in data.categories[c]], label=c, linewidth=1.5)
+            ax.plot(x, [b / sunit for b in data.categories[c]], label=c, linewidth=1.5,
+                    color=category_color(c), drawstyle="steps-post")
         ax.set_title("Balloon and JVM heap", fontsize=10)
         ax.set_ylabel(f"memory ({sname})")
         ax.set_ylim(bottom=0)
@@ -260,13 +288,31 @@ def plot_timeline(data: TimelineData, summary: dict[str, Any] | None = None,
     return fig
 
 
+def peak_row(data: TimelineData) -> int:
+    """The first row where used memory (total - free) is at its most."""
+    used = [t - f for t, f in zip(data.total, data.free)]
+    return used.index(max(used))
+
+
+def _mark_peak(ax: Axes, x: Sequence[float], data: TimelineData, unit: int) -> None:
+    """A marker on top of the stack where it is highest, labelled with the summary's peak
+    used (the allocator's memory: the kernel image outside it is not counted)."""
+    i = peak_row(data)
+    top = data.total[i] - data.free[i]
+    used = human(top - (data.categories.get("kernel") or [0] * len(data))[i])
+    ax.plot([x[i]], [top / unit], marker="v", color=_PEAK_COLOR, markersize=8, linestyle="",
+            label=f"peak {used} used", zorder=4)
+    ax.annotate(f"peak {used}", (x[i], top / unit), xytext=(0, 7),
+                textcoords="offset points", ha="center", fontsize="small", color=_PEAK_COLOR)
+
+
 def _arc_used(data: TimelineData) -> bool:
     size = data.extra.get("arc_size")
     if not size:
         return False
     accesses = [(h or 0) + (m or 0) for h, m in zip(data.extra.get("arc_hits") or [],
                                                       data.extra.get("arc_misses") or [])]
-    return any(v for v in size if v) or any(accesses)
+    return any(accesses)  # an ARC no one read from or wrote to did nothing worth a panel
 
 
 def interval_hit_ratio(hits: Sequence[float | None], misses: Sequence[float | None]
@@ -292,7 +338,7 @@ def _plot_arc(ax: Axes, x: Sequence[float], data: TimelineData,
                                      ("arc_p", "MRU target p", ":", "tab:purple")):
         if col in ex:
             ax.plot(x, [(v or 0) / unit for v in ex[col]], style, label=label, linewidth=1.5,
-                    color=color)
+                    color=color, drawstyle="steps-post")
     ax.set_ylabel(f"ARC ({uname})")
     ax.set_ylim(bottom=0)
     ax.set_title("ARC: size, target and hit ratio", fontsize=10)
@@ -302,7 +348,7 @@ def _plot_arc(ax: Axes, x: Sequence[float], data: TimelineData,
     if "arc_hits" in ex and "arc_misses" in ex:
         ratio = ax.twinx()
         ratio.plot(x, interval_hit_ratio(ex["arc_hits"], ex["arc_misses"]), color="tab:green",
-                   linewidth=1, label="hit ratio (per interval)")
+                   linewidth=1, label="hit ratio (per interval)", drawstyle="steps-pre")
         if "arc_hit_ratio" in ex:
             ratio.plot(x, [math.nan if v is None else v for v in ex["arc_hit_ratio"]],
                        color="tab:green", linestyle="--", linewidth=1,
@@ -325,7 +371,7 @@ def plot_categories(summary: dict[str, Any], title: str | None = None) -> Figure
     ax = fig.subplots()
     names = list(cats)[::-1]
     bars = ax.barh(names, [cats[n] / unit for n in names],
-                   color=[_FREE_COLOR if n == "free" else _COLORS[0] for n in names])
+                   color=[_FREE_COLOR if n == "free" else category_color(n) for n in names])
     ax.bar_label(bars, labels=[human(cats[n]) for n in names], padding=3, fontsize="small")
     ax.set_xlabel(f"memory ({uname}) of {human(mem['total_bytes'])}")
     ax.set_xlim(0, mem["total_bytes"] / unit * 1.15)
@@ -333,13 +379,18 @@ def plot_categories(summary: dict[str, Any], title: str | None = None) -> Figure
     return fig
 
 
+#: what makes each format's file the same bytes for the same figure (no dates, no versions)
+_METADATA: dict[str, dict[str, Any]] = {"svg": {"Date": None}, "png": {"Software": None},
+                                        "pdf": {"CreationDate": None, "Producer": None,
+                                                "Creator": None}}
+
+
 def save_figure(fig: Figure, path: str) -> None:
-    """PNG or SVG by the extension, without dates or random ids in the file."""
+    """PNG, SVG or PDF by the extension, without dates or random ids in the file."""
     fmt = check_plot_path(path)
     try:
         with matplotlib.rc_context(_SVG_RC):
-            fig.savefig(path, format=fmt,
-                        metadata={"Date": None} if fmt == "svg" else {"Software": None})
+            fig.savefig(path, format=fmt, metadata=_METADATA[fmt])
     except OSError as e:
         raise TimelineError(f"{path}: cannot write ({e.strerror})") from None
 

@@ -463,7 +463,7 @@ def timeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Sample every EVENTS operations (default: adaptive, at most "
                           f"{DEFAULT_CAP} rows).")(f)
     f = click.option("--plot", "plot_path", metavar="PATH",
-                     help="Plot memory over time to PATH (.png or .svg).")(f)
+                     help="Plot memory over time to PATH (.png, .svg or .pdf).")(f)
     f = click.option("--timeline", "timeline_path", metavar="PATH",
                      help="Write memory over time to PATH (CSV; JSON Lines if it ends in "
                           ".jsonl).")(f)

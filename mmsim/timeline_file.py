@@ -33,7 +33,7 @@ class TimelineError(Exception):
     """A timeline or plot that cannot be made (bad option, unwritable or unreadable file)."""
 
 
-PLOT_FORMATS = (".png", ".svg")
+PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
 def check_plot_path(path: str, formats: tuple[str, ...] = PLOT_FORMATS) -> str:

@@ -42,10 +42,27 @@ def timeline_of(tmp_path, text: str, *args: str) -> TimelineData:
 
 
 def band(coll: PolyCollection, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x, bottom, top) of a fill_between polygon over n points (matplotlib's layout: a start
-    point, the first curve forward, the second curve backward, the closing point)."""
+    """(x, bottom, top) at the n samples of a stepped fill_between polygon (matplotlib's
+    layout: a start point, the first curve forward, the second curve backward, the closing
+    point; a post-step curve has 2n - 1 points, the samples at the even ones)."""
     v = coll.get_paths()[0].vertices
-    return v[1:n + 1, 0], v[1:n + 1, 1], v[n + 2:2 * n + 2, 1][::-1]
+    m = 2 * n - 1
+    forward, backward = v[1:m + 1], v[m + 2:2 * m + 2][::-1]
+    return forward[::2, 0], forward[::2, 1], backward[::2, 1]
+
+
+def test_changes_are_steps_at_the_sample_not_ramps(tmp_path):
+    """A sample's value holds until the next sample: between two samples the area is flat,
+    and it moves straight up or down at the later one's x (where the change was seen)."""
+    data = timeline_of(tmp_path, FILES_AND_HEAP, "--memory", "512M")
+    coll = areas(plot_timeline(data).axes[0])["anonymous"]
+    n = len(data)
+    v = coll.get_paths()[0].vertices[1:2 * n]
+    for k in range(n - 1):
+        x0, y0 = v[2 * k]
+        x1, y1 = v[2 * k + 1]
+        assert (x1, y1) == (v[2 * k + 2][0], y0)  # flat to the next sample's x
+    assert np.any(np.diff(v[:, 1]) != 0)  # and the stack under it did move
 
 
 def xlabel(fig) -> str:
@@ -253,3 +270,43 @@ def test_ticks_and_timeless_bursts_are_drawn_as_samples_in_order(tmp_path):
     fmt = fig.axes[-1].xaxis.get_major_formatter()
     assert fmt(15, 0) == "6"  # the 16th sample was taken after 6 operations
     assert top_axis(ax).get_xlabel() == "simulated time (s)"
+
+
+def test_a_category_has_one_colour_in_every_run(tmp_path):
+    """The same category is drawn in the same colour whatever else the run holds."""
+    heap = timeline_of(tmp_path, FILES_AND_HEAP, "--memory", "512M")
+    anon_only = timeline_of(tmp_path, "mmap a 8M\ntouch a 0 8M\n", "--memory", "512M")
+    colours = [{n: tuple(c.get_facecolor()[0]) for n, c in areas(plot_timeline(d).axes[0]).items()}
+               for d in (heap, anon_only)]
+    shared = set(colours[0]) & set(colours[1])
+    assert "anonymous" in shared and len(colours[0]) > len(colours[1])
+    assert all(colours[0][n] == colours[1][n] for n in shared)
+    assert len(set(colours[0].values())) == len(colours[0])  # and apart within one plot
+
+
+def test_the_peak_and_the_oom_are_marked(tmp_path):
+    data = timeline_of(tmp_path, FILES_AND_HEAP, "--memory", "512M")
+    ax = plot_timeline(data).axes[0]
+    marker = next(ln for ln in ax.get_lines() if ln.get_label().startswith("peak "))
+    used = [t - f for t, f in zip(data.total, data.free)]
+    i = used.index(max(used))
+    assert marker.get_ydata()[0] == pytest.approx(max(used) / MIB)
+    assert marker.get_xdata()[0] == pytest.approx(data.time[i] * 1e3)
+    trace = tmp_path / "oom.trace"
+    trace.write_text("mmap a 1G\ntouch a 0 1G\n")
+    tl = tmp_path / "oom.csv"
+    code, _, _ = run("run", str(trace), "--memory", "256M", "--timeline", str(tl), "-q")
+    assert code == 3
+    texts = [t.get_text() for t in plot_timeline(load_timeline(str(tl))).axes[0].texts]
+    assert "out of memory" in texts
+
+
+def test_run_plot_writes_pdf_too_the_same_bytes_each_time(tmp_path):
+    trace = tmp_path / "t.trace"
+    trace.write_text(FILES_AND_HEAP)
+    outs = []
+    for name in ("a.pdf", "b.pdf"):
+        code, _, err = run("run", str(trace), "--plot", str(tmp_path / name), "-q")
+        assert code == 0, err
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0].startswith(b"%PDF") and outs[0] == outs[1]
