@@ -18,7 +18,7 @@ from mmsim.command import InputError, main
 from mmsim.compare import SummaryError, compare_summaries, format_comparison, load_summary
 from mmsim.gen import GENERATORS, write_trace
 from mmsim.progress import Progress
-from mmsim.timeline import TimelineError, load_timeline
+from mmsim.timeline import TimelineError, check_plot_path, load_timeline
 
 
 def _open_output(path: str) -> tuple[TextIO, Any]:
@@ -129,8 +129,19 @@ def _check_same_run(summary: dict[str, Any], data: Any, run_json: str, timeline:
 @click.argument("a", metavar="A.json")
 @click.argument("b", metavar="B.json")
 @click.option("--all", "all_rows", is_flag=True, help="Also show the values that are equal.")
-def compare(a: str, b: str, all_rows: bool) -> None:
+@click.option("--plot", "plot_path", metavar="PATH",
+              help="Overlay the two runs' timelines in PATH (.png, .svg or .pdf).")
+@click.option("--timeline", "timelines", multiple=True, metavar="PATH",
+              help="A run's timeline for --plot, A's then B's (default: beside each summary, "
+                   "A.csv or A.jsonl).")
+def compare(a: str, b: str, all_rows: bool, plot_path: str | None,
+            timelines: tuple[str, ...]) -> None:
     """Two run summaries side by side, with the differences (absolute and in %)."""
+    if plot_path:
+        try:
+            check_plot_path(plot_path)
+        except TimelineError as e:
+            raise InputError(f"--plot {e}") from None
     try:
         sa, sb = load_summary(a), load_summary(b)
     except SummaryError as e:
@@ -145,6 +156,34 @@ def compare(a: str, b: str, all_rows: bool) -> None:
         raise InputError(f"{a} or {b}: not an mmsim run summary ({type(e).__name__}: "
                          f"{e})") from None
     click.echo(text)
+    if plot_path:
+        _plot_comparison((a, b), (sa, sb), timelines, (label_a, label_b), plot_path)
+
+
+def _plot_comparison(paths: tuple[str, str], summaries: tuple[dict, dict],
+                     timelines: tuple[str, ...], labels: tuple[str, str], dest: str) -> None:
+    from mmsim.plot import save_figure
+    from mmsim.plot_compare import default_timeline, plot_overlay
+
+    if timelines and len(timelines) != 2:
+        raise InputError(f"--timeline: give two, A's then B's (got {len(timelines)})")
+    chosen = list(timelines) or [default_timeline(p) for p in paths]
+    data = []
+    for path, summary, tl in zip(paths, summaries, chosen):
+        if tl is None:
+            raise InputError(f"--plot needs {path}'s timeline: none beside it (.csv or .jsonl "
+                             "of the same name); give --timeline A.csv --timeline B.csv")
+        try:
+            d = load_timeline(tl)
+        except TimelineError as e:
+            raise InputError(str(e)) from None
+        _check_same_run(summary, d, path, tl)
+        data.append(d)
+    try:
+        save_figure(plot_overlay(data[0], data[1], labels), dest)
+    except TimelineError as e:
+        raise InputError(str(e)) from None
+    click.echo(f"mmsim: wrote {dest}", err=True)
 
 
 @main.command(short_help="mmsim's figures beside real OSv's, scenario by scenario.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -11,6 +12,7 @@ from helpers import assert_one_line_error
 from mmsim.cli import main
 
 MIB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -114,3 +116,48 @@ def test_bad_input_is_one_line(tmp_path, pair, content, message):
         bad.write_text(content)
     code, _, err = run("compare", pair[0], str(bad))
     assert_one_line_error(code, err, message)
+
+
+def _run_with_timeline(tmp_path, name: str, memory: str) -> None:
+    code, _, err = run("run", str(ROOT / "examples" / "hello.trace"), "-q", "--memory", memory,
+                       "--json", str(tmp_path / f"{name}.json"),
+                       "--timeline", str(tmp_path / f"{name}.csv"))
+    assert code == 0, err
+
+
+def test_compare_plot_overlays_the_two_timelines(tmp_path):
+    """--plot draws both runs' used memory (found beside each summary) on one figure."""
+    from matplotlib.image import imread
+
+    from mmsim.plot_compare import plot_overlay
+    from mmsim.timeline import load_timeline
+
+    _run_with_timeline(tmp_path, "a", "2G")
+    _run_with_timeline(tmp_path, "b", "1G")
+    out = tmp_path / "cmp.png"
+    code, _, err = run("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                       "--plot", str(out))
+    assert code == 0, err
+    assert imread(str(out)).shape[1] == 1100
+    a, b = (load_timeline(str(tmp_path / f"{n}.csv")) for n in "ab")
+    ax = plot_overlay(a, b, ("a", "b")).axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    for name, data in (("a", a), ("b", b)):
+        used = [t - f - k for t, f, k in zip(data.total, data.free, data.categories["kernel"])]
+        assert list(lines[f"{name}: used"].get_ydata()) == pytest.approx([u / (1 << 20)
+                                                                          for u in used])
+    summary = json.loads((tmp_path / "a.json").read_text())
+    assert any(lb.startswith("a: peak ") and lb.endswith(
+        f"{summary['memory']['peak_used_bytes'] / (1 << 20):.2f} MiB") for lb in lines)
+
+
+def test_compare_plot_without_timelines_is_one_line(tmp_path):
+    _run_with_timeline(tmp_path, "a", "2G")
+    (tmp_path / "a.csv").rename(tmp_path / "elsewhere.csv")
+    code, _, err = run("compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"),
+                       "--plot", str(tmp_path / "c.png"))
+    assert_one_line_error(code, err, "--plot needs", "a.json's timeline")
+    code, _, err = run("compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"),
+                       "--plot", str(tmp_path / "c.png"), "--timeline",
+                       str(tmp_path / "elsewhere.csv"))
+    assert_one_line_error(code, err, "--timeline: give two")

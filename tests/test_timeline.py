@@ -164,7 +164,7 @@ def test_same_run_same_timeline(trace, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--plot", "x.pdf"], "must be .png or .svg"),
+    (["--plot", "x.jpg"], "must be .png, .svg or .pdf"),
     (["--timeline", "t.csv", "--sample-every", "5", "--sample-ms", "1"], "exclusive"),
     (["--sample-every", "5"], "need --timeline or --plot"),
     (["--timeline", "/nonexistent/dir/t.csv"], "cannot write"),
