@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
@@ -107,7 +108,15 @@ def test_report_has_the_summary_tables_and_inline_plots(run_files, tmp_path):
     assert page.value("operations") == str(s["events"])
     assert page.value("free_bytes") == human(s["memory"]["free_bytes"])
     for cat, size in s["memory"]["categories"].items():
-        assert page.value(cat) == human(size)
+        if size or s["peak"]["categories"][cat]:
+            assert page.value(cat) == human(size)
+        else:  # nothing in it, at the end or at the peak: left out
+            with pytest.raises(AssertionError):
+                page.value(cat)
+    row = next(r for t in page.tables for r in t if r and r[0] == "anonymous")
+    assert row[4] == human(s["peak"]["categories"]["anonymous"])  # beside: at the peak
+    assert page.value("peak_used_bytes") == human(s["memory"]["peak_used_bytes"])
+    assert page.value("trace line") == str(s["peak"]["line"])
     assert page.value("hits") == str(s["arc"]["hits"])  # the arc section, as a table
     assert page.value("application errors") == "1"  # the free of an unknown handle
     assert page.value("invalid_free") == "1"
@@ -188,3 +197,30 @@ def test_a_timeline_of_another_trace_on_the_same_machine_is_refused(run_files, t
     assert run("run", str(other), "--memory", "512M", "--timeline", tl, "-q")[0] == 0
     code, _, err = run("report", js, tl, "-o", str(tmp_path / "x.html"))
     assert code == 2 and "it ends after 1 operations" in err, err
+
+
+def test_report_has_contents_and_folds_what_did_nothing(run_files, tmp_path):
+    js, tl = run_files
+    out = tmp_path / "r.html"
+    assert run("report", js, tl, "-o", str(out))[0] == 0
+    text = out.read_text(encoding="utf-8")
+    s = json.load(open(js))
+    links = re.findall(r'<li><a href="#([^"]+)">', text)
+    assert links[:3] == ["run", "memory", "peak"]
+    assert all(f'id="{anchor}"' in text for anchor in links)  # every entry leads somewhere
+    assert s["jvm"] and '<h2 id="jvm">jvm</h2><details>' in text  # idle: folded away
+    assert '<h2 id="arc">arc</h2><table>' in text  # used: open
+    classes = s["malloc"]["classes"]
+    zero = [c for c, v in classes.items() if not any(v.values())]
+    assert zero and f"{len(zero)} rows of zeros left out" in text
+
+
+def test_report_of_an_image_is_titled_by_the_image(tmp_path):
+    summary = {"image": "/srv/apps/web.yaml", "events": 0, "time_ns": 0,
+               "memory": {"total_bytes": 1 << 30, "free_bytes": 1 << 29, "used_bytes": 1 << 29,
+                          "peak_used_bytes": 1 << 29, "page_table_bytes": 0, "free_runs": 1,
+                          "largest_free_run_bytes": 1 << 29, "categories": {"anonymous": 1 << 29}},
+               "app_errors": {"total": 0, "by_kind": {}, "examples": []}, "oom": None}
+    from mmsim.report import render_report
+
+    assert Page(render_report(summary)).title == "mmsim report: web.yaml"
