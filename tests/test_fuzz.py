@@ -1,6 +1,7 @@
 """`mmsim fuzz` finds a broken invariant and prints a trace that replays the failure."""
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -36,17 +37,23 @@ def test_a_leak_is_found_and_the_trace_replays_it(monkeypatch, tmp_path):
     monkeypatch.setattr(PagePool, "free_pages", leaky)
     out = tmp_path / "cex.trace"
     runner = CliRunner()
-    result = runner.invoke(main, ["fuzz", "--memory", "256M", *BOUNDS,
+    config = tmp_path / "guest.yaml"
+    config.write_text("cpus: 3\n")  # and fuzz's own default memory, 256M (run's is 2G)
+    result = runner.invoke(main, ["fuzz", "--config", str(config), *BOUNDS,
                                   "--seed", "3", "-o", str(out)])
     assert result.exit_code == 1, result.output
     assert "invariant broken" in result.stderr
     trace = out.read_text()
     assert trace.startswith("# mmsim-trace v1")
     assert len(trace.splitlines()) < 12  # shrunk to a handful of operations
-    replay = runner.invoke(main, ["run", str(out), "--memory", "256M", "--check", "-q"])
+    # the hint is a command that reproduces the failure as it is, options and all
+    hint = shlex.split(result.stderr.split("replay it with '")[1].split("'")[0])
+    assert hint[:3] == ["mmsim", "run", str(out)]
+    assert hint[hint.index("--memory") + 1] == "256M" and hint[hint.index("--cpus") + 1] == "3"
+    replay = runner.invoke(main, [*hint[1:], "-q"])
     assert replay.exit_code == 1 and "invariant broken" in replay.stderr
     monkeypatch.setattr(PagePool, "free_pages", real_free_pages)
-    clean = runner.invoke(main, ["run", str(out), "--memory", "256M", "--check", "-q"])
+    clean = runner.invoke(main, [*hint[1:], "-q"])
     assert clean.exit_code in (0, 3) and "invariant" not in clean.stderr, clean.stderr
 
 
