@@ -73,8 +73,9 @@ class Progress:
         self._stream = stream
         if stream.isatty():
             bytes_bar = self._position is not None
+            # counts stay integers ("3/4 points", not "3.00/4.00"); bytes get their units
             self._bar = tqdm(desc=f"{desc} {name}", total=total, unit="B" if bytes_bar else unit,
-                             unit_scale=True, unit_divisor=1024 if bytes_bar else 1000,
+                             unit_scale=bytes_bar, unit_divisor=1024,
                              file=stream, leave=False, mininterval=0.25)
 
     @classmethod

@@ -97,3 +97,19 @@ def test_boot_has_a_bar_on_a_terminal_only(tmp_path):
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert plain.returncode == 0, plain.stderr
     assert "booting" not in plain.stderr
+
+
+def test_counts_are_whole_numbers_and_bytes_have_units():
+    """A sweep's 3 of 4 points reads "3/4", not "3.00/4.00"; a file's bytes read in KiB/MiB."""
+    tty = _TTY()
+    with Progress("sweeping", "grid", total=4, unit="point", stream=tty) as bar:
+        for _ in range(3):
+            bar.update(1)
+        bar._bar.refresh()  # type: ignore[union-attr]
+    text = tty.getvalue()
+    assert "3/4" in text and "3.00" not in text
+    tty = _TTY()
+    with Progress("replaying", "t", total=3 << 20, position=lambda: 2 << 20, stream=tty) as bar:
+        bar.update(1)
+        bar._bar.refresh()  # type: ignore[union-attr]
+    assert "2.00M/3.00M" in tty.getvalue()
