@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shlex
 import sys
 from typing import Any, TextIO
 
@@ -63,12 +64,17 @@ def gen(kind: str, events: int | None, seed: int, cpus: int, output: str) -> Non
     total = GENERATORS[kind].default_events if events is None else events
     try:
         with Progress("generating", kind, total=total) as progress:
-            write_trace(kind, stream, events, seed, cpus, progress.update)
+            written = write_trace(kind, stream, events, seed, cpus, progress.update)
         stream.flush()
         if raw is not None:
             stream.close()
     except OSError as e:
         raise InputError(f"{output}: cannot write ({e.strerror})") from None
+    where = "standard output" if output == "-" else output
+    click.echo(f"mmsim gen: wrote {written:,} operations of the {kind} workload to {where} "
+               f"(seed {seed}, {cpus} CPUs); replay it with 'mmsim run {shlex.quote(output)}'"
+               if output != "-" else f"mmsim gen: wrote {written:,} operations of the {kind} "
+               f"workload to {where}", err=True)
 
 
 @main.command()

@@ -118,3 +118,14 @@ def test_stdout_and_unknown_kind():
     assert len([ln for ln in out.splitlines() if not ln.startswith("#")]) == 3
     code, _, err = run("gen", "postgres", "-o", "-")
     assert_one_line_error(code, err, "postgres")
+
+
+def test_gen_says_what_it_wrote_and_how_to_replay_it(tmp_path):
+    out = tmp_path / "w.trace"
+    code, stdout, err = run("gen", "scan", "--events", "50", "-o", str(out))
+    assert code == 0 and stdout == ""
+    ops = [ln for ln in out.read_text().splitlines() if not ln.startswith("#")]
+    assert err == (f"mmsim gen: wrote {len(ops)} operations of the scan workload to {out} "
+                   f"(seed 0, 4 CPUs); replay it with 'mmsim run {out}'\n")
+    code, stdout, err = run("gen", "scan", "--events", "3", "-o", "-")
+    assert err == "mmsim gen: wrote 3 operations of the scan workload to standard output\n"
