@@ -138,12 +138,13 @@ def one_pass_rows(trace: str, fmt: str, heads: list[dict[str, Any]], methods: di
     """The rows of the points ``heads`` (each a row's head: trace, point, cache_policy,
     arc_size, ...), by their policy's method (stack or sampled), from one read of ``trace``.
 
-    ``arc.hits`` and ``arc.misses`` count the requests the method saw: all of them (stack),
-    or the sample's (sampled; ``mrc.requests`` says how many)."""
+    ``rate`` is the sampling rate (None without a sampled policy). ``arc.hits`` and
+    ``arc.misses`` count the requests the method saw: all of them (stack), or the sample's
+    (sampled; ``mrc.requests`` says how many)."""
     if not heads:
         return []
     policies = {h["cache_policy"] for h in heads}
-    threshold = sample_threshold(rate if rate is not None else DEFAULT_RATE)
+    threshold = sample_threshold(rate) if rate is not None else MODULUS
     scan = _Pass(stack=any(methods[p] == STACK for p in policies),
                  shards=methods.get("lru") == SAMPLED and "lru" in policies,
                  keep_sample=any(methods[p] == SAMPLED and p != "lru" for p in policies),
@@ -162,7 +163,7 @@ def one_pass_rows(trace: str, fmt: str, heads: list[dict[str, Any]], methods: di
             requests = scan.full.requests
             misses = scan.full.misses([size // record])[0] if record else 0
         else:
-            figures["mrc.sample_rate"] = rate if rate is not None else DEFAULT_RATE
+            figures["mrc.sample_rate"] = rate
             requests = scan.sampled
             if policy == "lru":  # SHARDS: hit iff distance / R < k, i.e. distance < k·T/P
                 assert scan.shards is not None

@@ -26,8 +26,9 @@ CHUNK = 2048
 def spatial_hash(block: int) -> int:
     """A block id's hash in [0, MODULUS): murmur3's 64-bit finalizer (a multiply-xorshift
     mix), its top 24 bits. Fixed, unlike Python's hash(), so that a sample is the same in
-    every run; and a full mix, so that runs of consecutive blocks are sampled evenly."""
-    h = block & _MASK
+    every run; and a full mix, so that runs of consecutive blocks are sampled evenly. The
+    golden-ratio offset moves the finalizer's fixed point (0) off block 0."""
+    h = (block + 0x9E3779B97F4A7C15) & _MASK
     h = ((h ^ (h >> 33)) * 0xFF51AFD7ED558CCD) & _MASK
     h = ((h ^ (h >> 33)) * 0xC4CEB9FE1A85EC53) & _MASK
     return (h ^ (h >> 33)) >> 40
