@@ -12,6 +12,7 @@ their requests; distances measured in the sample, divided by R, estimate the ful
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
@@ -71,6 +72,7 @@ class StackDistances:
         self._starts = [0]  # first time of each chunk: chunk i holds times in [s_i, s_i+1)
         self._tree = [0] * (1024 + 1)  # Fenwick tree over the sealed chunks' counts
         self._sealed = 0  # times held in the sealed chunks (all but the last)
+        self._hits: list[int] | None = None  # _hits[k]: hits at k records (kept until fed)
 
     @property
     def cold(self) -> int:
@@ -79,6 +81,7 @@ class StackDistances:
 
     def feed(self, blocks: Iterable[int]) -> None:
         """Count the distances of ``blocks``, requested in this order after those fed before."""
+        self._hits = None
         last = self._last
         get = last.get
         hist = self.hist
@@ -148,8 +151,8 @@ class StackDistances:
     def misses(self, ks: Iterable[int]) -> list[int]:
         """Misses of an LRU cache of k records, for each k of ``ks``: the first references
         and the requests at distance k or more."""
-        hist = self.hist
-        prefix = [0]
-        for n in hist:
-            prefix.append(prefix[-1] + n)
-        return [self.requests - prefix[min(max(k, 0), len(hist))] for k in ks]
+        hits = self._hits
+        if hits is None:  # once for all the sizes asked until the next feed
+            hits = self._hits = [0, *itertools.accumulate(self.hist)]
+        top = len(hits) - 1
+        return [self.requests - hits[min(max(k, 0), top)] for k in ks]

@@ -69,7 +69,9 @@ def test_stack_distances_give_every_lru_size_s_misses(seed: int, monkeypatch) ->
 
 def test_stack_distances_are_the_distinct_blocks_since_the_last_reference() -> None:
     sd = StackDistances()
-    sd.feed([1, 2, 3, 1, 1, 3, 2])  # distances: -, -, -, 2, 0, 1, 2
+    sd.feed([1, 2, 3, 1])  # distances: -, -, -, 2
+    assert sd.misses([2, 3]) == [4, 3]
+    sd.feed([1, 3, 2])  # 0, 1, 2: the misses asked before are not kept
     assert sd.hist == [1, 1, 2, 0]
     assert sd.misses([0, 1, 2, 3]) == [7, 6, 5, 3]
 
