@@ -13,12 +13,23 @@ from typing import Any
 import click
 
 from mmsim.command import InputError, main
+from mmsim.mrc import (
+    BLOCK_FORMATS,
+    DEFAULT_RATE,
+    EXACT,
+    METHODS,
+    SAMPLED,
+    choose_methods,
+    current_rows,
+    one_pass_rows,
+    parse_rate,
+)
 from mmsim.progress import Progress
 from mmsim.sweep import SweepStats, backend_for, default_output, plan_sweep, run_plan
 from mmsim.sweep_file import SweepError, TraceSpec, load_sweep, make_sweep, parse_sizes
 from mmsim.sweep_points import STATUS_ERROR
 from mmsim.timeline import TimelineError, check_plot_path
-from mmsim.trace import READERS
+from mmsim.trace import READERS, TraceError, detect_format
 
 EXIT_POINTS_FAILED = 1
 
@@ -36,22 +47,39 @@ def executor_options(f: Any) -> Any:
     return f
 
 
+#: rows a command computes itself from the points left (their heads), before the others run
+Compute = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
 def _run(make: Callable[[], Any], output: str, name: str, workers: int | None,
-         dask: str | None, isolate: bool) -> SweepStats:
-    """Check the sweep, reach the executor, read what ``output`` holds, then run the points
-    left with a progress bar over them; SweepError becomes exit 2."""
+         dask: str | None, isolate: bool, keep: Callable[[dict[str, Any]], bool] | None = None,
+         here: Callable[[dict[str, Any]], bool] | None = None,
+         compute: Compute | None = None) -> SweepStats:
+    """Check the sweep, reach the executor, read what ``output`` holds (keeping the rows
+    ``keep`` accepts), then run the points left with a progress bar over them; SweepError
+    becomes exit 2. The points ``here`` selects are not replayed: ``compute`` makes their rows
+    (`mrc`'s one-pass methods)."""
     if workers is not None and dask:
         raise click.UsageError("--workers is for local processes; a Dask cluster has its own")
     try:
         sweep_ = make()
         with backend_for(workers, dask) as backend:
-            plan = plan_sweep(sweep_, output, isolate)
+            plan = plan_sweep(sweep_, output, isolate, keep)
             if plan.done:
                 click.echo(f"mmsim: {output}: {plan.done} points already done, "
                            f"{len(plan.todo)} to run", err=True)
+            computed = []
+            if here is not None and compute is not None:
+                mine = [head for head, _ in plan.todo if here(head)]
+                plan.todo = [(head, task) for head, task in plan.todo if not here(head)]
+                computed = compute(mine)
+                for row in computed:
+                    plan.results.add(row)
             with Progress("sweeping", name, total=len(plan.todo) or None,
                           unit="point") as progress:
-                return run_plan(plan, backend, progress.update)
+                stats = run_plan(plan, backend, progress.update)
+            stats.ran += len(computed)
+            return stats
     except SweepError as e:
         raise InputError(str(e)) from None
 
@@ -171,14 +199,24 @@ def save_mrc(fig: Any, path: str) -> None:
 @click.option("-o", "--output", metavar="PATH",
               help="The sweep's rows (default: TRACE's name with .mrc.csv, here).")
 @click.option("--plot", "plot_path", metavar="PATH", help="Plot the curves (PNG, SVG or PDF).")
+@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
+              help="exact: one replay per size and policy; stack: LRU's whole curve in one "
+                   "pass; sampled: a spatial sample of the blocks (SHARDS for lru, miniature "
+                   "replays for the others). auto: stack for lru and exact for the others on "
+                   "a block trace, sampled for all with --sample-rate.")
+@click.option("--sample-rate", "sample_rate", metavar="R",
+              help=f"Fraction of the blocks sampled, in (0, 1] (default {DEFAULT_RATE} with "
+                   "--method sampled).")
 @executor_options
 def mrc(trace: str, sizes: str, policies: str, fmt: str, block_size: str | None,
-        memory: str | None, output: str | None, plot_path: str | None, workers: int | None,
-        dask: str | None, isolate: bool) -> None:
-    """Miss-ratio curves: TRACE replayed with each policy at each ARC size.
+        memory: str | None, output: str | None, plot_path: str | None, method: str,
+        sample_rate: str | None, workers: int | None, dask: str | None,
+        isolate: bool) -> None:
+    """Miss-ratio curves: TRACE's miss ratio with each policy at each ARC size.
 
-    Prints the miss ratio per size and policy; the runs are a sweep (resumable, on local
-    processes or a Dask cluster).
+    Prints the miss ratio per size and policy. Exact curves replay TRACE per size and policy,
+    as a sweep (resumable, on local processes or a Dask cluster); on a block trace LRU's
+    curve takes one pass (stack distances), and --sample-rate samples every policy's.
     """
     try:
         size_list = parse_sizes(sizes)
@@ -193,6 +231,7 @@ def mrc(trace: str, sizes: str, policies: str, fmt: str, block_size: str | None,
         raise InputError(f"{trace}: no such file")
     if plot_path:
         check_mrc_plot_path(plot_path)  # before the points run, not after
+    methods, rate = _mrc_methods(trace, fmt, policy_list, method, sample_rate)
     grid: dict[str, list[Any]] = {"cache_policy": policy_list, "arc_size": size_list}
     if block_size:
         grid["block_size"] = [block_size]
@@ -201,7 +240,9 @@ def mrc(trace: str, sizes: str, policies: str, fmt: str, block_size: str | None,
     output = output or default_output(os.path.basename(trace), ".mrc.csv")
     spec = TraceSpec(trace, os.path.abspath(trace), fmt)
     stats = _run(lambda: make_sweep([spec], grid, "mrc"), output, os.path.basename(trace),
-                 workers, dask, isolate)
+                 workers, dask, isolate, keep=current_rows(methods, rate),
+                 here=lambda head: methods[head["cache_policy"]] != EXACT,
+                 compute=lambda heads: one_pass_rows(trace, fmt, heads, methods, rate))
     errors = {row.get("error") for row in stats.rows if row.get("status") == STATUS_ERROR}
     if stats.rows and stats.failed == len(stats.rows) and len(errors) == 1:
         raise InputError(str(errors.pop()))  # every point met it: the trace itself is bad
@@ -211,6 +252,31 @@ def mrc(trace: str, sizes: str, policies: str, fmt: str, block_size: str | None,
         save_mrc(plot_mrc(curves, f"miss-ratio curves: {os.path.basename(trace)}"), plot_path)
         click.echo(f"mmsim: wrote {plot_path}", err=True)
     _report(stats, output)
+
+
+def _mrc_methods(trace: str, fmt: str, policies: list[str], method: str,
+                 sample_rate: str | None) -> tuple[dict[str, str], float | None]:
+    """Each policy's method, and the sampling rate (None unless sampled); InputError for a
+    bad rate or a method that cannot serve."""
+    rate = None
+    if sample_rate is not None:
+        try:
+            rate = parse_rate(sample_rate)
+        except ValueError as e:
+            raise InputError(f"--sample-rate: {e}") from None
+    if method == "auto" and rate is None and "lru" not in policies:
+        return dict.fromkeys(policies, EXACT), None  # nothing to detect
+    try:
+        real = detect_format(trace) if fmt == "auto" else fmt
+    except TraceError as e:
+        raise InputError(str(e)) from None
+    try:
+        methods = choose_methods(policies, method, rate, real in BLOCK_FORMATS)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if rate is None and SAMPLED in methods.values():
+        rate = DEFAULT_RATE
+    return methods, rate
 
 
 def format_mrc(curves: dict[str, list[tuple[int, float]]], sizes: list[int]) -> str:

@@ -76,11 +76,15 @@ def tasks_of(sweep: Sweep, isolate: bool = False) -> Iterator[tuple[dict[str, An
             yield head, task
 
 
-def plan_sweep(sweep: Sweep, output: str, isolate: bool = False) -> Plan:
+def plan_sweep(sweep: Sweep, output: str, isolate: bool = False,
+               keep: Callable[[dict[str, Any]], bool] | None = None) -> Plan:
     """Read what ``output`` already holds and list the points left (SweepError if the file is
-    not this sweep's)."""
+    not this sweep's). ``keep`` may reject rows done another way (`mrc`'s methods): their
+    points run again."""
     results = Results(output, sweep)
     done = results.load(sweep)
+    if keep is not None:
+        done = {k: row for k, row in done.items() if keep(row)}
     todo = [(h, t) for h, t in tasks_of(sweep, isolate)
             if row_key(h["trace"], {k: h.get(k) for k in sweep.keys}) not in done]
     results.start(done.values())

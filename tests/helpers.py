@@ -38,3 +38,13 @@ def booter(memory: str | int = "256M", **defaults: Any) -> Any:
         return boot_kernel(memory, **{**defaults, **settings})
 
     return boot_
+
+
+def ids_trace(n: int = 3000, distinct: int = 400, seed: int = 7) -> str:
+    """A skewed block trace (a fixed LCG, so the file is the same everywhere)."""
+    x, out = seed, []
+    for _ in range(n):
+        x = (x * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        u = (x >> 11) / float(1 << 53)
+        out.append(str(int(distinct * u * u * u)))  # small ids are much more popular
+    return "\n".join(out) + "\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, ids_trace
 
 from mmsim.cli import main
 from mmsim.sweep_file import parse_sizes
@@ -29,16 +29,6 @@ cpu 1
 free b
 read /f 0 1M
 """
-
-
-def ids_trace(n: int = 3000, distinct: int = 400, seed: int = 7) -> str:
-    """A skewed block trace (a fixed LCG, so the file is the same everywhere)."""
-    x, out = seed, []
-    for _ in range(n):
-        x = (x * 6364136223846793005 + 1442695040888963407) % (1 << 64)
-        u = (x >> 11) / float(1 << 53)
-        out.append(str(int(distinct * u * u * u)))  # small ids are much more popular
-    return "\n".join(out) + "\n"
 
 
 def cli(*args: str) -> tuple[int, str, str]:

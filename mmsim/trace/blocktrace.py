@@ -33,6 +33,7 @@ from .registry import register_reader
 from .source import open_trace_binary
 
 __all__ = [
+    "BLOCK_FORMATS",
     "BLOCK_PATH",
     "BLOCK_READ",
     "LIS_BLOCK",
@@ -44,6 +45,9 @@ __all__ = [
     "read_oracle",
 ]
 
+#: the formats read here: a stream of one-block reads of one file (what `mmsim mrc`'s one-pass
+#: methods need)
+BLOCK_FORMATS = ("lis", "oracleGeneral", "ids")
 BLOCK_PATH = "/blocktrace"
 BLOCK_READ = "blockread"
 LIS_BLOCK = 512

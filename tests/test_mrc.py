@@ -1,0 +1,198 @@
+"""`mmsim mrc`'s one-pass methods against the replays they stand for: LRU's curve from stack
+distances equals the per-size replays request for request, and sampled curves stay within the
+error bound docs/sweep.md states."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+from cli_helpers import run
+from helpers import assert_one_line_error, ids_trace
+from mmsim.fs.zfs_arc.policy_lru import LruPolicy
+
+from mmsim import stack_distance
+from mmsim.stack_distance import MODULUS, StackDistances, sample_threshold, spatial_hash
+
+#: the first 20,000 requests of the ARC paper's OLTP trace (Megiddo & Modha, FAST'03)
+OLTP_HEAD = Path(__file__).parent / "fixtures" / "blocktrace" / "oltp_20k.lis.gz"
+#: docs/sweep.md's bound on the fixture at --sample-rate 0.1: mean absolute error per policy
+SAMPLED_MAE_BOUND = 0.05
+
+
+def _curve(path: Path) -> dict[tuple[str, int], dict[str, str]]:
+    with open(path, newline="") as f:
+        return {(r["cache_policy"], int(r["arc_size"])): r for r in csv.DictReader(f)}
+
+
+def _mrc(tmp_path: Path, trace: Path, out: str, *args: str) -> dict[tuple[str, int],
+                                                                    dict[str, str]]:
+    code, _, err = run("mrc", str(trace), "-o", str(tmp_path / out), "--workers", "1", *args)
+    assert code == 0, err
+    return _curve(tmp_path / out)
+
+
+def _miss_ratio(row: dict[str, str]) -> float:
+    return int(row["arc.misses"]) / (int(row["arc.hits"]) + int(row["arc.misses"]))
+
+
+def _lru_misses(blocks: list[int], k: int) -> int:
+    """The project's LRU policy replayed at k one-byte records."""
+    if k == 0:
+        return len(blocks)
+    lru = LruPolicy(k)
+    for b in blocks:
+        lru.access(b, 1)
+    return lru.misses
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stack_distances_give_every_lru_size_s_misses(seed: int, monkeypatch) -> None:
+    """Tiny chunks, so that a few thousand requests seal over a thousand of them and the
+    Fenwick tree grows (rebuilt) on the way; fed in pieces of random lengths."""
+    monkeypatch.setattr(stack_distance, "CHUNK", 2)
+    rng = random.Random(seed)
+    distinct = rng.choice([5, 60, 400])
+    blocks = [int(distinct * rng.random() ** 3) for _ in range(rng.randint(2500, 5000))]
+    sd = StackDistances()
+    i = 0
+    while i < len(blocks):
+        step = rng.randint(1, 70)
+        sd.feed(blocks[i:i + step])
+        i += step
+    ks = [0, 1, 2, 3, 7, 40, distinct - 1, distinct, distinct + 5, 10_000]
+    assert sd.requests == len(blocks) and sd.cold == len(set(blocks))
+    assert sd.misses(ks) == [_lru_misses(blocks, k) for k in ks]
+
+
+def test_stack_distances_are_the_distinct_blocks_since_the_last_reference() -> None:
+    sd = StackDistances()
+    sd.feed([1, 2, 3, 1])  # distances: -, -, -, 2
+    assert sd.misses([2, 3]) == [4, 3]
+    sd.feed([1, 3, 2])  # 0, 1, 2: the misses asked before are not kept
+    assert sd.hist == [1, 1, 2, 0]
+    assert sd.misses([0, 1, 2, 3]) == [7, 6, 5, 3]
+
+
+def _generated(tmp_path: Path) -> Path:
+    path = tmp_path / "gen.ids"
+    path.write_text(ids_trace(n=6000, distinct=900, seed=3))
+    return path
+
+
+@pytest.mark.parametrize("trace, extra", [
+    ("fixture", ()),
+    ("generated", ()),
+    ("generated", ("--block-size", "8K")),  # records of 8 KiB for the trace's 4 KiB blocks
+])
+def test_lru_s_one_pass_curve_is_the_per_size_replays_curve(tmp_path: Path, trace: str,
+                                                              extra: tuple[str, ...]) -> None:
+    """Sizes below one record, between record multiples and past the working set."""
+    path = OLTP_HEAD if trace == "fixture" else _generated(tmp_path)
+    sizes = ["--sizes", "1K,4000,16K,100001,700K,3M,64M"]
+    one_pass = _mrc(tmp_path, path, "stack.csv", *sizes, "--policies", "lru", *extra)
+    exact = _mrc(tmp_path, path, "exact.csv", *sizes, "--policies", "lru", "--method", "exact",
+                 *extra)
+    assert set(one_pass) == set(exact) and len(exact) == 7
+    for point, row in exact.items():
+        assert one_pass[point]["mrc.method"] == "stack"  # the default for lru
+        assert "mrc.method" not in row
+        assert (one_pass[point]["arc.hits"], one_pass[point]["arc.misses"]) == (
+            row["arc.hits"], row["arc.misses"]), point
+    ratios = [_miss_ratio(exact["lru", s]) for _, s in sorted(exact)]
+    assert ratios[0] > 0.99 and ratios[-1] < 0.9  # the sizes cover a real curve
+
+
+@pytest.fixture(scope="module")
+def exact_fixture_curves(tmp_path_factory) -> dict[tuple[str, int], dict[str, str]]:
+    tmp = tmp_path_factory.mktemp("exact")
+    return _mrc(tmp, OLTP_HEAD, "exact.csv", "--sizes", "16K:2M:6", "--method", "exact")
+
+
+def test_sampling_every_block_gives_the_exact_curves(tmp_path: Path,
+                                                     exact_fixture_curves) -> None:
+    """At rate 1 SHARDS is the stack pass and a miniature replay is the replay itself: so the
+    sampled method's scaling and replay agree with the exact ones, for every policy."""
+    sampled = _mrc(tmp_path, OLTP_HEAD, "s.csv", "--sizes", "16K:2M:6", "--sample-rate", "1")
+    for point, row in exact_fixture_curves.items():
+        got = sampled[point]
+        assert got["mrc.method"] == "sampled" and float(got["mrc.sample_rate"]) == 1.0
+        assert (got["arc.hits"], got["arc.misses"]) == (row["arc.hits"], row["arc.misses"])
+
+
+def test_sampled_curves_are_within_the_documented_error(tmp_path: Path,
+                                                        exact_fixture_curves) -> None:
+    sampled = _mrc(tmp_path, OLTP_HEAD, "s.csv", "--sizes", "16K:2M:6", "--method", "sampled",
+                   "--sample-rate", "0.1")
+    for policy in ("arc", "lru", "zfs"):
+        errors = [abs(_miss_ratio(sampled[p]) - _miss_ratio(row))
+                  for p, row in exact_fixture_curves.items() if p[0] == policy]
+        assert len(errors) == 6
+        assert sum(errors) / len(errors) <= SAMPLED_MAE_BOUND, (policy, errors)
+    requests = {int(r["mrc.requests"]) for r in sampled.values()}
+    assert len(requests) == 1 and 1000 < requests.pop() < 4000  # about 10 % of 20,000
+
+
+def test_the_spatial_hash_is_fixed_and_samples_evenly() -> None:
+    """The same sample in every process (no Python hash randomisation), and about R of any
+    run of consecutive blocks."""
+    assert [spatial_hash(b) for b in (0, 1, 12345, 2**64 - 1)] == [
+        10264678, 15072704, 3253103, 2471797]
+    t = sample_threshold(0.1)
+    assert t == round(0.1 * MODULUS)
+    kept = sum(spatial_hash(b) < t for b in range(1_000_000, 1_100_000))
+    assert 9_700 < kept < 10_300
+
+
+def test_a_rerun_keeps_rows_of_the_same_method_and_redoes_the_others(tmp_path: Path) -> None:
+    path = _generated(tmp_path)
+    args = ("mrc", str(path), "--sizes", "16K,64K", "--policies", "lru", "-o",
+            str(tmp_path / "m.csv"), "--workers", "1")
+    for more, method, ran in (((), "stack", 2), ((), "stack", 0),
+                              (("--method", "exact"), None, 2),
+                              (("--sample-rate", "0.5"), "sampled", 2),
+                              (("--sample-rate", "0.5"), "sampled", 0),
+                              (("--sample-rate", "0.25"), "sampled", 2)):
+        code, _, err = run(*args, *more)
+        assert code == 0 and f"({ran} run, {2 - ran} already done" in err, (more, err)
+        assert {r.get("mrc.method") for r in _curve(tmp_path / "m.csv").values()} == {method}
+
+
+def test_a_trace_that_is_not_a_block_trace_is_replayed_per_size(tmp_path: Path) -> None:
+    (tmp_path / "t.trace").write_text("# mmsim-trace v1\ncreate /f 1M\nread /f 0 1M\n"
+                                      "read /f 0 1M\n")
+    rows = _mrc(tmp_path, tmp_path / "t.trace", "m.csv", "--sizes", "64K,2M", "--policies",
+                "lru")
+    assert [r.get("mrc.method") for r in rows.values()] == [None, None]
+    assert int(rows["lru", 2 << 20]["arc.hits"]) > 0
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--sample-rate", "0"], "--sample-rate: must be in (0, 1]"),
+    (["--sample-rate", "1.5"], "--sample-rate: must be in (0, 1]"),
+    (["--sample-rate", "-0.1"], "--sample-rate: must be in (0, 1]"),
+    (["--sample-rate", "nan"], "--sample-rate: must be in (0, 1]"),
+    (["--sample-rate", "lots"], "--sample-rate: not a number: 'lots'"),
+    (["--sample-rate", "1e-9"], "below the smallest rate"),
+    (["--sample-rate", "0.1", "--method", "exact"], "--sample-rate goes with --method sampled"),
+    (["--method", "stack"], "--method stack gives LRU's curve only (arc, zfs"),
+    (["--method", "fast"], "--method"),
+])
+def test_bad_rates_and_methods_are_one_line(tmp_path: Path, args: list[str], what: str) -> None:
+    (tmp_path / "b.ids").write_text("1\n2\n1\n")
+    code, _, err = run("mrc", str(tmp_path / "b.ids"), "--sizes", "16K,64K",
+                       "-o", str(tmp_path / "m.csv"), *args)
+    assert_one_line_error(code, err, what)
+    assert not (tmp_path / "m.csv").exists()
+
+
+@pytest.mark.parametrize("method", ["stack", "sampled"])
+def test_a_one_pass_method_on_a_trace_that_is_not_a_block_trace_is_one_line(
+        tmp_path: Path, method: str) -> None:
+    (tmp_path / "t.trace").write_text("# mmsim-trace v1\nmalloc a 1K\n")
+    code, _, err = run("mrc", str(tmp_path / "t.trace"), "--sizes", "16K,64K", "--policies",
+                       "lru", "--method", method, "-o", str(tmp_path / "m.csv"))
+    assert_one_line_error(code, err, f"--method {method} needs a block trace")
+
