@@ -280,14 +280,24 @@ def _mrc_methods(trace: str, fmt: str, policies: list[str], method: str,
 
 
 def format_mrc(curves: dict[str, list[tuple[int, float]]], sizes: list[int]) -> str:
-    """A table: one line per size, a miss-ratio column per policy ('-' where a point failed)."""
-    from mmsim.kernel import units
-
+    """A table: one line per size, a miss-ratio column per policy ('-' where a point failed).
+    Every size in one unit (see :func:`size_unit`), so the column reads down."""
     policies = list(curves)
-    lines = ["size        " + "".join(f"{p:>10}" for p in policies)]
+    name, unit = size_unit(min(sizes, default=0), max(sizes, default=0))
+    lines = [f"{'size (' + name + ')':<14}" + "".join(f"{p:>10}" for p in policies)]
     ratios = {p: dict(c) for p, c in curves.items()}
     for size in sizes:
         cells = "".join(f"{ratios[p][size]:>10.4f}" if size in ratios[p] else f"{'-':>10}"
                         for p in policies)
-        lines.append(f"{units.format_size_exact(size):<12}{cells}")
+        lines.append(f"{size / unit:>12.2f}  {cells}")
     return "\n".join(lines)
+
+
+def size_unit(smallest: int, largest: int) -> tuple[str, int]:
+    """The binary unit in which ``smallest`` reads at least 1 (bytes below 1 KiB), or the
+    next one up if ``largest`` would then need more than five digits."""
+    units = [("bytes", 1), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)]
+    i = max([k for k, (_, u) in enumerate(units) if smallest >= u], default=0)
+    if largest / units[i][1] >= 100_000 and i + 1 < len(units):
+        i += 1
+    return units[i]

@@ -263,7 +263,9 @@ def test_mrc_lru_miss_ratio_does_not_grow_with_the_cache(tmp_path, monkeypatch):
     assert lru[-1] < lru[0]
     assert all(0 < m < 1 for m in curve["arc"])
     table = out.splitlines()
-    assert table[0].split() == ["size", "lru", "arc"]
+    assert table[0].split() == ["size", "(KiB)", "lru", "arc"]  # every size in one unit
+    sizes = [float(line.split()[0]) for line in table[1:6]]
+    assert sizes[0] == 16 and sizes[-1] == 1024 and sizes == sorted(sizes)
     assert [float(x) for x in table[1].split()[1:]] == pytest.approx(
         [curve["lru"][0], curve["arc"][0]], abs=1e-4)
     assert (tmp_path / "mrc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
