@@ -38,7 +38,7 @@ from mmsim.timeline import Recorder, TimelineError
 from mmsim.trace import TraceError, expand, read_trace, reader_stats
 
 __all__ = [
-    "EXIT_APP", "EXIT_BAD_INPUT", "EXIT_INVARIANT", "EXIT_OK", "EXIT_OOM", "InputError",
+    "EXIT_APP", "EXIT_APP_ERRORS", "EXIT_BAD_INPUT", "EXIT_INVARIANT", "EXIT_OK", "EXIT_OOM", "InputError",
     "InvariantBroken", "MmsimError", "Observer", "RunResult", "boot", "configure", "replay",
     "replay_errors", "replay_ops",
 ]
@@ -48,6 +48,8 @@ EXIT_INVARIANT = 1
 EXIT_BAD_INPUT = 2
 EXIT_OOM = 3
 EXIT_APP = 4
+#: `--fail-on app-errors`: the trace's application bugs fail the run (for CI)
+EXIT_APP_ERRORS = 1
 
 #: called with the kernel after each call is applied (batches are expanded for observers)
 Observer = Callable[[Kernel], None]

@@ -1,9 +1,10 @@
 """The `mmsim` command: replay traces against a simulated OSv guest and report. This module
 holds `mmsim run` and gathers the other subcommands; the group is mmsim/command.py.
 
-Exit codes: 0 success, 2 bad input or options (one line naming the file and line), or a user
-shrinker that could not be loaded or failed during the run (one line naming it), 3 the
-simulated guest ran out of memory (the summary's ``oom`` section says why).
+Exit codes: 0 success, 1 application errors in the trace with ``--fail-on app-errors``, 2 bad
+input or options (one line naming the file and line), or a user shrinker that could not be
+loaded or failed during the run (one line naming it), 3 the simulated guest ran out of memory
+(the summary's ``oom`` section says why).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mmsim import cmd_fuzz as _cmd_fuzz  # noqa: F401  (fuzz)
 from mmsim import cmd_image as _cmd_image  # noqa: F401  (boot, minmem)
 from mmsim import cmd_sweep as _cmd_sweep  # noqa: F401  (sweep, mrc)
 from mmsim import commands as _commands  # noqa: F401  (gen, report, compare)
-from mmsim.api import one_line, replay
+from mmsim.api import EXIT_APP_ERRORS, one_line, replay
 from mmsim.command import (
     EXIT_BAD_INPUT,
     EXIT_OOM,
@@ -73,13 +74,15 @@ def _reporting(ops: Any, kernel: Kernel, progress: Progress) -> Any:
               help="Write bytes allocated per call site as folded stacks (flamegraph.pl, "
                    "speedscope, inferno).")
 @timeline_options
+@click.option("--fail-on", "fail_on", type=click.Choice(["app-errors"]), multiple=True,
+              help="Exit 1 if the trace shows application errors (double frees, ...): for CI.")
 @click.option("--check", is_flag=True,
               help="Check the kernel's invariants after every operation (slow; exit 1 if broken).")
 def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus: int | None,
         rootfs: str | None, hugepages: bool | None, giant_pages: bool | None, seed: int | None,
         cache_policy: str | None, arc_size: str | None, block_size: str | None, pid: int | None,
-        json_path: str | None, quiet: bool, folded_path: str | None, check: bool,
-        **timeline: Any) -> None:
+        json_path: str | None, quiet: bool, folded_path: str | None,
+        fail_on: tuple[str, ...], check: bool, **timeline: Any) -> None:
     """Boot a guest and replay TRACE through it."""
     config = build_config(config_path, memory=memory, cpus=cpus, rootfs=rootfs,
                           hugepages=hugepages,
@@ -103,3 +106,8 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         click.echo(format_summary(summary), err=json_path == "-")
     if result.exit_code:
         sys.exit(result.exit_code)
+    errors = result.app_errors.get("total", 0)
+    if "app-errors" in fail_on and errors:
+        click.echo(f"mmsim: {one_line(trace)}: {errors} application errors "
+                   "(--fail-on app-errors)", err=True)
+        sys.exit(EXIT_APP_ERRORS)

@@ -165,3 +165,14 @@ def test_an_absurd_simulated_time_costs_its_events_not_its_length(tmp_path, text
     assert res.returncode == 0, res.stderr
     s = json.loads(res.stdout)
     assert s["time_ns"] >= 94608000 * 10**9
+
+
+def test_fail_on_app_errors_fails_the_run_for_ci(trace):
+    """Application errors are counted and the run succeeds, unless the user asks CI to fail."""
+    buggy = trace("malloc a 1K\nfree a\nfree a\n")
+    code, out, err = run("run", buggy, "-q")
+    assert code == 0
+    code, out, err = run("run", buggy, "-q", "--fail-on", "app-errors")
+    assert code == 1 and err.endswith(": 1 application errors (--fail-on app-errors)\n"), err
+    code, _, err = run("run", trace("malloc a 1K\nfree a\n"), "-q", "--fail-on", "app-errors")
+    assert code == 0, err
