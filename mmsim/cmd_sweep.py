@@ -28,6 +28,7 @@ from mmsim.progress import Progress
 from mmsim.sweep import SweepStats, backend_for, default_output, plan_sweep, run_plan
 from mmsim.sweep_file import SweepError, TraceSpec, load_sweep, make_sweep, parse_sizes
 from mmsim.sweep_points import STATUS_ERROR
+from mmsim.sweep_table import format_sweep_table
 from mmsim.timeline import TimelineError, check_plot_path
 from mmsim.trace import READERS, TraceError, detect_format
 
@@ -117,6 +118,9 @@ def sweep(sweep_file: str, output: str | None, workers: int | None, dask: str | 
     output = output or default_output(sweep_file, ".csv")
     stats = _run(lambda: load_sweep(sweep_file), output, os.path.basename(sweep_file), workers,
                  dask, isolate)
+    table = format_sweep_table(stats.rows, output)
+    if table:
+        click.echo(table)
     _report(stats, output)
 
 

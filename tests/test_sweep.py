@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from helpers import assert_one_line_error, ids_trace
 
 from mmsim.cli import main
+from mmsim.summary_text import human
 from mmsim.sweep_file import parse_sizes
 
 NATIVE = """\
@@ -57,11 +58,22 @@ def study(tmp_path: Path) -> Path:
 
 def test_local_and_dask_give_the_same_rows_and_failures_do_not_stop_the_sweep(study, tmp_path):
     local, dask_out = tmp_path / "local.csv", tmp_path / "dask.csv"
-    code, _, err = cli("sweep", str(study), "-o", str(local), "--workers", "2")
+    code, out, err = cli("sweep", str(study), "-o", str(local), "--workers", "2")
     assert code == 1, err  # some points failed: their rows say why
     assert "8 rows (8 run, 0 already done, 2 failed)" in err
 
     got = rows(local)
+    # and a table a person reads: the varied keys and headline figures, one line a point
+    table = out.splitlines()
+    assert table[0].split() == ["trace", "cpus", "cache_policy", "arc_size", "status", "peak",
+                                "used", "hit", "ratio", "app", "errors"]
+    assert len(table) == 1 + len(got) and max(map(len, table)) <= 100
+    for line, r in zip(table[1:], got):
+        cells = line.split()
+        assert cells[:5] == [r["trace"], r["cpus"], r["cache_policy"], r["arc_size"],
+                             r["status"]]
+        if r["status"] == "ok":
+            assert " ".join(cells[5:7]) == human(int(r["memory.peak_used_bytes"]))
     assert [(r["trace"], r["point"]) for r in got] == [
         (t, str(i)) for t in ("t.trace", "blocks.ids") for i in range(4)]
     assert [(r["cpus"], r["cache_policy"], r["arc_size"]) for r in got[:4]] == [
