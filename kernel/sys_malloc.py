@@ -167,6 +167,7 @@ class MallocFace:
         freed = self._freed
         malloc = self._malloc
         free = self._free
+        realloc = self.malloc.realloc
         cpu = k.cpu
         sites = self.sites
         stats = sites.stats
@@ -181,12 +182,13 @@ class MallocFace:
         # else may look at them (the general path, the end, an OOM; only the summary reads
         # them, never a kernel thread)
         live_bytes, peak, pending = self.live_bytes, self.live_bytes_peak, self.peak_pending
-        nm = nf = nb = nbytes = unattributed = 0
+        nm = nf = nr = nb = nbytes = unattributed = 0
 
         def store() -> None:
             self.live_bytes, self.live_bytes_peak, self.peak_pending = live_bytes, peak, pending
             self.n_malloc += nm
             self.n_free += nf
+            self.n_realloc += nr
             self.allocated_blocks += nb
             self.allocated_bytes += nbytes
             self.unattributed_bytes += unattributed
@@ -227,6 +229,42 @@ class MallocFace:
                             unattributed += size
                     else:
                         self._fail(handle, line)
+                elif kind == "realloc" and size and handle in live:  # op_realloc, inlined
+                    nr += 1
+                    block = live[handle]
+                    try:
+                        addr = realloc(block[0], size, cpu)
+                    except VmError:
+                        addr = 0
+                    if not addr:
+                        self.failed += 1
+                        continue
+                    if pending:  # the old block leaves: the peak's snapshot first
+                        snapshot()
+                        pending = False
+                    old_site = block[2]
+                    if old_site is not None:
+                        st = stats[old_site]
+                        st[0] -= 1
+                        st[1] -= block[1]
+                        dirty(old_site)
+                    live[handle] = (addr, size, site)  # the realloc's caller's block
+                    live_bytes += size - block[1]
+                    if live_bytes > peak:
+                        peak = live_bytes
+                        pending = True
+                        self.heap_at_peak = self.malloc.heap_bytes
+                    nb += 1
+                    nbytes += size
+                    if site is not None:
+                        st = stats.get(site) or entry(site)
+                        st[0] += 1
+                        st[1] += size
+                        st[2] += 1
+                        st[3] += size
+                        dirty(site)
+                    else:
+                        unattributed += size
                 else:
                     block = pop(handle, None) if kind == "free" else None
                     if block is not None:  # op_free, inlined
@@ -248,7 +286,7 @@ class MallocFace:
                             self._freed = freed = {}
                     else:  # a realloc or a bad free: the general path
                         store()
-                        nm = nf = nb = nbytes = unattributed = 0
+                        nm = nf = nr = nb = nbytes = unattributed = 0
                         call.kind, call.line, call.handle, call.size = kind, line, handle, size
                         call.site = site
                         self._handlers[kind](call)
@@ -257,7 +295,7 @@ class MallocFace:
                         pending = self.peak_pending
         except OutOfPages as e:
             store()
-            nm = nf = nb = nbytes = unattributed = 0
+            nm = nf = nr = nb = nbytes = unattributed = 0
             k.batch_failed(e, kind, line, size)  # the OOM report names the call
         finally:
             store()
