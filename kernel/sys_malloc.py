@@ -239,7 +239,8 @@ class MallocFace:
                     if not addr:
                         self.failed += 1
                         continue
-                    if pending:  # the old block leaves: the peak's snapshot first
+                    grown = live_bytes + size - block[1]
+                    if pending and grown <= peak:  # the peak ends here: its snapshot first
                         snapshot()
                         pending = False
                     old_site = block[2]
@@ -249,7 +250,7 @@ class MallocFace:
                         st[1] -= block[1]
                         dirty(old_site)
                     live[handle] = (addr, size, site)  # the realloc's caller's block
-                    live_bytes += size - block[1]
+                    live_bytes = grown
                     if live_bytes > peak:
                         peak = live_bytes
                         pending = True
