@@ -34,13 +34,14 @@ def function_of(site: str) -> str | None:
     return (m.group("name") or None) if m else None
 
 
-def module_of(site: str) -> str:
-    """The file a site names (the text before ``:(`` or ``:[``), or ``[unknown]``."""
+def split_site(site: str) -> tuple[str, str]:
+    """(file, the rest) of ``file:(symbol+off)[addr]`` or ``file:[addr]``; a site that names
+    no file (a native trace's ``site=parse_config``) is ``("", site)``."""
     for sep in (":(", ":["):
         i = site.find(sep)
         if i > 0:
-            return site[:i]
-    return "[unknown]"
+            return site[:i], site[i + 1:]
+    return "", site
 
 
 class AllocSites:
@@ -119,12 +120,13 @@ class AllocSites:
     def folded(self, unattributed_bytes: int) -> list[tuple[str, int]]:
         """Bytes allocated per stack, in the folded format of flamegraph.pl, speedscope and
         inferno (``frame;frame`` and a count): the file, then the function (or the address)
-        of each site; ``unattributed_bytes`` (calls with no site) as ``[unknown]``."""
+        of each site (a site that names no file is one frame); ``unattributed_bytes`` (calls with no site) as ``[unknown]``."""
         stacks: dict[str, int] = {}
         for site, st in self.stats.items():
             if st[3]:
-                frame = function_of(site) or site[len(module_of(site)):].lstrip(":")
-                stack = f"{_frame(module_of(site))};{_frame(frame)}"
+                module, rest = split_site(site)
+                frame = _frame(function_of(site) or rest)
+                stack = f"{_frame(module)};{frame}" if module else frame
                 stacks[stack] = stacks.get(stack, 0) + st[3]
         if unattributed_bytes:
             stacks["[unknown]"] = stacks.get("[unknown]", 0) + unattributed_bytes

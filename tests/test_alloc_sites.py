@@ -136,6 +136,11 @@ def test_a_native_trace_names_its_sites_and_keeps_them_through_a_conversion(
                                 {"site": "grow", "blocks": 1, "bytes": 8192}]
     assert sites["at_end"] == [{"site": "grow", "blocks": 1, "bytes": 8192}]
     assert [e["site"] for e in sites["allocated"]] == ["load", "grow", "parse"]
+    folded = tmp_path / "t.folded"
+    code, _, err = run("run", str(trace), "-q", "--folded", str(folded))
+    assert code == 0, err
+    assert folded.read_text().splitlines() == [
+        "[unknown] 4096", "grow 8192", "load 65536", "parse 1024"]
     bad = tmp_path / "bad.trace"
     bad.write_text("malloc a 1K site=\n")
     code, _, err = run("run", str(bad))
