@@ -183,16 +183,7 @@ class MallocFace:
         # them, never a kernel thread)
         live_bytes, peak, pending = self.live_bytes, self.live_bytes_peak, self.peak_pending
         nm = nf = nr = nb = nbytes = unattributed = 0
-
-        def store() -> None:
-            self.live_bytes, self.live_bytes_peak, self.peak_pending = live_bytes, peak, pending
-            self.n_malloc += nm
-            self.n_free += nf
-            self.n_realloc += nr
-            self.allocated_blocks += nb
-            self.allocated_bytes += nbytes
-            self.unattributed_bytes += unattributed
-
+        store = self._store  # (a method, not a closure: the loop's counters stay fast locals)
         try:
             for i, (kind, line, handle, size, site) in enumerate(records):  # noqa: B007
                 batch_call(i, line, kind)  # what a reclaim or OOM during the call reports
@@ -286,7 +277,7 @@ class MallocFace:
                             self._freed_old = freed
                             self._freed = freed = {}
                     else:  # a realloc or a bad free: the general path
-                        store()
+                        store(live_bytes, peak, pending, nm, nf, nr, nb, nbytes, unattributed)
                         nm = nf = nr = nb = nbytes = unattributed = 0
                         call.kind, call.line, call.handle, call.size = kind, line, handle, size
                         call.site = site
@@ -295,14 +286,25 @@ class MallocFace:
                         live_bytes, peak = self.live_bytes, self.live_bytes_peak
                         pending = self.peak_pending
         except OutOfPages as e:
-            store()
+            store(live_bytes, peak, pending, nm, nf, nr, nb, nbytes, unattributed)
             nm = nf = nr = nb = nbytes = unattributed = 0
             k.batch_failed(e, kind, line, size)  # the OOM report names the call
         finally:
-            store()
+            store(live_bytes, peak, pending, nm, nf, nr, nb, nbytes, unattributed)
         k.end_batch(len(records))
 
     # -- bookkeeping -----------------------------------------------------------------------
+    def _store(self, live_bytes: int, peak: int, pending: bool, nm: int, nf: int, nr: int,
+               nb: int, nbytes: int, unattributed: int) -> None:
+        """The batch loop's counters back into the face (before anything else reads them)."""
+        self.live_bytes, self.live_bytes_peak, self.peak_pending = live_bytes, peak, pending
+        self.n_malloc += nm
+        self.n_free += nf
+        self.n_realloc += nr
+        self.allocated_blocks += nb
+        self.allocated_bytes += nbytes
+        self.unattributed_bytes += unattributed
+
     def _bind(self, handle: str, addr: int, size: int, line: int, site: str | None) -> None:
         if not addr:
             self._fail(handle, line)
