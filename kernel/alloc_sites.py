@@ -45,8 +45,10 @@ def split_site(site: str) -> tuple[str, str]:
 
 
 class AllocSites:
-    """Per site ``[live_blocks, live_bytes, blocks, bytes]`` (:attr:`stats`); the owner updates
-    the lists in place (malloc's hot path) and adds the site to :attr:`dirty` when it does."""
+    """Per site ``[blocks, bytes, freed_blocks, freed_bytes]`` (:attr:`stats`: allocated and
+    freed over the run; live is the difference, so an allocation touches two counters, not
+    four); the owner updates the lists in place (malloc's hot path) and adds the site to
+    :attr:`dirty` when it does."""
 
     def __init__(self) -> None:
         self.stats: dict[str, list[int]] = {}
@@ -76,8 +78,8 @@ class AllocSites:
         dirty = self.dirty
         for site in chain(dirty, stale):
             st = stats[site]
-            if st[0]:
-                snap[site] = (st[0], st[1])
+            if st[0] != st[2]:
+                snap[site] = (st[0] - st[2], st[1] - st[3])
             else:
                 snap.pop(site, None)
         other |= dirty
@@ -90,9 +92,9 @@ class AllocSites:
         ``{"site", "blocks", "bytes"}``, largest first (ties: more blocks, then by name)."""
         return {
             "at_peak": _top(self._at_live_peak.items(), top, "site"),
-            "at_end": _top(((s, (st[0], st[1])) for s, st in self.stats.items() if st[0]),
-                           top, "site"),
-            "allocated": _top(((s, (st[2], st[3])) for s, st in self.stats.items()), top, "site"),
+            "at_end": _top(((s, (st[0] - st[2], st[1] - st[3])) for s, st in self.stats.items()
+                            if st[0] != st[2]), top, "site"),
+            "allocated": _top(((s, (st[0], st[1])) for s, st in self.stats.items()), top, "site"),
         }
 
     def by_function(self, top: int = TOP_SITES) -> dict[str, list[dict[str, Any]]]:
@@ -106,9 +108,9 @@ class AllocSites:
             _add(live_peak, names[site], blocks, nbytes)
         for site, st in self.stats.items():
             name = names[site]
-            if st[0]:
-                _add(end, name, st[0], st[1])
-            _add(allocated, name, st[2], st[3])
+            if st[0] != st[2]:
+                _add(end, name, st[0] - st[2], st[1] - st[3])
+            _add(allocated, name, st[0], st[1])
         return {"at_peak": _top(_pairs(live_peak), top, "function"),
                 "at_end": _top(_pairs(end), top, "function"),
                 "allocated": _top(_pairs(allocated), top, "function")}
@@ -123,11 +125,11 @@ class AllocSites:
         of each site (a site that names no file is one frame); ``unattributed_bytes`` (calls with no site) as ``[unknown]``."""
         stacks: dict[str, int] = {}
         for site, st in self.stats.items():
-            if st[3]:
+            if st[1]:
                 module, rest = split_site(site)
                 frame = _frame(function_of(site) or rest)
                 stack = f"{_frame(module)};{frame}" if module else frame
-                stacks[stack] = stacks.get(stack, 0) + st[3]
+                stacks[stack] = stacks.get(stack, 0) + st[1]
         if unattributed_bytes:
             stacks["[unknown]"] = stacks.get("[unknown]", 0) + unattributed_bytes
         return sorted(stacks.items())

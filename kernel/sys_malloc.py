@@ -213,8 +213,6 @@ class MallocFace:
                             st = stats.get(site) or entry(site)
                             st[0] += 1
                             st[1] += size
-                            st[2] += 1
-                            st[3] += size
                             dirty(site)
                         else:
                             unattributed += size
@@ -237,8 +235,8 @@ class MallocFace:
                     old_site = block[2]
                     if old_site is not None:
                         st = stats[old_site]
-                        st[0] -= 1
-                        st[1] -= block[1]
+                        st[2] += 1
+                        st[3] += block[1]
                         dirty(old_site)
                     live[handle] = (addr, size, site)  # the realloc's caller's block
                     live_bytes = grown
@@ -252,8 +250,6 @@ class MallocFace:
                         st = stats.get(site) or entry(site)
                         st[0] += 1
                         st[1] += size
-                        st[2] += 1
-                        st[3] += size
                         dirty(site)
                     else:
                         unattributed += size
@@ -269,8 +265,8 @@ class MallocFace:
                         site = block[2]
                         if site is not None:
                             st = stats[site]
-                            st[0] -= 1
-                            st[1] -= block[1]
+                            st[2] += 1
+                            st[3] += block[1]
                             dirty(site)
                         freed[handle] = line
                         if len(freed) >= _HALF:
@@ -335,8 +331,6 @@ class MallocFace:
         st = self.sites.entry(site)
         st[0] += 1
         st[1] += size
-        st[2] += 1
-        st[3] += size
         self.sites.dirty.add(site)
 
     def _dropped(self, block: Block) -> None:
@@ -348,8 +342,8 @@ class MallocFace:
         site = block[2]
         if site is not None:
             st = self.sites.stats[site]
-            st[0] -= 1
-            st[1] -= block[1]
+            st[2] += 1
+            st[3] += block[1]
             self.sites.dirty.add(site)
 
     def _forget(self, handle: str, line: int) -> None:
