@@ -64,9 +64,11 @@ class ArcPolicy(CachePolicy):
         t1b, t2b, b1b, b2b = self._t1b, self._t2b, self._b1b, self._b2b
         p = self.p
         c = self.capacity
-        victims: list[int] = []
-        evict = self.on_evict if payload is None else victims.append
-        hits = mru_hits = misses = evictions = b1_hits = b2_hits = 0
+        room = c - size  # "x + size > c" is "x > room"
+        on_evict = self.on_evict
+        batch = payload is not None
+        first_budget = budget
+        hits = mru_hits = evictions = b1_hits = b2_hits = 0
         i = start
         n = len(keys)
         while i < n:
@@ -84,18 +86,16 @@ class ArcPolicy(CachePolicy):
                 hits += 1
                 mru_hits += 1
                 continue
-            if size > c:  # can never fit: served without being cached
-                misses += 1
-                if payload is not None:
+            if room < 0:  # can never fit: served without being cached
+                if batch:
                     break
                 continue
-            full = t1b + t2b + size > c  # a resident record must go
-            if full and payload is not None:
+            full = t1b + t2b > room  # a resident record must go
+            if full and batch:
                 if not budget:
                     i -= 1
                     break
                 budget -= 1
-            misses += 1
             in_b2 = False
             s = b1.pop(key, None)
             if s is not None:  # case II: recency was undervalued
@@ -119,23 +119,24 @@ class ArcPolicy(CachePolicy):
                     in_b2 = True
                 else:  # case IV, a new key: first the ghosts' part
                     dest = t1
-                    if t1b + b1b + size > c:  # A: |T1| + |B1| = c
-                        if t1b + size <= c:  # |T1| < c: drop B1's oldest
-                            while b1 and t1b + b1b + size > c:
+                    if t1b + b1b > room:  # A: |T1| + |B1| = c
+                        if t1b <= room:  # |T1| < c: drop B1's oldest
+                            while b1 and t1b + b1b > room:
                                 b1b -= b1.popitem(last=False)[1]
                         else:  # T1 fills the cache: its oldest leaves without a ghost
-                            while t1 and t1b + t2b + size > c:
+                            while t1 and t1b + t2b > room:
                                 k, s = t1.popitem(last=False)
                                 t1b -= s
-                                evictions += 1
-                                evict(k)
+                                if not batch:
+                                    evictions += 1
+                                    on_evict(k)
                     elif full:  # B with a full cache: |L1| + |L2| = 2c?
                         total = t1b + t2b + b1b + b2b
                         while b2 and total + size > 2 * c:
                             s = b2.popitem(last=False)[1]
                             b2b -= s
                             total -= s
-            if t1b + t2b + size > c:  # REPLACE, the first one inlined
+            if t1b + t2b > room:  # REPLACE, the first one inlined
                 if t1b and (t1b > p or (in_b2 and t1b == p) or not t2):
                     k, s = t1.popitem(last=False)  # T1's oldest to B1
                     t1b -= s
@@ -146,10 +147,11 @@ class ArcPolicy(CachePolicy):
                     t2b -= s
                     b2[k] = s
                     b2b += s
-                evictions += 1
-                evict(k)
-                if t1b + t2b + size > c:  # records of other sizes: more to replace
-                    if payload is not None:
+                if not batch:
+                    evictions += 1
+                    on_evict(k)
+                if t1b + t2b > room:  # records of other sizes: more to replace
+                    if batch:
                         raise ValueError("access_many: a resident record of another size")
                     self._t1b, self._t2b, self._b1b, self._b2b, self.p = t1b, t2b, b1b, b2b, p
                     self._make_room(size, in_b2)
@@ -159,15 +161,15 @@ class ArcPolicy(CachePolicy):
                 t1b += size
             else:
                 t2b += size
-            if payload is not None:
-                if not full:  # the caller allocates its buffer before the next key
+            if batch:
+                if not full:  # the caller gives it a buffer before the next key
                     break
-                payload[key] = payload.pop(victims.pop())  # the evicted record's buffer
+                payload[key] = payload.pop(k)  # the evicted record's buffer
         self._t1b, self._t2b, self._b1b, self._b2b, self.p = t1b, t2b, b1b, b2b, p
         self.hits += hits
         self.mru_hits += mru_hits
-        self.misses += misses
-        self.evictions += evictions
+        self.misses += i - start - hits
+        self.evictions += evictions + first_budget - budget  # a batch's: one a full miss
         self.mru_ghost_hits += b1_hits
         self.mfu_ghost_hits += b2_hits
         return i

@@ -179,17 +179,17 @@ def _lis_chunk(first: int, text: bytes) -> tuple[Sequence[int], list[int]] | Non
     line_start[1:] = seps[3::4][:-1] + 1
     sep1 = seps[0::4]
     end2 = seps[1::4]
-    nondigit = np.zeros(len(a) + 1, np.intp)
-    np.cumsum((a < 48) | (a > 57), out=nondigit[1:])
-    if (nondigit[end2] - nondigit[line_start] != 1).any():  # the one space between them
-        return None
+    nondigit = np.flatnonzero((a < 48) | (a > 57))  # the separators among them
+    k = np.searchsorted(nondigit, line_start)  # the first at or after each line's start
+    if (nondigit[k] != sep1).any() or (nondigit[k + 1] != end2).any():
+        return None  # the first two fields are not all digits
     first_field = _decimals(a, line_start, sep1)
     counts = _decimals(a, sep1 + 1, end2)
     if first_field is None or counts is None:
         return None
-    starts = first_field.tolist()
-    if max(starts) + int(counts.max()) > ID_LIMIT:
+    if int(first_field.max()) + int(counts.max()) > ID_LIMIT:
         return None
+    starts = first_field.tolist()
     if (counts == 1).all() and n <= MAX_BATCH_REQUESTS:  # a request a line (OLTP)
         return range(first, first + n), starts
     runs = counts.tolist()
