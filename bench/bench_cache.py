@@ -12,7 +12,7 @@ Traces: the ARC paper's OLTP (914,145 requests; cite Megiddo & Modha, FAST'03, w
 on it), and a synthetic Zipf-like oracleGeneral trace of 5,000,000 requests over 500,000
 objects (alpha 0.9, ids shuffled), written under /tmp from a fixed seed when missing.
 
-    python bench/bench_cache.py [--repeat 3] [--check] [--json out.json]
+    python bench/bench_cache.py [--repeat 3] [--check] [--json out.json] [--oltp PATH]
 
 ``--check`` exits 1 when mmsim takes more than 3x libCacheSim's time (the issue's target).
 Needs ``pip install --only-binary=:all: libcachesim``.
@@ -110,12 +110,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--check", action="store_true", help=f"exit 1 if a ratio exceeds {LIMIT}")
     ap.add_argument("--json", dest="json_path")
+    ap.add_argument("--oltp", type=Path, default=OLTP, help="the ARC paper's OLTP.lis.zst")
     args = ap.parse_args()
     if not ZIPF.exists():
         print(f"writing {ZIPF} ({ZIPF_REQUESTS:,} requests)", flush=True)
         make_zipf(ZIPF)
     # (trace, format, block size, cache size in objects)
-    traces = [(OLTP, "lis", 512, 1000), (ZIPF, "oracleGeneral", 4096, 10_000)]
+    traces = [(args.oltp, "lis", 512, 1000), (ZIPF, "oracleGeneral", 4096, 10_000)]
     rows: list[dict[str, Any]] = []
     worst = 0.0
     for trace, fmt, block, c in traces:
