@@ -49,6 +49,27 @@ class VirtioBlk:
         self._free_at = start + service
         return self._free_at
 
+    def reads_before(self, now_ns: int, nbytes: int, deadline_ns: int) -> int:
+        """How many reads issued one after the other from ``now_ns`` (each as the one before
+        completes: a reader waiting for each) all complete before ``deadline_ns``."""
+        start = now_ns if now_ns > self._free_at else self._free_at
+        service = self.latency_ns + nbytes * 1_000_000_000 // self.bandwidth
+        if start >= deadline_ns:
+            return 0
+        return (deadline_ns - 1 - start) // service if service else 1 << 62
+
+    def read_many(self, now_ns: int, nbytes: int, count: int) -> int:
+        """``count`` synchronous reads one after the other, as as many :meth:`read` calls
+        would be with nothing else queued between them (a batch of misses); returns when the
+        last completes."""
+        start = now_ns if now_ns > self._free_at else self._free_at
+        busy = count * (self.latency_ns + nbytes * 1_000_000_000 // self.bandwidth)
+        self.reads += count
+        self.read_bytes += count * nbytes
+        self.busy_ns += busy
+        self._free_at = start + busy
+        return self._free_at
+
     def write(self, now_ns: int, nbytes: int) -> int:
         """Issue a write at ``now_ns``; returns its completion time (callers may not wait)."""
         self.writes += 1

@@ -181,6 +181,53 @@ def test_arc_and_lru_equal_straightforward_transcriptions_hit_for_hit() -> None:
         assert run_policy(LruPolicy(c), trace) == plain_lru_hits(trace, c)
 
 
+def _replay_with_buffers(cls: type, trace: list[int], c: int,
+                         budgets: list[int] | None) -> tuple[tuple[object, ...], dict[int, int]]:
+    """The policy's state and which buffer each cached key holds, after ``trace`` referenced
+    as the file system does: one key at a time (``budgets`` None; an evicted record's buffer
+    goes to the record that replaced it), or in batches through access_many with a budget
+    drawn from ``budgets``. Buffers are numbered as they are first needed."""
+    policy = cls(c * 4096)
+    bufs: dict[int, int] = {}
+    spare: list[int] = []
+    new = itertools.count()
+    policy.on_evict = lambda k: spare.append(bufs.pop(k))
+
+    def one(x: int) -> None:
+        if not policy.access(x, 4096) and x in policy:
+            bufs[x] = spare.pop() if spare else next(new)
+
+    rng = random.Random(c)
+    i = 0
+    while i < len(trace):
+        if budgets is None:
+            j = i
+        else:
+            j = policy.access_many(trace, 4096, i, rng.choice(budgets), bufs)
+            assert not spare, "on_evict called in a batch"
+            last = trace[j - 1] if j > i else None
+            if last is not None and last not in bufs and last in policy:
+                bufs[last] = next(new)  # the miss that evicted nothing: a new buffer
+        if j == i:  # one at a time (or over budget: the caller's access())
+            one(trace[i])
+            j = i + 1
+        i = j
+    state = (policy.hits, policy.misses, policy.evictions, policy.p, policy.lists())
+    return state, bufs
+
+
+def test_access_many_is_access_one_key_at_a_time() -> None:
+    """A batch through access_many (the block-trace path) leaves each policy exactly where
+    access() one key at a time does: hits, counters, p, lists, and every cached key holding the
+    buffer it would hold (an evicted record's buffer handed to the key that replaced it),
+    whatever the budget."""
+    for trace, c in generated_traces(12):
+        for cls in (ArcPolicy, LruPolicy):
+            expected = _replay_with_buffers(cls, trace, c, None)
+            assert _replay_with_buffers(cls, trace, c, [0, 1, 3, 1 << 40]) == expected
+            assert _replay_with_buffers(cls, trace, c, [1 << 40]) == expected
+
+
 def test_arc_counts_bytes_exactly_as_objects_for_equal_records() -> None:
     for trace, c in generated_traces(10):
         assert run_policy(ArcPolicy(c * 4096), trace, 4096) == paper_arc_hits(trace, c)

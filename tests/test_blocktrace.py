@@ -7,6 +7,7 @@ file; mistakes are reported as file:line.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
 import struct
@@ -22,6 +23,7 @@ from mmsim.trace.blocktrace import (
     BLOCK_PATH,
     MAX_BATCH_REQUESTS,
     BlockReads,
+    _ids,
     _lis,
     id_of,
     read_ids,
@@ -74,6 +76,45 @@ def oracle_bytes(ids: list[int]) -> bytes:
             nxt[last[x]] = i
         last[x] = i
     return b"".join(RECORD.pack(i // 10, x, 4096, nxt[i]) for i, x in enumerate(ids))
+
+
+def _batches(reader, text: bytes, bulk: bool, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """The batches (or the error) a chunk reader gives for ``text``, with the bulk (numpy)
+    parsing of whole chunks, or line by line only."""
+    from mmsim.trace import blocktrace
+
+    with monkeypatch.context() as m:
+        if not bulk:
+            m.setattr(blocktrace, "_lis_chunk", lambda first, text: None)
+            m.setattr(blocktrace, "_ids_chunk", lambda first, text: None)
+        try:
+            return [(list(lines), ids) for lines, ids in reader("t", io.BytesIO(text))]
+        except TraceError as e:
+            return str(e)
+
+
+def test_bulk_parsing_reads_what_the_line_reader_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numpy fast path of .lis and ids chunks gives the same requests, lines and errors
+    as the line-by-line reader, on well-formed chunks and on every kind it must hand over."""
+    rng = random.Random(5)
+    numbers = ["0", "1", "7", "12", "007", "3", "18446744073709551615"]
+    odd = ["18446744073709551616", "99999999999999999999", "+3", "-1", "1_0", "x", "#", "0x1f",
+           "", " ", "\t", "\r", "obj"]
+    fast = 0
+    for _ in range(1500):
+        rows = []
+        for _ in range(rng.randint(1, 6)):
+            if rng.random() < 0.75:
+                rows.append(f"{rng.choice(numbers)} {rng.choice('11123450')} 0 {rng.randint(0, 9)}")
+            else:
+                rows.append(" ".join(rng.choice(numbers + odd) for _ in range(rng.randint(0, 5))))
+        text = ("\n".join(rows) + rng.choice(["\n", ""])).encode()
+        assert _batches(_lis, text, True, monkeypatch) == _batches(_lis, text, False, monkeypatch)
+        ids = ("\n".join(rng.choice(numbers) if rng.random() < 0.85 else rng.choice(odd)
+                          for _ in range(rng.randint(1, 6))) + "\n").encode()
+        assert _batches(_ids, ids, True, monkeypatch) == _batches(_ids, ids, False, monkeypatch)
+        fast += all(x in numbers for x in ids.decode().split("\n")[:-1])
+    assert fast > 500  # the fast path was taken, not only the line reader
 
 
 @pytest.mark.parametrize("compression", ["", "gz", "zst"])

@@ -36,16 +36,17 @@ FID_MASK = (1 << FID_BITS) - 1
 def record_key(fid: int, idx: int) -> int:
     """The cache key of record ``idx`` of file ``fid``.
 
-    File 0 (the first created: a block trace's device) uses ~idx, a negative int as small as
-    the record number, so its keys stay one-digit Python ints (dictionaries are ~25 % faster
-    with them); the others pack the file id in the low 32 bits of a non-negative key.
+    File 0 (the first created: a block trace's device) uses idx itself, so its keys stay
+    one-digit Python ints (dictionaries are ~25 % faster with them) and are the keys of its
+    ``bufs`` (what CachePolicy.access_many moves buffers in); the others pack the file id in
+    the low 32 bits of a negative key.
     """
-    return ~idx if fid == 0 else idx << FID_BITS | fid
+    return idx if fid == 0 else ~(idx << FID_BITS | fid)
 
 
 def split_key(key: int) -> tuple[int, int]:
     """(file id, record index) of a cache key."""
-    return (0, ~key) if key < 0 else (key & FID_MASK, key >> FID_BITS)
+    return (0, key) if key >= 0 else (~key & FID_MASK, ~key >> FID_BITS)
 MIN_BLOCK = 512
 DEFAULT_RECORDSIZE = 128 << 10
 TXG_TIMEOUT_NS = 5_000_000_000
@@ -261,12 +262,8 @@ class ZfsFileSystem:
 
     # -- the cache -------------------------------------------------------------------------
     def _on_evict(self, key: int) -> None:
-        if key < 0:
-            f = self._by_fid.get(0)
-            idx = ~key
-        else:
-            f = self._by_fid.get(key & FID_MASK)
-            idx = key >> FID_BITS
+        fid, idx = split_key(key)
+        f = self._by_fid.get(fid)
         if f is None:
             return
         buf = f.bufs.pop(idx, None)
@@ -372,7 +369,7 @@ class ZfsFileSystem:
             offset = op.offset
             if op.length == u and not offset % u and offset + u <= f.size:  # one whole record
                 idx = offset // u
-                key = ~idx if f.fid == 0 else idx << FID_BITS | f.fid
+                key = idx if f.fid == 0 else ~(idx << FID_BITS | f.fid)
                 if not self._access_fn(key, f.recordsize):
                     self._fill(f, idx, key, True)
                 self.read_bytes += u
@@ -393,22 +390,52 @@ class ZfsFileSystem:
                     self.on_error("ENOENT", op, f"{op.path}: no such file")
             return
         fid = f.fid
+        keys = blocks if fid == 0 else [~(b << FID_BITS | fid) for b in blocks]
         rs = f.recordsize
         access = self._access_fn
+        policy = self.policy
+        disk = self.disk
         clock = self._time
+        bufs = f.bufs
+        # what access_many asks for: every cached record is this file's (all of one size),
+        # keyed as in its bufs, none dirty (so none to write back as it goes; a block-trace
+        # file is never mapped)
+        batch = fid == 0 and f.fixed and len(self._files) == 1 and not f.dirty
+        n = len(keys)
         i = 0
         try:
-            for i, b in enumerate(blocks):  # noqa: B007  (i is read by the except clause)
-                key = ~b if fid == 0 else b << FID_BITS | fid
+            while i < n:
+                if batch and self._spare is None:
+                    now = clock.clock_ns
+                    budget = disk.reads_before(now, rs, self._next_timer)  # no thread due
+                    evictions = policy.evictions
+                    j = policy.access_many(keys, rs, i, budget, bufs)
+                    if j > i:
+                        moved = policy.evictions - evictions  # buffers recycled as they went
+                        if moved:
+                            clock.clock_ns = disk.read_many(now, rs, moved)
+                            self.recycled += moved
+                        i = j - 1
+                        key = keys[i]
+                        if key not in bufs:  # a miss that evicted nothing: a new buffer
+                            self._fill(f, key, key, True)
+                            if clock.clock_ns >= self._next_timer:
+                                self._free_spare()
+                                self._run_timers()
+                        i = j
+                        continue
+                    batch = budget == 0  # else the policy has no access_many
+                key = keys[i]  # one request at a time
                 if not access(key, rs):
-                    self._fill(f, b, key, True)
+                    self._fill(f, key if fid == 0 else ~key >> FID_BITS, key, True)
                     if clock.clock_ns >= self._next_timer:  # as after a single read
                         self._free_spare()
                         self._run_timers()
+                i += 1
         except OutOfPages as e:
             e.request = i  # type: ignore[attr-defined]  # which one: the OOM report names it
             raise
-        self.read_bytes += f.unit * len(blocks)
+        self.read_bytes += f.unit * n
 
     def write(self, path: str, offset: int, length: int | None) -> int | None:
         """Write through the cache (records become dirty); bytes written, None if no file."""

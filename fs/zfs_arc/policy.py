@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 EvictFn = Callable[[int], None]
@@ -89,6 +89,23 @@ class CachePolicy(ABC):
     @abstractmethod
     def access(self, key: int, size: int) -> bool:
         """Reference ``key``; True on a hit. A miss admits it (evicting others first)."""
+
+    def access_many(self, keys: Sequence[int], size: int, start: int, budget: int,
+                    payload: dict[int, Any]) -> int:
+        """Reference keys[start], keys[start + 1], ... as :meth:`access` would, while each is
+        a hit or a miss that pushes out exactly one resident record, at most ``budget`` of
+        those: the evicted key's value in ``payload`` passes to the new key, and ``on_evict``
+        is not called. Stops after a miss that evicts nothing or can never fit (the caller
+        gives it a value), or before a miss over budget; returns the index after the last key
+        referenced.
+
+        Why: a block trace is millions of one-record reads; a call per request and a callback
+        per eviction cost more than the cache itself. The caller promises that every resident
+        record is ``size`` bytes (so a full cache evicts one per miss) and has a value in
+        ``payload`` (its buffer), and does the rest of each miss's work (the disk read) after
+        the call: so only a policy whose decisions depend on the keys alone (no clock, no
+        memory state, no thread) may implement it. The default references none."""
+        return start
 
     @abstractmethod
     def remove(self, key: int) -> bool:

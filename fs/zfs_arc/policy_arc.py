@@ -12,6 +12,8 @@ so eviction only happens when the resident records do not leave room.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
 from mmsim.fs.zfs_arc.policy import CachePolicy, EvictFn, _no_evict
 
@@ -37,89 +39,140 @@ class ArcPolicy(CachePolicy):
     # -- the hot path ----------------------------------------------------------------------
     def access(self, key: int, size: int) -> bool:
         t2 = self._t2
-        if key in t2:  # case I, frequent
+        if key in t2:  # the commonest hit without the loop's set-up
             t2.move_to_end(key)
             self.hits += 1
             return True
+        hits = self.hits
+        self._replay((key,), size, 0, 0, None)
+        return self.hits != hits
+
+    def access_many(self, keys: Sequence[int], size: int, start: int, budget: int,
+                    payload: dict[int, Any]) -> int:
+        return self._replay(keys, size, start, budget, payload)
+
+    def _replay(self, keys: Sequence[int], size: int, start: int, budget: int,
+                payload: dict[int, Any] | None) -> int:
+        """Fig. 4 for keys[start:], the one implementation behind :meth:`access` (``payload``
+        None: every key, evictions told to on_evict) and :meth:`access_many`. The state is in
+        local variables during the loop (attributes cost a third more); the caller's on_evict
+        must not look at the policy."""
         t1 = self._t1
-        s = t1.pop(key, None)
-        if s is not None:  # case I, recent: promote to T2
-            self._t1b -= s
-            t2[key] = s
-            self._t2b += s
-            self.hits += 1
-            self.mru_hits += 1
-            return True
-        self.misses += 1
+        t2 = self._t2
+        b1 = self._b1
+        b2 = self._b2
+        t1b, t2b, b1b, b2b = self._t1b, self._t2b, self._b1b, self._b2b
+        p = self.p
         c = self.capacity
-        if size > c:
-            return False  # can never fit: served without being cached
-        in_b2 = False
-        s = self._b1.pop(key, None)
-        if s is not None:  # case II: recency was undervalued
-            self.mru_ghost_hits += 1
-            b2b = self._b2b
-            b1b = self._b1b
-            self._b1b = b1b - s
-            step = b2b / b1b if b2b > b1b else 1.0  # |B1| as it was when the request came
-            p = self.p + step * size
-            self.p = p if p < c else float(c)
-            dest = t2
-        else:
-            s = self._b2.pop(key, None)
-            if s is not None:  # case III: frequency was undervalued
-                self.mfu_ghost_hits += 1
-                b2b = self._b2b
-                b1b = self._b1b
-                self._b2b = b2b - s
-                step = b1b / b2b if b1b > b2b else 1.0
-                p = self.p - step * size
-                self.p = p if p > 0.0 else 0.0
+        room = c - size  # "x + size > c" is "x > room"
+        on_evict = self.on_evict
+        batch = payload is not None
+        first_budget = budget
+        hits = mru_hits = evictions = b1_hits = b2_hits = 0
+        i = start
+        n = len(keys)
+        while i < n:
+            key = keys[i]
+            i += 1
+            if key in t2:  # case I, frequent
+                t2.move_to_end(key)
+                hits += 1
+                continue
+            s = t1.pop(key, None)
+            if s is not None:  # case I, recent: promote to T2
+                t1b -= s
+                t2[key] = s
+                t2b += s
+                hits += 1
+                mru_hits += 1
+                continue
+            if room < 0:  # can never fit: served without being cached
+                if batch:
+                    break
+                continue
+            full = t1b + t2b > room  # a resident record must go
+            if full and batch:
+                if not budget:
+                    i -= 1
+                    break
+                budget -= 1
+            in_b2 = False
+            s = b1.pop(key, None)
+            if s is not None:  # case II: recency was undervalued
+                b1_hits += 1
+                step = b2b / b1b if b2b > b1b else 1.0  # |B1| as it was when the request came
+                b1b -= s
+                p += step * size
+                if p > c:
+                    p = float(c)
                 dest = t2
-                in_b2 = True
-            else:  # case IV, a new key: first the ghosts' part
-                dest = t1
-                t1b = self._t1b
-                if t1b + self._b1b + size > c:  # A: |T1| + |B1| = c
-                    if t1b + size <= c:  # |T1| < c: drop B1's oldest
-                        b1 = self._b1
-                        while b1 and self._t1b + self._b1b + size > c:
-                            self._b1b -= b1.popitem(last=False)[1]
-                    else:  # T1 fills the cache: its oldest leaves without a ghost
-                        while t1 and self._t1b + self._t2b + size > c:
-                            k, s = t1.popitem(last=False)
-                            self._t1b -= s
-                            self.evictions += 1
-                            self.on_evict(k)
-                elif t1b + self._t2b + size > c:  # B with a full cache: |L1| + |L2| = 2c?
-                    total = t1b + self._t2b + self._b1b + self._b2b
-                    b2 = self._b2
-                    while b2 and total + size > 2 * c:
-                        s = b2.popitem(last=False)[1]
-                        self._b2b -= s
-                        total -= s
-        t1b = self._t1b
-        if t1b + self._t2b + size > c:  # REPLACE, the first one inlined
-            if t1b and (t1b > self.p or (in_b2 and t1b == self.p) or not t2):
-                k, s = t1.popitem(last=False)  # T1's oldest to B1
-                self._t1b = t1b - s
-                self._b1[k] = s
-                self._b1b += s
-            else:  # T2's oldest to B2
-                k, s = t2.popitem(last=False)
-                self._t2b -= s
-                self._b2[k] = s
-                self._b2b += s
-            self.evictions += 1
-            self.on_evict(k)
-            if self._t1b + self._t2b + size > c:  # records of other sizes: more to replace
-                self._make_room(size, in_b2)
-        dest[key] = size
-        if dest is t1:
-            self._t1b += size
-        else:
-            self._t2b += size
-        return False
+            else:
+                s = b2.pop(key, None)
+                if s is not None:  # case III: frequency was undervalued
+                    b2_hits += 1
+                    step = b1b / b2b if b1b > b2b else 1.0
+                    b2b -= s
+                    p -= step * size
+                    if p < 0.0:
+                        p = 0.0
+                    dest = t2
+                    in_b2 = True
+                else:  # case IV, a new key: first the ghosts' part
+                    dest = t1
+                    if t1b + b1b > room:  # A: |T1| + |B1| = c
+                        if t1b <= room:  # |T1| < c: drop B1's oldest
+                            while b1 and t1b + b1b > room:
+                                b1b -= b1.popitem(last=False)[1]
+                        else:  # T1 fills the cache: its oldest leaves without a ghost
+                            while t1 and t1b + t2b > room:
+                                k, s = t1.popitem(last=False)
+                                t1b -= s
+                                if not batch:
+                                    evictions += 1
+                                    on_evict(k)
+                    elif full:  # B with a full cache: |L1| + |L2| = 2c?
+                        total = t1b + t2b + b1b + b2b
+                        while b2 and total + size > 2 * c:
+                            s = b2.popitem(last=False)[1]
+                            b2b -= s
+                            total -= s
+            if t1b + t2b > room:  # REPLACE, the first one inlined
+                if t1b and (t1b > p or (in_b2 and t1b == p) or not t2):
+                    k, s = t1.popitem(last=False)  # T1's oldest to B1
+                    t1b -= s
+                    b1[k] = s
+                    b1b += s
+                else:  # T2's oldest to B2
+                    k, s = t2.popitem(last=False)
+                    t2b -= s
+                    b2[k] = s
+                    b2b += s
+                if not batch:
+                    evictions += 1
+                    on_evict(k)
+                if t1b + t2b > room:  # records of other sizes: more to replace
+                    if batch:
+                        raise ValueError("access_many: a resident record of another size")
+                    self._t1b, self._t2b, self._b1b, self._b2b, self.p = t1b, t2b, b1b, b2b, p
+                    self._make_room(size, in_b2)
+                    t1b, t2b, b1b, b2b = self._t1b, self._t2b, self._b1b, self._b2b
+            dest[key] = size
+            if dest is t1:
+                t1b += size
+            else:
+                t2b += size
+            if batch:
+                if not full:  # the caller gives it a buffer before the next key
+                    break
+                payload[key] = payload.pop(k)  # the evicted record's buffer
+        self._t1b, self._t2b, self._b1b, self._b2b, self.p = t1b, t2b, b1b, b2b, p
+        self.hits += hits
+        self.mru_hits += mru_hits
+        self.misses += i - start - hits
+        self.evictions += evictions + first_budget - budget  # a batch's: one a full miss
+        self.mru_ghost_hits += b1_hits
+        self.mfu_ghost_hits += b2_hits
+        return i
 
     def _make_room(self, size: int, in_b2: bool) -> None:
         """REPLACE until ``size`` fits: T1's oldest to B1 if T1 is over p, else T2's to B2."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
 from mmsim.fs.zfs_arc.policy import CachePolicy, EvictFn, _no_evict
 
@@ -21,19 +23,69 @@ class LruPolicy(CachePolicy):
 
     def access(self, key: int, size: int) -> bool:
         d = self._d
-        if key in d:
+        if key in d:  # the common case without the loop's set-up
             d.move_to_end(key)
             self.hits += 1
             return True
-        self.misses += 1
-        if size > self.capacity:
-            return False  # can never fit: served without being cached
-        limit = self.capacity - size
-        if self._bytes > limit:
-            self._evict_until(limit)
-        d[key] = size
-        self._bytes += size
+        self._replay((key,), size, 0, 0, None)
         return False
+
+    def access_many(self, keys: Sequence[int], size: int, start: int, budget: int,
+                    payload: dict[int, Any]) -> int:
+        return self._replay(keys, size, start, budget, payload)
+
+    def _replay(self, keys: Sequence[int], size: int, start: int, budget: int,
+                payload: dict[int, Any] | None) -> int:
+        """The one implementation behind :meth:`access` (``payload`` None: every key,
+        evictions told to on_evict) and :meth:`access_many`; the state is in local variables
+        meanwhile (the caller's on_evict must not look at the policy)."""
+        d = self._d
+        cap = self.capacity
+        used = self._bytes
+        hits = misses = evictions = 0
+        i = start
+        n = len(keys)
+        while i < n:
+            key = keys[i]
+            i += 1
+            if key in d:
+                d.move_to_end(key)
+                hits += 1
+                continue
+            if used + size <= cap or size > cap:  # room for it, or never (served uncached)
+                misses += 1
+                if size <= cap:
+                    d[key] = size
+                    used += size
+                if payload is not None:
+                    break  # the caller gives it a buffer before the next key
+                continue
+            if payload is not None:
+                if not budget:
+                    i -= 1
+                    break
+                budget -= 1
+            misses += 1
+            old, s = d.popitem(last=False)
+            used -= s
+            evictions += 1
+            if payload is None:
+                self.on_evict(old)
+            else:
+                payload[key] = payload.pop(old)  # the evicted record's buffer
+            d[key] = size
+            used += size
+            if used > cap:  # records of other sizes: more to push out
+                if payload is not None:
+                    raise ValueError("access_many: a resident record of another size")
+                self._bytes = used
+                self._evict_until(cap)
+                used = self._bytes
+        self._bytes = used
+        self.hits += hits
+        self.misses += misses
+        self.evictions += evictions
+        return i
 
     def _evict_until(self, limit: int) -> int:
         d = self._d
