@@ -69,11 +69,9 @@ class ArcPolicy(CachePolicy):
         batch = payload is not None
         first_budget = budget
         hits = mru_hits = evictions = b1_hits = b2_hits = 0
-        i = start
-        n = len(keys)
-        while i < n:
+        n = end = len(keys)
+        for i in range(start, n):  # ``end``: where the next call starts
             key = keys[i]
-            i += 1
             if key in t2:  # case I, frequent
                 t2.move_to_end(key)
                 hits += 1
@@ -88,12 +86,13 @@ class ArcPolicy(CachePolicy):
                 continue
             if room < 0:  # can never fit: served without being cached
                 if batch:
+                    end = i + 1
                     break
                 continue
             full = t1b + t2b > room  # a resident record must go
             if full and batch:
                 if not budget:
-                    i -= 1
+                    end = i  # not served: the caller's next call starts with it
                     break
                 budget -= 1
             in_b2 = False
@@ -163,16 +162,17 @@ class ArcPolicy(CachePolicy):
                 t2b += size
             if batch:
                 if not full:  # the caller gives it a buffer before the next key
+                    end = i + 1
                     break
                 payload[key] = payload.pop(k)  # the evicted record's buffer
         self._t1b, self._t2b, self._b1b, self._b2b, self.p = t1b, t2b, b1b, b2b, p
         self.hits += hits
         self.mru_hits += mru_hits
-        self.misses += i - start - hits
+        self.misses += end - start - hits
         self.evictions += evictions + first_budget - budget  # a batch's: one a full miss
         self.mru_ghost_hits += b1_hits
         self.mfu_ghost_hits += b2_hits
-        return i
+        return end
 
     def _make_room(self, size: int, in_b2: bool) -> None:
         """REPLACE until ``size`` fits: T1's oldest to B1 if T1 is over p, else T2's to B2."""
