@@ -193,31 +193,15 @@ class MallocFace:
                         addr = malloc(size, cpu)
                     except VmError:
                         addr = 0
-                    if addr:
-                        block = (addr, size, site)
-                        old = setdefault(handle, block)
-                        if old is not block:
-                            self.leaked.append(old)
-                            live[handle] = block
-                        live_bytes += size
-                        if live_bytes > peak:
-                            peak = live_bytes
-                            pending = True
-                            self.heap_at_peak = self.malloc.heap_bytes
-                        elif pending:  # a block of 0 bytes: the peak's snapshot first
-                            snapshot()
-                            pending = False
-                        nb += 1
-                        nbytes += size
-                        if site is not None:
-                            st = stats.get(site) or entry(site)
-                            st[0] += 1
-                            st[1] += size
-                            dirty(site)
-                        else:
-                            unattributed += size
-                    else:
+                    if not addr:
                         self._fail(handle, line)
+                        continue
+                    block = (addr, size, site)
+                    old = setdefault(handle, block)
+                    if old is not block:
+                        self.leaked.append(old)
+                        live[handle] = block
+                    grown = live_bytes + size
                 elif kind == "realloc" and size and handle in live:  # op_realloc, inlined
                     nr += 1
                     block = live[handle]
@@ -229,30 +213,16 @@ class MallocFace:
                         self.failed += 1
                         continue
                     grown = live_bytes + size - block[1]
-                    if pending and grown <= peak:  # the peak ends here: its snapshot first
-                        snapshot()
-                        pending = False
                     old_site = block[2]
-                    if old_site is not None:
+                    if old_site is not None:  # the new block is the realloc's caller's
+                        if pending and grown <= peak:  # before the old block leaves its site
+                            snapshot()
+                            pending = False
                         st = stats[old_site]
                         st[2] += 1
                         st[3] += block[1]
                         dirty(old_site)
-                    live[handle] = (addr, size, site)  # the realloc's caller's block
-                    live_bytes = grown
-                    if live_bytes > peak:
-                        peak = live_bytes
-                        pending = True
-                        self.heap_at_peak = self.malloc.heap_bytes
-                    nb += 1
-                    nbytes += size
-                    if site is not None:
-                        st = stats.get(site) or entry(site)
-                        st[0] += 1
-                        st[1] += size
-                        dirty(site)
-                    else:
-                        unattributed += size
+                    live[handle] = (addr, size, site)
                 else:
                     block = pop(handle, None) if kind == "free" else None
                     if block is not None:  # op_free, inlined
@@ -281,6 +251,25 @@ class MallocFace:
                         freed = self._freed
                         live_bytes, peak = self.live_bytes, self.live_bytes_peak
                         pending = self.peak_pending
+                    continue
+                # a new block is live (a malloc's, or a realloc's): _added, inlined
+                if grown > peak:
+                    peak = grown
+                    pending = True
+                    self.heap_at_peak = self.malloc.heap_bytes
+                elif pending:  # not a new peak (a block of 0 bytes, a smaller realloc)
+                    snapshot()  # before its site counts it
+                    pending = False
+                live_bytes = grown
+                nb += 1
+                nbytes += size
+                if site is not None:
+                    st = stats.get(site) or entry(site)
+                    st[0] += 1
+                    st[1] += size
+                    dirty(site)
+                else:
+                    unattributed += size
         except OutOfPages as e:
             store(live_bytes, peak, pending, nm, nf, nr, nb, nbytes, unattributed)
             nm = nf = nr = nb = nbytes = unattributed = 0
