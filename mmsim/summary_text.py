@@ -158,9 +158,14 @@ def _headline(s: dict[str, Any]) -> list[str]:
     if peak.get("op"):
         when = (f" at {human_time(peak['time_ns'])} (line {peak['line']}, {peak['op']})"
                 if peak.get("line") else " at boot")
+    line = f"  peak      {human(mem['peak_used_bytes'])} used{when}"
     held = sorted((peak.get("categories") or {}).items(), key=lambda kv: -kv[1])[:3]
-    lines.append(_fit(f"  peak      {human(mem['peak_used_bytes'])} used{when}"
-                      + (": " + ", ".join(f"{k} {human(v)}" for k, v in held) if held else "")))
+    for n, (k, v) in enumerate(held):  # its biggest holders, as many as fit whole
+        more = f"{': ' if n == 0 else ', '}{k} {human(v)}"
+        if len(line) + len(more) > WIDTH:
+            break
+        line += more
+    lines.append(_fit(line))
     lines.append(f"  now       {human(mem['used_bytes'])} used of {human(mem['total_bytes'])}")
     oom = s.get("oom")
     if oom:
