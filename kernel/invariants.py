@@ -126,6 +126,23 @@ def face_blocks(kernel: Kernel) -> list[tuple[int, int, int]]:
             for addr, size, _site in [*face.live.values(), *face.leaked]]
 
 
+def check_sites(face: Any) -> None:
+    """Each call site's live blocks and bytes are those of the live blocks that name it, and
+    the bytes allocated are the sites' plus those of calls that named none."""
+    live: dict[str, list[int]] = {}
+    for _, size, site in [*face.live.values(), *face.leaked]:
+        if site is not None:
+            acc = live.setdefault(site, [0, 0])
+            acc[0] += 1
+            acc[1] += size
+    counted = {site: [st[0] - st[2], st[1] - st[3]] for site, st in face.sites.stats.items()
+               if st[0] != st[2] or st[1] != st[3]}
+    assert counted == live, f"call sites count {counted}, the live blocks say {live}"
+    allocated = sum(st[1] for st in face.sites.stats.values()) + face.unattributed_bytes
+    assert allocated == face.allocated_bytes, \
+        f"sites allocated {allocated} bytes, malloc counted {face.allocated_bytes}"
+
+
 def check_address_space(vm: Any) -> None:
     """VMAs and page tables agree, every resident page is in exactly one VMA (the address
     space's own check), and resident <= mapped."""
@@ -151,6 +168,7 @@ def check_kernel(kernel: Kernel, blocks: Iterable[tuple[int, int, int]] | None =
         held = sum(n for _, n in m.pfns())
         assert m.heap_bytes == held * PAGE_SIZE + m.large.mapped_bytes, "heap size drifted"
         check_blocks(m, face_blocks(kernel) if blocks is None else blocks)
+        check_sites(face)
     vm = kernel.address_space
     if vm is not None:
         check_address_space(vm)

@@ -8,7 +8,8 @@ tables (resident <= mapped, each resident page in exactly one VMA); and, against
 own model of the blocks it allocated, that live blocks never overlap, are aligned and at least
 as large as asked, and that each free of a pool object returns its page exactly when OSv's rule
 says (:class:`kernel.invariants.FreeRule`). The ARC's target stays at or above c_min and nobody
-waits for memory needlessly.
+waits for memory needlessly. Allocations name a few call sites (or none), and each site's live
+blocks and bytes must be those of the live blocks that name it.
 When one breaks, hypothesis shrinks the operations, and the smallest failing sequence is written
 as a native trace that `mmsim run --check` replays. Users can subclass :class:`KernelMachine` or
 call :func:`make_machine` from their own pytest; :mod:`mmsim.machines` has the allocators' own
@@ -53,6 +54,8 @@ malloc_sizes = st.one_of(
     st.sampled_from([8, 16, 1024, 1025, 4096, 4097, 8192, MMAP_THRESHOLD - 1, MMAP_THRESHOLD,
                      2_093_056, 2_093_057, 3 * MIB]),
 )
+#: call sites of the malloc family: a few, and none (a trace that names no caller)
+SITES = st.sampled_from([None, "main", "parse", "grow"])
 map_lengths = st.one_of(
     st.integers(1, 64).map(lambda n: n * PAGE),
     st.integers(1, 6).map(lambda n: n * 2 * MIB),
@@ -113,36 +116,36 @@ class KernelMachine(RuleBasedStateMachine):
             self.out_of_memory = True
 
     # -- malloc family ---------------------------------------------------------------------
-    @rule(target=mallocs, size=malloc_sizes)
-    def malloc(self, size: int) -> str:
+    @rule(target=mallocs, size=malloc_sizes, site=SITES)
+    def malloc(self, size: int, site: str | None) -> str:
         h = self._name("m")
-        self._apply(Op("malloc", 0, handle=h, size=size))
+        self._apply(Op("malloc", 0, handle=h, size=size, site=site))
         self._bound(h, size, malloc_alignment(size))
         return h
 
-    @rule(target=mallocs, n=st.integers(1, 64), size=st.integers(1, 4096))
-    def calloc(self, n: int, size: int) -> str:
+    @rule(target=mallocs, n=st.integers(1, 64), size=st.integers(1, 4096), site=SITES)
+    def calloc(self, n: int, size: int, site: str | None) -> str:
         h = self._name("m")
-        self._apply(Op("calloc", 0, handle=h, count=n, size=size))
+        self._apply(Op("calloc", 0, handle=h, count=n, size=size, site=site))
         self._bound(h, n * size, malloc_alignment(n * size))
         return h
 
     @rule(target=mallocs, align=st.sampled_from([8, 64, 4096, 8192, 2 * MIB]),
-          size=st.integers(1, 3 * MIB))
-    def memalign(self, align: int, size: int) -> str:
+          size=st.integers(1, 3 * MIB), site=SITES)
+    def memalign(self, align: int, size: int, site: str | None) -> str:
         h = self._name("m")
-        self._apply(Op("memalign", 0, handle=h, align=align, size=size))
+        self._apply(Op("memalign", 0, handle=h, align=align, size=size, site=site))
         self._bound(h, size, align)
         return h
 
-    @rule(h=mallocs, size=malloc_sizes)
-    def realloc(self, h: str, size: int) -> None:
+    @rule(h=mallocs, size=malloc_sizes, site=SITES)
+    def realloc(self, h: str, size: int, site: str | None) -> None:
         block = self.face.live.get(h)
         rule = self.free_rule
         saved = ([row[:] for row in rule.sink], rule.pending[:])
         if block is not None and not self.out_of_memory:
             rule.before(block[0], self.kernel.cpu, check=False)  # realloc frees the old block
-        self._apply(Op("realloc", 0, handle=h, size=size))
+        self._apply(Op("realloc", 0, handle=h, size=size, site=site))
         now = self.face.live.get(h)
         if block is not None and now is not None and now[0] == block[0]:
             rule.sink, rule.pending = saved  # it failed: the old block was not freed
