@@ -26,6 +26,8 @@ from mmsim.command import (
     InputError,
     boot,
     build_config,
+    fail_on_option,
+    failed_on,
     kernel_options,
     main,
     oom_message,
@@ -74,8 +76,7 @@ def _reporting(ops: Any, kernel: Kernel, progress: Progress) -> Any:
               help="Write bytes allocated per call site as folded stacks (flamegraph.pl, "
                    "speedscope, inferno).")
 @timeline_options
-@click.option("--fail-on", "fail_on", type=click.Choice(["app-errors"]), multiple=True,
-              help="Exit 1 if the trace shows application errors (double frees, ...): for CI.")
+@fail_on_option
 @click.option("--check", is_flag=True,
               help="Check the kernel's invariants after every operation (slow; exit 1 if broken).")
 def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus: int | None,
@@ -106,8 +107,5 @@ def run(trace: str, fmt: str, config_path: str | None, memory: str | None, cpus:
         click.echo(format_summary(summary), err=json_path == "-")
     if result.exit_code:
         sys.exit(result.exit_code)
-    errors = result.app_errors.get("total", 0)
-    if "app-errors" in fail_on and errors:
-        click.echo(f"mmsim: {one_line(trace)}: {errors} application errors "
-                   "(--fail-on app-errors)", err=True)
+    if failed_on(fail_on, trace, summary):
         sys.exit(EXIT_APP_ERRORS)

@@ -19,7 +19,8 @@ from typing import Any
 
 import click
 
-from mmsim.command import InputError, main, write_json
+from mmsim.api import EXIT_APP_ERRORS
+from mmsim.command import InputError, fail_on_option, failed_on, main, write_json
 from mmsim.image import EXIT_OK, ImageError, boot_image, load_manifest, run_build
 from mmsim.kernel import parse_size
 from mmsim.kernel.config import MIN_MEMORY as LAYOUT_MIN
@@ -49,9 +50,10 @@ def _size(value: str | None, what: str) -> int | None:
               help="Root file system (default: the manifest's, else zfs).")
 @click.option("--json", "json_path", metavar="PATH|-", help="Write the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No readable summary.")
+@fail_on_option
 @timeline_options
 def boot(image: str, memory: str | None, cpus: int | None, rootfs: str | None,
-         json_path: str | None, quiet: bool, **timeline: Any) -> None:
+         json_path: str | None, quiet: bool, fail_on: tuple[str, ...], **timeline: Any) -> None:
     """Boot IMAGE.yaml and run its application to completion, with its output.
 
     A Java image runs in a real JVM hosted in this process; its heap, native memory and the
@@ -94,10 +96,13 @@ def boot(image: str, memory: str | None, cpus: int | None, rootfs: str | None,
             rec.finish(outcome.summary)
     except TimelineError as e:
         raise InputError(str(e)) from None
+    status = outcome.status
+    if not status and failed_on(fail_on, image, outcome.summary):
+        status = EXIT_APP_ERRORS
     sys.stdout.flush()
     sys.stderr.flush()
     # the JVM may hold non-daemon threads of the application: leave without waiting for them
-    os._exit(outcome.status)
+    os._exit(status)
 
 
 def trial(image: str, memory_mib: int, timeout: float) -> tuple[bool, str, float]:

@@ -73,6 +73,23 @@ def kernel_options(f: Any) -> Any:
     return f
 
 
+def fail_on_option(f: Any) -> Any:
+    """``--fail-on app-errors``: application errors in the trace fail the command (for CI)."""
+    return click.option("--fail-on", "fail_on", type=click.Choice(["app-errors"]),
+                        multiple=True, help="Exit 1 if the trace shows application errors "
+                        "(double frees, ...): for CI.")(f)
+
+
+def failed_on(fail_on: tuple[str, ...], where: str, summary: dict[str, Any]) -> bool:
+    """True (and one line on stderr) if ``--fail-on`` asked for what the summary shows."""
+    errors = (summary.get("app_errors") or {}).get("total", 0)
+    if "app-errors" in fail_on and errors:
+        click.echo(f"mmsim: {one_line(where)}: {errors} application errors "
+                   "(--fail-on app-errors)", err=True)
+        return True
+    return False
+
+
 def build_config(config_path: str | None, **overrides: Any) -> Any:
     return configure(config_path, overrides)
 

@@ -293,3 +293,15 @@ def test_the_installed_wheel_boots_a_java_image(tmp_path: Path) -> None:
     assert res.stdout.startswith("Hello from Java 17")
     assert f"\nimage {hello / 'hello.yaml'}: " in res.stdout
     assert list((tmp_path / "cache" / "mmsim" / "java").glob("*/MmsimNoExit.class"))
+
+
+def test_boot_fail_on_app_errors_exits_1(tmp_path: Path) -> None:
+    """A native image whose trace frees twice boots fine, unless CI asks it to fail on that."""
+    (tmp_path / "app.trace").write_text("# mmsim-trace v1\nmalloc a 1K\nfree a\nfree a\n")
+    p = manifest(tmp_path, "/tools/app.so /traces/app.trace", {"/traces/app.trace": "app.trace"},
+                 "memory: 256M\n")
+    for extra, code in (([], 0), (["--fail-on", "app-errors"], 1)):
+        res = subprocess.run([sys.executable, "-m", "mmsim", "boot", str(p), "-q", *extra],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert res.returncode == code, res.stderr
+    assert res.stderr.endswith(": 1 application errors (--fail-on app-errors)\n"), res.stderr
