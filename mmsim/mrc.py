@@ -15,8 +15,10 @@ and sampled ones for every policy, from one read of a block trace.
 
 from __future__ import annotations
 
+import tempfile
+from array import array
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 from mmsim.api import InputError, boot, configure, replay_ops
 from mmsim.kernel import OutOfMemory, parse_size
@@ -85,7 +87,9 @@ def current_rows(methods: dict[str, str], rate: float | None) -> Callable[[dict[
 
 class _Pass:
     """What one read of the trace gathers for the points: the stack distances of every
-    request, those of the sample, and the sample itself (for the miniature simulations)."""
+    request, those of the sample, and the sample itself (for the miniature simulations),
+    spooled to a temporary file as (line, block) pairs, so that memory does not grow with
+    the trace's length."""
 
     def __init__(self, stack: bool, shards: bool, keep_sample: bool,
                  threshold: int) -> None:
@@ -93,10 +97,13 @@ class _Pass:
         self.shards = StackDistances() if shards else None
         self.keep_sample = keep_sample
         self.threshold = threshold
-        self.lines: list[int] = []
-        self.blocks: list[int] = []
+        self._spool: BinaryIO | None = tempfile.TemporaryFile() if keep_sample else None  # noqa: SIM115
         self.device: Any = None
         self.sampled = 0
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
 
     def read(self, trace: str, fmt: str) -> None:
         """Feed every request; InputError for a trace that does not read, or is not a block
@@ -119,18 +126,23 @@ class _Pass:
                     self.sampled += len(blocks)
                     if self.shards is not None:
                         self.shards.feed(blocks)
-                    if self.keep_sample:
-                        self.blocks += blocks
-                        self.lines += [op.lines[i] for i in kept]
+                    if self._spool is not None and kept:
+                        pairs = array("q", bytes(16 * len(kept)))
+                        pairs[0::2] = array("q", [op.lines[i] for i in kept])
+                        pairs[1::2] = array("q", blocks)
+                        pairs.tofile(self._spool)
         except TraceError as e:
             raise InputError(str(e)) from None
 
     def sample_ops(self) -> Iterable[Any]:
         """The sample as a block trace's operations: the device, then batches of reads."""
+        assert self._spool is not None
         yield self.device
-        for i in range(0, len(self.blocks), _BATCH):
-            yield BlockReads(self.lines[i:i + _BATCH], self.blocks[i:i + _BATCH],
-                             self.device.align)
+        self._spool.seek(0)
+        while chunk := self._spool.read(16 * _BATCH):
+            pairs = array("q")
+            pairs.frombytes(chunk)
+            yield BlockReads(pairs[0::2].tolist(), pairs[1::2].tolist(), self.device.align)
 
 
 def one_pass_rows(trace: str, fmt: str, heads: list[dict[str, Any]], methods: dict[str, str],
@@ -149,7 +161,15 @@ def one_pass_rows(trace: str, fmt: str, heads: list[dict[str, Any]], methods: di
                  shards=methods.get("lru") == SAMPLED and "lru" in policies,
                  keep_sample=any(methods[p] == SAMPLED and p != "lru" for p in policies),
                  threshold=threshold)
-    scan.read(trace, fmt)
+    try:
+        scan.read(trace, fmt)
+        return _rows(scan, trace, heads, methods, rate, threshold)
+    finally:
+        scan.close()
+
+
+def _rows(scan: _Pass, trace: str, heads: list[dict[str, Any]], methods: dict[str, str],
+          rate: float | None, threshold: int) -> list[dict[str, Any]]:
     block = scan.device.align if scan.device is not None else 0
     rows = []
     for head in heads:
@@ -184,7 +204,7 @@ def _miniature(scan: _Pass, trace: str, head: dict[str, Any], size: int,
                record: int) -> tuple[int, str]:
     """(misses, status) of the sample replayed through the point's guest with an ARC of
     ``size`` (c·R); smaller than one record, nothing is cached."""
-    if size < record or not scan.blocks:
+    if size < record or not scan.sampled:
         return scan.sampled, STATUS_OK
     settings = {k: v for k, v in head.items() if k not in ("trace", "point")}
     kernel = boot(configure(None, {**settings, "arc_size": size}))
