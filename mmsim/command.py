@@ -104,12 +104,15 @@ def write_folded(stacks: list[tuple[str, int]], dest: str) -> None:
 
 
 def write_text(text: str, dest: str) -> None:
-    """``text`` to the file ``dest`` (``-``: standard output); one-line error if it cannot."""
+    """``text`` to the file ``dest`` (``-``: standard output); one-line error if it cannot.
+    Bytes of a trace that were not UTF-8 (a caller's file name) are written back as they were."""
     if dest == "-":
-        sys.stdout.write(text)
+        sys.stdout.flush()  # what was echoed before comes first
+        sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+        sys.stdout.buffer.flush()
         return
     try:
-        with open(dest, "w", encoding="utf-8") as f:
+        with open(dest, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
     except OSError as e:
         raise InputError(f"{dest}: cannot write ({e.strerror})") from None

@@ -104,7 +104,7 @@ def report(run_json: str, timeline: str | None, output: str | None, title: str |
                          f"{e})") from None
     dest = output or os.path.splitext(run_json)[0] + ".html"
     try:
-        with open(dest, "w", encoding="utf-8") as f:
+        with open(dest, "w", encoding="utf-8", errors="replace") as f:  # a trace's odd bytes
             f.write(page)
     except OSError as e:
         raise InputError(f"{dest}: cannot write ({e.strerror})") from None

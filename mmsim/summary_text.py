@@ -257,4 +257,5 @@ def format_summary(s: dict[str, Any]) -> str:
                   for ex in errs["examples"]]
     if idle:
         lines.append(_fit(f"(idle: {', '.join(idle)}; zeros left out; --json has every figure)"))
-    return "\n".join(lines)
+    # a trace's bytes that were not UTF-8 (a caller's file name) print as U+FFFD
+    return "\n".join(lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -160,3 +160,19 @@ def test_the_peak_snapshot_says_when_and_what(tmp_path: Path) -> None:
     assert peak["categories"]["anonymous"] >= 64 << 20  # a large malloc is an mmap
     assert [s["site"] for s in peak["sites"]] == ["b", "s"]
     json.dumps(summary)  # plain data
+
+
+def test_a_caller_that_is_not_utf8_is_written_back_as_it_was(tmp_path: Path) -> None:
+    """A log whose caller's file name holds a byte that is not UTF-8 (read with --format
+    mtrace): the summary, the report and the folded stacks are written, the stacks with the
+    log's own bytes."""
+    log = tmp_path / "odd.mtrace"
+    log.write_bytes(b"= Start\n@ /usr/bin/pr\xffog:[0x1] + 0x55 0x10\n= End\n")
+    folded, js = tmp_path / "o.folded", tmp_path / "o.json"
+    code, _, err = run("run", str(log), "--format", "mtrace", "--folded", str(folded),
+                       "--json", str(js))
+    assert code == 0, err
+    assert folded.read_bytes() == b"/usr/bin/pr\xffog;[0x1] 16\n"
+    assert json.loads(js.read_text())["malloc"]["sites"]["at_end"][0]["bytes"] == 16
+    code, _, err = run("report", str(js), "-o", str(tmp_path / "o.html"))
+    assert code == 0, err
