@@ -57,7 +57,7 @@ def value_text(key: str, value: Any) -> str | None:
         return human_time(value)
     if key.endswith("_ms"):
         return human_time(value * 1e6)
-    if "ratio" in key or "utilization" in key:
+    if key.endswith(("ratio", "utilization")):  # hit_ratio, peak_utilization (not "operations")
         return f"{100 * value:.1f} %"
     if isinstance(value, float):
         return f"{value:.4g}"

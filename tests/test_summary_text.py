@@ -68,6 +68,7 @@ def test_app_errors_and_oom_are_in_the_headline(tmp_path: Path) -> None:
 
 def test_value_units() -> None:
     assert value_text("hit_ratio", 0.5) == "50.0 %"
+    assert value_text("operations", 8) == "8"  # a word that holds "ratio" is no ratio
     assert value_text("bandwidth_bytes_per_s", 1 << 20) == "1.00 MiB/s"
     assert value_text("busy_ns", 2_500_000_000) == "2.500 s"
     assert value_text("gc_time_ms", 12) == "12 ms"
