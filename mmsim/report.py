@@ -11,7 +11,7 @@ import html
 import os
 from typing import Any
 
-from mmsim.summary_text import format_summary, human, human_time, is_active
+from mmsim.summary_text import format_summary, human, human_time, is_active, value_text
 from mmsim.timeline import TimelineData
 
 __all__ = ["render_report"]
@@ -36,16 +36,18 @@ def _e(x: Any) -> str:
 
 
 def _value(key: str, v: Any) -> str:
-    """A cell: bytes in binary units (exact count on hover), floats to 4 digits."""
+    """A cell in the readable summary's units (summary_text.value_text: %, s/ms, /s, binary
+    units), bytes with their exact count on hover; zero as 0, None as -."""
     if v is None:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if "_bytes" in key and isinstance(v, (int, float)):
         return f'<span title="{v} bytes">{_e(human(v))}</span>'
-    if isinstance(v, float):
-        return _e(f"{v:.4g}")
-    return _e(v)
+    if isinstance(v, (dict, list)):
+        return _e(v)
+    text = value_text(key, v)
+    return _e(text if text is not None else v)
 
 
 def _kv_table(items: dict[str, Any]) -> str:
