@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -222,8 +223,8 @@ def test_boot_prints_the_app_output_and_names_the_image(tmp_path: Path) -> None:
 
 # -- the wheel -----------------------------------------------------------------------------------
 
-SOURCES = ("pyproject.toml", "README.md", "mm", "shrinker", "balloon", "kernel", "fs", "drivers",
-           "mmsim")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "mm", "shrinker", "balloon", "kernel", "fs",
+           "drivers", "mmsim")
 
 
 def _backend_here() -> bool:
@@ -241,7 +242,7 @@ def test_the_installed_wheel_boots_a_java_image(tmp_path: Path) -> None:
     this venv's dependencies (not the checkout), and boot the hello image with it."""
     src = tmp_path / "src"
     src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "*.pyc")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "*.pyc", "*.so")
     for name in SOURCES:
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, src / name, ignore=ignore)
@@ -260,6 +261,10 @@ def test_the_installed_wheel_boots_a_java_image(tmp_path: Path) -> None:
     # one import namespace: nothing but mmsim at the top (PyPI's fs, a user's kernel.py)
     assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"mmsim"}
     assert "mmsim/balloon/java/MmsimNoExit.java" in names
+    # the C fast paths, compiled by pip from the sources (a fresh machine has gcc and headers)
+    for ext in re.findall(r'Extension\(\s*"([\w.]+)"', (ROOT / "setup.py").read_text()):
+        stem = ext.replace(".", "/")
+        assert any(n.startswith(stem + ".") and n.endswith(".so") for n in names), ext
     # every package of the checkout is in the wheel, where its folder says
     for rel in packages:
         assert (rel if rel.startswith("mmsim/") else f"mmsim/{rel}") in names, rel
