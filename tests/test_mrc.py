@@ -48,15 +48,28 @@ def _lru_misses(blocks: list[int], k: int) -> int:
     return lru.misses
 
 
+try:
+    from mmsim._stack_distance_c import Counter
+except ImportError:  # not built here: the pure-Python counting alone
+    Counter = None
+needs_c = pytest.mark.skipif(Counter is None, reason="mmsim._stack_distance_c is not built")
+COUNTINGS = [pytest.param(True, id="pure"), pytest.param(False, id="C", marks=needs_c)]
+
+
+@pytest.mark.parametrize("pure", COUNTINGS)
 @pytest.mark.parametrize("seed", range(6))
-def test_stack_distances_give_every_lru_size_s_misses(seed: int, monkeypatch) -> None:
-    """Tiny chunks, so that a few thousand requests seal over a thousand of them and the
-    Fenwick tree grows (rebuilt) on the way; fed in pieces of random lengths."""
+def test_stack_distances_give_every_lru_size_s_misses(seed: int, pure: bool,
+                                                      monkeypatch) -> None:
+    """Tiny chunks (pure) or a tree of 2 slots (C), so that a few thousand requests seal over
+    a thousand chunks, or renumber the slots and grow the tree and the hash table, on the way;
+    fed in pieces of random lengths."""
     monkeypatch.setattr(stack_distance, "CHUNK", 2)
+    if not pure:
+        monkeypatch.setattr(stack_distance, "_Counter", lambda: Counter(slots=2))
     rng = random.Random(seed)
     distinct = rng.choice([5, 60, 400])
     blocks = [int(distinct * rng.random() ** 3) for _ in range(rng.randint(2500, 5000))]
-    sd = StackDistances()
+    sd = StackDistances(pure=pure)
     i = 0
     while i < len(blocks):
         step = rng.randint(1, 70)
@@ -67,8 +80,26 @@ def test_stack_distances_give_every_lru_size_s_misses(seed: int, monkeypatch) ->
     assert sd.misses(ks) == [_lru_misses(blocks, k) for k in ks]
 
 
-def test_stack_distances_are_the_distinct_blocks_since_the_last_reference() -> None:
-    sd = StackDistances()
+@needs_c
+def test_the_c_counting_gives_the_pure_python_histogram() -> None:
+    """Ids over the whole of [0, 2**64) (a hash table's collisions, the top bit); one that is
+    not a block id is refused before any of its batch is counted."""
+    rng = random.Random(7)
+    ids = [rng.choice([0, 1, 2**63, 2**64 - 1, rng.getrandbits(64)]) for _ in range(300)]
+    blocks = [rng.choice(ids) for _ in range(20_000)]
+    pure, c = StackDistances(pure=True), StackDistances(pure=False)
+    for i in range(0, len(blocks), 999):
+        pure.feed(blocks[i:i + 999])
+        c.feed(iter(blocks[i:i + 999]))
+    assert (c.hist, c.requests, c.cold) == (pure.hist, pure.requests, pure.cold)
+    with pytest.raises(OverflowError):
+        c.feed([5, -1])
+    assert c.requests == len(blocks)
+
+
+@pytest.mark.parametrize("pure", COUNTINGS)
+def test_stack_distances_are_the_distinct_blocks_since_the_last_reference(pure: bool) -> None:
+    sd = StackDistances(pure=pure)
     sd.feed([1, 2, 3, 1])  # distances: -, -, -, 2
     assert sd.misses([2, 3]) == [4, 3]
     sd.feed([1, 3, 2])  # 0, 1, 2: the misses asked before are not kept
