@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from mmsim.api import InputError, boot, configure, replay_ops
 from mmsim.kernel import OutOfMemory, parse_size
-from mmsim.stack_distance import MODULUS, StackDistances, sample_threshold, spatial_hash
+from mmsim.stack_distance import MODULUS, StackDistances, sample_positions, sample_threshold
 from mmsim.sweep_points import STATUS_OK, STATUS_OOM
 from mmsim.trace import TraceError, read_trace
 from mmsim.trace.blocktrace import BLOCK_FORMATS, BLOCK_READ, BlockReads
@@ -109,7 +109,7 @@ class _Pass:
         """Feed every request; InputError for a trace that does not read, or is not a block
         trace (its first operation creates the device, every other is a batch of reads)."""
         sample = self.shards is not None or self.keep_sample
-        h, t = spatial_hash, self.threshold
+        t = self.threshold
         try:
             for op in read_trace(trace, fmt):
                 if op.kind != BLOCK_READ:
@@ -121,7 +121,7 @@ class _Pass:
                 if self.full is not None:
                     self.full.feed(op.blocks)
                 if sample:
-                    kept = [i for i, b in enumerate(op.blocks) if h(b) < t]
+                    kept = sample_positions(op.blocks, t)
                     blocks = [op.blocks[i] for i in kept]
                     self.sampled += len(blocks)
                     if self.shards is not None:

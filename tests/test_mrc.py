@@ -14,7 +14,13 @@ from helpers import assert_one_line_error, ids_trace
 from mmsim.fs.zfs_arc.policy_lru import LruPolicy
 
 from mmsim import stack_distance
-from mmsim.stack_distance import MODULUS, StackDistances, sample_threshold, spatial_hash
+from mmsim.stack_distance import (
+    MODULUS,
+    StackDistances,
+    sample_positions,
+    sample_threshold,
+    spatial_hash,
+)
 
 #: the first 20,000 requests of the ARC paper's OLTP trace (Megiddo & Modha, FAST'03)
 OLTP_HEAD = Path(__file__).parent / "fixtures" / "blocktrace" / "oltp_20k.lis.gz"
@@ -175,6 +181,19 @@ def test_the_spatial_hash_is_fixed_and_samples_evenly() -> None:
     assert t == round(0.1 * MODULUS)
     kept = sum(spatial_hash(b) < t for b in range(1_000_000, 1_100_000))
     assert 9_700 < kept < 10_300
+
+
+def test_the_vectorized_sample_is_the_hash_s() -> None:
+    """sample_positions (numpy, what mrc samples with) keeps exactly the blocks whose
+    spatial_hash is under the threshold, over the whole id range."""
+    rng = random.Random(3)
+    blocks = [0, 1, 2**63, 2**64 - 1, *(rng.getrandbits(64) for _ in range(20_000)),
+              *range(5000)]
+    for rate in (1 / MODULUS, 0.01, 0.5, 1.0):
+        t = sample_threshold(rate)
+        assert sample_positions(blocks, t) == [i for i, b in enumerate(blocks)
+                                               if spatial_hash(b) < t]
+    assert sample_positions([], 5) == []
 
 
 def test_a_rerun_keeps_rows_of_the_same_method_and_redoes_the_others(tmp_path: Path) -> None:
