@@ -112,11 +112,11 @@ def profiler_curve(binary: str, trace: Path, algo: str, profiler: str, params: s
     return run
 
 
-def mmsim_in_process(trace: Path, fmt: str, policy: str, sizes: list[int], method: str,
-                     rate: float | None) -> Callable[[], tuple[float, float, Curve]]:
+def mmsim_in_process(trace: Path, fmt: str, block: int, policy: str, sizes: list[int],
+                     method: str, rate: float | None) -> Callable[[], tuple[float, float, Curve]]:
     def run() -> tuple[float, float, Curve]:
-        heads = [{"trace": str(trace), "point": i, "cache_policy": policy, "arc_size": c}
-                 for i, c in enumerate(sizes)]
+        heads = [{"trace": str(trace), "point": i, "cache_policy": policy, "arc_size": c,
+                  "block_size": str(block)} for i, c in enumerate(sizes)]
         gc.collect()
         cpu, t = time.process_time(), time.perf_counter()
         rows = one_pass_rows(str(trace), fmt, heads, {policy: method}, rate)
@@ -125,13 +125,13 @@ def mmsim_in_process(trace: Path, fmt: str, policy: str, sizes: list[int], metho
     return run
 
 
-def mmsim_process(trace: Path, fmt: str, policy: str, sizes: list[int], method: str,
-                  rate: float | None) -> Callable[[], tuple[float, float, Curve]]:
+def mmsim_process(trace: Path, fmt: str, block: int, policy: str, sizes: list[int],
+                  method: str, rate: float | None) -> Callable[[], tuple[float, float, Curve]]:
     def run() -> tuple[float, float, Curve]:
         with tempfile.TemporaryDirectory() as tmp:  # a fresh output: mrc resumes an old one
             out = os.path.join(tmp, "mrc.csv")
             cmd = [sys.executable, "-m", "mmsim", "mrc", str(trace), "--format", fmt,
-                   "--policies", policy, "--method", method,
+                   "--block-size", str(block), "--policies", policy, "--method", method,
                    "--sizes", ",".join(map(str, sizes)), "-o", out]
             if rate is not None:
                 cmd += ["--sample-rate", str(rate)]
@@ -177,8 +177,10 @@ def errors(curve: Curve, exact: Curve) -> tuple[float, float]:
 
 def bench_trace(binary: str, trace: Path, fmt: str, oracle: Path, block: int, sizes: list[int],
                 rates: list[float], repeat: int, threads: int) -> dict[str, Any]:
-    print(f"\n== {trace.name}: {len(sizes)} sizes {sizes[0]}..{sizes[-1]} bytes, "
-          f"{block}-byte records", flush=True)
+    """``trace`` (format ``fmt``) is what mmsim reads, ``oracle`` the same requests as an
+    oracleGeneral file for the profiler (the same file, or a copy)."""
+    print(f"\n== {trace.name} ({fmt}; the profiler reads {oracle.name}): {len(sizes)} sizes "
+          f"{sizes[0]}..{sizes[-1]} bytes, {block}-byte records", flush=True)
     # (key, tool, policy, how, rate, runner); the pairs compared share policy, how and rate
     runs: list[tuple[str, str, str, str, float | None, Callable[[], Any]]] = []
     for rate in (None, *rates):
@@ -188,17 +190,17 @@ def bench_trace(binary: str, trace: Path, fmt: str, oracle: Path, block: int, si
                      profiler_curve(binary, oracle, "LRU", "SHARDS", shards, sizes)))
         method = STACK if rate is None else SAMPLED
         runs.append((f"mm lru {how} {rate}", "mmsim", "lru", how, rate,
-                     mmsim_in_process(trace, fmt, "lru", sizes, method, rate)))
+                     mmsim_in_process(trace, fmt, block, "lru", sizes, method, rate)))
         runs.append((f"mmp lru {how} {rate}", "mmsim process", "lru", how, rate,
-                     mmsim_process(trace, fmt, "lru", sizes, method, rate)))
+                     mmsim_process(trace, fmt, block, "lru", sizes, method, rate)))
     for rate in rates:
         runs.append((f"lcs arc sampled {rate}", "libCacheSim", "arc", "sampled", rate,
                      profiler_curve(binary, oracle, "ARC", "MINISIM",
                                     f"FIX_RATE,{rate},{threads}", sizes)))
         runs.append((f"mm arc sampled {rate}", "mmsim", "arc", "sampled", rate,
-                     mmsim_in_process(trace, fmt, "arc", sizes, SAMPLED, rate)))
+                     mmsim_in_process(trace, fmt, block, "arc", sizes, SAMPLED, rate)))
         runs.append((f"mmp arc sampled {rate}", "mmsim process", "arc", "sampled", rate,
-                     mmsim_process(trace, fmt, "arc", sizes, SAMPLED, rate)))
+                     mmsim_process(trace, fmt, block, "arc", sizes, SAMPLED, rate)))
     best: dict[str, tuple[float, float]] = {}
     curves: dict[str, Curve] = {}
     for i in range(repeat):
@@ -242,6 +244,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--minisim-threads", type=int, default=1)
     ap.add_argument("--no-zipf", action="store_true", help="OLTP only")
+    ap.add_argument("--mmsim-reads", choices=("lis", "oracleGeneral"), default="lis",
+                    help="OLTP as mmsim reads it: the .lis.zst, or the profiler's own "
+                         "uncompressed oracleGeneral copy (the same bytes as it)")
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args()
     if not args.mrc_profiler:
@@ -253,7 +258,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         oltp_oracle = Path(tmp) / "OLTP.oracleGeneral"
         oracle_copy(args.oltp, "lis", 512, oltp_oracle)
-        results = [bench_trace(args.mrc_profiler, args.oltp, "lis", oltp_oracle, 512,
+        mine = (args.oltp, "lis") if args.mmsim_reads == "lis" else (oltp_oracle,
+                                                                     "oracleGeneral")
+        results = [bench_trace(args.mrc_profiler, *mine, oltp_oracle, 512,
                                parse_sizes(args.sizes), rates, args.repeat,
                                args.minisim_threads)]
     if not args.no_zipf:
