@@ -70,8 +70,10 @@ Build it (Debian; it needs cmake, a C/C++ compiler, glib and zstd), e.g. under /
     cmake -DCMAKE_BUILD_TYPE=Release -DENABLE_TESTS=OFF .. && make -j2 mrcProfiler
     python bench/bench_mrc_profiler.py --mrc-profiler /tmp/libCacheSim-src/_build/bin/mrcProfiler
 
-(mrcProfiler is in libCacheSim since March 2025, libCacheSim/bin/mrcProfiler; before it was
-merged it was on JasonGuo98/libCacheSim's add_mrc_profilers branch.)"""
+(The tool is libCacheSim/bin/mrcProfiler in recent libCacheSim; older checkouts lack it. The
+figures in docs/sweep.md were measured with the branch that added it, JasonGuo98/libCacheSim's
+add_mrc_profilers at fd61a11. Its MINISIM aborts on a double free after writing its curve,
+which this bench reads from --output.)"""
 
 Curve = dict[int, float]
 _ROW = re.compile(r"^(\d+)B\t([0-9.]+)\t", re.M)
