@@ -7,7 +7,7 @@ equal the replays' curve exactly) and of the sampled curves at each rate, with t
 curves' mean and largest absolute error against the exact ones. With the libcachesim package
 (`pip install --only-binary=:all: libcachesim`): its C LRU and ARC, one simulation per size,
 and its spatial sampler at c*R (a miniature simulation); its MRC profiler (SHARDS/MINISIM) is
-not in the Python package.
+not in the Python package: bench_mrc_profiler.py runs the C tool.
 
     python bench/bench_mrc.py [--trace OLTP.lis.zst] [--sizes 256K:64M:9] [--rates 0.01,0.1]
                               [--requests 300000] [--json out.json]

@@ -8,7 +8,10 @@ and sampled ones for every policy, from one read of a block trace.
 - ``sampled``: the requests of a spatial sample of the blocks (SHARDS: a fixed rate R of the
   blocks, chosen by a fixed hash). LRU's curve comes from the sample's stack distances scaled
   by 1/R (SHARDS, FAST'15); any other policy's from *miniature simulations* (Waldspurger et
-  al., ATC'17): the sample replayed through the same guest at c·R per size c.
+  al., ATC'17): the sample replayed through the same guest at c·R per size c. Either way the
+  sample's misses, scaled by 1/R, estimate the whole trace's, over all its requests (SHARDS-adj,
+  as libCacheSim's profiler): not over the sample's requests, which a few hot blocks, each in
+  the sample or not, move far from R times the trace's.
 - ``exact``: one replay per size and policy (the sweep); the only method for traces that are
   not block traces, and for what the guest's memory itself does to the cache.
 """
@@ -22,7 +25,7 @@ from typing import Any, BinaryIO
 
 from mmsim.api import InputError, boot, configure, replay_ops
 from mmsim.kernel import OutOfMemory, parse_size
-from mmsim.stack_distance import MODULUS, StackDistances, sample_threshold, spatial_hash
+from mmsim.stack_distance import MODULUS, StackDistances, sample_positions, sample_threshold
 from mmsim.sweep_points import STATUS_OK, STATUS_OOM
 from mmsim.trace import TraceError, read_trace
 from mmsim.trace.blocktrace import BLOCK_FORMATS, BLOCK_READ, BlockReads
@@ -35,7 +38,7 @@ DEFAULT_RATE = 0.01
 _BATCH = 256
 
 __all__ = ["BLOCK_FORMATS", "DEFAULT_RATE", "EXACT", "METHODS", "SAMPLED", "STACK",
-           "choose_methods", "current_rows", "one_pass_rows", "parse_rate"]
+           "choose_methods", "current_rows", "estimated_misses", "one_pass_rows", "parse_rate"]
 
 
 def parse_rate(text: str) -> float:
@@ -70,6 +73,16 @@ def choose_methods(policies: list[str], method: str, rate: float | None,
     return dict.fromkeys(policies, method)
 
 
+def estimated_misses(sample_misses: int, requests: int, threshold: int) -> int:
+    """The whole trace's misses estimated from a sample's at rate threshold/MODULUS: the
+    sample's scaled by 1/R, to the nearest whole, at most all ``requests`` (a sample holding
+    more than its share of cold blocks can scale past them). Divided by all the requests, this
+    is SHARDS-adj's miss ratio (Waldspurger et al., FAST'15: the difference between R times the
+    requests and the sample's requests counted as hits below the smallest cache), which for a
+    skewed trace errs several times less than the sample's misses over its own requests."""
+    return min(requests, (sample_misses * MODULUS + threshold // 2) // threshold)
+
+
 def _row_method(row: dict[str, Any]) -> tuple[str, float | None]:
     rate = row.get("mrc.sample_rate")
     return str(row.get("mrc.method") or EXACT), None if rate in (None, "") else float(rate)
@@ -80,6 +93,8 @@ def current_rows(methods: dict[str, str], rate: float | None) -> Callable[[dict[
     another method or rate runs again)."""
     def keep(row: dict[str, Any]) -> bool:
         method = methods.get(str(row.get("cache_policy")), EXACT)
+        if method == SAMPLED and row.get("mrc.sampled_requests") in (None, ""):
+            return False  # from before the estimate was scaled to the whole trace: again
         return _row_method(row) == (method, rate if method == SAMPLED else None)
 
     return keep
@@ -99,7 +114,8 @@ class _Pass:
         self.threshold = threshold
         self._spool: BinaryIO | None = tempfile.TemporaryFile() if keep_sample else None  # noqa: SIM115
         self.device: Any = None
-        self.sampled = 0
+        self.requests = 0  # all of them
+        self.sampled = 0  # the sample's
 
     def close(self) -> None:
         if self._spool is not None:
@@ -109,7 +125,7 @@ class _Pass:
         """Feed every request; InputError for a trace that does not read, or is not a block
         trace (its first operation creates the device, every other is a batch of reads)."""
         sample = self.shards is not None or self.keep_sample
-        h, t = spatial_hash, self.threshold
+        t = self.threshold
         try:
             for op in read_trace(trace, fmt):
                 if op.kind != BLOCK_READ:
@@ -118,10 +134,11 @@ class _Pass:
                                          "operation); use --method exact")
                     self.device = op
                     continue
+                self.requests += len(op.blocks)
                 if self.full is not None:
                     self.full.feed(op.blocks)
                 if sample:
-                    kept = [i for i, b in enumerate(op.blocks) if h(b) < t]
+                    kept = sample_positions(op.blocks, t)
                     blocks = [op.blocks[i] for i in kept]
                     self.sampled += len(blocks)
                     if self.shards is not None:
@@ -151,8 +168,9 @@ def one_pass_rows(trace: str, fmt: str, heads: list[dict[str, Any]], methods: di
     arc_size, ...), by their policy's method (stack or sampled), from one read of ``trace``.
 
     ``rate`` is the sampling rate (None without a sampled policy). ``arc.hits`` and
-    ``arc.misses`` count the requests the method saw: all of them (stack), or the sample's
-    (sampled; ``mrc.requests`` says how many)."""
+    ``arc.misses`` count all the requests (``mrc.requests``): as the stack distances say, or
+    (sampled) estimated from the sample's misses (estimated_misses), whose own requests and
+    misses are ``mrc.sampled_requests`` and ``mrc.sampled_misses``."""
     if not heads:
         return []
     policies = {h["cache_policy"] for h in heads}
@@ -183,18 +201,27 @@ def _rows(scan: _Pass, trace: str, heads: list[dict[str, Any]], methods: dict[st
             requests = scan.full.requests
             misses = scan.full.misses([size // record])[0] if record else 0
         else:
-            figures["mrc.sample_rate"] = rate
-            requests = scan.sampled
+            requests = scan.requests
             if policy == "lru":  # SHARDS: hit iff distance / R < k, i.e. distance < k·T/P
                 assert scan.shards is not None
                 k = size // record if record else 0
-                misses = scan.shards.misses([-(-k * threshold // MODULUS)])[0]
+                sampled_misses = scan.shards.misses([-(-k * threshold // MODULUS)])[0]
+                holds = k > 0
             else:
                 c_r = (size * threshold + MODULUS // 2) // MODULUS  # c·R, rounded
-                misses, status = _miniature(scan, trace, head, c_r, record)
+                sampled_misses, status = _miniature(scan, trace, head, c_r, record)
+                holds = bool(record) and c_r >= record
+            if holds:
+                misses = estimated_misses(sampled_misses, requests, threshold)
+            else:  # a cache that holds nothing: every request misses, not ~1/R of the sample's
+                misses = requests
+            figures.update({"mrc.sample_rate": rate, "mrc.sampled_requests": scan.sampled,
+                            "mrc.sampled_misses": sampled_misses})
         hits = requests - misses
+        if method == SAMPLED and not scan.sampled:  # an empty sample: no estimate, no ratio
+            hits = misses = 0
         figures.update({"arc.policy": policy, "arc.hits": hits, "arc.misses": misses,
-                        "arc.hit_ratio": hits / requests if requests else 0.0,
+                        "arc.hit_ratio": hits / requests if hits + misses else 0.0,
                         "mrc.requests": requests})
         rows.append({**head, "status": status, "error": None, **figures})
     return rows

@@ -13,8 +13,9 @@ their requests; distances measured in the sample, divided by R, estimate the ful
 from __future__ import annotations
 
 import itertools
+import os
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 #: SHARDS' modulus P: a rate is kept as T/P with T a whole number (rates down to 2^-24)
 MODULUS = 1 << 24
@@ -22,6 +23,14 @@ _MASK = (1 << 64) - 1
 #: last-reference times per chunk: bigger chunks mean fewer tree steps but longer deletions
 #: (2048 was the fastest of 512..4096 on the ARC paper's OLTP trace)
 CHUNK = 2048
+
+try:  # the C twin of the counting (setup.py), unless MMSIM_PURE_PYTHON=1
+    from mmsim._stack_distance_c import Counter as _Counter
+except ImportError:  # not compiled here: the pure-Python counting, same results, slower
+    if os.environ.get("MMSIM_REQUIRE_C") == "1":
+        raise
+    _Counter = None
+PURE = _Counter is None or os.environ.get("MMSIM_PURE_PYTHON") == "1"
 
 
 def spatial_hash(block: int) -> int:
@@ -46,10 +55,23 @@ def sample_threshold(rate: float) -> int:
     return t
 
 
-def sampled(blocks: Iterable[int], threshold: int) -> list[int]:
+def sample_positions(blocks: Sequence[int], threshold: int) -> list[int]:
+    """The positions in ``blocks`` (ids in [0, 2**64)) of those SHARDS keeps at ``threshold``:
+    spatial_hash(block) < threshold, computed over a numpy array (uint64 arithmetic wraps as
+    the masks do), about 20x faster than one call per block."""
+    import numpy as np
+
+    h = np.array(blocks, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    for m in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(m)
+    h ^= h >> np.uint64(33)
+    return np.flatnonzero((h >> np.uint64(40)) < threshold).tolist()
+
+
+def sampled(blocks: Sequence[int], threshold: int) -> list[int]:
     """The blocks of ``blocks`` that SHARDS keeps at ``threshold`` (each block always or never)."""
-    h = spatial_hash
-    return [b for b in blocks if h(b) < threshold]
+    return [blocks[i] for i in sample_positions(blocks, threshold)]
 
 
 class StackDistances:
@@ -61,12 +83,17 @@ class StackDistances:
     the chunks (O(log n) per request; the newest chunk, still filling, is counted apart so
     that appending to it costs no tree update). Memory grows with the distinct blocks, plus
     one chunk per CHUNK requests.
+
+    Unless ``pure`` (default: when the C twin is not built, or MMSIM_PURE_PYTHON=1), the
+    counting is done by mmsim._stack_distance_c.Counter: the same histogram, from a Fenwick
+    tree over the last references' times in C (about 15x faster on OLTP); block ids must then
+    be in [0, 2**64), as a block trace's are.
     """
 
-    def __init__(self) -> None:
-        #: hist[d]: requests at distance d (d distinct other blocks since their previous one)
-        self.hist: list[int] = [0]
-        self.requests = 0
+    def __init__(self, pure: bool | None = None) -> None:
+        self._c = None if (PURE if pure is None else pure) else _Counter()
+        self._hist: list[int] = [0]
+        self._requests = 0
         self._last: dict[int, int] = {}
         self._chunks: list[list[int]] = [[]]
         self._starts = [0]  # first time of each chunk: chunk i holds times in [s_i, s_i+1)
@@ -75,22 +102,34 @@ class StackDistances:
         self._hits: list[int] | None = None  # _hits[k]: hits at k records (kept until fed)
 
     @property
+    def hist(self) -> list[int]:
+        """hist[d]: requests at distance d (d distinct other blocks since their previous one)."""
+        return self._hist if self._c is None else self._c.hist()
+
+    @property
+    def requests(self) -> int:
+        return self._requests if self._c is None else self._c.requests
+
+    @property
     def cold(self) -> int:
         """First references: misses at every size."""
-        return len(self._last)
+        return len(self._last) if self._c is None else self._c.distinct
 
     def feed(self, blocks: Iterable[int]) -> None:
         """Count the distances of ``blocks``, requested in this order after those fed before."""
         self._hits = None
+        if self._c is not None:
+            self._c.feed(blocks)
+            return
         last = self._last
         get = last.get
-        hist = self.hist
+        hist = self._hist
         chunks, starts, tree = self._chunks, self._starts, self._tree
         cap = len(tree) - 1
         sealed = self._sealed
         tail = chunks[-1]
         tail_start = starts[-1]
-        t = self.requests
+        t = self._requests
         for b in blocks:
             p = get(b)
             last[b] = t
@@ -134,7 +173,7 @@ class StackDistances:
                 chunks.append(tail)
                 starts.append(t)
                 tail_start = t
-        self.requests = t
+        self._requests = t
         self._sealed = sealed
 
     def _rebuilt(self, cap: int) -> list[int]:
