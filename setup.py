@@ -11,4 +11,6 @@ setup(ext_modules=[
               extra_compile_args=_FLAGS, optional=True),
     Extension("mmsim.kernel._mallocs_c", ["kernel/_mallocs_c.c"],
               extra_compile_args=_FLAGS, optional=True),
+    Extension("mmsim.fs.zfs_arc._arc_c", ["fs/zfs_arc/_arc_c.c"],
+              extra_compile_args=_FLAGS, optional=True),
 ])
