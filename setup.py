@@ -13,4 +13,6 @@ setup(ext_modules=[
               extra_compile_args=_FLAGS, optional=True),
     Extension("mmsim._stack_distance_c", ["mmsim/_stack_distance_c.c"],
               extra_compile_args=_FLAGS, optional=True),
+    Extension("mmsim.fs.zfs_arc._arc_c", ["fs/zfs_arc/_arc_c.c"],
+              extra_compile_args=_FLAGS, optional=True),
 ])

@@ -11,15 +11,24 @@ so eviction only happens when the resident records do not leave room.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from mmsim.fs.zfs_arc.policy import CachePolicy, EvictFn, _no_evict
 
+try:
+    if os.environ.get("MMSIM_PURE_PYTHON"):
+        raise ImportError
+    from mmsim.fs.zfs_arc import _arc_c
+except ImportError:  # not compiled on this machine, or turned off: the pure-Python twin
+    _arc_c = None
 
-class ArcPolicy(CachePolicy):
-    """The adaptive replacement cache with a fixed capacity ``c`` (bytes)."""
+
+class PyArcPolicy(CachePolicy):
+    """The adaptive replacement cache with a fixed capacity ``c`` (bytes), in pure Python:
+    the reference of :class:`CArcPolicy` (the same decisions, its lists in C)."""
 
     name = "arc"
 
@@ -221,6 +230,11 @@ class ArcPolicy(CachePolicy):
         """Hits in T2: every hit not in T1 (not counted on the hot path, the most taken one)."""
         return self.hits - self.mru_hits
 
+    def dump(self) -> tuple[list[tuple[int, int]], ...]:
+        """T1, T2, B1 and B2 as (key, size) lists, oldest first (for the tests that hold the
+        C lists to these)."""
+        return tuple(list(d.items()) for d in (self._t1, self._t2, self._b1, self._b2))
+
     def lists(self) -> dict[str, int]:
         return {
             "mru_bytes": self._t1b, "mfu_bytes": self._t2b,
@@ -229,5 +243,86 @@ class ArcPolicy(CachePolicy):
             "mru_ghost_count": len(self._b1), "mfu_ghost_count": len(self._b2),
         }
 
+
+class CArcPolicy(PyArcPolicy):
+    """:class:`PyArcPolicy` with its lists, ghosts and p in ``_arc_c.Arc`` (the replay loop in
+    C: a block trace's requests cost a third of the Python loop's). The counters stay here.
+    A key beyond 64 bits (never a block trace's) turns the object into a PyArcPolicy with the
+    same state, which carries on."""
+
+    def __init__(
+        self, capacity: int, on_evict: EvictFn = _no_evict, *, c_min: int | None = None
+    ) -> None:
+        CachePolicy.__init__(self, capacity, on_evict)
+        assert _arc_c is not None
+        self._core = _arc_c.Arc(capacity)
+        self.mru_hits = self.mru_ghost_hits = self.mfu_ghost_hits = 0
+
+    @property  # type: ignore[override]
+    def p(self) -> float:
+        return self._core.p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self._core.p = value
+
+    def access(self, key: int, size: int) -> bool:
+        hits = self.hits
+        self._replay((key,), size, 0, 0, None)
+        return self.hits != hits
+
+    def _replay(self, keys: Sequence[int], size: int, start: int, budget: int,
+                payload: dict[int, Any] | None) -> int:
+        end, hits, mru_hits, evictions, b1_hits, b2_hits, left, overflow = self._core.replay(
+            keys, size, start, budget, payload, self.on_evict)
+        self.hits += hits
+        self.mru_hits += mru_hits
+        self.misses += end - start - hits
+        self.evictions += evictions
+        self.mru_ghost_hits += b1_hits
+        self.mfu_ghost_hits += b2_hits
+        if overflow:  # keys[end] is beyond 64 bits: the pure-Python twin takes over
+            self._to_python()
+            return self._replay(keys, size, end, left, payload)
+        return end
+
+    def _to_python(self) -> None:
+        t1, t2, b1, b2 = self._core.dump()
+        p = self._core.p
+        del self._core
+        self.__class__ = PyArcPolicy  # type: ignore[assignment]
+        self._t1, self._t2, self._b1, self._b2 = (OrderedDict(x) for x in (t1, t2, b1, b2))
+        self._t1b, self._t2b, self._b1b, self._b2b = (
+            sum(d.values()) for d in (self._t1, self._t2, self._b1, self._b2))
+        self.p = p
+
+    def _make_room(self, size: int, in_b2: bool) -> None:
+        self.evictions += self._core.make_room(size, in_b2, self.on_evict)
+
+    def remove(self, key: int) -> bool:
+        return self._core.remove(key) == 1
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._core
+
+    @property
+    def size(self) -> int:
+        t1b, t2b = self._core.sizes()[:2]
+        return t1b + t2b
+
+    def lists(self) -> dict[str, int]:
+        t1b, t2b, b1b, b2b, t1n, t2n, b1n, b2n = self._core.sizes()
+        return {
+            "mru_bytes": t1b, "mfu_bytes": t2b, "mru_ghost_bytes": b1b, "mfu_ghost_bytes": b2b,
+            "mru_count": t1n, "mfu_count": t2n, "mru_ghost_count": b1n, "mfu_ghost_count": b2n,
+        }
+
+    def dump(self) -> tuple[list[tuple[int, int]], ...]:
+        """T1, T2, B1 and B2 as (key, size) lists, oldest first (as PyArcPolicy.dump)."""
+        return self._core.dump()
+
+
+#: the C lists when the extension is built (and not turned off), else the pure-Python twin
+ArcPolicy: type[PyArcPolicy] = CArcPolicy if _arc_c is not None else PyArcPolicy
 
 POLICY = ArcPolicy
