@@ -1,7 +1,683 @@
-/* placeholder: see setup.py */
+/* The hot loop of the mtrace reader (mmsim/trace/mtrace.py, MtraceReader._records) in C.
+
+ChunkParser(stats).parse(chunk, base) reads one chunk of lines (a list of str, the first one
+line base + 1) and returns (records, status, index): the chunk's records, the same 5-tuples as
+the pure-Python loop gives, and what went wrong, if anything, for the Python side to report with
+its own messages (status 0: nothing; 1: a '+' or '>' pointer is not 0x and hex, so the chunk is
+checked again line by line; 2: the record at chunk[index] fails _check_record; 3: its size is
+bad; 4: it is not a record). Every rule is the pure loop's, in the same order; the state is
+kept in Python dicts, keyed by "p" + pointer (the pointer's handle name) instead of the
+pointer, which is the same mapping and saves a string per line. stats (a Counter) is updated in
+place at the same moments as the pure loop does it, so its keys come in the same order. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <string.h>
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_mtrace_c", NULL, 0, NULL};
+#define DEAD_HALF (1 << 15) /* as _DEAD_HALF */
+#define SMALL_SIZES 4096    /* sizes below this get one shared int object */
+#define SITE_SLOTS 4096     /* callers remembered (ASCII ones), direct-mapped */
 
-PyMODINIT_FUNC PyInit__mtrace_c(void) { return PyModule_Create(&module); }
+enum { OK = 0, PTRS = 1, CHECK = 2, SIZE = 3, JUNK = 4 };
+
+static PyObject *s_malloc, *s_realloc, *s_free, *s_p, *s_zero, *s_one, *s_popleft, *s_append;
+static PyObject *k_null_results, *k_reused, *k_unpaired_results, *k_failed, *k_null_frees,
+    *k_unpaired_frees;
+static PyObject *deque_type;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *stats, *live, *later, *moved, *dead, *dead_old;
+    PyObject *pending; /* handle of a realloc whose '>' line is next, or NULL */
+    Py_ssize_t pending_line, serial;
+    PyObject *sizes[SMALL_SIZES];
+    PyObject *sites[SITE_SLOTS];
+} ChunkParser;
+
+/* The tokens of a line as str.split() finds them: the first two and the last four. */
+typedef struct {
+    Py_ssize_t n;
+    Py_ssize_t s[2], e[2];   /* t[0], t[1] */
+    Py_ssize_t rs[4], re[4]; /* t[n-1-i] is ring (n-1-i) & 3 */
+} Tokens;
+
+static inline void tokenize(int kind, const void *data, Py_ssize_t len, Tokens *t) {
+    Py_ssize_t i = 0, n = 0;
+    while (1) {
+        while (i < len && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
+            i++;
+        if (i >= len)
+            break;
+        Py_ssize_t s = i;
+        while (i < len && !Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
+            i++;
+        if (n < 2) {
+            t->s[n] = s;
+            t->e[n] = i;
+        }
+        t->rs[n & 3] = s;
+        t->re[n & 3] = i;
+        n++;
+    }
+    t->n = n;
+}
+
+/* t[-k] (k = 1..4) */
+#define TS(t, k) ((t)->rs[((t)->n - (k)) & 3])
+#define TE(t, k) ((t)->re[((t)->n - (k)) & 3])
+
+static inline int tok_is(int kind, const void *data, Py_ssize_t s, Py_ssize_t e, const char *lit) {
+    Py_ssize_t len = (Py_ssize_t)strlen(lit);
+    if (e - s != len)
+        return 0;
+    for (Py_ssize_t i = 0; i < len; i++)
+        if (PyUnicode_READ(kind, data, s + i) != (Py_UCS4)(unsigned char)lit[i])
+            return 0;
+    return 1;
+}
+
+static inline int hexval(Py_UCS4 c) {
+    if (c >= '0' && c <= '9')
+        return (int)(c - '0');
+    if (c >= 'a' && c <= 'f')
+        return (int)(c - 'a' + 10);
+    if (c >= 'A' && c <= 'F')
+        return (int)(c - 'A' + 10);
+    return -1;
+}
+
+/* 0x and hex digits (what _pointers_ok accepts) */
+static int hex_token(int kind, const void *data, Py_ssize_t s, Py_ssize_t e) {
+    if (e - s < 3 || PyUnicode_READ(kind, data, s) != '0' || PyUnicode_READ(kind, data, s + 1) != 'x')
+        return 0;
+    for (Py_ssize_t i = s + 2; i < e; i++)
+        if (hexval(PyUnicode_READ(kind, data, i)) < 0)
+            return 0;
+    return 1;
+}
+
+static int ptr_token(int kind, const void *data, Py_ssize_t s, Py_ssize_t e) {
+    return hex_token(kind, data, s, e) || tok_is(kind, data, s, e, "(nil)");
+}
+
+/* Whether MtraceReader._check_record(t, n) raises. */
+static int check_fails(int kind, const void *data, const Tokens *t) {
+    int fields = (tok_is(kind, data, TS(t, 2), TE(t, 2), "-") ||
+                  tok_is(kind, data, TS(t, 2), TE(t, 2), "<")) ? 2 : 3;
+    Py_ssize_t ps = fields == 2 ? TS(t, 1) : TS(t, 2), pe = fields == 2 ? TE(t, 1) : TE(t, 2);
+    if (!ptr_token(kind, data, ps, pe))
+        return 1;
+    return t->n > fields && !tok_is(kind, data, t->s[0], t->e[0], "@");
+}
+
+/* int(text, 16) of a size token, or NULL without an exception if it is not 0 or 0x and hex
+   digits (_size's rule); a new reference. */
+static PyObject *size_of(ChunkParser *self, int kind, const void *data, Py_ssize_t s,
+                         Py_ssize_t e, int *bad) {
+    if (e - s == 1 && PyUnicode_READ(kind, data, s) == '0') {
+        Py_INCREF(s_zero);
+        return s_zero;
+    }
+    if (!hex_token(kind, data, s, e)) {
+        *bad = 1;
+        return NULL;
+    }
+    Py_ssize_t i = s + 2;
+    while (i < e - 1 && PyUnicode_READ(kind, data, i) == '0')
+        i++;
+    if (e - i > 16) { /* beyond 64 bits: Python's own conversion */
+        char *buf = PyMem_Malloc((size_t)(e - s + 1));
+        if (!buf)
+            return PyErr_NoMemory();
+        for (Py_ssize_t j = s; j < e; j++)
+            buf[j - s] = (char)PyUnicode_READ(kind, data, j);
+        buf[e - s] = 0;
+        PyObject *v = PyLong_FromString(buf, NULL, 16);
+        PyMem_Free(buf);
+        return v;
+    }
+    unsigned long long v = 0;
+    for (; i < e; i++)
+        v = (v << 4) | (unsigned long long)hexval(PyUnicode_READ(kind, data, i));
+    if (v < SMALL_SIZES) {
+        PyObject *o = self->sizes[v];
+        if (!o) {
+            o = PyLong_FromUnsignedLongLong(v);
+            if (!o)
+                return NULL;
+            self->sizes[v] = o;
+        }
+        Py_INCREF(o);
+        return o;
+    }
+    return PyLong_FromUnsignedLongLong(v);
+}
+
+/* "p" + line[s:e], a new reference */
+static PyObject *handle_of(PyObject *line, int ascii, Py_ssize_t s, Py_ssize_t e) {
+    if (ascii) {
+        PyObject *h = PyUnicode_New(e - s + 1, 127);
+        if (!h)
+            return NULL;
+        Py_UCS1 *d = PyUnicode_1BYTE_DATA(h);
+        d[0] = 'p';
+        memcpy(d + 1, PyUnicode_1BYTE_DATA(line) + s, (size_t)(e - s));
+        return h;
+    }
+    PyObject *p = PyUnicode_Substring(line, s, e);
+    if (!p)
+        return NULL;
+    PyObject *h = PyUnicode_Concat(s_p, p);
+    Py_DECREF(p);
+    return h;
+}
+
+/* line[s:e] (a caller's text), a new reference; ASCII ones are shared */
+static PyObject *site_of(ChunkParser *self, PyObject *line, int ascii, Py_ssize_t s, Py_ssize_t e) {
+    if (!ascii)
+        return PyUnicode_Substring(line, s, e);
+    const Py_UCS1 *d = PyUnicode_1BYTE_DATA(line) + s;
+    size_t len = (size_t)(e - s), h = 5381;
+    for (size_t i = 0; i < len; i++)
+        h = h * 33 + d[i];
+    PyObject **slot = &self->sites[h & (SITE_SLOTS - 1)];
+    PyObject *o = *slot;
+    if (o && (size_t)PyUnicode_GET_LENGTH(o) == len && memcmp(PyUnicode_1BYTE_DATA(o), d, len) == 0) {
+        Py_INCREF(o);
+        return o;
+    }
+    o = PyUnicode_New((Py_ssize_t)len, 127);
+    if (!o)
+        return NULL;
+    memcpy(PyUnicode_1BYTE_DATA(o), d, len);
+    Py_XSETREF(*slot, o);
+    Py_INCREF(o);
+    return o;
+}
+
+/* The caller of a '+' or '>' record (t[1] or _caller's rule), a new reference (None if none). */
+static PyObject *caller_of(ChunkParser *self, PyObject *line, int ascii, int kind, const void *data,
+                           const Tokens *t) {
+    if (t->n > 4 && tok_is(kind, data, t->s[0], t->e[0], "@"))
+        return site_of(self, line, ascii, t->s[1], TE(t, 4));
+    Py_RETURN_NONE;
+}
+
+static int count(ChunkParser *self, PyObject *key) {
+    PyObject *v = PyDict_GetItemWithError(self->stats, key);
+    if (!v && PyErr_Occurred())
+        return -1;
+    PyObject *w = v ? PyNumber_Add(v, s_one) : PyLong_FromLong(1);
+    if (!w)
+        return -1;
+    int r = PyDict_SetItem(self->stats, key, w);
+    Py_DECREF(w);
+    return r;
+}
+
+static int emit(PyObject *out, PyObject *kind, Py_ssize_t n, PyObject *h, PyObject *size,
+                PyObject *site) {
+    PyObject *line = PyLong_FromSsize_t(n);
+    if (!line)
+        return -1;
+    PyObject *r = PyTuple_New(5);
+    if (!r) {
+        Py_DECREF(line);
+        return -1;
+    }
+    Py_INCREF(kind);
+    Py_INCREF(h);
+    Py_INCREF(size);
+    Py_INCREF(site);
+    PyTuple_SET_ITEM(r, 0, kind);
+    PyTuple_SET_ITEM(r, 1, line);
+    PyTuple_SET_ITEM(r, 2, h);
+    PyTuple_SET_ITEM(r, 3, size);
+    PyTuple_SET_ITEM(r, 4, site);
+    int rc = PyList_Append(out, r);
+    Py_DECREF(r);
+    return rc;
+}
+
+/* A '<' whose '>' never came: replayed as a free (_lost_realloc). */
+static int lost_realloc(ChunkParser *self, PyObject *out) {
+    if (!self->pending)
+        return 0;
+    PyObject *h = self->pending;
+    self->pending = NULL;
+    int rc = count(self, k_unpaired_frees);
+    if (rc == 0)
+        rc = emit(out, s_free, self->pending_line, h, s_zero, Py_None);
+    Py_DECREF(h);
+    return rc;
+}
+
+/* kp + "." + serial, after serial += 1 (f"p{p}.{serial}") */
+static PyObject *serial_handle(ChunkParser *self, PyObject *kp) {
+    self->serial++;
+    return PyUnicode_FromFormat("%U.%zd", kp, self->serial);
+}
+
+/* later.setdefault(kp, deque()).append(h) */
+static int later_append(ChunkParser *self, PyObject *kp, PyObject *h) {
+    PyObject *dq = PyDict_GetItemWithError(self->later, kp);
+    if (!dq) {
+        if (PyErr_Occurred())
+            return -1;
+        dq = PyObject_CallNoArgs(deque_type);
+        if (!dq)
+            return -1;
+        int rc = PyDict_SetItem(self->later, kp, dq);
+        Py_DECREF(dq);
+        if (rc < 0)
+            return -1;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(dq, s_append, h);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* kp is an existing key of a (its value is returned): a.pop(kp); NULL if it is not a key. */
+static PyObject *dict_pop(PyObject *a, PyObject *kp) {
+    PyObject *h = PyDict_GetItemWithError(a, kp);
+    if (!h)
+        return NULL;
+    Py_INCREF(h);
+    if (PyDict_DelItem(a, kp) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return h;
+}
+
+#define TRY(x)              \
+    do {                    \
+        if ((x) < 0)        \
+            goto fail;      \
+    } while (0)
+
+/* One line (the pure loop's body); returns OK, an error status, or -1 (an exception). */
+static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize_t n, int *ptrs_bad) {
+    int kind = PyUnicode_KIND(line), ascii = PyUnicode_IS_ASCII(line);
+    const void *data = PyUnicode_DATA(line);
+    Tokens tk, *t = &tk;
+    PyObject *kp = NULL, *h = NULL, *size = NULL, *site = NULL;
+    int status = OK, bad = 0;
+    switch (kind) { /* the same loop, compiled for each width */
+    case PyUnicode_1BYTE_KIND:
+        tokenize(PyUnicode_1BYTE_KIND, data, PyUnicode_GET_LENGTH(line), t);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        tokenize(PyUnicode_2BYTE_KIND, data, PyUnicode_GET_LENGTH(line), t);
+        break;
+    default:
+        tokenize(PyUnicode_4BYTE_KIND, data, PyUnicode_GET_LENGTH(line), t);
+    }
+    Py_ssize_t nt = t->n;
+    int at = nt > 0 && tok_is(kind, data, t->s[0], t->e[0], "@");
+    if (nt > 2) {
+        int plus = tok_is(kind, data, TS(t, 3), TE(t, 3), "+");
+        if (plus || tok_is(kind, data, TS(t, 3), TE(t, 3), ">")) {
+            if (plus)
+                TRY(lost_realloc(self, out));
+            Py_ssize_t ps = TS(t, 2), pe = TE(t, 2);
+            if (!hex_token(kind, data, ps, pe))
+                *ptrs_bad = 1; /* checked with the chunk's others, at its end */
+            if (nt > 3 && !at)
+                return CHECK;
+            size = size_of(self, kind, data, TS(t, 1), TE(t, 1), &bad);
+            if (bad)
+                return SIZE;
+            if (!size)
+                goto fail;
+            int nil = tok_is(kind, data, ps, pe, "(nil)");
+            kp = handle_of(line, ascii, ps, pe);
+            if (!kp)
+                goto fail;
+            if (plus) {
+                PyObject *old = PyDict_SetDefault(self->live, kp, kp);
+                if (!old)
+                    goto fail;
+                if (old != kp) {
+                    if (nil) {
+                        TRY(count(self, k_null_results));
+                        goto done;
+                    }
+                    h = serial_handle(self, kp);
+                    if (!h)
+                        goto fail;
+                    TRY(later_append(self, kp, h));
+                    TRY(count(self, k_reused));
+                } else {
+                    int mv = PySet_GET_SIZE(self->moved) ? PySet_Contains(self->moved, kp) : 0;
+                    TRY(mv);
+                    if (mv) {
+                        h = serial_handle(self, kp);
+                        if (!h)
+                            goto fail;
+                        TRY(PyDict_SetItem(self->live, kp, h));
+                    } else if (nil) {
+                        TRY(PyDict_DelItem(self->live, kp));
+                        TRY(count(self, k_null_results));
+                        goto done;
+                    } else {
+                        h = kp;
+                        Py_INCREF(h);
+                    }
+                }
+                site = caller_of(self, line, ascii, kind, data, t);
+                if (!site)
+                    goto fail;
+                TRY(emit(out, s_malloc, n, h, size, site));
+                goto done;
+            }
+            /* '>' */
+            h = self->pending;
+            self->pending = NULL;
+            int in_live = PyDict_Contains(self->live, kp);
+            TRY(in_live);
+            if (!h) { /* a '>' without its '<': a realloc(NULL) */
+                TRY(count(self, k_unpaired_results));
+                int mv = in_live ? 0 : PySet_Contains(self->moved, kp);
+                TRY(mv);
+                if (in_live || mv) {
+                    h = serial_handle(self, kp);
+                    if (!h)
+                        goto fail;
+                } else {
+                    h = kp;
+                    Py_INCREF(h);
+                }
+            }
+            if (in_live) {
+                TRY(later_append(self, kp, h));
+                TRY(count(self, k_reused));
+            } else {
+                TRY(PyDict_SetItem(self->live, kp, h));
+            }
+            int same = PyUnicode_Compare(h, kp);
+            if (same == -1 && PyErr_Occurred())
+                goto fail;
+            if (same != 0) {
+                TRY(PySet_Add(self->moved, h));
+            } else if (PySet_GET_SIZE(self->moved)) {
+                TRY(PySet_Discard(self->moved, h));
+            }
+            site = caller_of(self, line, ascii, kind, data, t);
+            if (!site)
+                goto fail;
+            TRY(emit(out, s_realloc, n, h, size, site));
+            goto done;
+        }
+        if (tok_is(kind, data, TS(t, 3), TE(t, 3), "!")) {
+            if (check_fails(kind, data, t))
+                return CHECK;
+            TRY(lost_realloc(self, out));
+            size = size_of(self, kind, data, TS(t, 1), TE(t, 1), &bad);
+            if (bad)
+                return SIZE;
+            if (!size)
+                goto fail;
+            TRY(count(self, k_failed));
+            goto done;
+        }
+    }
+    if (nt > 1) {
+        int minus = tok_is(kind, data, TS(t, 2), TE(t, 2), "-");
+        if (minus || tok_is(kind, data, TS(t, 2), TE(t, 2), "<")) {
+            TRY(lost_realloc(self, out));
+            Py_ssize_t ps = TS(t, 1), pe = TE(t, 1);
+            if (nt > 2 && !at)
+                return CHECK;
+            kp = handle_of(line, ascii, ps, pe);
+            if (!kp)
+                goto fail;
+            h = dict_pop(self->live, kp);
+            if (h) {
+                if (PyDict_GET_SIZE(self->later)) {
+                    PyObject *younger = PyDict_GetItemWithError(self->later, kp);
+                    if (!younger && PyErr_Occurred())
+                        goto fail;
+                    if (younger && PyObject_Length(younger) > 0) {
+                        Py_INCREF(younger);
+                        PyObject *y = PyObject_CallMethodNoArgs(younger, s_popleft);
+                        Py_ssize_t left = PyObject_Length(younger);
+                        Py_DECREF(younger);
+                        if (!y)
+                            goto fail;
+                        int rc = PyDict_SetItem(self->live, kp, y);
+                        Py_DECREF(y);
+                        TRY(rc);
+                        TRY(left);
+                        if (left == 0)
+                            TRY(PyDict_DelItem(self->later, kp));
+                    }
+                }
+                if (PySet_GET_SIZE(self->moved))
+                    TRY(PySet_Discard(self->moved, h));
+                if (minus) {
+                    TRY(PyDict_SetItem(self->dead, kp, h));
+                    if (PyDict_GET_SIZE(self->dead) >= DEAD_HALF) {
+                        PyObject *fresh = PyDict_New();
+                        if (!fresh)
+                            goto fail;
+                        Py_SETREF(self->dead_old, self->dead);
+                        self->dead = fresh;
+                    }
+                    TRY(emit(out, s_free, n, h, s_zero, Py_None));
+                    goto done;
+                }
+            } else if (PyErr_Occurred()) {
+                goto fail;
+            } else if (tok_is(kind, data, ps, pe, "(nil)")) {
+                TRY(count(self, k_null_frees));
+                goto done;
+            } else {
+                if (check_fails(kind, data, t)) {
+                    status = CHECK;
+                    goto done;
+                }
+                /* not live: the block free() last released at p, or a handle never allocated */
+                h = PyDict_GetItemWithError(self->dead, kp);
+                if (!h && !PyErr_Occurred())
+                    h = PyDict_GetItemWithError(self->dead_old, kp);
+                if (!h && PyErr_Occurred())
+                    goto fail;
+                int mv = 0;
+                if (h) {
+                    mv = PySet_Contains(self->moved, h);
+                    TRY(mv);
+                }
+                if (!h || mv) {
+                    mv = PySet_Contains(self->moved, kp);
+                    TRY(mv);
+                    h = mv ? serial_handle(self, kp) : (Py_INCREF(kp), kp);
+                    if (!h)
+                        goto fail;
+                } else {
+                    Py_INCREF(h);
+                }
+                if (minus) {
+                    TRY(emit(out, s_free, n, h, s_zero, Py_None));
+                    goto done;
+                }
+                PyObject *gone = dict_pop(self->dead, kp);
+                if (!gone && PyErr_Occurred())
+                    goto fail;
+                Py_XDECREF(gone);
+                gone = dict_pop(self->dead_old, kp);
+                if (!gone && PyErr_Occurred())
+                    goto fail;
+                Py_XDECREF(gone);
+            }
+            self->pending = h; /* takes the reference */
+            h = NULL;
+            self->pending_line = n;
+            goto done;
+        }
+        if (nt == 2 && tok_is(kind, data, t->s[0], t->e[0], "=") && t->s[1] == t->e[0] + 1 &&
+            PyUnicode_READ(kind, data, t->e[0]) == ' ' &&
+            (tok_is(kind, data, t->s[1], t->e[1], "Start") || tok_is(kind, data, t->s[1], t->e[1], "End")))
+            goto done;
+    }
+    if (nt == 0)
+        goto done;
+    return JUNK;
+done:
+    Py_XDECREF(kp);
+    Py_XDECREF(h);
+    Py_XDECREF(size);
+    Py_XDECREF(site);
+    return status;
+fail:
+    Py_XDECREF(kp);
+    Py_XDECREF(h);
+    Py_XDECREF(size);
+    Py_XDECREF(site);
+    return -1;
+}
+
+static PyObject *ChunkParser_parse(ChunkParser *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse(chunk: list[str], base: int)");
+        return NULL;
+    }
+    PyObject *chunk = args[0];
+    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
+    if (base == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out)
+        return NULL;
+    int status = OK, ptrs_bad = 0;
+    Py_ssize_t i, len = PyList_GET_SIZE(chunk);
+    for (i = 0; i < len; i++) {
+        PyObject *line = PyList_GET_ITEM(chunk, i);
+        if (!PyUnicode_Check(line)) {
+            PyErr_SetString(PyExc_TypeError, "a chunk holds str lines");
+            goto fail;
+        }
+        Py_INCREF(line); /* the list may change under a deque's or dict's callback */
+        status = parse_line(self, out, line, base + 1 + i, &ptrs_bad);
+        Py_DECREF(line);
+        if (status < 0)
+            goto fail;
+        if (status != OK)
+            break;
+        len = PyList_GET_SIZE(chunk);
+    }
+    if (status == OK) {
+        i = 0;
+        if (ptrs_bad)
+            status = PTRS;
+    }
+    return Py_BuildValue("(Nin)", out, status, i);
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyObject *ChunkParser_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *stats;
+    if (!PyArg_ParseTuple(args, "O!:ChunkParser", &PyDict_Type, &stats))
+        return NULL;
+    ChunkParser *self = (ChunkParser *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    Py_INCREF(stats);
+    self->stats = stats;
+    self->live = PyDict_New();
+    self->later = PyDict_New();
+    self->moved = PySet_New(NULL);
+    self->dead = PyDict_New();
+    self->dead_old = PyDict_New();
+    if (!self->live || !self->later || !self->moved || !self->dead || !self->dead_old) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void ChunkParser_dealloc(ChunkParser *self) {
+    Py_XDECREF(self->stats);
+    Py_XDECREF(self->live);
+    Py_XDECREF(self->later);
+    Py_XDECREF(self->moved);
+    Py_XDECREF(self->dead);
+    Py_XDECREF(self->dead_old);
+    Py_XDECREF(self->pending);
+    for (int i = 0; i < SMALL_SIZES; i++)
+        Py_XDECREF(self->sizes[i]);
+    for (int i = 0; i < SITE_SLOTS; i++)
+        Py_XDECREF(self->sites[i]);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *ChunkParser_pending(ChunkParser *self, void *closure) {
+    return PyBool_FromLong(self->pending != NULL);
+}
+
+static PyMethodDef ChunkParser_methods[] = {
+    {"parse", (PyCFunction)(void (*)(void))ChunkParser_parse, METH_FASTCALL,
+     "parse(chunk, base) -> (records, status, index): the records of a chunk of lines"},
+    {NULL}};
+
+static PyGetSetDef ChunkParser_getset[] = {
+    {"pending", (getter)ChunkParser_pending, NULL, "a '<' waits for its '>'", NULL},
+    {NULL}};
+
+static PyTypeObject ChunkParserType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mmsim.trace._mtrace_c.ChunkParser",
+    .tp_basicsize = sizeof(ChunkParser),
+    .tp_dealloc = (destructor)ChunkParser_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ChunkParser(stats): the state of one read of an mtrace log",
+    .tp_new = ChunkParser_new,
+    .tp_methods = ChunkParser_methods,
+    .tp_getset = ChunkParser_getset,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_mtrace_c",
+                                    "The C hot loop of the mtrace reader (mmsim.trace.mtrace).", -1, NULL};
+
+static PyObject *intern(const char *s) { return PyUnicode_InternFromString(s); }
+
+PyMODINIT_FUNC PyInit__mtrace_c(void) {
+    if (PyType_Ready(&ChunkParserType) < 0)
+        return NULL;
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (!collections)
+        return NULL;
+    deque_type = PyObject_GetAttrString(collections, "deque");
+    Py_DECREF(collections);
+    if (!deque_type)
+        return NULL;
+    s_malloc = intern("malloc");
+    s_realloc = intern("realloc");
+    s_free = intern("free");
+    s_p = intern("p");
+    s_popleft = intern("popleft");
+    s_append = intern("append");
+    s_zero = PyLong_FromLong(0);
+    s_one = PyLong_FromLong(1);
+    k_null_results = intern("null_results");
+    k_reused = intern("reused_live_pointers");
+    k_unpaired_results = intern("unpaired_realloc_results");
+    k_failed = intern("failed_reallocs");
+    k_null_frees = intern("null_frees");
+    k_unpaired_frees = intern("unpaired_realloc_frees");
+    if (!s_malloc || !s_realloc || !s_free || !s_p || !s_popleft || !s_append || !s_zero || !s_one ||
+        !k_null_results || !k_reused || !k_unpaired_results || !k_failed || !k_null_frees ||
+        !k_unpaired_frees)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&ChunkParserType);
+    if (PyModule_AddObject(m, "ChunkParser", (PyObject *)&ChunkParserType) < 0) {
+        Py_DECREF(&ChunkParserType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

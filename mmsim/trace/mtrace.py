@@ -41,6 +41,13 @@ from itertools import islice
 from typing import TYPE_CHECKING, TextIO
 
 from .ops import Op, TraceError, quick_op
+
+try:
+    if os.environ.get("MMSIM_PURE_PYTHON"):
+        raise ImportError
+    from mmsim.trace import _mtrace_c
+except ImportError:  # not compiled on this machine, or turned off: the pure-Python twin
+    _mtrace_c = None
 from .source import MAX_LINE_BYTES, compression_of, open_trace_binary
 
 if TYPE_CHECKING:
@@ -170,8 +177,70 @@ class MtraceReader:
                     for kind, line, handle, nbytes, site in records:
                         yield quick_op(kind, line, handle, nbytes, site)
 
-    def _records(self, text: TextIO, every: int) -> Iterator[list[Record]]:  # noqa: C901 - one hot loop, kept flat
-        """The records of the log, a list every ``every`` lines (a power of two)."""
+    def _records(self, text: TextIO, every: int) -> Iterator[list[Record]]:
+        """The records of the log, a list every ``every`` lines (a power of two): the C loop
+        of _mtrace_c where it is built, else its pure-Python twin (the same records and stats)."""
+        if _mtrace_c is not None:
+            return self._records_c(text, every)
+        return self._records_py(text, every)
+
+    def _records_c(self, text: TextIO, every: int) -> Iterator[list[Record]]:
+        """_records_py's loop with each chunk's lines read by _mtrace_c.ChunkParser, which
+        stops at a line in error and says what is wrong; the messages are made here, by the
+        same methods, so they and their precedence are the pure loop's."""
+        parse = _mtrace_c.ChunkParser(self.stats).parse
+        out: list[Record] = []
+        base = 0  # lines before the chunk
+        try:
+            for chunk in iter(lambda: list(islice(text, every)), []):
+                if out:
+                    yield out
+                self._cut_last_line(chunk, base)
+                out, status, i = parse(chunk, base)
+                if status:
+                    self._c_error(chunk, base, status, i)
+                base += len(chunk)
+        except TraceError as e:
+            self._file_failed(e)
+        if parse.__self__.pending:
+            self.stats["unfinished_reallocs"] += 1
+        if out:
+            yield out
+
+    def _c_error(self, chunk: list[str], base: int, status: int, i: int) -> None:
+        """Raise the TraceError of what ChunkParser.parse found at chunk[i] (status 2: the
+        record fails _check_record; 3: a bad size; 4: not a record), or check the whole chunk's
+        pointers (status 1: one of them is not 0x and hex, maybe a (nil))."""
+        n = base + i + 1
+        if status == 1:
+            self._check_lines(chunk, base, base + len(chunk))
+            return
+        t = chunk[i].split()
+        if status == 2:
+            self._check_record(t, n)
+            raise AssertionError(f"line {n}: _mtrace_c and _check_record disagree")
+        self._check_lines(chunk, base, n)  # an earlier bad pointer first
+        if status == 3:
+            raise TraceError(self.path, n, f"bad size '{t[-1]}' (hex expected)")
+        raise TraceError(self.path, n, f"not an mtrace record: {chunk[i].strip()[:80]!r}")
+
+    def _cut_last_line(self, chunk: list[str], base: int) -> None:
+        """Drop the log's last line if it has no newline: glibc ends every record with one, so
+        the program died while writing it; replay up to it, and say so."""
+        if chunk[-1][-1:] != "\n" and chunk[-1].strip():
+            self.stats["truncated_at_line"] = base + len(chunk)
+            chunk.pop()
+
+    def _file_failed(self, e: TraceError) -> None:
+        """Raise e again if it names a line, else (the file itself failed, e.g. corrupt gzip)
+        say how far reading got (a chunk's lines are read at once, so count them again up to
+        the failure)."""
+        if e.line:
+            raise e
+        raise TraceError(self.path, self._lines_readable() + 1, e.message) from None
+
+    def _records_py(self, text: TextIO, every: int) -> Iterator[list[Record]]:  # noqa: C901 - one hot loop, kept flat
+        """The pure-Python twin of _records_c (the reference for what it must give)."""
         live: dict[str, str] = {}  # pointer -> handle of its oldest live block
         later: dict[str, deque[str]] = {}  # pointer -> handles of its younger live blocks
         moved: set[str] = set()  # live handles whose block a realloc moved off their pointer
@@ -196,11 +265,7 @@ class MtraceReader:
                     yield out
                     out = []
                     emit = out.append
-                if chunk[-1][-1:] != "\n" and chunk[-1].strip():
-                    # the log's last line has no newline: glibc ends every record with one,
-                    # so the program died while writing it; replay up to it, and say so
-                    stats["truncated_at_line"] = base + len(chunk)
-                    chunk.pop()
+                self._cut_last_line(chunk, base)
                 for n, line in enumerate(chunk, base + 1):  # noqa: B007 - n is the line read
                     t = line.split()
                     nt = len(t)
@@ -336,11 +401,7 @@ class MtraceReader:
                     new_ptrs.clear()
                 base += len(chunk)
         except TraceError as e:
-            if e.line:
-                raise
-            # the file itself failed (e.g. corrupt gzip): say how far reading got (a chunk's
-            # lines are read at once, so count them again up to the failure)
-            raise TraceError(self.path, self._lines_readable() + 1, e.message) from None
+            self._file_failed(e)
         if pending is not None:
             stats["unfinished_reallocs"] += 1
         if out:
