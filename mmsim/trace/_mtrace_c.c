@@ -12,6 +12,7 @@ place at the same moments as the pure loop does it, so its keys come in the same
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdint.h>
 #include <string.h>
 
 #define DEAD_HALF (1 << 15) /* as _DEAD_HALF */
@@ -26,8 +27,20 @@ static PyObject *k_null_results, *k_reused, *k_unpaired_results, *k_failed, *k_n
 static PyObject *deque_type;
 
 typedef struct {
+    uint64_t key;
+    PyObject *val; /* NULL: an empty slot */
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    size_t mask, count;
+    PyObject *other; /* dict: "p" + text -> handle */
+} PtrMap;
+
+typedef struct {
     PyObject_HEAD
-    PyObject *stats, *live, *later, *moved, *dead, *dead_old;
+    PyObject *stats, *later, *moved;
+    PtrMap live, dead, dead_old;
     PyObject *pending; /* handle of a realloc whose '>' line is next, or NULL */
     Py_ssize_t pending_line, serial;
     PyObject *sizes[SMALL_SIZES];
@@ -277,17 +290,197 @@ static int later_append(ChunkParser *self, PyObject *kp, PyObject *h) {
     return r ? 0 : -1;
 }
 
-/* kp is an existing key of a (its value is returned): a.pop(kp); NULL if it is not a key. */
-static PyObject *dict_pop(PyObject *a, PyObject *kp) {
-    PyObject *h = PyDict_GetItemWithError(a, kp);
-    if (!h)
+/* A pointer's maps (live, dead, dead_old): a pointer written as glibc's %p does (0x, 1 to 16
+   lowercase hex digits, no leading zero) is one 64-bit value, kept in a C table (open
+   addressing, linear probing, deletion by backward shift); any other text (uppercase, leading
+   zeros, (nil), longer, not hex at all) in a dict keyed by "p" + text. The two sets of texts
+   are disjoint and each maps one to one onto its keys, so the pair is the pure loop's dict. */
+typedef struct {
+    int canon;
+    uint64_t v;
+    PyObject *kp; /* "p" + text, made when needed */
+    PyObject *line;
+    int ascii;
+    Py_ssize_t s, e;
+} Key;
+
+static PyObject *key_str(Key *k) {
+    if (!k->kp)
+        k->kp = handle_of(k->line, k->ascii, k->s, k->e);
+    return k->kp;
+}
+
+static inline size_t slot_of(uint64_t key, size_t mask) {
+    key ^= key >> 33; /* murmur3's finalizer: each bit of the pointer moves the low ones */
+    key *= 0xff51afd7ed558ccdull;
+    key ^= key >> 33;
+    key *= 0xc4ceb9fe1a85ec53ull;
+    key ^= key >> 33;
+    return (size_t)key & mask;
+}
+
+static int pm_init(PtrMap *m) {
+    m->mask = 1023;
+    m->count = 0;
+    m->slots = PyMem_Calloc(m->mask + 1, sizeof(Slot));
+    m->other = PyDict_New();
+    if (!m->slots || !m->other) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void pm_clear(PtrMap *m) {
+    if (m->slots && m->count)
+        for (size_t i = 0; i <= m->mask; i++)
+            Py_CLEAR(m->slots[i].val);
+    m->count = 0;
+}
+
+static void pm_free(PtrMap *m) {
+    pm_clear(m);
+    PyMem_Free(m->slots);
+    m->slots = NULL;
+    Py_CLEAR(m->other);
+}
+
+static inline size_t pm_find(const PtrMap *m, uint64_t key) {
+    size_t i = slot_of(key, m->mask);
+    while (m->slots[i].val && m->slots[i].key != key)
+        i = (i + 1) & m->mask;
+    return i;
+}
+
+static int pm_grow(PtrMap *m) {
+    size_t old = m->mask + 1;
+    Slot *slots = m->slots, *fresh = PyMem_Calloc(old * 2, sizeof(Slot));
+    if (!fresh) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    m->slots = fresh;
+    m->mask = old * 2 - 1;
+    for (size_t i = 0; i < old; i++)
+        if (slots[i].val)
+            m->slots[pm_find(m, slots[i].key)] = slots[i];
+    PyMem_Free(slots);
+    return 0;
+}
+
+static void pm_delete_at(PtrMap *m, size_t i) {
+    size_t j = i;
+    while (1) {
+        j = (j + 1) & m->mask;
+        if (!m->slots[j].val)
+            break;
+        size_t h = slot_of(m->slots[j].key, m->mask);
+        /* the entry at j stays if its home is cyclically in (i, j] */
+        int stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
+        if (!stays) {
+            m->slots[i] = m->slots[j];
+            i = j;
+        }
+    }
+    m->slots[i].val = NULL;
+    m->count--;
+}
+
+static Py_ssize_t pm_len(const PtrMap *m) { return (Py_ssize_t)m->count + PyDict_GET_SIZE(m->other); }
+
+/* m[k] (borrowed), NULL if none (an exception set if one failed) */
+static PyObject *pm_get(PtrMap *m, Key *k) {
+    if (k->canon)
+        return m->slots[pm_find(m, k->v)].val;
+    PyObject *kp = key_str(k);
+    return kp ? PyDict_GetItemWithError(m->other, kp) : NULL;
+}
+
+static int pm_set(PtrMap *m, Key *k, PyObject *v) {
+    if (!k->canon) {
+        PyObject *kp = key_str(k);
+        return kp ? PyDict_SetItem(m->other, kp, v) : -1;
+    }
+    size_t i = pm_find(m, k->v);
+    if (!m->slots[i].val) {
+        if ((m->count + 1) * 4 > (m->mask + 1) * 3) {
+            if (pm_grow(m) < 0)
+                return -1;
+            i = pm_find(m, k->v);
+        }
+        m->count++;
+        m->slots[i].key = k->v;
+    }
+    Py_INCREF(v);
+    Py_XSETREF(m->slots[i].val, v);
+    return 0;
+}
+
+/* m.pop(k, None): a new reference, or NULL (an exception set if one failed) */
+static PyObject *pm_pop(PtrMap *m, Key *k) {
+    if (k->canon) {
+        size_t i = pm_find(m, k->v);
+        PyObject *v = m->slots[i].val;
+        if (v)
+            pm_delete_at(m, i);
+        return v;
+    }
+    PyObject *kp = key_str(k);
+    if (!kp)
         return NULL;
-    Py_INCREF(h);
-    if (PyDict_DelItem(a, kp) < 0) {
-        Py_DECREF(h);
+    PyObject *v = PyDict_GetItemWithError(m->other, kp);
+    if (!v)
+        return NULL;
+    Py_INCREF(v);
+    if (PyDict_DelItem(m->other, kp) < 0) {
+        Py_DECREF(v);
         return NULL;
     }
-    return h;
+    return v;
+}
+
+/* the pointer token line[s:e] as a Key (canon: glibc's %p form, its value in v) */
+static void key_of(Key *k, PyObject *line, int ascii, int kind, const void *data, Py_ssize_t s,
+                   Py_ssize_t e) {
+    k->line = line;
+    k->ascii = ascii;
+    k->s = s;
+    k->e = e;
+    k->kp = NULL;
+    k->canon = 0;
+    k->v = 0;
+    if (e - s < 3 || e - s > 18 || PyUnicode_READ(kind, data, s) != '0' ||
+        PyUnicode_READ(kind, data, s + 1) != 'x' ||
+        (e - s > 3 && PyUnicode_READ(kind, data, s + 2) == '0'))
+        return;
+    uint64_t v = 0;
+    for (Py_ssize_t i = s + 2; i < e; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        int d = (c >= '0' && c <= '9') ? (int)(c - '0') : (c >= 'a' && c <= 'f') ? (int)(c - 'a' + 10) : -1;
+        if (d < 0)
+            return;
+        v = (v << 4) | (uint64_t)d;
+    }
+    k->canon = 1;
+    k->v = v;
+}
+
+/* h == "p" + the key's text */
+static int handle_is(PyObject *h, Key *k) {
+    int kind = PyUnicode_KIND(k->line);
+    const void *data = PyUnicode_DATA(k->line);
+    if (PyUnicode_GET_LENGTH(h) != k->e - k->s + 1 || PyUnicode_READ_CHAR(h, 0) != 'p')
+        return 0;
+    int hkind = PyUnicode_KIND(h);
+    const void *hdata = PyUnicode_DATA(h);
+    for (Py_ssize_t i = k->s; i < k->e; i++)
+        if (PyUnicode_READ(hkind, hdata, i - k->s + 1) != PyUnicode_READ(kind, data, i))
+            return 0;
+    return 1;
+}
+
+static int in_moved(ChunkParser *self, PyObject *h) {
+    return PySet_GET_SIZE(self->moved) ? PySet_Contains(self->moved, h) : 0;
 }
 
 #define TRY(x)              \
@@ -296,12 +489,16 @@ static PyObject *dict_pop(PyObject *a, PyObject *kp) {
             goto fail;      \
     } while (0)
 
+/* a new reference to the key's handle name "p" + text */
+#define KP_NEW(k) (key_str(k) ? (Py_INCREF((k)->kp), (k)->kp) : NULL)
+
 /* One line (the pure loop's body); returns OK, an error status, or -1 (an exception). */
 static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize_t n, int *ptrs_bad) {
     int kind = PyUnicode_KIND(line), ascii = PyUnicode_IS_ASCII(line);
     const void *data = PyUnicode_DATA(line);
     Tokens tk, *t = &tk;
-    PyObject *kp = NULL, *h = NULL, *size = NULL, *site = NULL;
+    Key key = {0}, *k = &key;
+    PyObject *h = NULL, *size = NULL, *site = NULL;
     int status = OK, bad = 0;
     switch (kind) { /* the same loop, compiled for each width */
     case PyUnicode_1BYTE_KIND:
@@ -331,38 +528,39 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
             if (!size)
                 goto fail;
             int nil = tok_is(kind, data, ps, pe, "(nil)");
-            kp = handle_of(line, ascii, ps, pe);
-            if (!kp)
+            key_of(k, line, ascii, kind, data, ps, pe);
+            PyObject *old = pm_get(&self->live, k);
+            if (!old && PyErr_Occurred())
                 goto fail;
             if (plus) {
-                PyObject *old = PyDict_SetDefault(self->live, kp, kp);
-                if (!old)
-                    goto fail;
-                if (old != kp) {
+                if (old) { /* live.setdefault(p, h) is not h */
                     if (nil) {
                         TRY(count(self, k_null_results));
                         goto done;
                     }
-                    h = serial_handle(self, kp);
+                    if (!key_str(k))
+                        goto fail;
+                    h = serial_handle(self, k->kp);
                     if (!h)
                         goto fail;
-                    TRY(later_append(self, kp, h));
+                    TRY(later_append(self, k->kp, h));
                     TRY(count(self, k_reused));
                 } else {
-                    int mv = PySet_GET_SIZE(self->moved) ? PySet_Contains(self->moved, kp) : 0;
+                    if (!key_str(k))
+                        goto fail;
+                    int mv = in_moved(self, k->kp);
                     TRY(mv);
                     if (mv) {
-                        h = serial_handle(self, kp);
+                        h = serial_handle(self, k->kp);
                         if (!h)
                             goto fail;
-                        TRY(PyDict_SetItem(self->live, kp, h));
+                        TRY(pm_set(&self->live, k, h));
                     } else if (nil) {
-                        TRY(PyDict_DelItem(self->live, kp));
                         TRY(count(self, k_null_results));
                         goto done;
                     } else {
-                        h = kp;
-                        Py_INCREF(h);
+                        h = KP_NEW(k);
+                        TRY(pm_set(&self->live, k, h));
                     }
                 }
                 site = caller_of(self, line, ascii, kind, data, t);
@@ -374,31 +572,25 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
             /* '>' */
             h = self->pending;
             self->pending = NULL;
-            int in_live = PyDict_Contains(self->live, kp);
-            TRY(in_live);
             if (!h) { /* a '>' without its '<': a realloc(NULL) */
                 TRY(count(self, k_unpaired_results));
-                int mv = in_live ? 0 : PySet_Contains(self->moved, kp);
+                if (!key_str(k))
+                    goto fail;
+                int mv = old ? 0 : in_moved(self, k->kp);
                 TRY(mv);
-                if (in_live || mv) {
-                    h = serial_handle(self, kp);
-                    if (!h)
-                        goto fail;
-                } else {
-                    h = kp;
-                    Py_INCREF(h);
-                }
+                h = (old || mv) ? serial_handle(self, k->kp) : KP_NEW(k);
+                if (!h)
+                    goto fail;
             }
-            if (in_live) {
-                TRY(later_append(self, kp, h));
+            if (old) {
+                if (!key_str(k))
+                    goto fail;
+                TRY(later_append(self, k->kp, h));
                 TRY(count(self, k_reused));
             } else {
-                TRY(PyDict_SetItem(self->live, kp, h));
+                TRY(pm_set(&self->live, k, h));
             }
-            int same = PyUnicode_Compare(h, kp);
-            if (same == -1 && PyErr_Occurred())
-                goto fail;
-            if (same != 0) {
+            if (!handle_is(h, k)) {
                 TRY(PySet_Add(self->moved, h));
             } else if (PySet_GET_SIZE(self->moved)) {
                 TRY(PySet_Discard(self->moved, h));
@@ -429,13 +621,13 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
             Py_ssize_t ps = TS(t, 1), pe = TE(t, 1);
             if (nt > 2 && !at)
                 return CHECK;
-            kp = handle_of(line, ascii, ps, pe);
-            if (!kp)
-                goto fail;
-            h = dict_pop(self->live, kp);
+            key_of(k, line, ascii, kind, data, ps, pe);
+            h = pm_pop(&self->live, k);
             if (h) {
                 if (PyDict_GET_SIZE(self->later)) {
-                    PyObject *younger = PyDict_GetItemWithError(self->later, kp);
+                    if (!key_str(k))
+                        goto fail;
+                    PyObject *younger = PyDict_GetItemWithError(self->later, k->kp);
                     if (!younger && PyErr_Occurred())
                         goto fail;
                     if (younger && PyObject_Length(younger) > 0) {
@@ -445,24 +637,27 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
                         Py_DECREF(younger);
                         if (!y)
                             goto fail;
-                        int rc = PyDict_SetItem(self->live, kp, y);
+                        int rc = pm_set(&self->live, k, y);
                         Py_DECREF(y);
                         TRY(rc);
                         TRY(left);
                         if (left == 0)
-                            TRY(PyDict_DelItem(self->later, kp));
+                            TRY(PyDict_DelItem(self->later, k->kp));
                     }
                 }
                 if (PySet_GET_SIZE(self->moved))
                     TRY(PySet_Discard(self->moved, h));
                 if (minus) {
-                    TRY(PyDict_SetItem(self->dead, kp, h));
-                    if (PyDict_GET_SIZE(self->dead) >= DEAD_HALF) {
+                    TRY(pm_set(&self->dead, k, h));
+                    if (pm_len(&self->dead) >= DEAD_HALF) { /* dead_old = dead; dead = {} */
                         PyObject *fresh = PyDict_New();
                         if (!fresh)
                             goto fail;
-                        Py_SETREF(self->dead_old, self->dead);
-                        self->dead = fresh;
+                        PtrMap gone = self->dead_old;
+                        pm_clear(&gone);
+                        Py_SETREF(gone.other, fresh);
+                        self->dead_old = self->dead;
+                        self->dead = gone;
                     }
                     TRY(emit(out, s_free, n, h, s_zero, Py_None));
                     goto done;
@@ -478,20 +673,22 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
                     goto done;
                 }
                 /* not live: the block free() last released at p, or a handle never allocated */
-                h = PyDict_GetItemWithError(self->dead, kp);
+                h = pm_get(&self->dead, k);
                 if (!h && !PyErr_Occurred())
-                    h = PyDict_GetItemWithError(self->dead_old, kp);
+                    h = pm_get(&self->dead_old, k);
                 if (!h && PyErr_Occurred())
                     goto fail;
                 int mv = 0;
                 if (h) {
-                    mv = PySet_Contains(self->moved, h);
+                    mv = in_moved(self, h);
                     TRY(mv);
                 }
                 if (!h || mv) {
-                    mv = PySet_Contains(self->moved, kp);
+                    if (!key_str(k))
+                        goto fail;
+                    mv = in_moved(self, k->kp);
                     TRY(mv);
-                    h = mv ? serial_handle(self, kp) : (Py_INCREF(kp), kp);
+                    h = mv ? serial_handle(self, k->kp) : KP_NEW(k);
                     if (!h)
                         goto fail;
                 } else {
@@ -501,11 +698,11 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
                     TRY(emit(out, s_free, n, h, s_zero, Py_None));
                     goto done;
                 }
-                PyObject *gone = dict_pop(self->dead, kp);
+                PyObject *gone = pm_pop(&self->dead, k);
                 if (!gone && PyErr_Occurred())
                     goto fail;
                 Py_XDECREF(gone);
-                gone = dict_pop(self->dead_old, kp);
+                gone = pm_pop(&self->dead_old, k);
                 if (!gone && PyErr_Occurred())
                     goto fail;
                 Py_XDECREF(gone);
@@ -524,19 +721,18 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
         goto done;
     return JUNK;
 done:
-    Py_XDECREF(kp);
+    Py_XDECREF(k->kp);
     Py_XDECREF(h);
     Py_XDECREF(size);
     Py_XDECREF(site);
     return status;
 fail:
-    Py_XDECREF(kp);
+    Py_XDECREF(k->kp);
     Py_XDECREF(h);
     Py_XDECREF(size);
     Py_XDECREF(site);
     return -1;
 }
-
 static PyObject *ChunkParser_parse(ChunkParser *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyList_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "parse(chunk: list[str], base: int)");
@@ -586,12 +782,10 @@ static PyObject *ChunkParser_new(PyTypeObject *type, PyObject *args, PyObject *k
         return NULL;
     Py_INCREF(stats);
     self->stats = stats;
-    self->live = PyDict_New();
     self->later = PyDict_New();
     self->moved = PySet_New(NULL);
-    self->dead = PyDict_New();
-    self->dead_old = PyDict_New();
-    if (!self->live || !self->later || !self->moved || !self->dead || !self->dead_old) {
+    if (!self->later || !self->moved || pm_init(&self->live) < 0 || pm_init(&self->dead) < 0 ||
+        pm_init(&self->dead_old) < 0) {
         Py_DECREF(self);
         return NULL;
     }
@@ -600,11 +794,11 @@ static PyObject *ChunkParser_new(PyTypeObject *type, PyObject *args, PyObject *k
 
 static void ChunkParser_dealloc(ChunkParser *self) {
     Py_XDECREF(self->stats);
-    Py_XDECREF(self->live);
     Py_XDECREF(self->later);
     Py_XDECREF(self->moved);
-    Py_XDECREF(self->dead);
-    Py_XDECREF(self->dead_old);
+    pm_free(&self->live);
+    pm_free(&self->dead);
+    pm_free(&self->dead_old);
     Py_XDECREF(self->pending);
     for (int i = 0; i < SMALL_SIZES; i++)
         Py_XDECREF(self->sizes[i]);
