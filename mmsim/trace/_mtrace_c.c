@@ -47,37 +47,63 @@ typedef struct {
     PyObject *sites[SITE_SLOTS];
 } ChunkParser;
 
-/* The tokens of a line as str.split() finds them: the first two and the last four. */
+/* What the loop needs of str.split()'s tokens of a line: the first, where the second starts,
+   the last three and where the fourth from the end ends; n counts them up to 5 (5: five or
+   more). The last ones are found from the line's end, so a caller's text is never scanned. */
 typedef struct {
     Py_ssize_t n;
-    Py_ssize_t s[2], e[2];   /* t[0], t[1] */
-    Py_ssize_t rs[4], re[4]; /* t[n-1-i] is ring (n-1-i) & 3 */
+    Py_ssize_t s0, e0;       /* t[0] */
+    Py_ssize_t s1;           /* t[1] starts there (n > 1) */
+    Py_ssize_t ls[3], le[3]; /* t[-1], t[-2], t[-3] */
+    Py_ssize_t e4;           /* t[-4] ends there (n > 3) */
 } Tokens;
 
+static unsigned char ws1[256]; /* Py_UNICODE_ISSPACE of each 1-byte character */
+
+#define ISWS(kind, data, i)                                                                  \
+    ((kind) == PyUnicode_1BYTE_KIND ? ws1[((const Py_UCS1 *)(data))[i]]                     \
+                                    : Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
+
 static inline void tokenize(int kind, const void *data, Py_ssize_t len, Tokens *t) {
-    Py_ssize_t i = 0, n = 0;
-    while (1) {
-        while (i < len && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
-            i++;
-        if (i >= len)
-            break;
-        Py_ssize_t s = i;
-        while (i < len && !Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
-            i++;
-        if (n < 2) {
-            t->s[n] = s;
-            t->e[n] = i;
-        }
-        t->rs[n & 3] = s;
-        t->re[n & 3] = i;
-        n++;
+    Py_ssize_t i = 0, j = len;
+    int k;
+    while (i < len && ISWS(kind, data, i))
+        i++;
+    if (i >= len) {
+        t->n = 0;
+        return;
     }
-    t->n = n;
+    t->s0 = i;
+    while (i < len && !ISWS(kind, data, i))
+        i++;
+    t->e0 = i;
+    while (i < len && ISWS(kind, data, i))
+        i++;
+    t->s1 = i;
+    for (k = 0; k < 3; k++) {
+        while (j > 0 && ISWS(kind, data, j - 1))
+            j--;
+        if (j == 0)
+            break;
+        t->le[k] = j;
+        while (j > 0 && !ISWS(kind, data, j - 1))
+            j--;
+        t->ls[k] = j;
+    }
+    if (k < 3) {
+        t->n = k;
+        return;
+    }
+    while (j > 0 && ISWS(kind, data, j - 1))
+        j--;
+    t->e4 = j;
+    /* tokens are maximal: the one ending at j is t[0] itself or one after it */
+    t->n = j == 0 ? 3 : j == t->e0 ? 4 : 5;
 }
 
-/* t[-k] (k = 1..4) */
-#define TS(t, k) ((t)->rs[((t)->n - (k)) & 3])
-#define TE(t, k) ((t)->re[((t)->n - (k)) & 3])
+/* t[-k] (k = 1..3) */
+#define TS(t, k) ((t)->ls[(k) - 1])
+#define TE(t, k) ((t)->le[(k) - 1])
 
 static inline int tok_is(int kind, const void *data, Py_ssize_t s, Py_ssize_t e, const char *lit) {
     Py_ssize_t len = (Py_ssize_t)strlen(lit);
@@ -120,7 +146,7 @@ static int check_fails(int kind, const void *data, const Tokens *t) {
     Py_ssize_t ps = fields == 2 ? TS(t, 1) : TS(t, 2), pe = fields == 2 ? TE(t, 1) : TE(t, 2);
     if (!ptr_token(kind, data, ps, pe))
         return 1;
-    return t->n > fields && !tok_is(kind, data, t->s[0], t->e[0], "@");
+    return t->n > fields && !tok_is(kind, data, t->s0, t->e0, "@");
 }
 
 /* int(text, 16) of a size token, or NULL without an exception if it is not 0 or 0x and hex
@@ -190,9 +216,19 @@ static PyObject *site_of(ChunkParser *self, PyObject *line, int ascii, Py_ssize_
     if (!ascii)
         return PyUnicode_Substring(line, s, e);
     const Py_UCS1 *d = PyUnicode_1BYTE_DATA(line) + s;
-    size_t len = (size_t)(e - s), h = 5381;
-    for (size_t i = 0; i < len; i++)
-        h = h * 33 + d[i];
+    size_t len = (size_t)(e - s);
+    uint64_t h = len, w[3];
+    if (len >= 16) { /* a caller's length, start and end (its address) tell it apart */
+        memcpy(&w[0], d, 8);
+        memcpy(&w[1], d + len - 16, 8);
+        memcpy(&w[2], d + len - 8, 8);
+        h = ((h * 0x9E3779B97F4A7C15ull ^ w[0]) * 0x9E3779B97F4A7C15ull ^ w[1]) * 0x9E3779B97F4A7C15ull ^ w[2];
+    } else {
+        for (size_t i = 0; i < len; i++)
+            h = h * 31 + d[i];
+    }
+    h *= 0x9E3779B97F4A7C15ull;
+    h >>= 40;
     PyObject **slot = &self->sites[h & (SITE_SLOTS - 1)];
     PyObject *o = *slot;
     if (o && (size_t)PyUnicode_GET_LENGTH(o) == len && memcmp(PyUnicode_1BYTE_DATA(o), d, len) == 0) {
@@ -211,8 +247,8 @@ static PyObject *site_of(ChunkParser *self, PyObject *line, int ascii, Py_ssize_
 /* The caller of a '+' or '>' record (t[1] or _caller's rule), a new reference (None if none). */
 static PyObject *caller_of(ChunkParser *self, PyObject *line, int ascii, int kind, const void *data,
                            const Tokens *t) {
-    if (t->n > 4 && tok_is(kind, data, t->s[0], t->e[0], "@"))
-        return site_of(self, line, ascii, t->s[1], TE(t, 4));
+    if (t->n > 4 && tok_is(kind, data, t->s0, t->e0, "@"))
+        return site_of(self, line, ascii, t->s1, t->e4);
     Py_RETURN_NONE;
 }
 
@@ -247,6 +283,7 @@ static int emit(PyObject *out, PyObject *kind, Py_ssize_t n, PyObject *h, PyObje
     PyTuple_SET_ITEM(r, 2, h);
     PyTuple_SET_ITEM(r, 3, size);
     PyTuple_SET_ITEM(r, 4, site);
+    PyObject_GC_UnTrack(r); /* str, int and None only: no cycle to look for */
     int rc = PyList_Append(out, r);
     Py_DECREF(r);
     return rc;
@@ -511,7 +548,7 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
         tokenize(PyUnicode_4BYTE_KIND, data, PyUnicode_GET_LENGTH(line), t);
     }
     Py_ssize_t nt = t->n;
-    int at = nt > 0 && tok_is(kind, data, t->s[0], t->e[0], "@");
+    int at = nt > 0 && tok_is(kind, data, t->s0, t->e0, "@");
     if (nt > 2) {
         int plus = tok_is(kind, data, TS(t, 3), TE(t, 3), "+");
         if (plus || tok_is(kind, data, TS(t, 3), TE(t, 3), ">")) {
@@ -712,9 +749,9 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
             self->pending_line = n;
             goto done;
         }
-        if (nt == 2 && tok_is(kind, data, t->s[0], t->e[0], "=") && t->s[1] == t->e[0] + 1 &&
-            PyUnicode_READ(kind, data, t->e[0]) == ' ' &&
-            (tok_is(kind, data, t->s[1], t->e[1], "Start") || tok_is(kind, data, t->s[1], t->e[1], "End")))
+        if (nt == 2 && tok_is(kind, data, t->s0, t->e0, "=") && TS(t, 1) == t->e0 + 1 &&
+            PyUnicode_READ(kind, data, t->e0) == ' ' &&
+            (tok_is(kind, data, TS(t, 1), TE(t, 1), "Start") || tok_is(kind, data, TS(t, 1), TE(t, 1), "End")))
             goto done;
     }
     if (nt == 0)
@@ -837,6 +874,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_mtrace_c",
 static PyObject *intern(const char *s) { return PyUnicode_InternFromString(s); }
 
 PyMODINIT_FUNC PyInit__mtrace_c(void) {
+    for (int c = 0; c < 256; c++)
+        ws1[c] = Py_UNICODE_ISSPACE(c) ? 1 : 0;
     if (PyType_Ready(&ChunkParserType) < 0)
         return NULL;
     PyObject *collections = PyImport_ImportModule("collections");
