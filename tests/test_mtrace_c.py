@@ -9,6 +9,7 @@ built, unless MMSIM_REQUIRE_C=1 (CI), where its absence fails.
 from __future__ import annotations
 
 import gc
+import gzip
 import os
 import resource
 import sys
@@ -38,11 +39,13 @@ def _built() -> None:
         pytest.skip("mmsim.trace._mtrace_c is not built")
 
 
-def _read(path: Path, batch: int, c: bool) -> tuple[list, list, tuple | None]:
+def _read(path: Path, batch: int, c: bool, block: int = 1 << 20) -> tuple[list, list, tuple | None]:
     """(the batches' records, the stats' items, the error as (path, line, message) or None),
-    read with the C loop or the pure one."""
-    saved = mtrace_mod._mtrace_c
+    read with the C loop (a plain file in blocks of ``block`` characters, a compressed one
+    line by line) or the pure one."""
+    saved = mtrace_mod._mtrace_c, mtrace_mod._BLOCK
     mtrace_mod._mtrace_c = _mtrace_c if c else None
+    mtrace_mod._BLOCK = block
     reader = MtraceReader(path, batch)
     batches: list = []
     error = None
@@ -52,20 +55,28 @@ def _read(path: Path, batch: int, c: bool) -> tuple[list, list, tuple | None]:
     except TraceError as e:
         error = (e.path, e.line, e.message)
     finally:
-        mtrace_mod._mtrace_c = saved
+        mtrace_mod._mtrace_c, mtrace_mod._BLOCK = saved
     return batches, list(reader.stats.items()), error
 
 
-def _same(path: Path, batches: tuple[int, ...] = (1, 2, 1024, 0)) -> tuple:
-    for batch in batches:
-        c, py = _read(path, batch, True), _read(path, batch, False)
-        assert c == py, f"batch {batch}"
+def _same(path: Path, batches: tuple[int, ...] = (1, 2, 1024, 0), block: int = 1 << 20) -> tuple:
+    """The C and the pure readers agree on the log at path, and on it gzipped (if it is not)."""
+    paths = [path]
+    if path.suffix != ".gz":
+        paths.append(path.with_name(path.name + ".gz"))
+        paths[-1].write_bytes(gzip.compress(path.read_bytes()))
+    for p in paths:
+        for batch in batches:
+            c, py = _read(p, batch, True, block), _read(p, batch, False)
+            assert c == py, f"{p.name}, batch {batch}"
     return py
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.mtrace*")))
-def test_fixtures_read_the_same_in_c(name: str) -> None:
-    batches, _, error = _same(FIXTURES / name)
+def test_fixtures_read_the_same_in_c(name: str, tmp_path: Path) -> None:
+    path = tmp_path / name
+    path.write_bytes((FIXTURES / name).read_bytes())
+    batches, _, error = _same(path)
     assert batches and error is None
 
 
@@ -110,18 +121,21 @@ def _logs(draw, bad: bool = False) -> bytes:
     return _log(draw, bad)
 
 
-@given(_logs())
-def test_c_and_pure_readers_agree_on_any_log(tmp_path_factory, data: bytes) -> None:
-    path = tmp_path_factory.mktemp("c") / "t.mtrace"
-    path.write_bytes(data)
-    _same(path)
+_BLOCKS = st.sampled_from([1, 2, 7, 64, 1 << 20])  # lines split across the reads of blocks
 
 
-@given(_logs(bad=True))
-def test_c_and_pure_readers_agree_on_errors(tmp_path_factory, data: bytes) -> None:
+@given(_logs(), _BLOCKS)
+def test_c_and_pure_readers_agree_on_any_log(tmp_path_factory, data: bytes, block: int) -> None:
     path = tmp_path_factory.mktemp("c") / "t.mtrace"
     path.write_bytes(data)
-    _same(path)
+    _same(path, block=block)
+
+
+@given(_logs(bad=True), _BLOCKS)
+def test_c_and_pure_readers_agree_on_errors(tmp_path_factory, data: bytes, block: int) -> None:
+    path = tmp_path_factory.mktemp("c") / "t.mtrace"
+    path.write_bytes(data)
+    _same(path, block=block)
 
 
 @pytest.mark.parametrize("text", [
@@ -140,6 +154,16 @@ def test_errors_are_the_pure_readers(tmp_path: Path, text: str) -> None:
     path = tmp_path / "t.mtrace"
     path.write_text(text)
     _same(path)
+    _same(path, block=3)
+
+
+def test_a_long_log_reads_the_same_in_blocks(tmp_path: Path) -> None:
+    """Blocks of 1 MiB: chunks and blocks end at other lines, a cut last line."""
+    lines = "".join(f"@ /bin/x:(f+{i % 97:x})[0x{i % 89:x}] + 0x{16 * (i % 5000) + 16:x} 0x{i % 300:x}\n"
+                    f"- 0x{16 * ((i * 7) % 5000) + 16:x}\r\n" for i in range(40000))
+    path = tmp_path / "t.mtrace"
+    path.write_text(lines + "+ 0x10", newline="")
+    _same(path, batches=(1024, 0))
 
 
 def test_the_c_reader_gives_what_the_rules_say(tmp_path: Path) -> None:

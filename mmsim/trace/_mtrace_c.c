@@ -23,7 +23,7 @@ enum { OK = 0, PTRS = 1, CHECK = 2, SIZE = 3, JUNK = 4 };
 
 static PyObject *s_malloc, *s_realloc, *s_free, *s_p, *s_zero, *s_one, *s_popleft, *s_append;
 static PyObject *k_null_results, *k_reused, *k_unpaired_results, *k_failed, *k_null_frees,
-    *k_unpaired_frees;
+    *k_unpaired_frees, *k_truncated;
 static PyObject *deque_type;
 
 typedef struct {
@@ -64,8 +64,8 @@ static unsigned char ws1[256]; /* Py_UNICODE_ISSPACE of each 1-byte character */
     ((kind) == PyUnicode_1BYTE_KIND ? ws1[((const Py_UCS1 *)(data))[i]]                     \
                                     : Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
 
-static inline void tokenize(int kind, const void *data, Py_ssize_t len, Tokens *t) {
-    Py_ssize_t i = 0, j = len;
+static inline void tokenize(int kind, const void *data, Py_ssize_t start, Py_ssize_t len, Tokens *t) {
+    Py_ssize_t i = start, j = len;
     int k;
     while (i < len && ISWS(kind, data, i))
         i++;
@@ -81,12 +81,12 @@ static inline void tokenize(int kind, const void *data, Py_ssize_t len, Tokens *
         i++;
     t->s1 = i;
     for (k = 0; k < 3; k++) {
-        while (j > 0 && ISWS(kind, data, j - 1))
+        while (j > start && ISWS(kind, data, j - 1))
             j--;
-        if (j == 0)
+        if (j == start)
             break;
         t->le[k] = j;
-        while (j > 0 && !ISWS(kind, data, j - 1))
+        while (j > start && !ISWS(kind, data, j - 1))
             j--;
         t->ls[k] = j;
     }
@@ -94,11 +94,11 @@ static inline void tokenize(int kind, const void *data, Py_ssize_t len, Tokens *
         t->n = k;
         return;
     }
-    while (j > 0 && ISWS(kind, data, j - 1))
+    while (j > start && ISWS(kind, data, j - 1))
         j--;
     t->e4 = j;
     /* tokens are maximal: the one ending at j is t[0] itself or one after it */
-    t->n = j == 0 ? 3 : j == t->e0 ? 4 : 5;
+    t->n = j == start ? 3 : j == t->e0 ? 4 : 5;
 }
 
 /* t[-k] (k = 1..3) */
@@ -530,7 +530,9 @@ static int in_moved(ChunkParser *self, PyObject *h) {
 #define KP_NEW(k) (key_str(k) ? (Py_INCREF((k)->kp), (k)->kp) : NULL)
 
 /* One line (the pure loop's body); returns OK, an error status, or -1 (an exception). */
-static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize_t n, int *ptrs_bad) {
+/* One line, line[start:end] (positions are line's: it may be a block of many lines). */
+static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize_t start,
+                      Py_ssize_t end, Py_ssize_t n, int *ptrs_bad) {
     int kind = PyUnicode_KIND(line), ascii = PyUnicode_IS_ASCII(line);
     const void *data = PyUnicode_DATA(line);
     Tokens tk, *t = &tk;
@@ -539,13 +541,13 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
     int status = OK, bad = 0;
     switch (kind) { /* the same loop, compiled for each width */
     case PyUnicode_1BYTE_KIND:
-        tokenize(PyUnicode_1BYTE_KIND, data, PyUnicode_GET_LENGTH(line), t);
+        tokenize(PyUnicode_1BYTE_KIND, data, start, end, t);
         break;
     case PyUnicode_2BYTE_KIND:
-        tokenize(PyUnicode_2BYTE_KIND, data, PyUnicode_GET_LENGTH(line), t);
+        tokenize(PyUnicode_2BYTE_KIND, data, start, end, t);
         break;
     default:
-        tokenize(PyUnicode_4BYTE_KIND, data, PyUnicode_GET_LENGTH(line), t);
+        tokenize(PyUnicode_4BYTE_KIND, data, start, end, t);
     }
     Py_ssize_t nt = t->n;
     int at = nt > 0 && tok_is(kind, data, t->s0, t->e0, "@");
@@ -791,7 +793,7 @@ static PyObject *ChunkParser_parse(ChunkParser *self, PyObject *const *args, Py_
             goto fail;
         }
         Py_INCREF(line); /* the list may change under a deque's or dict's callback */
-        status = parse_line(self, out, line, base + 1 + i, &ptrs_bad);
+        status = parse_line(self, out, line, 0, PyUnicode_GET_LENGTH(line), base + 1 + i, &ptrs_bad);
         Py_DECREF(line);
         if (status < 0)
             goto fail;
@@ -808,6 +810,119 @@ static PyObject *ChunkParser_parse(ChunkParser *self, PyObject *const *args, Py_
 fail:
     Py_DECREF(out);
     return NULL;
+}
+
+/* Where the line starting at i ends (after its newline; len if it has none). */
+static Py_ssize_t line_end(int kind, const void *data, Py_ssize_t i, Py_ssize_t len) {
+    if (kind == PyUnicode_1BYTE_KIND) {
+        const Py_UCS1 *d = data, *nl = memchr(d + i, '\n', (size_t)(len - i));
+        return nl ? nl - d + 1 : len;
+    }
+    for (; i < len; i++)
+        if (PyUnicode_READ(kind, data, i) == '\n')
+            return i + 1;
+    return len;
+}
+
+/* The arguments (text: str, pos, ...: int) of ready() and parse_text() into v (want of them
+   in all); 0 <= pos <= len(text). */
+static int text_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage,
+                     Py_ssize_t *v) {
+    if (nargs != want || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (Py_ssize_t i = 1; i < want; i++)
+        if ((v[i - 1] = PyLong_AsSsize_t(args[i])) == -1 && PyErr_Occurred())
+            return -1;
+    if (v[0] < 0 || v[0] > PyUnicode_GET_LENGTH(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "pos out of the text");
+        return -1;
+    }
+    return 0;
+}
+
+/* ready(text, pos, every): text[pos:] holds every whole lines */
+static PyObject *ChunkParser_ready(ChunkParser *self, PyObject *const *args, Py_ssize_t nargs) {
+    Py_ssize_t v[2];
+    if (text_args(args, nargs, 3, "ready(text: str, pos: int, every: int)", v) < 0)
+        return NULL;
+    Py_ssize_t pos = v[0], every = v[1];
+    PyObject *text = args[0];
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_ssize_t len = PyUnicode_GET_LENGTH(text), lines = 0;
+    while (lines < every && pos < len) {
+        pos = line_end(kind, data, pos, len);
+        if (PyUnicode_READ(kind, data, pos - 1) != '\n')
+            break;
+        lines++;
+    }
+    return PyBool_FromLong(lines >= every);
+}
+
+/* parse_text(text, pos, base, every) -> (records, status, index, end, lines): parse()
+   of the chunk of the next every lines of text (a block of the log, newlines translated),
+   which ends at end and, the log's cut last line dropped (stats["truncated_at_line"] set, as
+   _cut_last_line does), holds lines lines. The caller makes sure text holds every whole lines
+   unless it is the log's end (ready()). */
+static PyObject *ChunkParser_parse_text(ChunkParser *self, PyObject *const *args, Py_ssize_t nargs) {
+    Py_ssize_t v[3];
+    if (text_args(args, nargs, 4, "parse_text(text: str, pos: int, base: int, every: int)", v) < 0)
+        return NULL;
+    Py_ssize_t pos = v[0], base = v[1], every = v[2];
+    PyObject *text = args[0];
+    Py_INCREF(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_ssize_t len = PyUnicode_GET_LENGTH(text), lines = 0, end = pos, i, last = pos;
+    while (lines < every && end < len) {
+        last = end;
+        end = line_end(kind, data, end, len);
+        lines++;
+    }
+    if (lines && PyUnicode_READ(kind, data, end - 1) != '\n') {
+        /* the log's last line has no newline: glibc ends every record with one, so the
+           program died while writing it (a blank one is read as the others) */
+        for (i = last; i < end && ISWS(kind, data, i); i++)
+            ;
+        if (i < end) {
+            PyObject *at = PyLong_FromSsize_t(base + lines);
+            int rc = at ? PyDict_SetItem(self->stats, k_truncated, at) : -1;
+            Py_XDECREF(at);
+            if (rc < 0) {
+                Py_DECREF(text);
+                return NULL;
+            }
+            lines--;
+        }
+    }
+    PyObject *out = PyList_New(0);
+    if (!out) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    int status = OK, ptrs_bad = 0;
+    Py_ssize_t start = pos;
+    for (i = 0; i < lines; i++) {
+        Py_ssize_t stop = line_end(kind, data, start, len);
+        status = parse_line(self, out, text, start, stop, base + 1 + i, &ptrs_bad);
+        if (status < 0) {
+            Py_DECREF(out);
+            Py_DECREF(text);
+            return NULL;
+        }
+        if (status != OK)
+            break;
+        start = stop;
+    }
+    Py_DECREF(text);
+    if (status == OK) {
+        i = 0;
+        if (ptrs_bad)
+            status = PTRS;
+    }
+    return Py_BuildValue("(Ninnn)", out, status, i, end, lines);
 }
 
 static PyObject *ChunkParser_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
@@ -851,6 +966,10 @@ static PyObject *ChunkParser_pending(ChunkParser *self, void *closure) {
 static PyMethodDef ChunkParser_methods[] = {
     {"parse", (PyCFunction)(void (*)(void))ChunkParser_parse, METH_FASTCALL,
      "parse(chunk, base) -> (records, status, index): the records of a chunk of lines"},
+    {"parse_text", (PyCFunction)(void (*)(void))ChunkParser_parse_text, METH_FASTCALL,
+     "parse_text(text, pos, base, every) -> (records, status, index, end, lines)"},
+    {"ready", (PyCFunction)(void (*)(void))ChunkParser_ready, METH_FASTCALL,
+     "ready(text, pos, every) -> whether text[pos:] holds every whole lines"},
     {NULL}};
 
 static PyGetSetDef ChunkParser_getset[] = {
@@ -899,9 +1018,10 @@ PyMODINIT_FUNC PyInit__mtrace_c(void) {
     k_failed = intern("failed_reallocs");
     k_null_frees = intern("null_frees");
     k_unpaired_frees = intern("unpaired_realloc_frees");
+    k_truncated = intern("truncated_at_line");
     if (!s_malloc || !s_realloc || !s_free || !s_p || !s_popleft || !s_append || !s_zero || !s_one ||
         !k_null_results || !k_reused || !k_unpaired_results || !k_failed || !k_null_frees ||
-        !k_unpaired_frees)
+        !k_unpaired_frees || !k_truncated)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

@@ -89,6 +89,16 @@ def _caller(line: str, t: list[str], nt: int) -> str | None:
     return body[body.index("@") + 1:end].strip() or None
 
 
+_BLOCK = 1 << 20  # characters read at once by _records_blocks
+
+
+def _split_lines(text: str) -> list[str]:
+    """text's lines as reading it line by line gives them (newlines already translated)."""
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
+
+
 _DEAD_HALF = 1 << 15  # freed pointers remembered: the last 32768 to 65536 frees
 #: records per MallocCalls when read through read_trace (lines per internal chunk otherwise)
 DEFAULT_BATCH = 1024
@@ -166,23 +176,57 @@ class MtraceReader:
             binary.close()
             _check_line_lengths(self.path)
             text: TextIO = open(self.path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+            plain = True
         else:
             text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape")
+            plain = False
         with text:
             if self.batch > 0:
-                for records in self._records(text, self.batch):  # at most batch records each
+                for records in self._records(text, self.batch, plain):  # at most batch records each
                     yield MallocCalls(records)
             else:
-                for records in self._records(text, DEFAULT_BATCH):
+                for records in self._records(text, DEFAULT_BATCH, plain):
                     for kind, line, handle, nbytes, site in records:
                         yield quick_op(kind, line, handle, nbytes, site)
 
-    def _records(self, text: TextIO, every: int) -> Iterator[list[Record]]:
+    def _records(self, text: TextIO, every: int, plain: bool = False) -> Iterator[list[Record]]:
         """The records of the log, a list every ``every`` lines (a power of two): the C loop
-        of _mtrace_c where it is built, else its pure-Python twin (the same records and stats)."""
-        if _mtrace_c is not None:
-            return self._records_c(text, every)
-        return self._records_py(text, every)
+        of _mtrace_c where it is built, else its pure-Python twin (the same records and stats).
+        A ``plain`` file is read in blocks (a decompressing stream line by line, so that a
+        corrupt one fails after the same batches)."""
+        if _mtrace_c is None:
+            return self._records_py(text, every)
+        if plain:
+            return self._records_blocks(text, every)
+        return self._records_c(text, every)
+
+    def _records_blocks(self, text: TextIO, every: int) -> Iterator[list[Record]]:
+        """_records_c with the file read in blocks of text, whose lines the C loop finds
+        itself: no str a line (newlines are translated as when reading lines)."""
+        parser = _mtrace_c.ChunkParser(self.stats)
+        buf, pos, end_of_file = "", 0, False
+        out: list[Record] = []
+        base = 0  # lines before the chunk
+        while True:
+            if not end_of_file and not parser.ready(buf, pos, every):
+                more = text.read(_BLOCK)
+                end_of_file = not more
+                buf = buf[pos:] + more
+                pos = 0
+                continue
+            if pos >= len(buf):
+                break
+            if out:
+                yield out
+            out, status, i, end, lines = parser.parse_text(buf, pos, base, every)
+            if status:
+                self._c_error(_split_lines(buf[pos:end])[:lines], base, status, i)
+            base += lines
+            pos = end
+        if parser.pending:
+            self.stats["unfinished_reallocs"] += 1
+        if out:
+            yield out
 
     def _records_c(self, text: TextIO, every: int) -> Iterator[list[Record]]:
         """_records_py's loop with each chunk's lines read by _mtrace_c.ChunkParser, which
