@@ -92,7 +92,7 @@ _SEPS = [" ", "\t", "\x1c", "\x1f", "  ", " \t"]
 
 @st.composite
 def _line(draw, bad: bool = False) -> str:
-    ptrs = _PTRS + (["foo", "0x", "0X10", "-", "0xg"] if bad else [])
+    ptrs = _PTRS + (["foo", "0x", "0X10", "-", "0xg", "0x1\udcff"] if bad else [])
     sizes = _SIZES + (["-0x8", "0x1_0", "zz", "0X8", "00"] if bad else [])
     callers = _CALLERS + (["xyz ", "x y "] if bad else [])
     p, size, caller = draw(st.sampled_from(ptrs)), draw(st.sampled_from(sizes)), draw(st.sampled_from(callers))
@@ -193,7 +193,8 @@ def test_the_c_reader_keeps_no_references() -> None:
                sys.intern("reused_live_pointers"), sys.intern("null_results"), 0, 16]
 
     def loop(times: int) -> None:
-        for name in ("ls.mtrace", "producer_consumer.mtrace", "bad_frees.mtrace", "awk.mtrace"):
+        for name in ("ls.mtrace", "producer_consumer.mtrace", "bad_frees.mtrace", "awk.mtrace",
+                     "python3.mtrace.gz"):  # the last one read line by line
             for _ in range(times):
                 _read(FIXTURES / name, 1024, True)
 
