@@ -43,6 +43,7 @@ typedef struct {
     PtrMap live, dead, dead_old;
     PyObject *pending; /* handle of a realloc whose '>' line is next, or NULL */
     Py_ssize_t pending_line, serial;
+    Py_ssize_t *ends, ends_size; /* where parse_text's lines end */
     PyObject *sizes[SMALL_SIZES];
     PyObject *sites[SITE_SLOTS];
 } ChunkParser;
@@ -115,15 +116,9 @@ static inline int tok_is(int kind, const void *data, Py_ssize_t s, Py_ssize_t e,
     return 1;
 }
 
-static inline int hexval(Py_UCS4 c) {
-    if (c >= '0' && c <= '9')
-        return (int)(c - '0');
-    if (c >= 'a' && c <= 'f')
-        return (int)(c - 'a' + 10);
-    if (c >= 'A' && c <= 'F')
-        return (int)(c - 'A' + 10);
-    return -1;
-}
+static signed char hex_digit[256]; /* each character's hex value, -1 if not a hex digit */
+
+static inline int hexval(Py_UCS4 c) { return c < 256 ? hex_digit[c] : -1; }
 
 /* 0x and hex digits (what _pointers_ok accepts) */
 static int hex_token(int kind, const void *data, Py_ssize_t s, Py_ssize_t e) {
@@ -157,27 +152,34 @@ static PyObject *size_of(ChunkParser *self, int kind, const void *data, Py_ssize
         Py_INCREF(s_zero);
         return s_zero;
     }
-    if (!hex_token(kind, data, s, e)) {
+    /* 0x and hex digits, read in one pass; more than 16 of them after the leading zeros:
+       Python's own conversion, beyond 64 bits */
+    if (e - s < 3 || PyUnicode_READ(kind, data, s) != '0' || PyUnicode_READ(kind, data, s + 1) != 'x') {
         *bad = 1;
         return NULL;
     }
-    Py_ssize_t i = s + 2;
-    while (i < e - 1 && PyUnicode_READ(kind, data, i) == '0')
-        i++;
-    if (e - i > 16) { /* beyond 64 bits: Python's own conversion */
+    unsigned long long v = 0;
+    int digits = 0;
+    for (Py_ssize_t i = s + 2; i < e; i++) {
+        int d = hexval(PyUnicode_READ(kind, data, i));
+        if (d < 0) {
+            *bad = 1;
+            return NULL;
+        }
+        v = (v << 4) | (unsigned long long)d;
+        digits += digits || d;
+    }
+    if (digits > 16) {
         char *buf = PyMem_Malloc((size_t)(e - s + 1));
         if (!buf)
             return PyErr_NoMemory();
         for (Py_ssize_t j = s; j < e; j++)
             buf[j - s] = (char)PyUnicode_READ(kind, data, j);
         buf[e - s] = 0;
-        PyObject *v = PyLong_FromString(buf, NULL, 16);
+        PyObject *o = PyLong_FromString(buf, NULL, 16);
         PyMem_Free(buf);
-        return v;
+        return o;
     }
-    unsigned long long v = 0;
-    for (; i < e; i++)
-        v = (v << 4) | (unsigned long long)hexval(PyUnicode_READ(kind, data, i));
     if (v < SMALL_SIZES) {
         PyObject *o = self->sizes[v];
         if (!o) {
@@ -493,8 +495,8 @@ static void key_of(Key *k, PyObject *line, int ascii, int kind, const void *data
     uint64_t v = 0;
     for (Py_ssize_t i = s + 2; i < e; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        int d = (c >= '0' && c <= '9') ? (int)(c - '0') : (c >= 'a' && c <= 'f') ? (int)(c - 'a' + 10) : -1;
-        if (d < 0)
+        int d = hexval(c);
+        if (d < 0 || (c >= 'A' && c <= 'F'))
             return;
         v = (v << 4) | (uint64_t)d;
     }
@@ -557,7 +559,8 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
             if (plus)
                 TRY(lost_realloc(self, out));
             Py_ssize_t ps = TS(t, 2), pe = TE(t, 2);
-            if (!hex_token(kind, data, ps, pe))
+            key_of(k, line, ascii, kind, data, ps, pe);
+            if (!k->canon && !hex_token(kind, data, ps, pe))
                 *ptrs_bad = 1; /* checked with the chunk's others, at its end */
             if (nt > 3 && !at)
                 return CHECK;
@@ -566,8 +569,7 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
                 return SIZE;
             if (!size)
                 goto fail;
-            int nil = tok_is(kind, data, ps, pe, "(nil)");
-            key_of(k, line, ascii, kind, data, ps, pe);
+            int nil = !k->canon && tok_is(kind, data, ps, pe, "(nil)");
             PyObject *old = pm_get(&self->live, k);
             if (!old && PyErr_Occurred())
                 goto fail;
@@ -876,10 +878,19 @@ static PyObject *ChunkParser_parse_text(ChunkParser *self, PyObject *const *args
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     Py_ssize_t len = PyUnicode_GET_LENGTH(text), lines = 0, end = pos, i, last = pos;
+    if (every > self->ends_size) {
+        Py_ssize_t *ends = PyMem_Realloc(self->ends, (size_t)every * sizeof(Py_ssize_t));
+        if (!ends) {
+            Py_DECREF(text);
+            return PyErr_NoMemory();
+        }
+        self->ends = ends;
+        self->ends_size = every;
+    }
     while (lines < every && end < len) {
         last = end;
         end = line_end(kind, data, end, len);
-        lines++;
+        self->ends[lines++] = end;
     }
     if (lines && PyUnicode_READ(kind, data, end - 1) != '\n') {
         /* the log's last line has no newline: glibc ends every record with one, so the
@@ -905,7 +916,7 @@ static PyObject *ChunkParser_parse_text(ChunkParser *self, PyObject *const *args
     int status = OK, ptrs_bad = 0;
     Py_ssize_t start = pos;
     for (i = 0; i < lines; i++) {
-        Py_ssize_t stop = line_end(kind, data, start, len);
+        Py_ssize_t stop = self->ends[i];
         status = parse_line(self, out, text, start, stop, base + 1 + i, &ptrs_bad);
         if (status < 0) {
             Py_DECREF(out);
@@ -952,6 +963,7 @@ static void ChunkParser_dealloc(ChunkParser *self) {
     pm_free(&self->dead);
     pm_free(&self->dead_old);
     Py_XDECREF(self->pending);
+    PyMem_Free(self->ends);
     for (int i = 0; i < SMALL_SIZES; i++)
         Py_XDECREF(self->sizes[i]);
     for (int i = 0; i < SITE_SLOTS; i++)
@@ -993,8 +1005,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_mtrace_c",
 static PyObject *intern(const char *s) { return PyUnicode_InternFromString(s); }
 
 PyMODINIT_FUNC PyInit__mtrace_c(void) {
-    for (int c = 0; c < 256; c++)
+    for (int c = 0; c < 256; c++) {
         ws1[c] = Py_UNICODE_ISSPACE(c) ? 1 : 0;
+        hex_digit[c] = (signed char)(c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                     : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1);
+    }
     if (PyType_Ready(&ChunkParserType) < 0)
         return NULL;
     PyObject *collections = PyImport_ImportModule("collections");
