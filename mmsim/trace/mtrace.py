@@ -27,6 +27,10 @@ anything before the record a caller prefix (``@ ...``); otherwise the line is a 
 error. The hot loop checks a size the first time it sees it (the first 4096 sizes are
 remembered), the pointer of each ``+`` and ``>`` (a ``-`` or ``<`` of a live pointer names one
 checked then), and a record with more fields than its own for the ``@``.
+
+The hot loop runs in C (``_mtrace_c.ChunkParser``, which also finds a plain log's lines in blocks
+of text) where it is built; the pure-Python loop is its twin, with the same records, stats and
+errors (tests/test_mtrace_c.py), and runs where it is not, or with MMSIM_PURE_PYTHON=1.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from .ops import Op, TraceError, quick_op
 try:
     if os.environ.get("MMSIM_PURE_PYTHON"):
         raise ImportError
-    from mmsim.trace import _mtrace_c
+    import mmsim.trace._mtrace_c as _mtrace_c  # not "from mmsim.trace import": no import cycle
 except ImportError:  # not compiled on this machine, or turned off: the pure-Python twin
     _mtrace_c = None
 from .source import MAX_LINE_BYTES, compression_of, open_trace_binary
