@@ -350,6 +350,9 @@ static PyObject *key_str(Key *k) {
 }
 
 static inline size_t slot_of(uint64_t key, size_t mask) {
+    /* keyed by the process's str hash secret (PYTHONHASHSEED), as Python's dicts are: a log
+       cannot be made of pointers that all collide */
+    key ^= (uint64_t)_Py_HashSecret.siphash.k0;
     key ^= key >> 33; /* murmur3's finalizer: each bit of the pointer moves the low ones */
     key *= 0xff51afd7ed558ccdull;
     key ^= key >> 33;
