@@ -27,6 +27,10 @@ anything before the record a caller prefix (``@ ...``); otherwise the line is a 
 error. The hot loop checks a size the first time it sees it (the first 4096 sizes are
 remembered), the pointer of each ``+`` and ``>`` (a ``-`` or ``<`` of a live pointer names one
 checked then), and a record with more fields than its own for the ``@``.
+
+The hot loop runs in C (``_mtrace_c.ChunkParser``, which also finds a plain log's lines in blocks
+of text) where it is built; the pure-Python loop is its twin, with the same records, stats and
+errors (tests/test_mtrace_c.py), and runs where it is not, or with MMSIM_PURE_PYTHON=1.
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ from itertools import islice
 from typing import TYPE_CHECKING, TextIO
 
 from .ops import Op, TraceError, quick_op
+
+try:
+    if os.environ.get("MMSIM_PURE_PYTHON"):
+        raise ImportError
+    import mmsim.trace._mtrace_c as _mtrace_c  # not "from mmsim.trace import": no import cycle
+except ImportError:  # not compiled on this machine, or turned off: the pure-Python twin
+    _mtrace_c = None
 from .source import MAX_LINE_BYTES, compression_of, open_trace_binary
 
 if TYPE_CHECKING:
@@ -80,6 +91,16 @@ def _caller(line: str, t: list[str], nt: int) -> str | None:
     for field in reversed(t[-3:]):  # the record's three fields, from the end
         end = body.rindex(field, 0, end)
     return body[body.index("@") + 1:end].strip() or None
+
+
+_BLOCK = 1 << 20  # characters read at once by _records_blocks
+
+
+def _split_lines(text: str) -> list[str]:
+    """text's lines as reading it line by line gives them (newlines already translated)."""
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
 
 
 _DEAD_HALF = 1 << 15  # freed pointers remembered: the last 32768 to 65536 frees
@@ -159,19 +180,115 @@ class MtraceReader:
             binary.close()
             _check_line_lengths(self.path)
             text: TextIO = open(self.path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+            plain = True
         else:
             text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape")
+            plain = False
         with text:
             if self.batch > 0:
-                for records in self._records(text, self.batch):  # at most batch records each
+                for records in self._records(text, self.batch, plain):  # at most batch records each
                     yield MallocCalls(records)
             else:
-                for records in self._records(text, DEFAULT_BATCH):
+                for records in self._records(text, DEFAULT_BATCH, plain):
                     for kind, line, handle, nbytes, site in records:
                         yield quick_op(kind, line, handle, nbytes, site)
 
-    def _records(self, text: TextIO, every: int) -> Iterator[list[Record]]:  # noqa: C901 - one hot loop, kept flat
-        """The records of the log, a list every ``every`` lines (a power of two)."""
+    def _records(self, text: TextIO, every: int, plain: bool = False) -> Iterator[list[Record]]:
+        """The records of the log, a list every ``every`` lines (a power of two): the C loop
+        of _mtrace_c where it is built, else its pure-Python twin (the same records and stats).
+        A ``plain`` file is read in blocks (a decompressing stream line by line, so that a
+        corrupt one fails after the same batches)."""
+        if _mtrace_c is None:
+            return self._records_py(text, every)
+        if plain:
+            return self._records_blocks(text, every)
+        return self._records_c(text, every)
+
+    def _records_blocks(self, text: TextIO, every: int) -> Iterator[list[Record]]:
+        """_records_c with the file read in blocks of text, whose lines the C loop finds
+        itself: no str a line (newlines are translated as when reading lines)."""
+        parser = _mtrace_c.ChunkParser(self.stats)
+        buf, pos, end_of_file = "", 0, False
+        out: list[Record] = []
+        base = 0  # lines before the chunk
+        while True:
+            if not end_of_file and not parser.ready(buf, pos, every):
+                more = text.read(_BLOCK)
+                end_of_file = not more
+                buf = buf[pos:] + more
+                pos = 0
+                continue
+            if pos >= len(buf):
+                break
+            if out:
+                yield out
+            out, status, i, end, lines = parser.parse_text(buf, pos, base, every)
+            if status:
+                self._c_error(_split_lines(buf[pos:end])[:lines], base, status, i)
+            base += lines
+            pos = end
+        if parser.pending:
+            self.stats["unfinished_reallocs"] += 1
+        if out:
+            yield out
+
+    def _records_c(self, text: TextIO, every: int) -> Iterator[list[Record]]:
+        """_records_py's loop with each chunk's lines read by _mtrace_c.ChunkParser, which
+        stops at a line in error and says what is wrong; the messages are made here, by the
+        same methods, so they and their precedence are the pure loop's."""
+        parse = _mtrace_c.ChunkParser(self.stats).parse
+        out: list[Record] = []
+        base = 0  # lines before the chunk
+        try:
+            for chunk in iter(lambda: list(islice(text, every)), []):
+                if out:
+                    yield out
+                self._cut_last_line(chunk, base)
+                out, status, i = parse(chunk, base)
+                if status:
+                    self._c_error(chunk, base, status, i)
+                base += len(chunk)
+        except TraceError as e:
+            self._file_failed(e)
+        if parse.__self__.pending:
+            self.stats["unfinished_reallocs"] += 1
+        if out:
+            yield out
+
+    def _c_error(self, chunk: list[str], base: int, status: int, i: int) -> None:
+        """Raise the TraceError of what ChunkParser.parse found at chunk[i] (status 2: the
+        record fails _check_record; 3: a bad size; 4: not a record), or check the whole chunk's
+        pointers (status 1: one of them is not 0x and hex, maybe a (nil))."""
+        n = base + i + 1
+        if status == 1:
+            self._check_lines(chunk, base, base + len(chunk))
+            return
+        t = chunk[i].split()
+        if status == 2:
+            self._check_record(t, n)
+            raise AssertionError(f"line {n}: _mtrace_c and _check_record disagree")
+        self._check_lines(chunk, base, n)  # an earlier bad pointer first
+        if status == 3:
+            raise TraceError(self.path, n, f"bad size '{t[-1]}' (hex expected)")
+        raise TraceError(self.path, n, f"not an mtrace record: {chunk[i].strip()[:80]!r}")
+
+    def _cut_last_line(self, chunk: list[str], base: int) -> None:
+        """Drop the log's last line if it has no newline: glibc ends every record with one, so
+        the program died while writing it; replay up to it, and say so."""
+        if chunk[-1][-1:] != "\n" and chunk[-1].strip():
+            self.stats["truncated_at_line"] = base + len(chunk)
+            chunk.pop()
+
+    def _file_failed(self, e: TraceError) -> None:
+        """Raise e again if it names a line, else (the file itself failed, e.g. corrupt gzip)
+        say how far reading got (a chunk's lines are read at once, so count them again up to
+        the failure)."""
+        if e.line:
+            raise e
+        raise TraceError(self.path, self._lines_readable() + 1, e.message) from None
+
+    def _records_py(self, text: TextIO, every: int) -> Iterator[list[Record]]:  # noqa: C901 - one hot loop, kept flat
+        """The pure-Python twin of _records_c (the reference for what it must give)."""
         live: dict[str, str] = {}  # pointer -> handle of its oldest live block
         later: dict[str, deque[str]] = {}  # pointer -> handles of its younger live blocks
         moved: set[str] = set()  # live handles whose block a realloc moved off their pointer
@@ -196,11 +313,7 @@ class MtraceReader:
                     yield out
                     out = []
                     emit = out.append
-                if chunk[-1][-1:] != "\n" and chunk[-1].strip():
-                    # the log's last line has no newline: glibc ends every record with one,
-                    # so the program died while writing it; replay up to it, and say so
-                    stats["truncated_at_line"] = base + len(chunk)
-                    chunk.pop()
+                self._cut_last_line(chunk, base)
                 for n, line in enumerate(chunk, base + 1):  # noqa: B007 - n is the line read
                     t = line.split()
                     nt = len(t)
@@ -336,11 +449,7 @@ class MtraceReader:
                     new_ptrs.clear()
                 base += len(chunk)
         except TraceError as e:
-            if e.line:
-                raise
-            # the file itself failed (e.g. corrupt gzip): say how far reading got (a chunk's
-            # lines are read at once, so count them again up to the failure)
-            raise TraceError(self.path, self._lines_readable() + 1, e.message) from None
+            self._file_failed(e)
         if pending is not None:
             stats["unfinished_reallocs"] += 1
         if out:
