@@ -24,13 +24,13 @@ _MASK = (1 << 64) - 1
 #: (2048 was the fastest of 512..4096 on the ARC paper's OLTP trace)
 CHUNK = 2048
 
-try:  # the C twin of the counting (setup.py), unless MMSIM_PURE_PYTHON=1
+try:  # the C twin of the counting (setup.py)
+    if os.environ.get("MMSIM_PURE_PYTHON"):
+        raise ImportError
     from mmsim._stack_distance_c import Counter as _Counter
-except ImportError:  # not compiled here: the pure-Python counting, same results, slower
-    if os.environ.get("MMSIM_REQUIRE_C") == "1":
-        raise
+except ImportError:  # not compiled on this machine, or turned off: the pure-Python counting
     _Counter = None
-PURE = _Counter is None or os.environ.get("MMSIM_PURE_PYTHON") == "1"
+PURE = _Counter is None
 
 
 def spatial_hash(block: int) -> int:

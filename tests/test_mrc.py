@@ -89,9 +89,10 @@ def test_stack_distances_give_every_lru_size_s_misses(seed: int, pure: bool,
 
 
 @needs_c
-def test_the_c_counting_gives_the_pure_python_histogram() -> None:
+def test_the_c_counting_gives_the_pure_python_histogram(monkeypatch) -> None:
     """Ids over the whole of [0, 2**64) (a hash table's collisions, the top bit); one that is
     not a block id is refused before any of its batch is counted."""
+    monkeypatch.setattr(stack_distance, "_Counter", Counter)  # even under MMSIM_PURE_PYTHON
     rng = random.Random(7)
     ids = [rng.choice([0, 1, 2**63, 2**64 - 1, rng.getrandbits(64)]) for _ in range(300)]
     blocks = [rng.choice(ids) for _ in range(20_000)]
@@ -106,7 +107,10 @@ def test_the_c_counting_gives_the_pure_python_histogram() -> None:
 
 
 @pytest.mark.parametrize("pure", COUNTINGS)
-def test_stack_distances_are_the_distinct_blocks_since_the_last_reference(pure: bool) -> None:
+def test_stack_distances_are_the_distinct_blocks_since_the_last_reference(
+        pure: bool, monkeypatch) -> None:
+    if not pure:  # the C counting even where MMSIM_PURE_PYTHON turned it off for mmsim
+        monkeypatch.setattr(stack_distance, "_Counter", Counter)
     sd = StackDistances(pure=pure)
     sd.feed([1, 2, 3, 1])  # distances: -, -, -, 2
     assert sd.misses([2, 3]) == [4, 3]
