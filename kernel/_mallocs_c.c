@@ -31,8 +31,9 @@
 static PyObject *VmError, *OutOfPages;
 static PyTypeObject *PoolPageType, *PoolType;
 static Py_ssize_t HALF;
-static long long MEMPOOL_AREA;
+static long long MEMPOOL_AREA, PAGE_AREA;
 static int PAGE_SHIFT;
+static Py_ssize_t L1_LO, L1_HI;
 
 /* slot offsets of PoolPage and Pool */
 static Py_ssize_t pg_cpu, pg_end, pg_fresh, pg_freed, pg_nalloc, pg_next, pg_prev, pg_pool;
@@ -45,7 +46,7 @@ static PyObject *a_kernel, *a_live, *a__freed, *a__freed_old, *a_leaked, *a_mall
     *a_live_bytes_peak, *a_peak_pending, *a__store, *a__fail, *a_failed, *a__handlers,
     *a_heap_at_peak, *a_heap_bytes, *a__add_page, *a_batch_failed, *a_kind, *a_line,
     *a_handle, *a_size, *a_site, *a_woken, *a_ranges, *a_free_pages, *a__hooks_free,
-    *a__wakeups;
+    *a__wakeups, *a__l1, *a__whole, *a_heap_bytes_peak, *a__at_live_peak, *a__stale_live, *a__stale_use;
 static PyObject *one;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -109,11 +110,11 @@ static inline int slot_put_long(PyObject *o, Py_ssize_t off, long long v)
 static PyObject *setup(PyObject *mod, PyObject *args)
 {
     PyObject *pool_t, *page_t, *vm, *oop;
-    Py_ssize_t half;
-    long long area;
+    Py_ssize_t half, lo, hi;
+    long long area, page_area;
     int shift;
-    if (!PyArg_ParseTuple(args, "O!O!OOnLi", &PyType_Type, &pool_t, &PyType_Type, &page_t, &vm,
-                          &oop, &half, &area, &shift))
+    if (!PyArg_ParseTuple(args, "O!O!OOnLiLnn", &PyType_Type, &pool_t, &PyType_Type, &page_t,
+                          &vm, &oop, &half, &area, &shift, &page_area, &lo, &hi))
         return NULL;
     if (slot_offset(page_t, "cpu", &pg_cpu) || slot_offset(page_t, "end", &pg_end)
         || slot_offset(page_t, "fresh", &pg_fresh) || slot_offset(page_t, "freed", &pg_freed)
@@ -133,6 +134,9 @@ static PyObject *setup(PyObject *mod, PyObject *args)
     HALF = half;
     MEMPOOL_AREA = area;
     PAGE_SHIFT = shift;
+    PAGE_AREA = page_area;
+    L1_LO = lo;
+    L1_HI = hi;
     Py_RETURN_NONE;
 }
 
@@ -180,6 +184,8 @@ typedef struct {
     /* the record being applied */
     Py_ssize_t i;
     PyObject *kind, *line, *size_o;
+    PyObject *at_live_peak, *stale_live, *stale_use; /* AllocSites' (NULL: its method) */
+    PyObject *l1, *whole; /* the CPU's L1 page cache and Malloc._whole (NULL: Python's) */
     PyObject *heap;     /* Malloc.heap_bytes as last read (valid until a call-out) */
     PyObject *heap_set; /* what this loop last set face.heap_at_peak to (idem) */
     int called;   /* batch_call was called for record i */
@@ -320,6 +326,16 @@ static inline int small_int(PyObject *o, long long *out)
     return 1;
 }
 
+/* an exact int that a C long long holds */
+static inline int small_int_any(PyObject *o, long long *out)
+{
+    if (!PyLong_CheckExact(o))
+        return 0;
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return !overflow;
+}
+
 /* st[idx] += v for a site's stats list */
 static inline int st_add(PyObject *st, Py_ssize_t idx, PyObject *v)
 {
@@ -359,12 +375,68 @@ static inline int dirty_add(Loop *L, PyObject *site)
     return 0;
 }
 
-static inline int snapshot(Loop *L)
+/* AllocSites.snapshot_live_peak(), as AllocSites._snapshot does it: the sites changed since
+ * (dirty, and the stale ones) into the live-peak snapshot, dirty into the use peak's stale */
+static int snapshot(Loop *L)
 {
-    PyObject *r = PyObject_CallNoArgs(L->snapshot);
-    if (r == NULL)
+    if (L->at_live_peak == NULL) { /* not the plain containers: the Python method */
+        PyObject *r = PyObject_CallNoArgs(L->snapshot);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        L->pending = 0;
+        return 0;
+    }
+    PyObject *sets[2] = {L->dirty, L->stale_live};
+    for (int i = 0; i < 2; i++) {
+        PyObject *it = PyObject_GetIter(sets[i]), *site;
+        if (it == NULL)
+            return -1;
+        while ((site = PyIter_Next(it)) != NULL) {
+            PyObject *st = PyDict_GetItemWithError(L->stats, site), *v = NULL;
+            int r = -1;
+            if (st == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetObject(PyExc_KeyError, site);
+            } else if (!PyList_CheckExact(st) || PyList_GET_SIZE(st) < 4) {
+                PyErr_SetString(PyExc_TypeError, "a site's stats are not a list of 4");
+            } else {
+                PyObject *b = PyList_GET_ITEM(st, 0), *fb = PyList_GET_ITEM(st, 2);
+                int ne = PyObject_RichCompareBool(b, fb, Py_NE);
+                if (ne > 0) {
+                    PyObject *blocks = PyNumber_Subtract(b, fb);
+                    PyObject *nbytes = blocks ? PyNumber_Subtract(PyList_GET_ITEM(st, 1),
+                                                                  PyList_GET_ITEM(st, 3))
+                                              : NULL;
+                    v = nbytes ? PyTuple_Pack(2, blocks, nbytes) : NULL;
+                    Py_XDECREF(blocks);
+                    Py_XDECREF(nbytes);
+                    r = v ? PyDict_SetItem(L->at_live_peak, site, v) : -1;
+                    Py_XDECREF(v);
+                } else if (ne == 0) { /* snap.pop(site, None) */
+                    r = PyDict_DelItem(L->at_live_peak, site);
+                    if (r && PyErr_ExceptionMatches(PyExc_KeyError)) {
+                        PyErr_Clear();
+                        r = 0;
+                    }
+                }
+            }
+            Py_DECREF(site);
+            if (r) {
+                Py_DECREF(it);
+                return -1;
+            }
+        }
+        Py_DECREF(it);
+        if (PyErr_Occurred())
+            return -1;
+    }
+    PyObject *u = PyNumber_InPlaceOr(L->stale_use, L->dirty);
+    if (u == NULL)
         return -1;
-    Py_DECREF(r);
+    Py_DECREF(u);
+    if (PySet_Clear(L->stale_live) || PySet_Clear(L->dirty))
+        return -1;
     L->pending = 0;
     return 0;
 }
@@ -382,6 +454,83 @@ static int site_freed(Loop *L, PyObject *site, PyObject *bsize)
     int r = st_add(st, 2, one) || st_add(st, 3, bsize) || dirty_add(L, site);
     Py_DECREF(st);
     return r ? -1 : 0;
+}
+
+/* the CPU's L1 page cache (PagePool._l1[cpu]) and Malloc._whole, if they are the plain list
+ * and set: whole pages are then handed out and taken back here while the cache is between
+ * its marks (otherwise PagePool wakes its fill thread: Python does it) */
+static int page_cache(Loop *L, PyObject *pool)
+{
+    PyObject *l1s = PyObject_GetAttr(pool, a__l1);
+    if (l1s == NULL)
+        return -1;
+    L->l1 = PyList_CheckExact(l1s) && L->cpu >= 0 && L->cpu < PyList_GET_SIZE(l1s)
+                ? Py_NewRef(PyList_GET_ITEM(l1s, L->cpu)) : NULL;
+    Py_DECREF(l1s);
+    if ((L->whole = PyObject_GetAttr(L->m, a__whole)) == NULL)
+        return -1;
+    if (L->l1 == NULL || !PyList_CheckExact(L->l1) || !PySet_CheckExact(L->whole)) {
+        Py_CLEAR(L->l1);
+        Py_CLEAR(L->whole);
+    }
+    return 0;
+}
+
+/* Malloc._grow_heap(delta) (heap_bytes and its peak) */
+static int grow_heap(Loop *L, long long delta)
+{
+    Py_CLEAR(L->heap);
+    PyObject *hb = PyObject_GetAttr(L->m, a_heap_bytes), *d = PyLong_FromLongLong(delta);
+    PyObject *nhb = hb && d ? PyNumber_Add(hb, d) : NULL, *peak = NULL;
+    int r = nhb ? PyObject_SetAttr(L->m, a_heap_bytes, nhb) : -1;
+    if (r == 0 && delta > 0) {
+        peak = PyObject_GetAttr(L->m, a_heap_bytes_peak);
+        r = peak ? PyObject_RichCompareBool(nhb, peak, Py_GT) : -1;
+        if (r > 0)
+            r = PyObject_SetAttr(L->m, a_heap_bytes_peak, nhb);
+    }
+    Py_XDECREF(hb);
+    Py_XDECREF(d);
+    Py_XDECREF(nhb);
+    Py_XDECREF(peak);
+    return r < 0 ? -1 : 0;
+}
+
+/* Malloc._std_malloc's whole page (1024 < size <= 4096 with SMP up), served from the L1
+ * cache: a new reference to the address, or NULL with no error for Python */
+static PyObject *page_malloc(Loop *L)
+{
+    Py_ssize_t n = PyList_GET_SIZE(L->l1);
+    if (n < L1_LO) /* PagePool.alloc_page wakes the fill thread: Python */
+        return NULL;
+    PyObject *pfn = PyList_GET_ITEM(L->l1, n - 1); /* l1.pop(): its reference is ours */
+    long long v;
+    if (!small_int(pfn, &v))
+        return NULL;
+    Py_SET_SIZE(L->l1, n - 1);
+    PyObject *addr = PySet_Add(L->whole, pfn) || grow_heap(L, 1LL << PAGE_SHIFT)
+                         ? NULL : PyLong_FromLongLong(PAGE_AREA + (v << PAGE_SHIFT));
+    Py_DECREF(pfn);
+    return addr;
+}
+
+/* Malloc.free of a whole page, into the L1 cache: 0 done, 1 for Python, -1 error */
+static int page_free(Loop *L, PyObject *addr_o)
+{
+    long long addr;
+    if (L->l1 == NULL || !small_int_any(addr_o, &addr) || (addr >> 44) != (PAGE_AREA >> 44)
+        || addr < PAGE_AREA || addr & ((1LL << PAGE_SHIFT) - 1)
+        || PyList_GET_SIZE(L->l1) > L1_HI)
+        return 1;
+    PyObject *pfn = PyLong_FromLongLong((addr - PAGE_AREA) >> PAGE_SHIFT);
+    if (pfn == NULL)
+        return -1;
+    int found = PySet_Discard(L->whole, pfn); /* 0: not a page malloc holds (Python raises) */
+    int r = found < 0 ? -1 : found == 0 ? 1 : 0;
+    if (r == 0 && (grow_heap(L, -(1LL << PAGE_SHIFT)) || PyList_Append(L->l1, pfn)))
+        r = -1;
+    Py_DECREF(pfn);
+    return r;
 }
 
 /* Malloc.malloc(size, cpu): a new reference to the address (0 where Python's gives NULL) */
@@ -442,6 +591,11 @@ static PyObject *do_malloc(Loop *L, long long size)
     error:
         Py_DECREF(page);
         return NULL;
+    }
+    if (size > 1024 && size <= (1LL << PAGE_SHIFT) && L->smp && L->l1 != NULL) {
+        PyObject *addr = page_malloc(L);
+        if (addr != NULL || PyErr_Occurred())
+            return addr;
     }
 python:
     if (callout(L))
@@ -509,17 +663,15 @@ static int do_free(Loop *L, PyObject *addr_o)
     PyObject *page;
     if (pool_page_of(L, addr_o, &page))
         return -1;
-    if (page != NULL) {
-        int r = free_in_page(L, page, addr_o);
-        if (r <= 0)
-            return r;
-    }
+    int r = page != NULL ? free_in_page(L, page, addr_o) : page_free(L, addr_o);
+    if (r <= 0)
+        return r;
     if (callout(L))
         return -1;
-    PyObject *r = PyObject_CallFunctionObjArgs(L->py_free, addr_o, L->cpu_obj, NULL);
-    if (r == NULL)
+    PyObject *res = PyObject_CallFunctionObjArgs(L->py_free, addr_o, L->cpu_obj, NULL);
+    if (res == NULL)
         return -1;
-    Py_DECREF(r);
+    Py_DECREF(res);
     return 0;
 }
 
@@ -532,6 +684,16 @@ static PyObject *do_realloc(Loop *L, PyObject *addr_o, long long size)
     if (pool_page_of(L, addr_o, &page))
         return NULL;
     int inline_ok = page != NULL && Py_TYPE(SLOT(page, pg_pool)) == PoolType;
+    long long a;
+    if (!inline_ok && L->whole != NULL && small_int_any(addr_o, &a) && a >= PAGE_AREA
+        && (a >> 44) == (PAGE_AREA >> 44)) { /* or a whole page malloc holds */
+        PyObject *pfn = PyLong_FromLongLong((a - PAGE_AREA) >> PAGE_SHIFT);
+        if (pfn == NULL || (inline_ok = PySet_Contains(L->whole, pfn)) < 0) {
+            Py_XDECREF(pfn);
+            return NULL;
+        }
+        Py_DECREF(pfn);
+    }
     if (!inline_ok) {
         if (callout(L))
             return NULL;
@@ -832,6 +994,14 @@ static PyObject *run(PyObject *mod, PyObject *args)
     L.dirty = attr(sites, a_dirty);
     L.snapshot = attr(sites, a_snapshot_live_peak);
     L.entry = attr(sites, a_entry);
+    L.at_live_peak = attr(sites, a__at_live_peak);
+    L.stale_live = attr(sites, a__stale_live);
+    L.stale_use = attr(sites, a__stale_use);
+    if (L.stale_use == NULL)
+        goto done;
+    if (!PyDict_CheckExact(L.at_live_peak) || !PySet_CheckExact(L.stale_live)
+        || !PySet_CheckExact(L.stale_use) || !PySet_CheckExact(L.dirty))
+        Py_CLEAR(L.at_live_peak);
     L.cpu_obj = attr(L.k, a_cpu);
     by_size = attr(L.m, a__by_size);
     L.pages = attr(L.m, a__pages);
@@ -853,6 +1023,8 @@ static PyObject *run(PyObject *mod, PyObject *args)
         goto done;
     L.cpu = PyLong_AsLongLong(L.cpu_obj);
     if (L.cpu == -1 && PyErr_Occurred())
+        goto done;
+    if (L.smp && page_cache(&L, pool))
         goto done;
     L.row = PyObject_GetItem(by_size, L.cpu_obj); /* IndexError as Python's would be */
     if (L.row == NULL)
@@ -906,9 +1078,7 @@ static PyObject *run(PyObject *mod, PyObject *args)
             result = PyLong_FromSsize_t(L.i + 1);
             goto done;
         }
-        if (L.callout) {
-            need = 1;
-        } else if (L.called) {
+        if (L.callout || L.called) { /* does batch_call(i + 1) have something to settle? */
             if ((need = moved(&L)) < 0) {
                 Py_DECREF(rec);
                 goto failed;
@@ -971,6 +1141,11 @@ done:
     Py_XDECREF(L.dirty);
     Py_XDECREF(L.snapshot);
     Py_XDECREF(L.entry);
+    Py_XDECREF(L.at_live_peak);
+    Py_XDECREF(L.l1);
+    Py_XDECREF(L.whole);
+    Py_XDECREF(L.stale_live);
+    Py_XDECREF(L.stale_use);
     Py_XDECREF(L.cpu_obj);
     Py_XDECREF(by_size);
     Py_XDECREF(L.pages);
@@ -987,7 +1162,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
-     "setup(Pool, PoolPage, VmError, OutOfPages, half, mempool_area, page_shift)"},
+     "setup(Pool, PoolPage, VmError, OutOfPages, half, mempool_area, page_shift, page_area, "
+     "l1_lo, l1_hi)"},
     {"run", run, METH_VARARGS,
      "run(face, records, call) -> index of the first record not applied"},
     {NULL, NULL, 0, NULL}};
@@ -1046,6 +1222,12 @@ PyMODINIT_FUNC PyInit__mallocs_c(void)
     INTERN(a_free_pages, "free_pages");
     INTERN(a__hooks_free, "_hooks_free");
     INTERN(a__wakeups, "_wakeups");
+    INTERN(a__at_live_peak, "_at_live_peak");
+    INTERN(a__l1, "_l1");
+    INTERN(a__whole, "_whole");
+    INTERN(a_heap_bytes_peak, "heap_bytes_peak");
+    INTERN(a__stale_live, "_stale_live");
+    INTERN(a__stale_use, "_stale_use");
     if ((one = PyLong_FromLong(1)) == NULL)
         return NULL;
     return PyModule_Create(&module);

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from mmsim.kernel.alloc_sites import AllocSites
 from mmsim.kernel.sys_pressure import extra_shrinkers
-from mmsim.mm.constants import MEMPOOL_AREA, PAGE_SHIFT, PAGE_SIZE
-from mmsim.mm.page_pool import OutOfPages
+from mmsim.mm.constants import MEMPOOL_AREA, PAGE_AREA, PAGE_SHIFT, PAGE_SIZE
+from mmsim.mm.page_pool import L1_HI, L1_LO, OutOfPages, PagePool
 from mmsim.mm.slab import POOL_CLASSES, Malloc, MallocAbort
 from mmsim.mm.slab.pool import Pool, PoolPage
 
@@ -55,11 +55,16 @@ _HALF = QUARANTINE // 2
 #: what the C loop inlines (Malloc's pool fast paths, Pool's list): it runs only while these
 #: are the classes' own methods (a test or a tool that wraps one gets the Python loop)
 _INLINED = [(Malloc, name, getattr(Malloc, name))
-            for name in ("malloc", "free", "realloc", "usable_size", "_add_page", "_free_same_cpu")]
+            for name in ("malloc", "free", "realloc", "usable_size", "_add_page", "_free_same_cpu",
+                         "_std_malloc", "_grow_heap")]
+_INLINED += [(PagePool, name, getattr(PagePool, name)) for name in ("alloc_page", "free_page")]
 _INLINED += [(Pool, name, getattr(Pool, name))
              for name in ("add_page", "unlink", "alloc", "free", "push_front", "push_back")]
+_INLINED += [(AllocSites, name, getattr(AllocSites, name))
+             for name in ("snapshot_live_peak", "_snapshot")]
 if _mallocs_c is not None:
-    _mallocs_c.setup(Pool, PoolPage, VmError, OutOfPages, _HALF, MEMPOOL_AREA, PAGE_SHIFT)
+    _mallocs_c.setup(Pool, PoolPage, VmError, OutOfPages, _HALF, MEMPOOL_AREA, PAGE_SHIFT,
+                     PAGE_AREA, L1_LO, L1_HI)
 PEAK_SITES = 10  # call sites in the summary's peak snapshot
 _CLASS_NAMES = [str(s) for s in POOL_CLASSES]
 #: a live block: (address, requested size, the caller's site or None)
@@ -193,7 +198,8 @@ class MallocFace:
     def _c_ready(self) -> bool:
         """The C loop may run: the allocator is the plain Malloc, whose methods it inlines."""
         m = self.malloc
-        return (type(m) is Malloc and type(self.live) is dict
+        return (type(m) is Malloc and type(m.pool) is PagePool and type(self.live) is dict
+                and type(self.sites) is AllocSites
                 and getattr(self._malloc, "__func__", None) is _INLINED[0][2]
                 and getattr(self._free, "__func__", None) is _INLINED[1][2]
                 and all(getattr(cls, name) is fn for cls, name, fn in _INLINED))
