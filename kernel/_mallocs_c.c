@@ -375,6 +375,85 @@ static inline int dirty_add(Loop *L, PyObject *site)
     return 0;
 }
 
+/* iterating over a set that the loop does not change meanwhile */
+typedef struct {
+    Py_ssize_t pos;
+    PyObject *iter;
+} SetIter;
+
+static PyObject *set_next(PyObject *set, SetIter *it) /* a new reference, NULL at the end */
+{
+#if PY_VERSION_HEX < 0x030D0000
+    PyObject *key;
+    Py_hash_t hash;
+    (void)it->iter;
+    if (!_PySet_NextEntry(set, &it->pos, &key, &hash))
+        return NULL;
+    return Py_NewRef(key);
+#else
+    if (it->iter == NULL && (it->iter = PyObject_GetIter(set)) == NULL)
+        return NULL;
+    return PyIter_Next(it->iter);
+#endif
+}
+
+static void set_iter_end(SetIter *it)
+{
+    Py_CLEAR(it->iter);
+}
+
+/* a - b of two ints (a new reference) */
+static inline PyObject *subtract(PyObject *a, PyObject *b)
+{
+    long long x, y;
+    if (small_int(a, &x) && small_int(b, &y))
+        return PyLong_FromLongLong(x - y);
+    return PyNumber_Subtract(a, b);
+}
+
+/* one site of a live-peak snapshot: its live blocks and bytes now, or none */
+static int snapshot_site(Loop *L, PyObject *site)
+{
+    PyObject *st = PyDict_GetItemWithError(L->stats, site);
+    if (st == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, site);
+        return -1;
+    }
+    if (!PyList_CheckExact(st) || PyList_GET_SIZE(st) < 4) {
+        PyErr_SetString(PyExc_TypeError, "a site's stats are not a list of 4");
+        return -1;
+    }
+    PyObject *b = PyList_GET_ITEM(st, 0), *fb = PyList_GET_ITEM(st, 2);
+    int ne = PyObject_RichCompareBool(b, fb, Py_NE);
+    if (ne < 0)
+        return -1;
+    if (!ne) { /* snap.pop(site, None) */
+        if (PyDict_DelItem(L->at_live_peak, site) == 0)
+            return 0;
+        if (!PyErr_ExceptionMatches(PyExc_KeyError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *v = PyTuple_New(2), *x;
+    if (v == NULL)
+        return -1;
+    if ((x = subtract(b, fb)) == NULL) {
+        Py_DECREF(v);
+        return -1;
+    }
+    PyTuple_SET_ITEM(v, 0, x);
+    if ((x = subtract(PyList_GET_ITEM(st, 1), PyList_GET_ITEM(st, 3))) == NULL) {
+        Py_DECREF(v);
+        return -1;
+    }
+    PyTuple_SET_ITEM(v, 1, x);
+    int r = PyDict_SetItem(L->at_live_peak, site, v);
+    Py_DECREF(v);
+    return r;
+}
+
 /* AllocSites.snapshot_live_peak(), as AllocSites._snapshot does it: the sites changed since
  * (dirty, and the stale ones) into the live-peak snapshot, dirty into the use peak's stale */
 static int snapshot(Loop *L)
@@ -389,52 +468,18 @@ static int snapshot(Loop *L)
     }
     PyObject *sets[2] = {L->dirty, L->stale_live};
     for (int i = 0; i < 2; i++) {
-        PyObject *it = PyObject_GetIter(sets[i]), *site;
-        if (it == NULL)
-            return -1;
-        while ((site = PyIter_Next(it)) != NULL) {
-            PyObject *st = PyDict_GetItemWithError(L->stats, site), *v = NULL;
-            int r = -1;
-            if (st == NULL) {
-                if (!PyErr_Occurred())
-                    PyErr_SetObject(PyExc_KeyError, site);
-            } else if (!PyList_CheckExact(st) || PyList_GET_SIZE(st) < 4) {
-                PyErr_SetString(PyExc_TypeError, "a site's stats are not a list of 4");
-            } else {
-                PyObject *b = PyList_GET_ITEM(st, 0), *fb = PyList_GET_ITEM(st, 2);
-                int ne = PyObject_RichCompareBool(b, fb, Py_NE);
-                if (ne > 0) {
-                    PyObject *blocks = PyNumber_Subtract(b, fb);
-                    PyObject *nbytes = blocks ? PyNumber_Subtract(PyList_GET_ITEM(st, 1),
-                                                                  PyList_GET_ITEM(st, 3))
-                                              : NULL;
-                    v = nbytes ? PyTuple_Pack(2, blocks, nbytes) : NULL;
-                    Py_XDECREF(blocks);
-                    Py_XDECREF(nbytes);
-                    r = v ? PyDict_SetItem(L->at_live_peak, site, v) : -1;
-                    Py_XDECREF(v);
-                } else if (ne == 0) { /* snap.pop(site, None) */
-                    r = PyDict_DelItem(L->at_live_peak, site);
-                    if (r && PyErr_ExceptionMatches(PyExc_KeyError)) {
-                        PyErr_Clear();
-                        r = 0;
-                    }
-                }
-            }
+        SetIter it = {0};
+        PyObject *site;
+        int r = 0;
+        while (r == 0 && (site = set_next(sets[i], &it)) != NULL) {
+            r = snapshot_site(L, site) || (i == 0 && PySet_Add(L->stale_use, site)); /* and
+                other |= dirty */
             Py_DECREF(site);
-            if (r) {
-                Py_DECREF(it);
-                return -1;
-            }
         }
-        Py_DECREF(it);
-        if (PyErr_Occurred())
+        set_iter_end(&it);
+        if (r || PyErr_Occurred())
             return -1;
     }
-    PyObject *u = PyNumber_InPlaceOr(L->stale_use, L->dirty);
-    if (u == NULL)
-        return -1;
-    Py_DECREF(u);
     if (PySet_Clear(L->stale_live) || PySet_Clear(L->dirty))
         return -1;
     L->pending = 0;
