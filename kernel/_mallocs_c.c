@@ -51,6 +51,29 @@ static PyObject *one;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
+/* an exact int's value if it has at most two 30-bit digits (3.11's layout; from 3.12 the
+ * unstable API's compact ints), else the general call: 1 if *out holds it */
+static inline int int_value(PyObject *o, long long *out)
+{
+#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+    Py_ssize_t n = Py_SIZE(o);
+    const digit *d = ((PyLongObject *)o)->ob_digit;
+    if (n >= -2 && n <= 2) {
+        long long v = n == 0 ? 0 : (long long)d[0] | (n == 2 || n == -2 ? (long long)d[1] << 30 : 0);
+        *out = n < 0 ? -v : v;
+        return 1;
+    }
+#elif PY_VERSION_HEX >= 0x030C0000
+    if (PyUnstable_Long_IsCompact((PyLongObject *)o)) {
+        *out = PyUnstable_Long_CompactValue((PyLongObject *)o);
+        return 1;
+    }
+#endif
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return !overflow;
+}
+
 /* a slot's new value (a new reference, stolen) */
 static inline void slot_put(PyObject *o, Py_ssize_t off, PyObject *v)
 {
@@ -85,13 +108,11 @@ static int slot_offset(PyObject *type, const char *name, Py_ssize_t *off)
 static inline int slot_long(PyObject *o, Py_ssize_t off, long long *out)
 {
     PyObject *v = SLOT(o, off);
-    int overflow;
     if (v == NULL || !PyLong_CheckExact(v)) {
         PyErr_SetString(PyExc_TypeError, "a pool slot is not an int");
         return -1;
     }
-    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (overflow) {
+    if (!int_value(v, out)) {
         PyErr_SetString(PyExc_OverflowError, "a pool slot is beyond C's long long");
         return -1;
     }
@@ -316,11 +337,8 @@ static int load(Loop *L)
 /* a size a block or a record holds, if C takes it */
 static inline int small_int(PyObject *o, long long *out)
 {
-    if (!PyLong_CheckExact(o))
-        return 0;
-    int overflow;
-    long long x = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (overflow || x <= -LIMIT || x >= LIMIT)
+    long long x;
+    if (!PyLong_CheckExact(o) || !int_value(o, &x) || x <= -LIMIT || x >= LIMIT)
         return 0;
     *out = x;
     return 1;
@@ -329,11 +347,7 @@ static inline int small_int(PyObject *o, long long *out)
 /* an exact int that a C long long holds */
 static inline int small_int_any(PyObject *o, long long *out)
 {
-    if (!PyLong_CheckExact(o))
-        return 0;
-    int overflow;
-    *out = PyLong_AsLongLongAndOverflow(o, &overflow);
-    return !overflow;
+    return PyLong_CheckExact(o) && int_value(o, out);
 }
 
 /* st[idx] += v for a site's stats list */
