@@ -3,23 +3,29 @@
  * every Python reader of that state sees what the Python loop would have left.
  *
  * What it does in C: Malloc.malloc's pool fast path (a page on the pool's list: pop a freed
- * object or bump), Malloc.free's same-CPU common case (the page keeps other objects and stays
- * on its list), the live blocks, the quarantine, the live-bytes peak and the sites' counters.
- * Everything else calls the Python methods (a "call-out"): a pool with no page, a free that
- * empties or re-lists a page, cross-CPU frees, sizes above 1024, reallocs, bad frees.
+ * object or bump), Malloc.free's same-CPU path unless the page goes back to the page
+ * allocator (Pool.free, re-listing a page that was full), whole pages (1025..4096 bytes) while
+ * the CPU's L1 page cache is between its marks, realloc of those blocks (OSv's: allocate,
+ * free), the live blocks, the quarantine, the live-bytes peak, the sites' counters and their
+ * live-peak snapshot. Everything else calls the Python methods (a "call-out"): a pool with no
+ * page, a free that releases a page, cross-CPU frees, large and mapped sizes, the L1 cache at
+ * a mark, realloc(NULL) and realloc(p, 0), bad frees.
  *
  * Kernel.batch_call(i, line, kind) settles the kernel only if the fill threads were woken,
- * free memory moved or a wakeup is due: only Python code does any of that. So it is called
- * for record i when record i-1 made a call-out, or when the kernel still had something to
- * settle after the previous batch_call, and otherwise just before the first call-out of
+ * free memory moved or a wakeup is due: only Python code does any of that (the C paths above
+ * touch neither the page runs nor the fill threads' marks). So it is called for record 0,
+ * for record i when Kernel.batch_call's own test, made after record i-1 if that one called
+ * Python or batch_call, says it would settle, and otherwise just before the first call-out of
  * record i (so that a reclaim or an OOM during it reports its event, line and kind); the last
  * record always gets one, so the kernel's line and op_kind end as the Python loop leaves them.
- * AllocSites' snapshot, entry and MallocFace._fail are called without it: they only touch
- * the face's and the sites' own containers.
+ * AllocSites.entry, MallocFace._fail and _store are called without it: they only touch the
+ * face's and the sites' own containers.
  *
  * run() returns the index of the first record it did not apply: the Python loop goes on from
  * there (a size beyond 2**50 or counters that C longs could not hold, a record that is not
- * a 5-tuple of an exact str kind and an exact int size).
+ * a 5-tuple of an exact str kind and an exact int size). Where a live block's size is beyond
+ * 2**50 this is found after the record's batch_call: the Python loop calls it again, which
+ * settles nothing more unless a kernel thread left work behind.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -769,11 +775,6 @@ static PyObject *do_realloc(Loop *L, PyObject *addr_o, long long size)
     return addr;
 }
 
-static inline int truthy_addr(PyObject *addr)
-{
-    return PyObject_IsTrue(addr);
-}
-
 /* a live block, (addr, size, site): no cycle can go through it (ints and a str or None), so
  * the collector need not track it (CPython untracks such tuples itself at a collection) */
 static PyObject *new_block(PyObject *addr, PyObject *size, PyObject *site)
@@ -839,15 +840,14 @@ static int general(Loop *L, PyObject *handle, PyObject *site)
     return load(L); /* 1: the counters are beyond C's: the Python loop goes on */
 }
 
-/* record i: 0 applied, 1 not for C (nothing done), -1 error */
-static int apply(Loop *L, PyObject *rec)
+/* record i, of an exact str kind and a size within LIMIT: 0 applied, 1 not for C (nothing
+ * done: a live block of another shape or size), 2 applied but the counters are beyond C's
+ * now, -1 error */
+static int apply(Loop *L, PyObject *rec, long long size)
 {
-    PyObject *kind = PyTuple_GET_ITEM(rec, 0), *handle = PyTuple_GET_ITEM(rec, 2),
-             *site = PyTuple_GET_ITEM(rec, 4), *block, *addr;
-    long long size, grown, bsize;
-    if (!PyUnicode_CheckExact(kind) || !small_int(L->size_o, &size))
-        return 1;
-    int k = kind_of(kind);
+    PyObject *handle = PyTuple_GET_ITEM(rec, 2), *site = PyTuple_GET_ITEM(rec, 4), *block, *addr;
+    long long grown, bsize;
+    int k = kind_of(L->kind);
     if (k == K_MALLOC) { /* op_malloc, inlined */
         L->nm++;
         addr = do_malloc(L, size);
@@ -857,7 +857,7 @@ static int apply(Loop *L, PyObject *rec)
             PyErr_Clear();
             addr = PyLong_FromLong(0);
         }
-        int t = truthy_addr(addr);
+        int t = PyObject_IsTrue(addr);
         if (t <= 0) {
             Py_DECREF(addr);
             if (t < 0)
@@ -908,7 +908,7 @@ static int apply(Loop *L, PyObject *rec)
             PyErr_Clear();
             addr = PyLong_FromLong(0);
         }
-        int t = truthy_addr(addr);
+        int t = PyObject_IsTrue(addr);
         if (t <= 0) {
             Py_DECREF(addr);
             Py_DECREF(block);
@@ -1116,11 +1116,19 @@ static PyObject *run(PyObject *mod, PyObject *args)
         L.line = PyTuple_GET_ITEM(rec, 1);
         L.size_o = PyTuple_GET_ITEM(rec, 3);
         L.called = L.callout = 0;
+        long long size;
+        if (!PyUnicode_CheckExact(L.kind) || !small_int(L.size_o, &size)) {
+            Py_DECREF(rec); /* not for C: the Python loop goes on from this record */
+            if (store(&L))
+                goto failed;
+            result = PyLong_FromSsize_t(L.i);
+            goto done;
+        }
         if (need && batch(&L)) {
             Py_DECREF(rec);
             goto failed;
         }
-        r = apply(&L, rec);
+        r = apply(&L, rec, size);
         if (r < 0) {
             Py_DECREF(rec);
             goto failed;
