@@ -42,8 +42,8 @@ static int PAGE_SHIFT;
 static Py_ssize_t L1_LO, L1_HI;
 
 /* slot offsets of PoolPage and Pool */
-static Py_ssize_t pg_cpu, pg_end, pg_fresh, pg_freed, pg_nalloc, pg_next, pg_prev, pg_pool;
-static Py_ssize_t pl_head, pl_tail, pl_size;
+static Py_ssize_t pg_cpu, pg_end, pg_fresh, pg_freed, pg_nalloc, pg_next, pg_prev, pg_pool, pg_pfn;
+static Py_ssize_t pl_head, pl_tail, pl_size, pl_npages, pl_cpu;
 
 static PyObject *s_malloc, *s_free, *s_realloc;
 static PyObject *a_kernel, *a_live, *a__freed, *a__freed_old, *a_leaked, *a_malloc, *a_sites,
@@ -52,7 +52,7 @@ static PyObject *a_kernel, *a_live, *a__freed, *a__freed_old, *a_leaked, *a_mall
     *a_live_bytes_peak, *a_peak_pending, *a__store, *a__fail, *a_failed, *a__handlers,
     *a_heap_at_peak, *a_heap_bytes, *a__add_page, *a_batch_failed, *a_kind, *a_line,
     *a_handle, *a_size, *a_site, *a_woken, *a_ranges, *a_free_pages, *a__hooks_free,
-    *a__wakeups, *a__l1, *a__whole, *a_heap_bytes_peak, *a__at_live_peak, *a__stale_live, *a__stale_use;
+    *a__wakeups, *a__l1, *a__whole, *a_heap_bytes_peak, *a__at_live_peak, *a__stale_live, *a__stale_use, *a_pool_pages_returned;
 static PyObject *one;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -147,6 +147,8 @@ static PyObject *setup(PyObject *mod, PyObject *args)
         || slot_offset(page_t, "fresh", &pg_fresh) || slot_offset(page_t, "freed", &pg_freed)
         || slot_offset(page_t, "nalloc", &pg_nalloc) || slot_offset(page_t, "next", &pg_next)
         || slot_offset(page_t, "prev", &pg_prev) || slot_offset(page_t, "pool", &pg_pool)
+        || slot_offset(page_t, "pfn", &pg_pfn) || slot_offset(pool_t, "npages", &pl_npages)
+        || slot_offset(pool_t, "cpu", &pl_cpu)
         || slot_offset(pool_t, "head", &pl_head)
         || slot_offset(pool_t, "tail", &pl_tail) || slot_offset(pool_t, "size", &pl_size))
         return NULL;
@@ -598,6 +600,67 @@ static int page_free(Loop *L, PyObject *addr_o)
     return r;
 }
 
+/* a slot's int += delta */
+static inline int slot_add(PyObject *o, Py_ssize_t off, long long delta)
+{
+    long long v;
+    return slot_long(o, off, &v) || slot_put_long(o, off, v + delta) ? -1 : 0;
+}
+
+/* Malloc._add_page(pool, cpu) with its page from the L1 cache (between its marks: nothing
+ * to wake): the new page (a new reference), or NULL with no error for Python */
+static PyObject *add_page(Loop *L, PyObject *pool)
+{
+    if (L->l1 == NULL || PyList_GET_SIZE(L->l1) < L1_LO)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(L->l1);
+    PyObject *pfn = PyList_GET_ITEM(L->l1, n - 1); /* PagePool.alloc_page: l1.pop() */
+    if (!PyLong_CheckExact(pfn))
+        return NULL;
+    Py_SET_SIZE(L->l1, n - 1);
+    /* Pool.add_page(pfn): PoolPage(pool, pfn, pool.cpu) at the back of the list */
+    PyObject *page = PyObject_CallFunctionObjArgs((PyObject *)PoolPageType, pool, pfn,
+                                                  SLOT(pool, pl_cpu), NULL);
+    if (page != NULL && Py_TYPE(page) != PoolPageType) {
+        Py_CLEAR(page);
+        PyErr_SetString(PyExc_TypeError, "PoolPage() made no PoolPage");
+    }
+    if (page != NULL) {
+        push(pool, page, 0);
+        if (slot_add(pool, pl_npages, 1) || PyDict_SetItem(L->pages, pfn, page)
+            || grow_heap(L, 1LL << PAGE_SHIFT))
+            Py_CLEAR(page);
+    }
+    Py_DECREF(pfn);
+    return page;
+}
+
+/* Malloc._free_same_cpu's release of an empty page (Pool.free said so): the page leaves its
+ * list and malloc, its frame goes to the CPU's L1 cache (between its marks); 1 for Python */
+static int release_page(Loop *L, PyObject *pool, PyObject *page, int listed)
+{
+    if (L->l1 == NULL || PyList_GET_SIZE(L->l1) > L1_HI)
+        return 1;
+    PyObject *pfn = SLOT(page, pg_pfn), *n = NULL, *r = NULL;
+    Py_INCREF(page);
+    Py_INCREF(pfn);
+    int err = slot_put_long(page, pg_nalloc, 0);
+    if (!err && listed)
+        unlink_page(pool, page);
+    err = err || slot_add(pool, pl_npages, -1) || PyDict_DelItem(L->pages, pfn);
+    if (!err) { /* self.pool_pages_returned += 1 */
+        r = PyObject_GetAttr(L->m, a_pool_pages_returned);
+        n = r ? PyNumber_Add(r, one) : NULL;
+        err = n == NULL || PyObject_SetAttr(L->m, a_pool_pages_returned, n);
+    }
+    err = err || grow_heap(L, -(1LL << PAGE_SHIFT)) || PyList_Append(L->l1, pfn);
+    Py_XDECREF(r);
+    Py_XDECREF(n);
+    Py_DECREF(pfn);
+    Py_DECREF(page);
+    return err ? -1 : 0;
+}
+
 /* Malloc.malloc(size, cpu): a new reference to the address (0 where Python's gives NULL) */
 static PyObject *do_malloc(Loop *L, long long size)
 {
@@ -609,9 +672,12 @@ static PyObject *do_malloc(Loop *L, long long size)
         Py_INCREF(page);
         if (page == Py_None) {
             Py_DECREF(page);
-            if (callout(L))
-                return NULL;
-            page = PyObject_CallMethodObjArgs(L->m, a__add_page, pool, L->cpu_obj, NULL);
+            page = add_page(L, pool);
+            if (page == NULL && !PyErr_Occurred()) {
+                if (callout(L))
+                    return NULL;
+                page = PyObject_CallMethodObjArgs(L->m, a__add_page, pool, L->cpu_obj, NULL);
+            }
             if (page == NULL)
                 return NULL;
         }
@@ -705,14 +771,14 @@ static int free_in_page(Loop *L, PyObject *page, PyObject *addr_o)
     if (nalloc == 1) { /* the page empties: released if the list's back page is empty */
         PyObject *tail = SLOT(pool, pl_tail);
         if (tail == page)
-            return 1;
+            return L->smp ? release_page(L, pool, page, listed) : 1;
         if (tail != Py_None) {
             if (Py_TYPE(tail) != PoolPageType)
                 return 1;
             if (slot_long(tail, pg_nalloc, &tail_nalloc))
                 return -1;
             if (!tail_nalloc)
-                return 1;
+                return L->smp ? release_page(L, pool, page, listed) : 1;
         }
     }
     if (slot_put_long(page, pg_nalloc, nalloc - 1))
@@ -1291,6 +1357,7 @@ PyMODINIT_FUNC PyInit__mallocs_c(void)
     INTERN(a__wakeups, "_wakeups");
     INTERN(a__at_live_peak, "_at_live_peak");
     INTERN(a__l1, "_l1");
+    INTERN(a_pool_pages_returned, "pool_pages_returned");
     INTERN(a__whole, "_whole");
     INTERN(a_heap_bytes_peak, "heap_bytes_peak");
     INTERN(a__stale_live, "_stale_live");
