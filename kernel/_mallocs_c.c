@@ -1,7 +1,1368 @@
-/* placeholder: see setup.py */
+/* The batch loop of kernel/sys_malloc.py (MallocFace._mallocs) in C: the same records applied
+ * to the same Python state (the face's dicts, the sites' stats lists, the pools' pages), so
+ * every Python reader of that state sees what the Python loop would have left.
+ *
+ * What it does in C: Malloc.malloc's pool fast path (a page on the pool's list: pop a freed
+ * object or bump), Malloc.free's same-CPU path unless the page goes back to the page
+ * allocator (Pool.free, re-listing a page that was full), whole pages (1025..4096 bytes) while
+ * the CPU's L1 page cache is between its marks, realloc of those blocks (OSv's: allocate,
+ * free), the live blocks, the quarantine, the live-bytes peak, the sites' counters and their
+ * live-peak snapshot. Everything else calls the Python methods (a "call-out"): a pool with no
+ * page, a free that releases a page, cross-CPU frees, large and mapped sizes, the L1 cache at
+ * a mark, realloc(NULL) and realloc(p, 0), bad frees.
+ *
+ * Kernel.batch_call(i, line, kind) settles the kernel only if the fill threads were woken,
+ * free memory moved or a wakeup is due: only Python code does any of that (the C paths above
+ * touch neither the page runs nor the fill threads' marks). So it is called for record 0,
+ * for record i when Kernel.batch_call's own test, made after record i-1 if that one called
+ * Python or batch_call, says it would settle, and otherwise just before the first call-out of
+ * record i (so that a reclaim or an OOM during it reports its event, line and kind); the last
+ * record always gets one, so the kernel's line and op_kind end as the Python loop leaves them.
+ * AllocSites.entry, MallocFace._fail and _store are called without it: they only touch the
+ * face's and the sites' own containers.
+ *
+ * run() returns the index of the first record it did not apply: the Python loop goes on from
+ * there (a size beyond 2**50 or counters that C longs could not hold, a record that is not
+ * a 5-tuple of an exact str kind and an exact int size). Where a live block's size is beyond
+ * 2**50 this is found after the record's batch_call: the Python loop calls it again, which
+ * settles nothing more unless a kernel thread left work behind.
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_mallocs_c", NULL, 0, NULL};
+#define LIMIT ((long long)1 << 50)     /* a record's size or a block's that C takes */
+#define COUNTER_LIMIT ((long long)1 << 61)
 
-PyMODINIT_FUNC PyInit__mallocs_c(void) { return PyModule_Create(&module); }
+static PyObject *VmError, *OutOfPages;
+static PyTypeObject *PoolPageType, *PoolType;
+static Py_ssize_t HALF;
+static long long MEMPOOL_AREA, PAGE_AREA;
+static int PAGE_SHIFT;
+static Py_ssize_t L1_LO, L1_HI;
+
+/* slot offsets of PoolPage and Pool */
+static Py_ssize_t pg_cpu, pg_end, pg_fresh, pg_freed, pg_nalloc, pg_next, pg_prev, pg_pool, pg_pfn;
+static Py_ssize_t pl_head, pl_tail, pl_size, pl_npages, pl_cpu;
+
+static PyObject *s_malloc, *s_free, *s_realloc;
+static PyObject *a_kernel, *a_live, *a__freed, *a__freed_old, *a_leaked, *a_malloc, *a_sites,
+    *a_stats, *a_dirty, *a_snapshot_live_peak, *a_entry, *a_cpu, *a__by_size, *a__pages,
+    *a_pool, *a_smp, *a_batch_call, *a__malloc, *a__free, *a_realloc, *a_live_bytes,
+    *a_live_bytes_peak, *a_peak_pending, *a__store, *a__fail, *a_failed, *a__handlers,
+    *a_heap_at_peak, *a_heap_bytes, *a__add_page, *a_batch_failed, *a_kind, *a_line,
+    *a_handle, *a_size, *a_site, *a_woken, *a_ranges, *a_free_pages, *a__hooks_free,
+    *a__wakeups, *a__l1, *a__whole, *a_heap_bytes_peak, *a__at_live_peak, *a__stale_live, *a__stale_use, *a_pool_pages_returned;
+static PyObject *one;
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+/* an exact int's value if it has at most two 30-bit digits (3.11's layout; from 3.12 the
+ * unstable API's compact ints), else the general call: 1 if *out holds it */
+static inline int int_value(PyObject *o, long long *out)
+{
+#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+    Py_ssize_t n = Py_SIZE(o);
+    const digit *d = ((PyLongObject *)o)->ob_digit;
+    if (n >= -2 && n <= 2) {
+        long long v = n == 0 ? 0 : (long long)d[0] | (n == 2 || n == -2 ? (long long)d[1] << 30 : 0);
+        *out = n < 0 ? -v : v;
+        return 1;
+    }
+#elif PY_VERSION_HEX >= 0x030C0000
+    if (PyUnstable_Long_IsCompact((PyLongObject *)o)) {
+        *out = PyUnstable_Long_CompactValue((PyLongObject *)o);
+        return 1;
+    }
+#endif
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return !overflow;
+}
+
+/* a slot's new value (a new reference, stolen) */
+static inline void slot_put(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    PyObject *old = SLOT(o, off);
+    SLOT(o, off) = v;
+    Py_XDECREF(old);
+}
+
+static inline void slot_set(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    Py_INCREF(v);
+    slot_put(o, off, v);
+}
+
+static int slot_offset(PyObject *type, const char *name, Py_ssize_t *off)
+{
+    PyObject *d = PyObject_GetAttrString(type, name);
+    if (d == NULL)
+        return -1;
+    if (!Py_IS_TYPE(d, &PyMemberDescr_Type)
+        || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+        Py_DECREF(d);
+        PyErr_Format(PyExc_TypeError, "%s is not an object slot", name);
+        return -1;
+    }
+    *off = ((PyMemberDescrObject *)d)->d_member->offset;
+    Py_DECREF(d);
+    return 0;
+}
+
+/* an int slot's value; -1 with an error set if it is not a C long */
+static inline int slot_long(PyObject *o, Py_ssize_t off, long long *out)
+{
+    PyObject *v = SLOT(o, off);
+    if (v == NULL || !PyLong_CheckExact(v)) {
+        PyErr_SetString(PyExc_TypeError, "a pool slot is not an int");
+        return -1;
+    }
+    if (!int_value(v, out)) {
+        PyErr_SetString(PyExc_OverflowError, "a pool slot is beyond C's long long");
+        return -1;
+    }
+    return 0;
+}
+
+static inline int slot_put_long(PyObject *o, Py_ssize_t off, long long v)
+{
+    PyObject *n = PyLong_FromLongLong(v);
+    if (n == NULL)
+        return -1;
+    slot_put(o, off, n);
+    return 0;
+}
+
+static PyObject *setup(PyObject *mod, PyObject *args)
+{
+    PyObject *pool_t, *page_t, *vm, *oop;
+    Py_ssize_t half, lo, hi;
+    long long area, page_area;
+    int shift;
+    if (!PyArg_ParseTuple(args, "O!O!OOnLiLnn", &PyType_Type, &pool_t, &PyType_Type, &page_t,
+                          &vm, &oop, &half, &area, &shift, &page_area, &lo, &hi))
+        return NULL;
+    if (slot_offset(page_t, "cpu", &pg_cpu) || slot_offset(page_t, "end", &pg_end)
+        || slot_offset(page_t, "fresh", &pg_fresh) || slot_offset(page_t, "freed", &pg_freed)
+        || slot_offset(page_t, "nalloc", &pg_nalloc) || slot_offset(page_t, "next", &pg_next)
+        || slot_offset(page_t, "prev", &pg_prev) || slot_offset(page_t, "pool", &pg_pool)
+        || slot_offset(page_t, "pfn", &pg_pfn) || slot_offset(pool_t, "npages", &pl_npages)
+        || slot_offset(pool_t, "cpu", &pl_cpu)
+        || slot_offset(pool_t, "head", &pl_head)
+        || slot_offset(pool_t, "tail", &pl_tail) || slot_offset(pool_t, "size", &pl_size))
+        return NULL;
+    Py_INCREF(pool_t);
+    Py_INCREF(page_t);
+    Py_INCREF(vm);
+    Py_INCREF(oop);
+    Py_XSETREF(PoolType, (PyTypeObject *)pool_t);
+    Py_XSETREF(PoolPageType, (PyTypeObject *)page_t);
+    Py_XSETREF(VmError, vm);
+    Py_XSETREF(OutOfPages, oop);
+    HALF = half;
+    MEMPOOL_AREA = area;
+    PAGE_SHIFT = shift;
+    PAGE_AREA = page_area;
+    L1_LO = lo;
+    L1_HI = hi;
+    Py_RETURN_NONE;
+}
+
+/* Pool.unlink(page) */
+/* node.link = value, or pool.end = value if node is None (the list's end) */
+static inline void relink(PyObject *pool, Py_ssize_t end, PyObject *node, Py_ssize_t link,
+                          PyObject *value)
+{
+    slot_set(node == Py_None ? pool : node, node == Py_None ? end : link, value);
+}
+
+static void unlink_page(PyObject *pool, PyObject *page)
+{
+    PyObject *prev = SLOT(page, pg_prev), *next = SLOT(page, pg_next);
+    relink(pool, pl_head, prev, pg_next, next);
+    relink(pool, pl_tail, next, pg_prev, prev);
+    slot_set(page, pg_prev, Py_None);
+    slot_set(page, pg_next, Py_None);
+}
+
+/* Pool.push_front(page) (front) or Pool.push_back(page): the page becomes the list's end */
+static void push(PyObject *pool, PyObject *page, int front)
+{
+    Py_ssize_t end = front ? pl_head : pl_tail, other_end = front ? pl_tail : pl_head;
+    Py_ssize_t toward = front ? pg_next : pg_prev, away = front ? pg_prev : pg_next;
+    PyObject *old = SLOT(pool, end);
+    Py_INCREF(old);
+    slot_set(page, away, Py_None);
+    slot_set(page, toward, old);
+    relink(pool, other_end, old, away, page);
+    slot_set(pool, end, page);
+    Py_DECREF(old);
+}
+
+/* the state of one run() */
+typedef struct {
+    PyObject *face, *k, *m, *records, *call;
+    PyObject *live, *freed, *stats, *dirty, *snapshot, *entry, *cpu_obj, *row, *pages;
+    PyObject *batch_call, *py_malloc, *py_free, *py_realloc;
+    long long cpu;
+    int smp;
+    /* the loop's counters */
+    long long live_bytes, peak, nm, nf, nr, nb, nbytes, unattributed;
+    int pending;
+    /* the record being applied */
+    Py_ssize_t i;
+    PyObject *kind, *line, *size_o;
+    PyObject *at_live_peak, *stale_live, *stale_use; /* AllocSites' (NULL: its method) */
+    PyObject *l1, *whole; /* the CPU's L1 page cache and Malloc._whole (NULL: Python's) */
+    PyObject *heap;     /* Malloc.heap_bytes as last read (valid until a call-out) */
+    PyObject *heap_set; /* what this loop last set face.heap_at_peak to (idem) */
+    int called;   /* batch_call was called for record i */
+    int callout;  /* record i called Python code that may move the kernel */
+} Loop;
+
+static int batch(Loop *L)
+{
+    if (L->called)
+        return 0;
+    PyObject *i = PyLong_FromSsize_t(L->i);
+    if (i == NULL)
+        return -1;
+    PyObject *r = PyObject_CallFunctionObjArgs(L->batch_call, i, L->line, L->kind, NULL);
+    Py_DECREF(i);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    L->called = 1;
+    return 0;
+}
+
+/* before Python code that may move the kernel: the record's batch_call first */
+static inline int callout(Loop *L)
+{
+    L->callout = 1;
+    Py_CLEAR(L->heap);
+    L->heap_set = NULL;
+    return batch(L);
+}
+
+/* o.a, or o.a.b if b: a new reference */
+static PyObject *attr_path(PyObject *o, PyObject *a, PyObject *b)
+{
+    PyObject *x = PyObject_GetAttr(o, a);
+    if (x == NULL || b == NULL)
+        return x;
+    PyObject *y = PyObject_GetAttr(x, b);
+    Py_DECREF(x);
+    return y;
+}
+
+static int attr_true(PyObject *o, PyObject *a, PyObject *b)
+{
+    PyObject *x = attr_path(o, a, b);
+    if (x == NULL)
+        return -1;
+    int t = PyObject_IsTrue(x);
+    Py_DECREF(x);
+    return t;
+}
+
+/* Kernel.batch_call's test: does the kernel have something to settle? */
+static int moved(Loop *L)
+{
+    int t = attr_true(L->k, a_pool, a_woken);
+    if (t)
+        return t;
+    PyObject *fp = attr_path(L->k, a_ranges, a_free_pages);
+    PyObject *hf = fp ? attr_path(L->k, a__hooks_free, NULL) : NULL;
+    t = hf ? PyObject_RichCompareBool(fp, hf, Py_NE) : -1;
+    Py_XDECREF(fp);
+    Py_XDECREF(hf);
+    if (t)
+        return t;
+    return attr_true(L->k, a__wakeups, NULL);
+}
+
+/* MallocFace._store(...): the counters back into the face, and zeroed */
+static int store(Loop *L)
+{
+    long long v[8] = {L->live_bytes, L->peak, 0, L->nm, L->nf, L->nr, L->nb, L->nbytes};
+    PyObject *a[10] = {L->face};
+    int i, ok = 1;
+    for (i = 0; i < 8; i++)
+        ok = ok && (a[i + 1] = i == 2 ? Py_NewRef(L->pending ? Py_True : Py_False)
+                                      : PyLong_FromLongLong(v[i])) != NULL;
+    ok = ok && (a[9] = PyLong_FromLongLong(L->unattributed)) != NULL;
+    PyObject *r = ok ? PyObject_VectorcallMethod(a__store, a, 10,
+                                                 NULL)
+                     : NULL;
+    for (i = 1; i < 10; i++)
+        Py_XDECREF(a[i]);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    L->nm = L->nf = L->nr = L->nb = L->nbytes = L->unattributed = 0;
+    return 0;
+}
+
+static int get_counter(PyObject *o, PyObject *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL)
+        return -1;
+    int overflow = 0;
+    long long x = PyLong_CheckExact(v) ? PyLong_AsLongLongAndOverflow(v, &overflow) : 0;
+    int ok = PyLong_CheckExact(v) && !overflow && x > -COUNTER_LIMIT && x < COUNTER_LIMIT;
+    Py_DECREF(v);
+    if (!ok)
+        return 1; /* not for C */
+    *out = x;
+    return 0;
+}
+
+/* live_bytes, the peak and pending from the face (after the general path): 1 if C cannot
+ * hold them */
+static int load(Loop *L)
+{
+    int r = get_counter(L->face, a_live_bytes, &L->live_bytes);
+    if (r)
+        return r;
+    r = get_counter(L->face, a_live_bytes_peak, &L->peak);
+    if (r)
+        return r;
+    PyObject *p = PyObject_GetAttr(L->face, a_peak_pending);
+    if (p == NULL)
+        return -1;
+    if (p != Py_True && p != Py_False) {
+        Py_DECREF(p);
+        return 1;
+    }
+    L->pending = p == Py_True;
+    Py_DECREF(p);
+    return 0;
+}
+
+/* a size a block or a record holds, if C takes it */
+static inline int small_int(PyObject *o, long long *out)
+{
+    long long x;
+    if (!PyLong_CheckExact(o) || !int_value(o, &x) || x <= -LIMIT || x >= LIMIT)
+        return 0;
+    *out = x;
+    return 1;
+}
+
+/* an exact int that a C long long holds */
+static inline int small_int_any(PyObject *o, long long *out)
+{
+    return PyLong_CheckExact(o) && int_value(o, out);
+}
+
+/* st[idx] += v for a site's stats list */
+static inline int st_add(PyObject *st, Py_ssize_t idx, PyObject *v)
+{
+    if (PyList_CheckExact(st) && PyList_GET_SIZE(st) > idx) {
+        PyObject *old = PyList_GET_ITEM(st, idx), *n;
+        long long a, b;
+        if (small_int(old, &a) && small_int(v, &b))
+            n = PyLong_FromLongLong(a + b);
+        else
+            n = PyNumber_Add(old, v);
+        if (n == NULL)
+            return -1;
+        PyList_SET_ITEM(st, idx, n);
+        Py_DECREF(old);
+        return 0;
+    }
+    PyObject *key = PyLong_FromSsize_t(idx);
+    if (key == NULL)
+        return -1;
+    PyObject *old = PyObject_GetItem(st, key);
+    PyObject *n = old ? PyNumber_InPlaceAdd(old, v) : NULL;
+    int r = n ? PyObject_SetItem(st, key, n) : -1;
+    Py_DECREF(key);
+    Py_XDECREF(old);
+    Py_XDECREF(n);
+    return r;
+}
+
+static inline int dirty_add(Loop *L, PyObject *site)
+{
+    if (PySet_CheckExact(L->dirty))
+        return PySet_Add(L->dirty, site);
+    PyObject *r = PyObject_CallMethod(L->dirty, "add", "O", site);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* iterating over a set that the loop does not change meanwhile */
+typedef struct {
+    Py_ssize_t pos;
+    PyObject *iter;
+} SetIter;
+
+static PyObject *set_next(PyObject *set, SetIter *it) /* a new reference, NULL at the end */
+{
+#if PY_VERSION_HEX < 0x030D0000
+    PyObject *key;
+    Py_hash_t hash;
+    (void)it->iter;
+    if (!_PySet_NextEntry(set, &it->pos, &key, &hash))
+        return NULL;
+    return Py_NewRef(key);
+#else
+    if (it->iter == NULL && (it->iter = PyObject_GetIter(set)) == NULL)
+        return NULL;
+    return PyIter_Next(it->iter);
+#endif
+}
+
+static void set_iter_end(SetIter *it)
+{
+    Py_CLEAR(it->iter);
+}
+
+/* a - b of two ints (a new reference) */
+static inline PyObject *subtract(PyObject *a, PyObject *b)
+{
+    long long x, y;
+    if (small_int(a, &x) && small_int(b, &y))
+        return PyLong_FromLongLong(x - y);
+    return PyNumber_Subtract(a, b);
+}
+
+/* one site of a live-peak snapshot: its live blocks and bytes now, or none */
+static int snapshot_site(Loop *L, PyObject *site)
+{
+    PyObject *st = PyDict_GetItemWithError(L->stats, site);
+    if (st == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, site);
+        return -1;
+    }
+    if (!PyList_CheckExact(st) || PyList_GET_SIZE(st) < 4) {
+        PyErr_SetString(PyExc_TypeError, "a site's stats are not a list of 4");
+        return -1;
+    }
+    PyObject *b = PyList_GET_ITEM(st, 0), *fb = PyList_GET_ITEM(st, 2);
+    int ne = PyObject_RichCompareBool(b, fb, Py_NE);
+    if (ne < 0)
+        return -1;
+    if (!ne) { /* snap.pop(site, None) */
+        if (PyDict_DelItem(L->at_live_peak, site) == 0)
+            return 0;
+        if (!PyErr_ExceptionMatches(PyExc_KeyError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *v = PyTuple_New(2), *x;
+    if (v == NULL)
+        return -1;
+    if ((x = subtract(b, fb)) == NULL) {
+        Py_DECREF(v);
+        return -1;
+    }
+    PyTuple_SET_ITEM(v, 0, x);
+    if ((x = subtract(PyList_GET_ITEM(st, 1), PyList_GET_ITEM(st, 3))) == NULL) {
+        Py_DECREF(v);
+        return -1;
+    }
+    PyTuple_SET_ITEM(v, 1, x);
+    int r = PyDict_SetItem(L->at_live_peak, site, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* AllocSites.snapshot_live_peak(), as AllocSites._snapshot does it: the sites changed since
+ * (dirty, and the stale ones) into the live-peak snapshot, dirty into the use peak's stale */
+static int snapshot(Loop *L)
+{
+    if (L->at_live_peak == NULL) { /* not the plain containers: the Python method */
+        PyObject *r = PyObject_CallNoArgs(L->snapshot);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        L->pending = 0;
+        return 0;
+    }
+    PyObject *sets[2] = {L->dirty, L->stale_live};
+    for (int i = 0; i < 2; i++) {
+        SetIter it = {0};
+        PyObject *site;
+        int r = 0;
+        while (r == 0 && (site = set_next(sets[i], &it)) != NULL) {
+            r = snapshot_site(L, site) || (i == 0 && PySet_Add(L->stale_use, site)); /* and
+                other |= dirty */
+            Py_DECREF(site);
+        }
+        set_iter_end(&it);
+        if (r || PyErr_Occurred())
+            return -1;
+    }
+    if (PySet_Clear(L->stale_live) || PySet_Clear(L->dirty))
+        return -1;
+    L->pending = 0;
+    return 0;
+}
+
+/* a block of live (site's freed counters: the block left it) */
+static int site_freed(Loop *L, PyObject *site, PyObject *bsize)
+{
+    PyObject *st = PyDict_GetItemWithError(L->stats, site); /* stats[site] */
+    if (st == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, site);
+        return -1;
+    }
+    Py_INCREF(st);
+    int r = st_add(st, 2, one) || st_add(st, 3, bsize) || dirty_add(L, site);
+    Py_DECREF(st);
+    return r ? -1 : 0;
+}
+
+/* the CPU's L1 page cache (PagePool._l1[cpu]) and Malloc._whole, if they are the plain list
+ * and set: whole pages are then handed out and taken back here while the cache is between
+ * its marks (otherwise PagePool wakes its fill thread: Python does it) */
+static int page_cache(Loop *L, PyObject *pool)
+{
+    PyObject *l1s = PyObject_GetAttr(pool, a__l1);
+    if (l1s == NULL)
+        return -1;
+    L->l1 = PyList_CheckExact(l1s) && L->cpu >= 0 && L->cpu < PyList_GET_SIZE(l1s)
+                ? Py_NewRef(PyList_GET_ITEM(l1s, L->cpu)) : NULL;
+    Py_DECREF(l1s);
+    if ((L->whole = PyObject_GetAttr(L->m, a__whole)) == NULL)
+        return -1;
+    if (L->l1 == NULL || !PyList_CheckExact(L->l1) || !PySet_CheckExact(L->whole)) {
+        Py_CLEAR(L->l1);
+        Py_CLEAR(L->whole);
+    }
+    return 0;
+}
+
+/* Malloc._grow_heap(delta) (heap_bytes and its peak) */
+static int grow_heap(Loop *L, long long delta)
+{
+    Py_CLEAR(L->heap);
+    PyObject *hb = PyObject_GetAttr(L->m, a_heap_bytes), *d = PyLong_FromLongLong(delta);
+    PyObject *nhb = hb && d ? PyNumber_Add(hb, d) : NULL, *peak = NULL;
+    int r = nhb ? PyObject_SetAttr(L->m, a_heap_bytes, nhb) : -1;
+    if (r == 0 && delta > 0) {
+        peak = PyObject_GetAttr(L->m, a_heap_bytes_peak);
+        r = peak ? PyObject_RichCompareBool(nhb, peak, Py_GT) : -1;
+        if (r > 0)
+            r = PyObject_SetAttr(L->m, a_heap_bytes_peak, nhb);
+    }
+    Py_XDECREF(hb);
+    Py_XDECREF(d);
+    Py_XDECREF(nhb);
+    Py_XDECREF(peak);
+    return r < 0 ? -1 : 0;
+}
+
+/* Malloc._std_malloc's whole page (1024 < size <= 4096 with SMP up), served from the L1
+ * cache: a new reference to the address, or NULL with no error for Python */
+static PyObject *page_malloc(Loop *L)
+{
+    Py_ssize_t n = PyList_GET_SIZE(L->l1);
+    if (n < L1_LO) /* PagePool.alloc_page wakes the fill thread: Python */
+        return NULL;
+    PyObject *pfn = PyList_GET_ITEM(L->l1, n - 1); /* l1.pop(): its reference is ours */
+    long long v;
+    if (!small_int(pfn, &v))
+        return NULL;
+    Py_SET_SIZE(L->l1, n - 1);
+    PyObject *addr = PySet_Add(L->whole, pfn) || grow_heap(L, 1LL << PAGE_SHIFT)
+                         ? NULL : PyLong_FromLongLong(PAGE_AREA + (v << PAGE_SHIFT));
+    Py_DECREF(pfn);
+    return addr;
+}
+
+/* Malloc.free of a whole page, into the L1 cache: 0 done, 1 for Python, -1 error */
+static int page_free(Loop *L, PyObject *addr_o)
+{
+    long long addr;
+    if (L->l1 == NULL || !small_int_any(addr_o, &addr) || (addr >> 44) != (PAGE_AREA >> 44)
+        || addr < PAGE_AREA || addr & ((1LL << PAGE_SHIFT) - 1)
+        || PyList_GET_SIZE(L->l1) > L1_HI)
+        return 1;
+    PyObject *pfn = PyLong_FromLongLong((addr - PAGE_AREA) >> PAGE_SHIFT);
+    if (pfn == NULL)
+        return -1;
+    int found = PySet_Discard(L->whole, pfn); /* 0: not a page malloc holds (Python raises) */
+    int r = found < 0 ? -1 : found == 0 ? 1 : 0;
+    if (r == 0 && (grow_heap(L, -(1LL << PAGE_SHIFT)) || PyList_Append(L->l1, pfn)))
+        r = -1;
+    Py_DECREF(pfn);
+    return r;
+}
+
+/* a slot's int += delta */
+static inline int slot_add(PyObject *o, Py_ssize_t off, long long delta)
+{
+    long long v;
+    return slot_long(o, off, &v) || slot_put_long(o, off, v + delta) ? -1 : 0;
+}
+
+/* Malloc._add_page(pool, cpu) with its page from the L1 cache (between its marks: nothing
+ * to wake): the new page (a new reference), or NULL with no error for Python */
+static PyObject *add_page(Loop *L, PyObject *pool)
+{
+    if (L->l1 == NULL || PyList_GET_SIZE(L->l1) < L1_LO)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(L->l1);
+    PyObject *pfn = PyList_GET_ITEM(L->l1, n - 1); /* PagePool.alloc_page: l1.pop() */
+    if (!PyLong_CheckExact(pfn))
+        return NULL;
+    Py_SET_SIZE(L->l1, n - 1);
+    /* Pool.add_page(pfn): PoolPage(pool, pfn, pool.cpu) at the back of the list */
+    PyObject *page = PyObject_CallFunctionObjArgs((PyObject *)PoolPageType, pool, pfn,
+                                                  SLOT(pool, pl_cpu), NULL);
+    if (page != NULL && Py_TYPE(page) != PoolPageType) {
+        Py_CLEAR(page);
+        PyErr_SetString(PyExc_TypeError, "PoolPage() made no PoolPage");
+    }
+    if (page != NULL) {
+        push(pool, page, 0);
+        if (slot_add(pool, pl_npages, 1) || PyDict_SetItem(L->pages, pfn, page)
+            || grow_heap(L, 1LL << PAGE_SHIFT))
+            Py_CLEAR(page);
+    }
+    Py_DECREF(pfn);
+    return page;
+}
+
+/* Malloc._free_same_cpu's release of an empty page (Pool.free said so): the page leaves its
+ * list and malloc, its frame goes to the CPU's L1 cache (between its marks); 1 for Python */
+static int release_page(Loop *L, PyObject *pool, PyObject *page, int listed)
+{
+    if (L->l1 == NULL || PyList_GET_SIZE(L->l1) > L1_HI)
+        return 1;
+    PyObject *pfn = SLOT(page, pg_pfn), *n = NULL, *r = NULL;
+    Py_INCREF(page);
+    Py_INCREF(pfn);
+    int err = slot_put_long(page, pg_nalloc, 0);
+    if (!err && listed)
+        unlink_page(pool, page);
+    err = err || slot_add(pool, pl_npages, -1) || PyDict_DelItem(L->pages, pfn);
+    if (!err) { /* self.pool_pages_returned += 1 */
+        r = PyObject_GetAttr(L->m, a_pool_pages_returned);
+        n = r ? PyNumber_Add(r, one) : NULL;
+        err = n == NULL || PyObject_SetAttr(L->m, a_pool_pages_returned, n);
+    }
+    err = err || grow_heap(L, -(1LL << PAGE_SHIFT)) || PyList_Append(L->l1, pfn);
+    Py_XDECREF(r);
+    Py_XDECREF(n);
+    Py_DECREF(pfn);
+    Py_DECREF(page);
+    return err ? -1 : 0;
+}
+
+/* Malloc.malloc(size, cpu): a new reference to the address (0 where Python's gives NULL) */
+static PyObject *do_malloc(Loop *L, long long size)
+{
+    if (size >= 0 && size <= 1024 && L->smp) {
+        PyObject *pool = PyList_GET_ITEM(L->row, size);
+        if (Py_TYPE(pool) != PoolType)
+            goto python;
+        PyObject *page = SLOT(pool, pl_head);
+        Py_INCREF(page);
+        if (page == Py_None) {
+            Py_DECREF(page);
+            page = add_page(L, pool);
+            if (page == NULL && !PyErr_Occurred()) {
+                if (callout(L))
+                    return NULL;
+                page = PyObject_CallMethodObjArgs(L->m, a__add_page, pool, L->cpu_obj, NULL);
+            }
+            if (page == NULL)
+                return NULL;
+        }
+        if (Py_TYPE(page) != PoolPageType) {
+            Py_DECREF(page);
+            PyErr_SetString(PyExc_TypeError, "a pool's page is not a PoolPage");
+            return NULL;
+        }
+        long long nalloc, fresh, end, psize;
+        PyObject *freed = SLOT(page, pg_freed), *addr;
+        if (slot_long(page, pg_nalloc, &nalloc) || slot_long(page, pg_fresh, &fresh)
+            || slot_long(page, pg_end, &end) || slot_long(pool, pl_size, &psize)
+            || slot_put_long(page, pg_nalloc, nalloc + 1))
+            goto error;
+        if (!PyList_CheckExact(freed)) {
+            PyErr_SetString(PyExc_TypeError, "a page's freed objects are not a list");
+            goto error;
+        }
+        Py_ssize_t n = PyList_GET_SIZE(freed);
+        if (n) {
+            addr = PyList_GET_ITEM(freed, n - 1); /* freed.pop(): its reference is ours */
+            Py_SET_SIZE(freed, n - 1);
+            if (n > 1 || fresh < end) {
+                Py_DECREF(page);
+                return addr;
+            }
+        } else {
+            addr = SLOT(page, pg_fresh);
+            Py_INCREF(addr);
+            if (slot_put_long(page, pg_fresh, fresh + psize)) {
+                Py_DECREF(addr);
+                goto error;
+            }
+            if (fresh + psize < end) {
+                Py_DECREF(page);
+                return addr;
+            }
+        }
+        unlink_page(pool, page); /* full: it leaves the list */
+        Py_DECREF(page);
+        return addr;
+    error:
+        Py_DECREF(page);
+        return NULL;
+    }
+    if (size > 1024 && size <= (1LL << PAGE_SHIFT) && L->smp && L->l1 != NULL) {
+        PyObject *addr = page_malloc(L);
+        if (addr != NULL || PyErr_Occurred())
+            return addr;
+    }
+python:
+    if (callout(L))
+        return NULL;
+    return PyObject_CallFunctionObjArgs(L->py_malloc, L->size_o, L->cpu_obj, NULL);
+}
+
+/* the PoolPage of a pool object's address (Malloc._pages), or NULL: -1 on an error */
+static int pool_page_of(Loop *L, PyObject *addr_o, PyObject **page)
+{
+    *page = NULL;
+    if (!PyLong_CheckExact(addr_o))
+        return 0;
+    int overflow;
+    long long addr = PyLong_AsLongLongAndOverflow(addr_o, &overflow);
+    if (overflow || addr < MEMPOOL_AREA || (addr >> 44) != (MEMPOOL_AREA >> 44))
+        return 0;
+    PyObject *pfn = PyLong_FromLongLong((addr - MEMPOOL_AREA) >> PAGE_SHIFT);
+    if (pfn == NULL)
+        return -1;
+    PyObject *p = PyDict_GetItemWithError(L->pages, pfn);
+    Py_DECREF(pfn);
+    if (p == NULL && PyErr_Occurred())
+        return -1;
+    if (p != NULL && Py_TYPE(p) == PoolPageType)
+        *page = p;
+    return 0;
+}
+
+/* Malloc.free's same-CPU path when the page stays (Pool.free, without a release): 0 done,
+ * 1 for Python (another CPU's page, a page that goes back to the page allocator), -1 error */
+static int free_in_page(Loop *L, PyObject *page, PyObject *addr_o)
+{
+    long long pcpu, nalloc, fresh, end, tail_nalloc;
+    PyObject *freed = SLOT(page, pg_freed), *pool = SLOT(page, pg_pool);
+    if (slot_long(page, pg_cpu, &pcpu) || slot_long(page, pg_nalloc, &nalloc)
+        || slot_long(page, pg_fresh, &fresh) || slot_long(page, pg_end, &end))
+        return -1;
+    if ((pcpu != L->cpu && L->smp) || !PyList_CheckExact(freed) || Py_TYPE(pool) != PoolType)
+        return 1;
+    int listed = PyList_GET_SIZE(freed) || fresh < end;
+    if (nalloc == 1) { /* the page empties: released if the list's back page is empty */
+        PyObject *tail = SLOT(pool, pl_tail);
+        if (tail == page)
+            return L->smp ? release_page(L, pool, page, listed) : 1;
+        if (tail != Py_None) {
+            if (Py_TYPE(tail) != PoolPageType)
+                return 1;
+            if (slot_long(tail, pg_nalloc, &tail_nalloc))
+                return -1;
+            if (!tail_nalloc)
+                return L->smp ? release_page(L, pool, page, listed) : 1;
+        }
+    }
+    if (slot_put_long(page, pg_nalloc, nalloc - 1))
+        return -1;
+    if (!listed) /* it was full: back on the list (at the back if now empty) */
+        push(pool, page, nalloc - 1 != 0);
+    return PyList_Append(freed, addr_o);
+}
+
+/* Malloc.free(addr, cpu) */
+static int do_free(Loop *L, PyObject *addr_o)
+{
+    PyObject *page;
+    if (pool_page_of(L, addr_o, &page))
+        return -1;
+    int r = page != NULL ? free_in_page(L, page, addr_o) : page_free(L, addr_o);
+    if (r <= 0)
+        return r;
+    if (callout(L))
+        return -1;
+    PyObject *res = PyObject_CallFunctionObjArgs(L->py_free, addr_o, L->cpu_obj, NULL);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* Malloc.realloc(addr, size, cpu) of a live block (addr and size not 0): a new reference to
+ * the new address (0 if none: the old block stays) */
+static PyObject *do_realloc(Loop *L, PyObject *addr_o, long long size)
+{
+    /* usable_size(addr) validates a pool object by its page alone */
+    PyObject *page;
+    if (pool_page_of(L, addr_o, &page))
+        return NULL;
+    int inline_ok = page != NULL && Py_TYPE(SLOT(page, pg_pool)) == PoolType;
+    long long a;
+    if (!inline_ok && L->whole != NULL && small_int_any(addr_o, &a) && a >= PAGE_AREA
+        && (a >> 44) == (PAGE_AREA >> 44)) { /* or a whole page malloc holds */
+        PyObject *pfn = PyLong_FromLongLong((a - PAGE_AREA) >> PAGE_SHIFT);
+        if (pfn == NULL || (inline_ok = PySet_Contains(L->whole, pfn)) < 0) {
+            Py_XDECREF(pfn);
+            return NULL;
+        }
+        Py_DECREF(pfn);
+    }
+    if (!inline_ok) {
+        if (callout(L))
+            return NULL;
+        return PyObject_CallFunctionObjArgs(L->py_realloc, addr_o, L->size_o, L->cpu_obj, NULL);
+    }
+    PyObject *addr = do_malloc(L, size);
+    if (addr == NULL)
+        return NULL;
+    int t = PyObject_IsTrue(addr);
+    if (t < 0 || (t && do_free(L, addr_o))) {
+        Py_DECREF(addr);
+        return NULL;
+    }
+    return addr;
+}
+
+/* a live block, (addr, size, site): no cycle can go through it (ints and a str or None), so
+ * the collector need not track it (CPython untracks such tuples itself at a collection) */
+static PyObject *new_block(PyObject *addr, PyObject *size, PyObject *site)
+{
+    PyObject *t = PyTuple_New(3);
+    if (t == NULL)
+        return NULL;
+    Py_INCREF(addr);
+    Py_INCREF(size);
+    Py_INCREF(site);
+    PyTuple_SET_ITEM(t, 0, addr);
+    PyTuple_SET_ITEM(t, 1, size);
+    PyTuple_SET_ITEM(t, 2, site);
+    if (PyLong_CheckExact(addr) && (site == Py_None || PyUnicode_CheckExact(site)))
+        PyObject_GC_UnTrack(t);
+    return t;
+}
+
+enum { K_MALLOC, K_FREE, K_REALLOC, K_OTHER };
+
+static int kind_of(PyObject *kind)
+{
+    if (kind == s_malloc)
+        return K_MALLOC;
+    if (kind == s_free)
+        return K_FREE;
+    if (kind == s_realloc)
+        return K_REALLOC;
+    if (PyUnicode_Compare(kind, s_malloc) == 0)
+        return K_MALLOC;
+    if (PyUnicode_Compare(kind, s_free) == 0)
+        return K_FREE;
+    if (PyUnicode_Compare(kind, s_realloc) == 0)
+        return K_REALLOC;
+    return K_OTHER;
+}
+
+/* the general path: the face's handler of the record's kind (a realloc, a bad free) */
+static int general(Loop *L, PyObject *handle, PyObject *site)
+{
+    if (callout(L) || store(L))
+        return -1;
+    if (PyObject_SetAttr(L->call, a_kind, L->kind) || PyObject_SetAttr(L->call, a_line, L->line)
+        || PyObject_SetAttr(L->call, a_handle, handle)
+        || PyObject_SetAttr(L->call, a_size, L->size_o) || PyObject_SetAttr(L->call, a_site, site))
+        return -1;
+    PyObject *handlers = PyObject_GetAttr(L->face, a__handlers);
+    if (handlers == NULL)
+        return -1;
+    PyObject *h = PyObject_GetItem(handlers, L->kind);
+    Py_DECREF(handlers);
+    if (h == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(h, L->call);
+    Py_DECREF(h);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    PyObject *freed = PyObject_GetAttr(L->face, a__freed);
+    if (freed == NULL)
+        return -1;
+    Py_SETREF(L->freed, freed);
+    return load(L); /* 1: the counters are beyond C's: the Python loop goes on */
+}
+
+/* record i, of an exact str kind and a size within LIMIT: 0 applied, 1 not for C (nothing
+ * done: a live block of another shape or size), 2 applied but the counters are beyond C's
+ * now, -1 error */
+static int apply(Loop *L, PyObject *rec, long long size)
+{
+    PyObject *handle = PyTuple_GET_ITEM(rec, 2), *site = PyTuple_GET_ITEM(rec, 4), *block, *addr;
+    long long grown, bsize;
+    int k = kind_of(L->kind);
+    if (k == K_MALLOC) { /* op_malloc, inlined */
+        L->nm++;
+        addr = do_malloc(L, size);
+        if (addr == NULL) {
+            if (!PyErr_ExceptionMatches(VmError))
+                return -1;
+            PyErr_Clear();
+            addr = PyLong_FromLong(0);
+        }
+        int t = PyObject_IsTrue(addr);
+        if (t <= 0) {
+            Py_DECREF(addr);
+            if (t < 0)
+                return -1;
+            PyObject *r = PyObject_CallMethodObjArgs(L->face, a__fail, handle, L->line, NULL);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+            return 0;
+        }
+        block = new_block(addr, L->size_o, site);
+        Py_DECREF(addr);
+        if (block == NULL)
+            return -1;
+        PyObject *old = PyDict_SetDefault(L->live, handle, block);
+        if (old == NULL) {
+            Py_DECREF(block);
+            return -1;
+        }
+        if (old != block) {
+            PyObject *leaked = PyObject_GetAttr(L->face, a_leaked), *x = NULL;
+            int r = -1;
+            if (leaked != NULL && PyList_CheckExact(leaked))
+                r = PyList_Append(leaked, old);
+            else if (leaked != NULL && (x = PyObject_CallMethod(leaked, "append", "O", old)))
+                r = 0;
+            Py_XDECREF(x);
+            Py_XDECREF(leaked);
+            if (r || PyDict_SetItem(L->live, handle, block)) {
+                Py_DECREF(block);
+                return -1;
+            }
+        }
+        Py_DECREF(block);
+        grown = L->live_bytes + size;
+    } else if (k == K_REALLOC && size
+               && (block = PyDict_GetItemWithError(L->live, handle)) != NULL) {
+        /* op_realloc, inlined */
+        if (!PyTuple_CheckExact(block) || PyTuple_GET_SIZE(block) != 3
+            || !small_int(PyTuple_GET_ITEM(block, 1), &bsize))
+            return 1;
+        Py_INCREF(block);
+        L->nr++;
+        addr = do_realloc(L, PyTuple_GET_ITEM(block, 0), size);
+        if (addr == NULL) {
+            if (!PyErr_ExceptionMatches(VmError))
+                goto realloc_error;
+            PyErr_Clear();
+            addr = PyLong_FromLong(0);
+        }
+        int t = PyObject_IsTrue(addr);
+        if (t <= 0) {
+            Py_DECREF(addr);
+            Py_DECREF(block);
+            if (t < 0)
+                return -1;
+            PyObject *f = PyObject_GetAttr(L->face, a_failed);
+            PyObject *f1 = f ? PyNumber_Add(f, one) : NULL;
+            int r = f1 ? PyObject_SetAttr(L->face, a_failed, f1) : -1;
+            Py_XDECREF(f);
+            Py_XDECREF(f1);
+            return r;
+        }
+        grown = L->live_bytes + size - bsize;
+        PyObject *old_site = PyTuple_GET_ITEM(block, 2);
+        if (old_site != Py_None) { /* the new block is the realloc's caller's */
+            if (L->pending && grown <= L->peak && snapshot(L)) /* before the old block leaves */
+                goto realloc_addr_error;
+            if (site_freed(L, old_site, PyTuple_GET_ITEM(block, 1)))
+                goto realloc_addr_error;
+        }
+        PyObject *nb = new_block(addr, L->size_o, site);
+        Py_DECREF(addr);
+        if (nb == NULL || PyDict_SetItem(L->live, handle, nb)) {
+            Py_XDECREF(nb);
+            goto realloc_error;
+        }
+        Py_DECREF(nb);
+        Py_DECREF(block);
+        goto added;
+    realloc_addr_error:
+        Py_DECREF(addr);
+    realloc_error:
+        Py_DECREF(block);
+        return -1;
+    } else {
+        if (PyErr_Occurred())
+            return -1;
+        block = k == K_FREE ? PyDict_GetItemWithError(L->live, handle) : NULL;
+        if (block != NULL) { /* op_free, inlined */
+            if (!PyTuple_CheckExact(block) || PyTuple_GET_SIZE(block) != 3
+                || !small_int(PyTuple_GET_ITEM(block, 1), &bsize))
+                return 1;
+            Py_INCREF(block);
+            if (PyDict_DelItem(L->live, handle))
+                goto free_error;
+            L->nf++;
+            if (L->pending && snapshot(L))
+                goto free_error;
+            if (do_free(L, PyTuple_GET_ITEM(block, 0)))
+                goto free_error;
+            L->live_bytes -= bsize;
+            PyObject *bsite = PyTuple_GET_ITEM(block, 2);
+            if (bsite != Py_None && site_freed(L, bsite, PyTuple_GET_ITEM(block, 1)))
+                goto free_error;
+            Py_DECREF(block);
+            if (PyDict_SetItem(L->freed, handle, L->line))
+                return -1;
+            if (PyDict_GET_SIZE(L->freed) >= HALF) {
+                PyObject *fresh = PyDict_New();
+                if (fresh == NULL || PyObject_SetAttr(L->face, a__freed_old, L->freed)
+                    || PyObject_SetAttr(L->face, a__freed, fresh)) {
+                    Py_XDECREF(fresh);
+                    return -1;
+                }
+                Py_SETREF(L->freed, fresh);
+            }
+            return 0;
+        free_error:
+            Py_DECREF(block);
+            return -1;
+        }
+        if (PyErr_Occurred())
+            return -1;
+        int r = general(L, handle, site); /* a realloc or a bad free */
+        return r < 0 ? -1 : r ? 2 : 0;
+    }
+added: /* a new block is live (a malloc's, or a realloc's): _added, inlined */
+    if (grown > L->peak) {
+        L->peak = grown;
+        L->pending = 1;
+        /* self.heap_at_peak = self.malloc.heap_bytes: only Python code changes either */
+        if (L->heap == NULL && (L->heap = PyObject_GetAttr(L->m, a_heap_bytes)) == NULL)
+            return -1;
+        if (L->heap_set != L->heap) {
+            if (PyObject_SetAttr(L->face, a_heap_at_peak, L->heap))
+                return -1;
+            L->heap_set = L->heap;
+        }
+    } else if (L->pending && snapshot(L)) { /* not a new peak: before its site counts it */
+        return -1;
+    }
+    L->live_bytes = grown;
+    L->nb++;
+    L->nbytes += size;
+    if (site != Py_None) {
+        PyObject *st = PyDict_GetItemWithError(L->stats, site);
+        if (st == NULL && PyErr_Occurred())
+            return -1;
+        if (st != NULL && PyObject_IsTrue(st) > 0) {
+            Py_INCREF(st);
+        } else {
+            if (PyErr_Occurred())
+                return -1;
+            st = PyObject_CallOneArg(L->entry, site);
+            if (st == NULL)
+                return -1;
+        }
+        int r = st_add(st, 0, one) || st_add(st, 1, L->size_o) || dirty_add(L, site);
+        Py_DECREF(st);
+        if (r)
+            return -1;
+    } else {
+        L->unattributed += size;
+    }
+    return 0;
+}
+
+static PyObject *attr(PyObject *o, PyObject *name)
+{
+    return o ? PyObject_GetAttr(o, name) : NULL;
+}
+
+static PyObject *run(PyObject *mod, PyObject *args)
+{
+    Loop L;
+    memset(&L, 0, sizeof L);
+    if (!PyArg_ParseTuple(args, "OOO", &L.face, &L.records, &L.call))
+        return NULL;
+    if (PoolType == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_mallocs_c.setup() was not called");
+        return NULL;
+    }
+    if (!PyList_CheckExact(L.records))
+        return PyLong_FromLong(0);
+    PyObject *result = NULL, *sites = NULL, *by_size = NULL, *pool = NULL, *smp = NULL;
+    L.k = attr(L.face, a_kernel);
+    L.m = attr(L.face, a_malloc);
+    L.live = attr(L.face, a_live);
+    L.freed = attr(L.face, a__freed);
+    sites = attr(L.face, a_sites);
+    L.stats = attr(sites, a_stats);
+    L.dirty = attr(sites, a_dirty);
+    L.snapshot = attr(sites, a_snapshot_live_peak);
+    L.entry = attr(sites, a_entry);
+    L.at_live_peak = attr(sites, a__at_live_peak);
+    L.stale_live = attr(sites, a__stale_live);
+    L.stale_use = attr(sites, a__stale_use);
+    if (L.stale_use == NULL)
+        goto done;
+    if (!PyDict_CheckExact(L.at_live_peak) || !PySet_CheckExact(L.stale_live)
+        || !PySet_CheckExact(L.stale_use) || !PySet_CheckExact(L.dirty))
+        Py_CLEAR(L.at_live_peak);
+    L.cpu_obj = attr(L.k, a_cpu);
+    by_size = attr(L.m, a__by_size);
+    L.pages = attr(L.m, a__pages);
+    pool = attr(L.m, a_pool);
+    smp = attr(pool, a_smp);
+    L.batch_call = attr(L.k, a_batch_call);
+    L.py_malloc = attr(L.face, a__malloc);
+    L.py_free = attr(L.face, a__free);
+    L.py_realloc = attr(L.m, a_realloc);
+    if (L.py_realloc == NULL)
+        goto done;
+    if (!PyDict_CheckExact(L.live) || !PyDict_CheckExact(L.freed) || !PyDict_CheckExact(L.stats)
+        || !PyDict_CheckExact(L.pages) || !PyLong_CheckExact(L.cpu_obj)
+        || !PyList_CheckExact(by_size)) {
+        result = PyLong_FromLong(0); /* not what C knows: the Python loop */
+        goto done;
+    }
+    if ((L.smp = PyObject_IsTrue(smp)) < 0)
+        goto done;
+    L.cpu = PyLong_AsLongLong(L.cpu_obj);
+    if (L.cpu == -1 && PyErr_Occurred())
+        goto done;
+    if (L.smp && page_cache(&L, pool))
+        goto done;
+    L.row = PyObject_GetItem(by_size, L.cpu_obj); /* IndexError as Python's would be */
+    if (L.row == NULL)
+        goto done;
+    if (!PyList_CheckExact(L.row) || PyList_GET_SIZE(L.row) <= 1024) {
+        result = PyLong_FromLong(0);
+        goto done;
+    }
+    int r = load(&L);
+    if (r) {
+        if (r > 0)
+            result = PyLong_FromLong(0);
+        goto done;
+    }
+    int need = 1; /* batch_call for record i */
+    Py_ssize_t n = PyList_GET_SIZE(L.records);
+    for (L.i = 0; L.i < PyList_GET_SIZE(L.records); L.i++) {
+        PyObject *rec = PyList_GET_ITEM(L.records, L.i);
+        if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) != 5 || L.nbytes >= COUNTER_LIMIT
+            || L.unattributed >= COUNTER_LIMIT || L.live_bytes >= COUNTER_LIMIT
+            || L.live_bytes <= -COUNTER_LIMIT || L.nbytes <= -COUNTER_LIMIT
+            || L.unattributed <= -COUNTER_LIMIT || L.peak >= COUNTER_LIMIT) {
+            if (store(&L))
+                goto failed;
+            result = PyLong_FromSsize_t(L.i);
+            goto done;
+        }
+        Py_INCREF(rec);
+        L.kind = PyTuple_GET_ITEM(rec, 0);
+        L.line = PyTuple_GET_ITEM(rec, 1);
+        L.size_o = PyTuple_GET_ITEM(rec, 3);
+        L.called = L.callout = 0;
+        long long size;
+        if (!PyUnicode_CheckExact(L.kind) || !small_int(L.size_o, &size)) {
+            Py_DECREF(rec); /* not for C: the Python loop goes on from this record */
+            if (store(&L))
+                goto failed;
+            result = PyLong_FromSsize_t(L.i);
+            goto done;
+        }
+        if (need && batch(&L)) {
+            Py_DECREF(rec);
+            goto failed;
+        }
+        r = apply(&L, rec, size);
+        if (r < 0) {
+            Py_DECREF(rec);
+            goto failed;
+        }
+        if (r == 1) { /* not for C: the Python loop goes on from this record */
+            Py_DECREF(rec);
+            if (store(&L))
+                goto failed;
+            result = PyLong_FromSsize_t(L.i);
+            goto done;
+        }
+        if (r == 2) { /* applied, but the counters are beyond C's now */
+            Py_DECREF(rec);
+            result = PyLong_FromSsize_t(L.i + 1);
+            goto done;
+        }
+        if (L.callout || L.called) { /* does batch_call(i + 1) have something to settle? */
+            if ((need = moved(&L)) < 0) {
+                Py_DECREF(rec);
+                goto failed;
+            }
+        } else {
+            need = 0;
+        }
+        if (L.i == n - 1 && !L.called && batch(&L)) { /* the last record's line and kind */
+            Py_DECREF(rec);
+            goto failed;
+        }
+        Py_DECREF(rec);
+    }
+    if (store(&L))
+        goto done;
+    result = PyLong_FromSsize_t(L.i);
+    goto done;
+failed:
+    /* as the Python loop's except and finally: an OutOfPages is the batch's OOM report */
+    if (PyErr_ExceptionMatches(OutOfPages)) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(value, tb);
+        if (store(&L) == 0) {
+            PyObject *r2 = PyObject_CallMethodObjArgs(L.k, a_batch_failed, value, L.kind, L.line,
+                                                      L.size_o, NULL);
+            Py_XDECREF(r2); /* it raises (NoReturn) */
+            if (r2 != NULL)
+                PyErr_SetString(PyExc_RuntimeError, "Kernel.batch_failed returned");
+            PyObject *t2, *v2, *tb2;
+            PyErr_Fetch(&t2, &v2, &tb2);
+            PyErr_NormalizeException(&t2, &v2, &tb2);
+            if (v2 != NULL && v2 != value) {
+                Py_INCREF(value);
+                PyException_SetContext(v2, value); /* raised while handling it, as in Python */
+            }
+            PyErr_Restore(t2, v2, tb2);
+        }
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
+    {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        int s = store(&L); /* finally: the counters go back whatever happened */
+        if (s)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+done:
+    Py_XDECREF(L.k);
+    Py_XDECREF(L.m);
+    Py_XDECREF(L.live);
+    Py_XDECREF(L.freed);
+    Py_XDECREF(sites);
+    Py_XDECREF(L.stats);
+    Py_XDECREF(L.dirty);
+    Py_XDECREF(L.snapshot);
+    Py_XDECREF(L.entry);
+    Py_XDECREF(L.at_live_peak);
+    Py_XDECREF(L.l1);
+    Py_XDECREF(L.whole);
+    Py_XDECREF(L.stale_live);
+    Py_XDECREF(L.stale_use);
+    Py_XDECREF(L.cpu_obj);
+    Py_XDECREF(by_size);
+    Py_XDECREF(L.pages);
+    Py_XDECREF(pool);
+    Py_XDECREF(smp);
+    Py_XDECREF(L.batch_call);
+    Py_XDECREF(L.py_malloc);
+    Py_XDECREF(L.py_free);
+    Py_XDECREF(L.py_realloc);
+    Py_XDECREF(L.row);
+    Py_XDECREF(L.heap);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"setup", setup, METH_VARARGS,
+     "setup(Pool, PoolPage, VmError, OutOfPages, half, mempool_area, page_shift, page_area, "
+     "l1_lo, l1_hi)"},
+    {"run", run, METH_VARARGS,
+     "run(face, records, call) -> index of the first record not applied"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_mallocs_c",
+                                    "MallocFace's batch loop in C (kernel/sys_malloc.py)", -1,
+                                    methods};
+
+#define INTERN(var, text)                                                                    \
+    if ((var = PyUnicode_InternFromString(text)) == NULL)                                    \
+        return NULL;
+
+PyMODINIT_FUNC PyInit__mallocs_c(void)
+{
+    INTERN(s_malloc, "malloc");
+    INTERN(s_free, "free");
+    INTERN(s_realloc, "realloc");
+    INTERN(a_kernel, "kernel");
+    INTERN(a_live, "live");
+    INTERN(a__freed, "_freed");
+    INTERN(a__freed_old, "_freed_old");
+    INTERN(a_leaked, "leaked");
+    INTERN(a_malloc, "malloc");
+    INTERN(a_sites, "sites");
+    INTERN(a_stats, "stats");
+    INTERN(a_dirty, "dirty");
+    INTERN(a_snapshot_live_peak, "snapshot_live_peak");
+    INTERN(a_entry, "entry");
+    INTERN(a_cpu, "cpu");
+    INTERN(a__by_size, "_by_size");
+    INTERN(a__pages, "_pages");
+    INTERN(a_pool, "pool");
+    INTERN(a_smp, "smp");
+    INTERN(a_batch_call, "batch_call");
+    INTERN(a__malloc, "_malloc");
+    INTERN(a__free, "_free");
+    INTERN(a_realloc, "realloc");
+    INTERN(a_live_bytes, "live_bytes");
+    INTERN(a_live_bytes_peak, "live_bytes_peak");
+    INTERN(a_peak_pending, "peak_pending");
+    INTERN(a__store, "_store");
+    INTERN(a__fail, "_fail");
+    INTERN(a_failed, "failed");
+    INTERN(a__handlers, "_handlers");
+    INTERN(a_heap_at_peak, "heap_at_peak");
+    INTERN(a_heap_bytes, "heap_bytes");
+    INTERN(a__add_page, "_add_page");
+    INTERN(a_batch_failed, "batch_failed");
+    INTERN(a_kind, "kind");
+    INTERN(a_line, "line");
+    INTERN(a_handle, "handle");
+    INTERN(a_size, "size");
+    INTERN(a_site, "site");
+    INTERN(a_woken, "woken");
+    INTERN(a_ranges, "ranges");
+    INTERN(a_free_pages, "free_pages");
+    INTERN(a__hooks_free, "_hooks_free");
+    INTERN(a__wakeups, "_wakeups");
+    INTERN(a__at_live_peak, "_at_live_peak");
+    INTERN(a__l1, "_l1");
+    INTERN(a_pool_pages_returned, "pool_pages_returned");
+    INTERN(a__whole, "_whole");
+    INTERN(a_heap_bytes_peak, "heap_bytes_peak");
+    INTERN(a__stale_live, "_stale_live");
+    INTERN(a__stale_use, "_stale_use");
+    if ((one = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}

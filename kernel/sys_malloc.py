@@ -16,13 +16,23 @@ succeeded in the real run), so it counts in ``frees_of_failed``, not as an appli
 
 from __future__ import annotations
 
+import os
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from mmsim.kernel.alloc_sites import AllocSites
 from mmsim.kernel.sys_pressure import extra_shrinkers
-from mmsim.mm.constants import PAGE_SIZE
-from mmsim.mm.page_pool import OutOfPages
+from mmsim.mm.constants import MEMPOOL_AREA, PAGE_AREA, PAGE_SHIFT, PAGE_SIZE
+from mmsim.mm.page_pool import L1_HI, L1_LO, OutOfPages, PagePool
 from mmsim.mm.slab import POOL_CLASSES, Malloc, MallocAbort
+from mmsim.mm.slab.pool import Pool, PoolPage
+
+try:
+    if os.environ.get("MMSIM_PURE_PYTHON"):
+        raise ImportError
+    from mmsim.kernel import _mallocs_c
+except ImportError:  # not compiled on this machine, or turned off: the pure-Python twin
+    _mallocs_c = None
 
 try:
     from mmsim.mm.address_space import VmError
@@ -42,6 +52,19 @@ __all__ = ["QUARANTINE", "MallocFace", "attach"]
 #: freed handles remembered to tell a double free from an invalid one (two halves of this)
 QUARANTINE = 1 << 16
 _HALF = QUARANTINE // 2
+#: what the C loop inlines (Malloc's pool fast paths, Pool's list): it runs only while these
+#: are the classes' own methods (a test or a tool that wraps one gets the Python loop)
+_INLINED = [(Malloc, name, getattr(Malloc, name))
+            for name in ("malloc", "free", "realloc", "usable_size", "_add_page", "_free_same_cpu",
+                         "_std_malloc", "_grow_heap")]
+_INLINED += [(PagePool, name, getattr(PagePool, name)) for name in ("alloc_page", "free_page")]
+_INLINED += [(Pool, name, getattr(Pool, name))
+             for name in ("add_page", "unlink", "alloc", "free", "push_front", "push_back")]
+_INLINED += [(AllocSites, name, getattr(AllocSites, name))
+             for name in ("snapshot_live_peak", "_snapshot")]
+if _mallocs_c is not None:
+    _mallocs_c.setup(Pool, PoolPage, VmError, OutOfPages, _HALF, MEMPOOL_AREA, PAGE_SHIFT,
+                     PAGE_AREA, L1_LO, L1_HI)
 PEAK_SITES = 10  # call sites in the summary's peak snapshot
 _CLASS_NAMES = [str(s) for s in POOL_CLASSES]
 #: a live block: (address, requested size, the caller's site or None)
@@ -156,10 +179,33 @@ class MallocFace:
         self.live[handle] = new = (addr, size, op.site)
         self._added(new)
 
-    def op_mallocs(self, op: Any) -> None:  # noqa: C901 - one hot loop, kept flat
+    def op_mallocs(self, op: Any) -> None:
         """Many calls in one operation (mmsim.trace.mtrace.MallocCalls, the fast path of a
         replay): each record is applied as its own operation would be, settling the kernel
-        after it (fill threads, reclaimer, hooks) and counting it as an event."""
+        after it (fill threads, reclaimer, hooks) and counting it as an event. The C loop
+        (kernel/_mallocs_c.c) applies them if it is built; it hands the rest of the batch to
+        the Python loop, its twin, at a record it does not take (a size beyond 2**50...)."""
+        records = op.records
+        k = self.kernel
+        k.begin_batch()
+        start = 0
+        if _mallocs_c is not None and self._c_ready():
+            start = _mallocs_c.run(self, records, _Call())
+        if start < len(records):
+            self._mallocs(records, start)
+        k.end_batch(len(records))
+
+    def _c_ready(self) -> bool:
+        """The C loop may run: the allocator is the plain Malloc, whose methods it inlines."""
+        m = self.malloc
+        return (type(m) is Malloc and type(m.pool) is PagePool and type(self.live) is dict
+                and type(self.sites) is AllocSites
+                and getattr(self._malloc, "__func__", None) is _INLINED[0][2]
+                and getattr(self._free, "__func__", None) is _INLINED[1][2]
+                and all(getattr(cls, name) is fn for cls, name, fn in _INLINED))
+
+    def _mallocs(self, records: list[Any], start: int) -> None:  # noqa: C901 - one hot loop, kept flat
+        """The pure-Python loop of :meth:`op_mallocs`, from record ``start`` on."""
         k = self.kernel
         live = self.live
         setdefault = live.setdefault
@@ -175,8 +221,6 @@ class MallocFace:
         dirty = sites.dirty.add
         snapshot = sites.snapshot_live_peak
         call = _Call()
-        records = op.records
-        k.begin_batch()
         batch_call = k.batch_call  # also settles the kernel after the call before
         # the counters live in locals during the loop and go back to self before anything
         # else may look at them (the general path, the end, an OOM; only the summary reads
@@ -185,7 +229,8 @@ class MallocFace:
         nm = nf = nr = nb = nbytes = unattributed = 0
         store = self._store  # (a method, not a closure: the loop's counters stay fast locals)
         try:
-            for i, (kind, line, handle, size, site) in enumerate(records):  # noqa: B007
+            for i, (kind, line, handle, size, site) in enumerate(  # noqa: B007
+                    islice(records, start, None), start):
                 batch_call(i, line, kind)  # what a reclaim or OOM during the call reports
                 if kind == "malloc":  # op_malloc, inlined
                     nm += 1
@@ -276,7 +321,6 @@ class MallocFace:
             k.batch_failed(e, kind, line, size)  # the OOM report names the call
         finally:
             store(live_bytes, peak, pending, nm, nf, nr, nb, nbytes, unattributed)
-        k.end_batch(len(records))
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _store(self, live_bytes: int, peak: int, pending: bool, nm: int, nf: int, nr: int,

@@ -1,0 +1,226 @@
+"""The C batch loop of kernel/_mallocs_c.c against its pure-Python twin (MallocFace._mallocs).
+
+Both must leave the same results: the summary, the event count, the kernel's events (with the
+line and event each happened at), the application errors and the out-of-memory report, on the
+committed mtrace fixtures, on the real logs of bench/bench_mtrace_logs.py where this machine
+has them, and on random batches (hypothesis) in a guest small enough that reclaim and OOM
+happen inside a batch. Skipped where the extension is not built, unless MMSIM_REQUIRE_C=1
+(CI sets it: there a missing build is a failure).
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import test_mtrace
+from hypothesis import given
+from hypothesis import strategies as st
+from mmsim.kernel import Kernel, KernelConfig, OutOfMemory, sys_malloc
+
+from mmsim.trace.mtrace import MallocCalls, read_mtrace
+
+C = sys_malloc._mallocs_c
+FIXTURES = Path(__file__).parent / "fixtures" / "mtrace"
+TRACES = sorted(p.name for p in FIXTURES.iterdir() if ".mtrace" in p.name)
+BENCH = Path("/tmp/mmsim-bench")
+BENCH_LOGS = ["python-malloc", "python-pymalloc", "sqlite3", "cc1", "git-log", "perl"]
+
+
+def test_the_extension_is_built_where_required() -> None:
+    if os.environ.get("MMSIM_REQUIRE_C") == "1":
+        assert C is not None, "MMSIM_REQUIRE_C=1 but mmsim.kernel._mallocs_c is not built"
+    elif C is None:
+        pytest.skip("mmsim.kernel._mallocs_c is not built (or MMSIM_PURE_PYTHON is set)")
+
+
+needs_c = pytest.mark.skipif(C is None and os.environ.get("MMSIM_REQUIRE_C") != "1",
+                             reason="mmsim.kernel._mallocs_c is not built")
+
+
+def _outcome(k: Kernel, events: list[dict[str, Any]], error: str | None) -> dict[str, Any]:
+    k.malloc.malloc.check()
+    if k.oom is None:
+        k.check()
+    return {"summary": json.loads(json.dumps(k.summary(), default=str)), "events": k.events,
+            "kernel_events": events, "error": error, "line": k.line, "op_kind": k.op_kind,
+            "folded": k.malloc.folded()}
+
+
+def _replay(ops: list[Any], use_c: bool, memory: int, cpus: int,
+            cpu_switches: list[int] | None = None) -> dict[str, Any]:
+    """Apply ``ops`` with one loop or the other; ``cpu_switches[i]`` is the CPU before op i."""
+    saved = sys_malloc._mallocs_c
+    sys_malloc._mallocs_c = C if use_c else None
+    try:
+        k = Kernel(KernelConfig(memory=memory, cpus=cpus))
+        events: list[dict[str, Any]] = []
+        k.subscribe(lambda name, record: events.append({"name": name, **record}))
+        error = None
+        try:
+            for i, op in enumerate(ops):
+                if cpu_switches is not None:
+                    k.cpu = cpu_switches[i] % cpus
+                k.apply(op)
+        except OutOfMemory as e:
+            error = f"OutOfMemory: {e}"
+        return _outcome(k, events, error)
+    finally:
+        sys_malloc._mallocs_c = saved
+
+
+def _same(ops: list[Any], memory: int, cpus: int, cpu_switches: list[int] | None = None) -> None:
+    a = _replay(ops, True, memory, cpus, cpu_switches)
+    b = _replay(ops, False, memory, cpus, cpu_switches)
+    assert a == b
+
+
+@needs_c
+@pytest.mark.parametrize("name", TRACES)
+@pytest.mark.parametrize(("memory", "cpus"), [(2 << 30, 4), (256 << 20, 2), (56 << 20, 1),
+                                              (64 << 20, 4)])
+def test_the_c_loop_gives_the_python_loops_results_on_the_fixtures(
+        name: str, memory: int, cpus: int) -> None:
+    ops = list(read_mtrace(FIXTURES / name))
+    _same(ops, memory, cpus)
+    _same(list(read_mtrace(FIXTURES / name, 8)), memory, cpus, list(range(10_000)))
+
+
+@needs_c
+def test_reclaim_and_oom_inside_a_batch_are_the_same(tmp_path: Path) -> None:
+    """The reclaimer wakes and the guest runs out of memory in the middle of batches."""
+    path = test_mtrace._pressure_trace(tmp_path)
+    for memory in (128 << 20, 96 << 20):
+        a = _replay(list(read_mtrace(path, 64)), True, memory, 2)
+        assert any(e["name"] == "reclaim" for e in a["kernel_events"])
+        assert a == _replay(list(read_mtrace(path, 64)), False, memory, 2)
+    lines = [f"+ {0x1000 + i:#x} 0x100000" for i in range(200)]
+    oom = tmp_path / "oom.mtrace"
+    oom.write_text("= Start\n" + "\n".join(lines) + "\n")
+    a = _replay(list(read_mtrace(oom, 64)), True, 64 << 20, 2)
+    assert a["error"] and a["summary"]["oom"]["line"] > 2
+    assert a == _replay(list(read_mtrace(oom, 64)), False, 64 << 20, 2)
+
+
+# -- the existing batched-replay tests, with the Python loop (they run with C by default) ----
+@pytest.mark.parametrize("name", [*TRACES, "pressure"])
+def test_batched_replay_is_the_per_record_replay_in_python(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys_malloc, "_mallocs_c", None)
+    test_mtrace.test_batched_replay_is_the_per_record_replay(name, tmp_path)
+
+
+def test_an_oom_inside_a_batch_names_the_call_in_python(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys_malloc, "_mallocs_c", None)
+    test_mtrace.test_an_oom_inside_a_batch_names_the_call_that_failed(tmp_path)
+
+
+# -- random batches -----------------------------------------------------------------------
+HANDLES = [f"p{i}" for i in range(24)]
+SITES = [None, None, "a.out:(f+0x10)[0x401000]", "a.out:(g+0x20)[0x402000]", "[0x403000]",
+         "libc.so:(strdup+0x1a)[0x7f0001]"]
+SIZES = st.one_of(st.integers(0, 1100), st.integers(0, 5000), st.integers(0, 5000),
+                  st.sampled_from([0, 8, 16, 1024, 1025, 4096, 4097, 65536, 300_000, 2 << 20,
+                                   1 << 40, 1 << 50, 1 << 62, 1 << 63, (1 << 64) - 1]))
+RECORD = st.tuples(st.sampled_from(["malloc", "malloc", "malloc", "free", "free", "realloc"]),
+                   st.sampled_from(HANDLES), st.one_of(SIZES, st.just(0)),
+                   st.sampled_from(SITES))
+
+
+def _batches(draw_records: list[tuple[str, str, int, str | None]],
+             cuts: list[int]) -> list[MallocCalls]:
+    records = [(kind, n, handle, size if kind != "free" else 0, site if kind != "free" else None)
+               for n, (kind, handle, size, site) in enumerate(draw_records, 1)]
+    out = []
+    start = 0
+    for cut in [*sorted(set(cuts)), len(records)]:
+        if start < cut <= len(records):
+            out.append(MallocCalls(records[start:cut]))
+            start = cut
+    return out
+
+
+@needs_c
+@given(records=st.lists(RECORD, min_size=1, max_size=400),
+       cuts=st.lists(st.integers(1, 400), max_size=6),
+       cpus=st.sampled_from([1, 4]), switches=st.lists(st.integers(0, 3), min_size=8, max_size=8),
+       small=st.booleans())
+def test_random_batches_give_the_same_results(records: list[Any], cuts: list[int], cpus: int,
+                                              switches: list[int], small: bool) -> None:
+    ops = _batches(records, cuts)
+    memory = (56 << 20 if cpus == 1 else 64 << 20) if small else 256 << 20
+    _same(ops, memory, cpus, [switches[i % len(switches)] for i in range(len(ops))])
+
+
+@needs_c
+def test_a_long_random_trace_fills_the_quarantine_the_same() -> None:
+    """More frees than the quarantine's half: its halves rotate inside the C loop."""
+    import random
+    rnd = random.Random(7)
+    records = []
+    for n in range(1, 3 * sys_malloc._HALF):
+        h = f"p{rnd.randrange(1 << 20)}"
+        records.append(("malloc", 2 * n, h, rnd.randrange(2000), rnd.choice(SITES)))
+        records.append(("free", 2 * n + 1, h, 0, None))
+        if n % 97 == 0:
+            records.append(("free", 2 * n + 1, h, 0, None))  # a double free
+    ops = [MallocCalls(records[i:i + 1024]) for i in range(0, len(records), 1024)]
+    _same(ops, 256 << 20, 2)
+
+
+# -- the real logs, where this machine has them -------------------------------------------
+@needs_c
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BENCH_LOGS)
+def test_the_real_logs_give_the_same_results(name: str) -> None:
+    path = BENCH / f"{name}.mtrace"
+    if not path.exists():
+        pytest.skip(f"{path} is not on this machine (bench/bench_mtrace_logs.py records it)")
+    ops = list(read_mtrace(path))
+    _same(ops, 2 << 30, 4)
+
+
+# -- references ---------------------------------------------------------------------------
+@needs_c
+def test_replays_leak_no_references_nor_memory(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records' objects get back their reference counts after each replay (the kernel
+    gone), and 50 replays of a fixture do not grow the process."""
+    path = tmp_path / "python3.mtrace"
+    with gzip.open(FIXTURES / "python3.mtrace.gz", "rb") as src, open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    ops = list(read_mtrace(path, 64))
+    # (not the small ints, None and the kinds: the interpreter and its caches share those)
+    objs = {id(x): x for op in ops for rec in op.records for x in (rec, *rec[1:])
+            if x is not None and not (type(x) is int and -5 <= x <= 256)}
+    monkeypatch.setattr(sys_malloc, "_mallocs_c", C)
+
+    def replay() -> None:
+        k = Kernel(KernelConfig(memory=256 << 20, cpus=2))
+        k.run(ops)
+        k.summary()
+
+    for _ in range(3):
+        replay()
+    gc.collect()
+    before = {i: sys.getrefcount(x) for i, x in objs.items()}
+    rss = []
+    for n in range(50):
+        replay()
+        if n in (9, 49):
+            gc.collect()
+            rss.append(psutil.Process().memory_info().rss)
+    gc.collect()
+    after = {i: sys.getrefcount(x) for i, x in objs.items()}
+    drift = {repr(objs[i])[:60]: (before[i], after[i]) for i in objs if after[i] != before[i]}
+    assert not drift
+    assert rss[1] - rss[0] < 8 << 20
