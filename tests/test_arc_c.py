@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -38,11 +39,13 @@ def state(policy: PyArcPolicy) -> tuple[Any, ...]:
             policy.lists(), policy.dump(), policy.stats())
 
 
-def batch_replay(cls: type[PyArcPolicy], keys: list[int], c: int, budgets: list[int],
-                 checkpoints: int = 8) -> list[tuple[Any, ...]]:
+def batch_replay(cls: type[Any], keys: list[int], c: int, budgets: list[int],
+                 checkpoints: int = 8, state: Callable[[Any], Any] = state
+                 ) -> list[tuple[Any, ...]]:
     """``keys`` through access_many as the file system's block-trace path uses it (random
     budgets; over budget or a miss that evicts nothing: access() and a new buffer), with the
-    state and the buffers taken at a few points along the way."""
+    state and the buffers taken at a few points along the way (also test_lru_c's, with its
+    ``state``)."""
     policy = cls(c * REC)
     bufs: dict[int, int] = {}
     spare: list[int] = []
@@ -83,22 +86,31 @@ def test_c_lists_equal_python_on_oltp_prefix(oltp_prefix: list[int], c: int) -> 
         PyArcPolicy, oltp_prefix, c, budgets)
 
 
-def test_c_summary_equals_python_on_oltp_prefix(oltp_prefix: list[int], tmp_path: Any,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """`mmsim run` of the prefix (as a .lis file) gives the same summary either way."""
+def run_summaries(ids: list[int], tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                  module: Any, classes: tuple[type[Any], ...], policy: str) -> list[dict]:
+    """The summaries of `mmsim run --cache-policy POLICY` of ``ids`` (as a .lis file), with
+    each of ``classes`` as the policy module's POLICY (also test_lru_c's)."""
     from mmsim.api import replay
 
     trace = tmp_path / "oltp-prefix.lis"
     with open(trace, "w", encoding="ascii") as f:
-        f.writelines(f"{b} 1 0 0\n" for b in oltp_prefix)
+        f.writelines(f"{b} 1 0 0\n" for b in ids)
     summaries = []
-    for cls in (CArcPolicy, PyArcPolicy):
-        monkeypatch.setattr(policy_arc, "POLICY", cls)
-        summaries.append(replay(str(trace), None, fmt="lis", cache_policy="arc",
+    for cls in classes:
+        monkeypatch.setattr(module, "POLICY", cls)
+        summaries.append(replay(str(trace), None, fmt="lis", cache_policy=policy,
                                 arc_size=1000 * 512).summary)
     assert summaries[0]["arc"]["hits"] > 0
-    assert summaries[0]["arc"] == summaries[1]["arc"]
-    assert summaries[0]["events"] == summaries[1]["events"]
+    return summaries
+
+
+def test_c_summary_equals_python_on_oltp_prefix(oltp_prefix: list[int], tmp_path: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mmsim run` of the prefix (as a .lis file) gives the same summary either way."""
+    c_run, py_run = run_summaries(oltp_prefix, tmp_path, monkeypatch, policy_arc,
+                                  (CArcPolicy, PyArcPolicy), "arc")
+    assert c_run["arc"] == py_run["arc"]
+    assert c_run["events"] == py_run["events"]
 
 
 # a stream of operations on one policy: reads of mixed sizes (on_evict told of each eviction),
@@ -113,8 +125,16 @@ _op = st.one_of(
 )
 
 
-def run_ops(cls: type[PyArcPolicy], capacity: int, ops: list[tuple[Any, ...]]
-            ) -> list[Any]:
+def arc_residents(policy: PyArcPolicy) -> list[tuple[int, int]]:
+    t1, t2 = policy.dump()[:2]
+    return t1 + t2
+
+
+def run_ops(cls: type[Any], capacity: int, ops: list[tuple[Any, ...]],
+            state: Callable[[Any], Any] = state,
+            residents: Callable[[Any], list[tuple[int, int]]] = arc_residents) -> list[Any]:
+    """The operations on a policy, with what each returned, evicted and left (also
+    test_lru_c's, with its ``state`` and resident records)."""
     policy = cls(capacity)
     bufs: dict[int, int] = {}
     evicted: list[int] = []
@@ -133,9 +153,7 @@ def run_ops(cls: type[PyArcPolicy], capacity: int, ops: list[tuple[Any, ...]]
                 bufs.setdefault(a, next(new))
         elif kind == "batch":
             # access_many's promise: every resident record is REC bytes and has a buffer
-            if any(s != REC for lst in policy.dump()[:2] for _, s in lst):
-                continue
-            if any(k not in bufs for lst in policy.dump()[:2] for k, _ in lst):
+            if any(s != REC or k not in bufs for k, s in residents(policy)):
                 continue
             r = policy.access_many(a, REC, 0, b, bufs)
             if r and a[r - 1] in policy and a[r - 1] not in bufs:
@@ -151,17 +169,25 @@ def run_ops(cls: type[PyArcPolicy], capacity: int, ops: list[tuple[Any, ...]]
     return out
 
 
+#: the generated streams' arguments (also test_lru_c's)
+OPS = {"capacity": st.sampled_from([4096, 3 * 4096, 8 * 4096, 10_000, 50_000]),
+       "ops": st.lists(_op, max_size=120)}
+_budgets = st.lists(st.integers(0, 50) | st.just(1 << 40), min_size=1, max_size=4)
+BATCHES = {"c": st.integers(1, 40), "keys": st.lists(st.integers(0, 100), max_size=600),
+           "budgets": _budgets}
+SKEWED = {"seed": st.integers(0, 2**32 - 1), "c": st.integers(1, 30),
+          "objects": st.integers(2, 80), "length": st.integers(1, 1500), "budgets": _budgets}
+
+
 @settings(max_examples=300, deadline=None)
-@given(capacity=st.sampled_from([4096, 3 * 4096, 8 * 4096, 10_000, 50_000]),
-       ops=st.lists(_op, max_size=120))
+@given(**OPS)
 def test_c_lists_equal_python_on_generated_streams(capacity: int,
                                                    ops: list[tuple[Any, ...]]) -> None:
     assert run_ops(CArcPolicy, capacity, ops) == run_ops(PyArcPolicy, capacity, ops)
 
 
 @settings(max_examples=200, deadline=None)
-@given(c=st.integers(1, 40), keys=st.lists(st.integers(0, 100), max_size=600),
-       budgets=st.lists(st.integers(0, 50) | st.just(1 << 40), min_size=1, max_size=4))
+@given(**BATCHES)
 def test_c_batches_equal_python_on_generated_streams(c: int, keys: list[int],
                                                      budgets: list[int]) -> None:
     assert batch_replay(CArcPolicy, keys, c, budgets, 4) == batch_replay(
@@ -185,9 +211,7 @@ def skewed(rng: random.Random, objects: int, c: int, length: int) -> list[int]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), c=st.integers(1, 30), objects=st.integers(2, 80),
-       length=st.integers(1, 1500),
-       budgets=st.lists(st.integers(0, 50) | st.just(1 << 40), min_size=1, max_size=4))
+@given(**SKEWED)
 def test_c_batches_equal_python_on_skewed_streams(seed: int, c: int, objects: int, length: int,
                                                   budgets: list[int]) -> None:
     keys = skewed(random.Random(seed), objects, c, length)

@@ -1,6 +1,7 @@
 /* The C twin of policy_arc.PyArcPolicy's state and replay loop (issue 17): ARC's four lists
  * (T1, T2, B1, B2) as doubly linked lists of nodes indexed by one open-addressing hash table
- * of 64-bit keys, with the byte count of each list and the target p.
+ * of 64-bit keys, with the byte count of each list and the target p. The same machinery with
+ * one list (T1 as the LRU list) is the twin of policy_lru.PyLruPolicy (the Lru type, below).
  *
  * Every decision mirrors PyArcPolicy._replay and _make_room line for line (p is a double and
  * every comparison of a byte count with p is done in double, as Python does it exactly for
@@ -226,7 +227,7 @@ static PyObject *Arc_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "L", names, &c))
         return NULL;
     if (c <= 0 || c > ((long long)1 << 53)) {
-        PyErr_SetString(PyExc_ValueError, "ARC capacity must be in 1..2**53");
+        PyErr_SetString(PyExc_ValueError, "cache capacity must be in 1..2**53");
         return NULL;
     }
     Arc *a = (Arc *)type->tp_alloc(type, 0);
@@ -276,35 +277,72 @@ static inline int as_key(PyObject *obj, int64_t *key) {
     return 0;
 }
 
+/* The arguments of Arc.replay and Lru.replay: (keys, size, start, budget, payload,
+ * on_evict); payload NULL for None. 0, or -1 with an exception set; seq is a new reference. */
+typedef struct {
+    PyObject *seq, **items, *payload, *on_evict;
+    Py_ssize_t n, start;
+    long long size, budget;
+} ReplayArgs;
+
+static int replay_args(PyObject *const *args, Py_ssize_t nargs, ReplayArgs *r) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "replay takes 6 arguments");
+        return -1;
+    }
+    r->size = PyLong_AsLongLong(args[1]);
+    r->start = PyLong_AsSsize_t(args[2]);
+    int big;
+    r->budget = PyLong_AsLongLongAndOverflow(args[3], &big);
+    if (PyErr_Occurred())
+        return -1;
+    if (big)
+        r->budget = big > 0 ? LLONG_MAX : 0;
+    if (r->start < 0)
+        r->start = 0;
+    r->payload = args[4] == Py_None ? NULL : args[4];
+    r->on_evict = args[5];
+    if (r->payload != NULL && !PyDict_Check(r->payload)) {
+        PyErr_SetString(PyExc_TypeError, "replay: payload must be a dict or None");
+        return -1;
+    }
+    r->seq = PySequence_Fast(args[0], "replay: keys must be a sequence");
+    if (r->seq == NULL)
+        return -1;
+    r->items = PySequence_Fast_ITEMS(r->seq);
+    r->n = PySequence_Fast_GET_SIZE(r->seq);
+    return 0;
+}
+
+/* access_many's buffer move: payload[new] = payload.pop(old); 0, or -1 with an exception. */
+static int move_payload(PyObject *payload, PyObject *old, PyObject *new) {
+    PyObject *buf = PyDict_GetItemWithError(payload, old);
+    if (buf == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, old);
+        return -1;
+    }
+    Py_INCREF(buf);
+    int err = PyDict_DelItem(payload, old) < 0 || PyDict_SetItem(payload, new, buf) < 0;
+    Py_DECREF(buf);
+    return err ? -1 : 0;
+}
+
 /* replay(keys, size, start, budget, payload, on_evict) -> (end, hits, mru_hits, evictions,
  * b1_hits, b2_hits, budget_left, overflow): PyArcPolicy._replay (payload None: every key,
  * on_evict told of each eviction; a dict: access_many's batch). */
 static PyObject *Arc_replay(Arc *a, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "replay takes 6 arguments");
+    ReplayArgs ra;
+    if (replay_args(args, nargs, &ra) < 0)
         return NULL;
-    }
-    long long size_ll = PyLong_AsLongLong(args[1]);
-    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
-    int big;
-    long long budget = PyLong_AsLongLongAndOverflow(args[3], &big);
-    if (PyErr_Occurred())
-        return NULL;
-    if (big)
-        budget = big > 0 ? LLONG_MAX : 0;
-    PyObject *payload = args[4];
-    PyObject *on_evict = args[5];
-    int batch = payload != Py_None;
-    if (batch && !PyDict_Check(payload)) {
-        PyErr_SetString(PyExc_TypeError, "replay: payload must be a dict or None");
-        return NULL;
-    }
-    PyObject *seq = PySequence_Fast(args[0], "replay: keys must be a sequence");
-    if (seq == NULL)
-        return NULL;
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    int64_t size = size_ll;
+    PyObject *seq = ra.seq;
+    PyObject **items = ra.items;
+    Py_ssize_t n = ra.n, start = ra.start;
+    long long budget = ra.budget;
+    PyObject *payload = ra.payload;
+    PyObject *on_evict = ra.on_evict;
+    int batch = payload != NULL;
+    int64_t size = ra.size;
     int64_t c = a->c;
     int64_t room = c - size;
     long long first_budget = budget;
@@ -450,18 +488,8 @@ static PyObject *Arc_replay(Arc *a, PyObject *const *args, Py_ssize_t nargs) {
                 PyErr_SetString(PyExc_RuntimeError, "access_many: nothing was evicted");
                 FAIL;
             }
-            PyObject *buf = PyDict_GetItemWithError(payload, k);
-            if (buf == NULL) {
-                if (!PyErr_Occurred())
-                    PyErr_SetObject(PyExc_KeyError, k);
+            if (move_payload(payload, k, kobj) < 0)
                 FAIL;
-            }
-            Py_INCREF(buf);
-            if (PyDict_DelItem(payload, k) < 0 || PyDict_SetItem(payload, kobj, buf) < 0) {
-                Py_DECREF(buf);
-                FAIL;
-            }
-            Py_DECREF(buf);
         }
     }
 #undef FAIL
@@ -591,18 +619,235 @@ static PyTypeObject ArcType = {
     .tp_new = Arc_new,
 };
 
+/* ---- LRU: the same nodes and table, one list (LRU, oldest after its head) ---------------- */
+
+enum { LRU = T1 };
+
+typedef struct {
+    Py_ssize_t end, hits, misses, evictions;
+    int overflow;
+} LruRun;
+
+/* Push out the oldest records until at most limit bytes stay (PyLruPolicy._evict_until),
+ * on_evict told of each; -1 with an exception set. */
+static int lru_evict_until(Arc *a, int64_t limit, PyObject *on_evict, int64_t *freed,
+                           Py_ssize_t *evictions) {
+    while (a->bytes[LRU] > limit && a->count[LRU]) {
+        int32_t o = oldest(a, LRU);
+        *freed += a->nodes[o].size;
+        unlink_node(a, o);
+        PyObject *old = drop_node(a, o);
+        (*evictions)++;
+        int err = call_evict(on_evict, old);
+        Py_DECREF(old);
+        if (err < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* PyLruPolicy._replay over items[start:n] (payload NULL: every key, on_evict told of each
+ * eviction; a dict: access_many's batch, *budget its evictions left); 0, or -1 with an
+ * exception set. A key beyond 64 bits stops it before being looked at (run->overflow). */
+static int lru_run(Arc *a, PyObject *const *items, Py_ssize_t start, Py_ssize_t n,
+                   int64_t size, long long *budget, PyObject *payload, PyObject *on_evict,
+                   LruRun *run) {
+    int64_t cap = a->c;
+    run->end = n;
+    for (Py_ssize_t i = start; i < n; i++) {
+        PyObject *kobj = items[i];
+        int64_t key;
+        int r = as_key(kobj, &key);
+        if (r) {
+            if (r < 0)
+                return -1;
+            run->overflow = 1;
+            run->end = i;
+            return 0;
+        }
+        int32_t x = find(a, key);
+        if (x >= 0) {  /* a hit: to the most recent end */
+            if (a->nodes[LRU].prev != x) {
+                unlink_node(a, x);
+                append(a, LRU, x);
+            }
+            run->hits++;
+            continue;
+        }
+        if (a->bytes[LRU] + size <= cap || size > cap) {  /* room for it, or never */
+            run->misses++;
+            if (size <= cap) {
+                x = new_node(a, key, kobj, size);
+                if (x < 0)
+                    return -1;
+                append(a, LRU, x);
+            }
+            if (payload != NULL) {  /* the caller gives it a buffer before the next key */
+                run->end = i + 1;
+                return 0;
+            }
+            continue;
+        }
+        if (payload != NULL) {
+            if (!*budget) {  /* not served: the caller's next call starts with it */
+                run->end = i;
+                return 0;
+            }
+            (*budget)--;
+        }
+        run->misses++;
+        int32_t o = oldest(a, LRU);
+        if (o < 0) {
+            PyErr_SetString(PyExc_KeyError, "dictionary is empty");
+            return -1;
+        }
+        unlink_node(a, o);
+        PyObject *old = drop_node(a, o);
+        run->evictions++;
+        /* on_evict told, or the evicted record's buffer passes to the new key */
+        int err = payload == NULL ? call_evict(on_evict, old) : move_payload(payload, old, kobj);
+        Py_DECREF(old);
+        if (err < 0)
+            return -1;
+        x = new_node(a, key, kobj, size);
+        if (x < 0)
+            return -1;
+        append(a, LRU, x);
+        if (a->bytes[LRU] > cap) {  /* records of other sizes: more to push out */
+            if (payload != NULL) {
+                PyErr_SetString(PyExc_ValueError,
+                                "access_many: a resident record of another size");
+                return -1;
+            }
+            int64_t freed = 0;
+            if (lru_evict_until(a, cap, on_evict, &freed, &run->evictions) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* replay(keys, size, start, budget, payload, on_evict) -> (end, hits, misses, evictions,
+ * budget_left, overflow): PyLruPolicy._replay (payload None: every key, on_evict told of each
+ * eviction; a dict: access_many's batch). */
+static PyObject *Lru_replay(Arc *a, PyObject *const *args, Py_ssize_t nargs) {
+    ReplayArgs ra;
+    if (replay_args(args, nargs, &ra) < 0)
+        return NULL;
+    LruRun run = {0, 0, 0, 0, 0};
+    int err = lru_run(a, ra.items, ra.start, ra.n, ra.size, &ra.budget, ra.payload,
+                      ra.on_evict, &run);
+    Py_DECREF(ra.seq);
+    if (err < 0)
+        return NULL;
+    return Py_BuildValue("nnnnLi", run.end, run.hits, run.misses, run.evictions, ra.budget,
+                         run.overflow);
+}
+
+/* access(key, size, on_evict) -> -1 a hit, else the evictions of the miss; None if the key
+ * does not fit in 64 bits (nothing done). One request without replay's tuples. */
+static PyObject *Lru_access(Arc *a, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "access takes 3 arguments");
+        return NULL;
+    }
+    long long size = PyLong_AsLongLong(args[1]);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    long long budget = 0;
+    LruRun run = {0, 0, 0, 0, 0};
+    if (lru_run(a, args, 0, 1, size, &budget, NULL, args[2], &run) < 0)
+        return NULL;
+    if (run.overflow)
+        Py_RETURN_NONE;
+    return PyLong_FromSsize_t(run.hits ? -1 : run.evictions);
+}
+
+/* evict_until(limit, on_evict) -> (bytes freed, evictions) */
+static PyObject *Lru_evict_until(Arc *a, PyObject *args) {
+    long long limit;
+    PyObject *on_evict;
+    if (!PyArg_ParseTuple(args, "LO", &limit, &on_evict))
+        return NULL;
+    int64_t freed = 0;
+    Py_ssize_t evictions = 0;
+    if (lru_evict_until(a, limit, on_evict, &freed, &evictions) < 0)
+        return NULL;
+    return Py_BuildValue("Ln", (long long)freed, evictions);
+}
+
+/* remove(key) -> whether it was cached */
+static PyObject *Lru_remove(Arc *a, PyObject *obj) {
+    PyObject *r = Arc_remove(a, obj);
+    if (r == NULL)
+        return NULL;
+    long v = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return PyBool_FromLong(v);
+}
+
+/* sizes() -> (bytes, records) */
+static PyObject *Lru_sizes(Arc *a, PyObject *unused) {
+    return Py_BuildValue("Ln", (long long)a->bytes[LRU], a->count[LRU]);
+}
+
+/* dump() -> [(key, size), ...] oldest first */
+static PyObject *Lru_dump(Arc *a, PyObject *unused) {
+    PyObject *lists = Arc_dump(a, unused);
+    if (lists == NULL)
+        return NULL;
+    PyObject *lst = PyTuple_GET_ITEM(lists, LRU);
+    Py_INCREF(lst);
+    Py_DECREF(lists);
+    return lst;
+}
+
+static PyMethodDef Lru_methods[] = {
+    {"replay", (PyCFunction)(void (*)(void))Lru_replay, METH_FASTCALL,
+     "replay(keys, size, start, budget, payload, on_evict) -> (end, hits, misses, evictions, "
+     "budget_left, overflow)"},
+    {"access", (PyCFunction)(void (*)(void))Lru_access, METH_FASTCALL,
+     "access(key, size, on_evict) -> -1 a hit, else the miss's evictions; None: key > 64 bits"},
+    {"evict_until", (PyCFunction)Lru_evict_until, METH_VARARGS,
+     "evict_until(limit, on_evict) -> (bytes freed, evictions)"},
+    {"remove", (PyCFunction)Lru_remove, METH_O, "remove(key) -> whether it was cached"},
+    {"sizes", (PyCFunction)Lru_sizes, METH_NOARGS, "(bytes, records)"},
+    {"dump", (PyCFunction)Lru_dump, METH_NOARGS, "the list's (key, size), oldest first"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LruType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mmsim.fs.zfs_arc._arc_c.Lru",
+    .tp_basicsize = sizeof(Arc),
+    .tp_dealloc = (destructor)Arc_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "an LRU list of (key, size) records (the state of policy_lru.CLruPolicy)",
+    .tp_methods = Lru_methods,
+    .tp_getset = Arc_getset + 1,  /* capacity only */
+    .tp_as_sequence = &Arc_as_sequence,
+    .tp_new = Arc_new,
+};
+
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_arc_c",
-                                    "ARC's lists and replay loop in C", -1, NULL};
+                                    "ARC's and LRU's lists and replay loops in C", -1, NULL};
+
+static int add_type(PyObject *m, const char *name, PyTypeObject *type) {
+    if (PyType_Ready(type) < 0)
+        return -1;
+    Py_INCREF(type);
+    if (PyModule_AddObject(m, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
 
 PyMODINIT_FUNC PyInit__arc_c(void) {
-    if (PyType_Ready(&ArcType) < 0)
-        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&ArcType);
-    if (PyModule_AddObject(m, "Arc", (PyObject *)&ArcType) < 0) {
-        Py_DECREF(&ArcType);
+    if (add_type(m, "Arc", &ArcType) < 0 || add_type(m, "Lru", &LruType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
