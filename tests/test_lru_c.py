@@ -106,3 +106,24 @@ def test_a_batch_key_beyond_64_bits_hands_the_rest_to_python() -> None:
 
 def test_lru_policy_is_the_c_one_when_built() -> None:
     assert policy_lru.LruPolicy is CLruPolicy and policy_lru.POLICY is CLruPolicy
+
+
+def test_a_cache_beyond_the_c_lists_gets_the_python_twin(tmp_path) -> None:
+    """An ARC size over 2**53 bytes (the C lists' limit) is the pure-Python policy's, with the
+    same hits, and `mmsim run` takes it with no traceback."""
+    from cli_helpers import run as run_cli
+    from mmsim.fs.zfs_arc.policy import C_MAX_CAPACITY
+    from mmsim.fs.zfs_arc.policy_arc import CArcPolicy, PyArcPolicy
+
+    for cls, twin in ((CArcPolicy, PyArcPolicy), (CLruPolicy, PyLruPolicy)):
+        assert type(cls(C_MAX_CAPACITY)) is cls
+        big, pure = cls(C_MAX_CAPACITY + 1), twin(C_MAX_CAPACITY + 1)
+        assert type(big) is twin
+        keys = [random.Random(3).randrange(50) for _ in range(500)]
+        assert [big.access(k, 4096) for k in keys] == [pure.access(k, 4096) for k in keys]
+    trace = tmp_path / "t.lis"
+    trace.write_text("".join(f"{k} 1 0 0\n" for k in range(100)) * 2)
+    for policy in ("arc", "lru"):
+        code, out, err = run_cli("run", str(trace), "--cache-policy", policy,
+                                 "--arc-size", "9000T", "--json", "-", "-q")
+        assert code == 0, err

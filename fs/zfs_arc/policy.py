@@ -22,6 +22,9 @@ EvictFn = Callable[[int], None]
 
 
 NEVER = 1 << 62
+#: the largest capacity the C lists take (their byte counts are compared as doubles with p);
+#: a larger cache gets the pure-Python twin, with the same results
+C_MAX_CAPACITY = 1 << 53
 
 #: the list keys of the summary's ``arc`` section; every policy reports all of them (0 for
 #: the lists it does not have), so summaries of different policies line up key for key

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from mmsim.fs.zfs_arc.policy import CachePolicy, EvictFn, _no_evict
+from mmsim.fs.zfs_arc.policy import C_MAX_CAPACITY, CachePolicy, EvictFn, _no_evict
 
 try:
     if os.environ.get("MMSIM_PURE_PYTHON"):
@@ -249,6 +249,11 @@ class CArcPolicy(PyArcPolicy):
     C: a block trace's requests cost a third of the Python loop's). The counters stay here.
     A key beyond 64 bits (never a block trace's) turns the object into a PyArcPolicy with the
     same state, which carries on."""
+
+    def __new__(cls, capacity: int, *args: Any, **kwargs: Any) -> PyArcPolicy:
+        if capacity > C_MAX_CAPACITY:  # beyond the C lists: the twin, which takes any size
+            return PyArcPolicy(capacity, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self, capacity: int, on_evict: EvictFn = _no_evict, *, c_min: int | None = None

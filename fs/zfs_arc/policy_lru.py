@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from mmsim.fs.zfs_arc.policy import CachePolicy, EvictFn, _no_evict
+from mmsim.fs.zfs_arc.policy import C_MAX_CAPACITY, CachePolicy, EvictFn, _no_evict
 
 try:
     if os.environ.get("MMSIM_PURE_PYTHON"):
@@ -145,6 +145,11 @@ class CLruPolicy(PyLruPolicy):
     LRU on a block trace, the issue's limit. The counters stay here. A key beyond 64 bits
     (never a block trace's) turns the object into a PyLruPolicy with the same state, which
     carries on."""
+
+    def __new__(cls, capacity: int, *args: Any, **kwargs: Any) -> PyLruPolicy:
+        if capacity > C_MAX_CAPACITY:  # beyond the C lists: the twin, which takes any size
+            return PyLruPolicy(capacity, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self, capacity: int, on_evict: EvictFn = _no_evict, *, c_min: int | None = None
