@@ -127,21 +127,23 @@ class PageRangeAllocator:
         """
         rest = run - npages
         new = start + npages
-        if rest >> TREE:  # the run and its rest both in the size-ordered set
-            tree = self._tree
-            key = (rest, new)
-            if tree[-1] == (run, start) and (len(tree) == 1 or tree[-2] < key):
-                tree[-1] = key
-                by_start = self._by_start
-                del by_start[start]
-                by_start[new] = rest
-                self._by_end[new + rest] = new
-                self._after_take(npages)
-                return
-        self._remove(start, run)
-        if rest:
-            self._insert(new, rest)
-        self._after_take(npages)
+        tree = self._tree
+        if rest >> TREE and tree[-1] == (run, start) and (len(tree) == 1
+                                                          or tree[-2] < (rest, new)):
+            tree[-1] = (rest, new)  # the run and its rest both in the size-ordered set
+            by_start = self._by_start
+            del by_start[start]
+            by_start[new] = rest
+            self._by_end[new + rest] = new
+        else:
+            self._remove(start, run)
+            if rest:
+                self._insert(new, rest)
+        self.free_pages -= npages  # _after_take, inlined
+        if self.total_pages - self.free_pages > self.peak_used_pages:
+            self.peak_used_pages = self.total_pages - self.free_pages
+        if self.on_alloc is not None:
+            self.on_alloc(npages)
 
     def _after_take(self, piece_pages: int) -> None:
         """The runs lost ``piece_pages``: the free count, the peak, the pressure hook."""
@@ -219,9 +221,21 @@ class PageRangeAllocator:
             prev_pages = self._by_start[prev_start]
             self._remove(prev_start, prev_pages)
             start, npages = prev_start, npages + prev_pages
-        next_pages = self._by_start.get(start + npages)
+        nxt = start + npages
+        next_pages = self._by_start.get(nxt)
         if next_pages is not None:
-            self._remove(start + npages, next_pages)
+            tree = self._tree
+            if next_pages >> TREE and tree[-1] == (next_pages, nxt):
+                # the set's largest run grows down: the merged run, larger still, takes its
+                # place at the set's end (what _remove then _insert would leave)
+                npages += next_pages
+                tree[-1] = (npages, start)
+                by_start = self._by_start
+                del by_start[nxt]
+                by_start[start] = npages
+                self._by_end[start + npages] = start
+                return
+            self._remove(nxt, next_pages)
             npages += next_pages
         self._insert(start, npages)
 
