@@ -70,7 +70,9 @@ class Reclaimer:
     # -- the allocator's pressure hook ---------------------------------------------------
     def on_alloc(self, npages: int) -> None:
         """Called each time the runs lose pages: wake the reclaimer under the watermark."""
-        if self.ranges.free_pages * PAGE_SIZE + self.jvm_heap_bytes() < self.watermark_lo:
+        ranges = self.ranges
+        if (ranges.free_pages * PAGE_SIZE + self.jvm_heap_bytes()
+                < ranges.total_pages * PAGE_SIZE * WATERMARK_LO_PERCENT // 100):  # watermark_lo
             if self.pending:
                 self.lost_wakes += 1
             else:
@@ -169,7 +171,7 @@ class Reclaimer:
         """Before malloc_large and every L2 refill batch: with shrinkers present, a caller
         finding under 4 MiB free waits for the difference (and so gets a hard pass); with none,
         it goes on and uses up what is left (§5). The reclaimer's own allocations never wait."""
-        free = self.free_bytes()
+        free = self.ranges.free_pages * PAGE_SIZE  # free_bytes(), inlined
         if free < MIN_EMERGENCY_POOL and self.registry.active_count and not self.running:
             self._wait(MIN_EMERGENCY_POOL - free, needless_check=False)
 
