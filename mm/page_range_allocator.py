@@ -79,7 +79,11 @@ class PageRangeAllocator:
         piece_end = piece_start + piece_pages
         if piece_end < end:
             self._insert(piece_end, end - piece_end)
-        self._after_take(piece_pages)
+        self.free_pages -= piece_pages
+        if self.total_pages - self.free_pages > self.peak_used_pages:
+            self.peak_used_pages = self.total_pages - self.free_pages
+        if self.on_alloc is not None:
+            self.on_alloc(piece_pages)
 
     # -- the allocator's interface -------------------------------------------------------
     def add_initial_range(self, start: int, npages: int) -> None:
@@ -115,16 +119,10 @@ class PageRangeAllocator:
                 return None
         else:
             return None
-        self._take_low(start, run, npages)
-        return start
-
-    def _take_low(self, start: int, run: int, npages: int) -> None:
-        """``_take(start, run, start, npages)``: the low ``npages`` of the free run ``start``.
-
-        When the run is the set's largest and the rest stays in the set above the run below
-        it, the rest takes the run's place in the list: the set _remove then _insert would
-        leave, without the shuffle (the dicts lose the run and gain the rest as they would).
-        """
+        # the low npages of the run (_take(start, run, start, npages), inlined). When the run
+        # is the set's largest and the rest stays in the set above the run below it, the rest
+        # takes the run's place in the list: the set _remove then _insert would leave, without
+        # the shuffle (the dicts lose the run and gain the rest as they would)
         rest = run - npages
         new = start + npages
         tree = self._tree
@@ -139,19 +137,12 @@ class PageRangeAllocator:
             self._remove(start, run)
             if rest:
                 self._insert(new, rest)
-        self.free_pages -= npages  # _after_take, inlined
+        self.free_pages -= npages  # as _take does
         if self.total_pages - self.free_pages > self.peak_used_pages:
             self.peak_used_pages = self.total_pages - self.free_pages
         if self.on_alloc is not None:
             self.on_alloc(npages)
-
-    def _after_take(self, piece_pages: int) -> None:
-        """The runs lost ``piece_pages``: the free count, the peak, the pressure hook."""
-        self.free_pages -= piece_pages
-        if self.total_pages - self.free_pages > self.peak_used_pages:
-            self.peak_used_pages = self.total_pages - self.free_pages
-        if self.on_alloc is not None:
-            self.on_alloc(piece_pages)
+        return start
 
     def alloc_pages_bulk(self, npages: int) -> list[tuple[int, int]]:
         """The pages ``npages`` successive single-page allocs would get, as (pfn, n) extents.

@@ -133,7 +133,7 @@ class Malloc:
                     return addr
             pool.unlink(page)  # full: it leaves the list
             return addr
-        return self._std_malloc(size, malloc_alignment(size), cpu)
+        return self._std_malloc(size, 16 if size >= 16 else malloc_alignment(size), cpu)
 
     def memalign(self, align: int, size: int, cpu: int = 0) -> int:
         """posix_memalign/aligned_alloc/memalign; 0 if ``align`` is not a power of two.
