@@ -178,8 +178,10 @@ def attach(kernel: Kernel, mman: Mman, registry: ShrinkerRegistry,
                         lambda extents: kernel.pool.free_pages(extents, kernel.cpu))
     kernel.add_category("arc_headers", lambda: headers.pages * PAGE_SIZE)
 
+    overhead = policy.overhead  # fs.overhead_bytes(): fs.policy is this policy for good
+
     def hold_headers() -> None:
-        npages = -(-fs.overhead_bytes() // PAGE_SIZE)
+        npages = -(-overhead() // PAGE_SIZE)
         if npages != headers.pages:  # hold() would do nothing (most operations touch no ARC)
             headers.hold(npages)
 
