@@ -94,6 +94,8 @@ def attach(kernel: Kernel, registry: ShrinkerRegistry) -> VirtioBalloon:
         kernel.wake_threads()
 
     def poll() -> None:
+        if balloon.next_poll_ns > kernel.clock_ns:
+            return  # balloon.poll would run no poll: nothing moves, nothing to tell
         before = balloon.actual_pages
         failed: OutOfPages | None = None
         try:

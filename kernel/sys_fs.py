@@ -177,7 +177,15 @@ def attach(kernel: Kernel, mman: Mman, registry: ShrinkerRegistry,
     headers = HeldPages(lambda n: kernel.pool.alloc_pages(n, kernel.cpu),
                         lambda extents: kernel.pool.free_pages(extents, kernel.cpu))
     kernel.add_category("arc_headers", lambda: headers.pages * PAGE_SIZE)
-    kernel.add_after_op(lambda: headers.hold(-(-fs.overhead_bytes() // PAGE_SIZE)))
+
+    overhead = policy.overhead  # fs.overhead_bytes(): fs.policy is this policy for good
+
+    def hold_headers() -> None:
+        npages = -(-overhead() // PAGE_SIZE)
+        if npages != headers.pages:  # hold() would do nothing (most operations touch no ARC)
+            headers.hold(npages)
+
+    kernel.add_after_op(hold_headers)
     pc = mman.use_page_cache(ArcMappings(fs))  # file mmap shares the ARC's buffers (§7)
     fs.on_unmap = pc.invalidate
     fs.on_file_gone = pc.forget  # an unlinked file's write-cache pages go with it

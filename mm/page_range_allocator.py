@@ -4,16 +4,22 @@ A free run of n pages lives on list floor(log2 n) when that order is below 16, e
 ordered by size (reference §2). Lists are LIFO: a dict per order keeps insertion order, so its
 "front" is the most recently inserted key and removing any run is O(1). Runs are keyed by their
 first page frame number (pfn); the state is one entry per free run, never one per page.
+
+The size-ordered set holds only runs of 2**16 pages (256 MiB) or more, so it is a handful of
+runs: a plain list kept sorted (bisect) serves it faster than a balanced structure would. The
+hot paths (taking the low part of a run, freeing) inline the container updates; each does the
+same inserts and deletes, in the same order, as :meth:`_remove` then :meth:`_insert` would.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator
 
 from mmsim.mm.constants import PAGE_RANGES_MAX_ORDER
-from sortedcontainers import SortedList
 
 TREE = PAGE_RANGES_MAX_ORDER  # container index of the size-ordered set
+_LISTS = (1 << TREE) - 1  # mask bits of the lists
 
 
 def run_order(npages: int) -> int:
@@ -21,16 +27,12 @@ def run_order(npages: int) -> int:
     return min(npages.bit_length() - 1, TREE)
 
 
-def _ceil_order(npages: int) -> int:
-    return min((npages - 1).bit_length(), TREE)
-
-
 class PageRangeAllocator:
     """Free physical memory as coalesced runs of pages, with OSv's allocation policy."""
 
     def __init__(self) -> None:
         self._lists: list[dict[int, int]] = [{} for _ in range(TREE)]
-        self._tree: SortedList = SortedList()  # (npages, start)
+        self._tree: list[tuple[int, int]] = []  # (npages, start), ascending
         self._by_start: dict[int, int] = {}
         self._by_end: dict[int, int] = {}  # exclusive end pfn -> start pfn
         self._mask = 0  # bit k set iff container k is non-empty
@@ -43,9 +45,10 @@ class PageRangeAllocator:
 
     # -- containers ---------------------------------------------------------------------
     def _insert(self, start: int, npages: int) -> None:
-        order = run_order(npages)
-        if order == TREE:
-            self._tree.add((npages, start))
+        order = npages.bit_length() - 1  # run_order, inlined
+        if order >= TREE:
+            order = TREE
+            insort(self._tree, (npages, start))
         else:
             self._lists[order][start] = npages
         self._mask |= 1 << order
@@ -53,10 +56,11 @@ class PageRangeAllocator:
         self._by_end[start + npages] = start
 
     def _remove(self, start: int, npages: int) -> None:
-        order = run_order(npages)
-        if order == TREE:
-            self._tree.remove((npages, start))
-            if not self._tree:
+        order = npages.bit_length() - 1  # run_order, inlined
+        if order >= TREE:
+            tree = self._tree
+            del tree[bisect_left(tree, (npages, start))]  # always there: runs are in one place
+            if not tree:
                 self._mask &= ~(1 << TREE)
         else:
             lst = self._lists[order]
@@ -93,9 +97,11 @@ class PageRangeAllocator:
         """Allocate ``npages``; the caller gets the low part of the chosen run (§2)."""
         if npages <= 0:
             raise ValueError("alloc of no pages")
-        e = _ceil_order(npages)
+        e = (npages - 1).bit_length()  # the order npages rounds up to
+        if e > TREE:
+            e = TREE
         eligible = self._mask >> e << e
-        if eligible & ((1 << TREE) - 1):
+        if eligible & _LISTS:
             order = (eligible & -eligible).bit_length() - 1
             lst = self._lists[order]
             start = next(reversed(lst))
@@ -113,7 +119,29 @@ class PageRangeAllocator:
                 return None
         else:
             return None
-        self._take(start, run, start, npages)
+        # the low npages of the run (_take(start, run, start, npages), inlined). When the run
+        # is the set's largest and the rest stays in the set above the run below it, the rest
+        # takes the run's place in the list: the set _remove then _insert would leave, without
+        # the shuffle (the dicts lose the run and gain the rest as they would)
+        rest = run - npages
+        new = start + npages
+        tree = self._tree
+        if rest >> TREE and tree[-1] == (run, start) and (len(tree) == 1
+                                                          or tree[-2] < (rest, new)):
+            tree[-1] = (rest, new)  # the run and its rest both in the size-ordered set
+            by_start = self._by_start
+            del by_start[start]
+            by_start[new] = rest
+            self._by_end[new + rest] = new
+        else:
+            self._remove(start, run)
+            if rest:
+                self._insert(new, rest)
+        self.free_pages -= npages  # as _take does
+        if self.total_pages - self.free_pages > self.peak_used_pages:
+            self.peak_used_pages = self.total_pages - self.free_pages
+        if self.on_alloc is not None:
+            self.on_alloc(npages)
         return start
 
     def alloc_pages_bulk(self, npages: int) -> list[tuple[int, int]]:
@@ -184,9 +212,21 @@ class PageRangeAllocator:
             prev_pages = self._by_start[prev_start]
             self._remove(prev_start, prev_pages)
             start, npages = prev_start, npages + prev_pages
-        next_pages = self._by_start.get(start + npages)
+        nxt = start + npages
+        next_pages = self._by_start.get(nxt)
         if next_pages is not None:
-            self._remove(start + npages, next_pages)
+            tree = self._tree
+            if next_pages >> TREE and tree[-1] == (next_pages, nxt):
+                # the set's largest run grows down: the merged run, larger still, takes its
+                # place at the set's end (what _remove then _insert would leave)
+                npages += next_pages
+                tree[-1] = (npages, start)
+                by_start = self._by_start
+                del by_start[nxt]
+                by_start[start] = npages
+                self._by_end[start + npages] = start
+                return
+            self._remove(nxt, next_pages)
             npages += next_pages
         self._insert(start, npages)
 

@@ -18,6 +18,11 @@ from mmsim.mm.page_range_allocator import PageRangeAllocator
 from mmsim.shrinker.registry import ShrinkerRegistry
 
 
+def _no_jvm_heap() -> int:
+    """No JVM heap counts as free (the default of :attr:`Reclaimer.jvm_heap_bytes`)."""
+    return 0
+
+
 class ReclaimFailed(OutOfPages):
     """Out of memory: the reclaimer could not make a single free run large enough."""
 
@@ -50,7 +55,7 @@ class Reclaimer:
         self.running = False
         self.last_target = 0
         #: bytes of JVM heap counted as free while the balloon is on (§5 on_alloc); 0 otherwise
-        self.jvm_heap_bytes: Callable[[], int] = lambda: 0
+        self.jvm_heap_bytes: Callable[[], int] = _no_jvm_heap
         #: observers told of each pass: fn(target, hard, freed)
         self.on_pass: list[Callable[[int, bool, int], None]] = []
 
@@ -70,7 +75,10 @@ class Reclaimer:
     # -- the allocator's pressure hook ---------------------------------------------------
     def on_alloc(self, npages: int) -> None:
         """Called each time the runs lose pages: wake the reclaimer under the watermark."""
-        if self.ranges.free_pages * PAGE_SIZE + self.jvm_heap_bytes() < self.watermark_lo:
+        ranges = self.ranges
+        jvm = self.jvm_heap_bytes
+        if (ranges.free_pages * PAGE_SIZE + (0 if jvm is _no_jvm_heap else jvm())
+                < ranges.total_pages * PAGE_SIZE * WATERMARK_LO_PERCENT // 100):  # watermark_lo
             if self.pending:
                 self.lost_wakes += 1
             else:
@@ -169,7 +177,7 @@ class Reclaimer:
         """Before malloc_large and every L2 refill batch: with shrinkers present, a caller
         finding under 4 MiB free waits for the difference (and so gets a hard pass); with none,
         it goes on and uses up what is left (§5). The reclaimer's own allocations never wait."""
-        free = self.free_bytes()
+        free = self.ranges.free_pages * PAGE_SIZE  # free_bytes(), inlined
         if free < MIN_EMERGENCY_POOL and self.registry.active_count and not self.running:
             self._wait(MIN_EMERGENCY_POOL - free, needless_check=False)
 

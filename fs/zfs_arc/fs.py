@@ -257,8 +257,7 @@ class ZfsFileSystem:
     def overhead_bytes(self) -> int:
         """Bytes of the ARC's size that are no buffer pages: its headers and dbufs/dnodes
         (hdr_size + other_size), which OSv mallocs (kmem_cache_alloc -> malloc)."""
-        _, hdr, other = self.policy.space()
-        return hdr + other
+        return self.policy.overhead()
 
     # -- the cache -------------------------------------------------------------------------
     def _on_evict(self, key: int) -> None:

@@ -155,6 +155,11 @@ class CachePolicy(ABC):
         headers and dbufs; the other policies' size is all data."""
         return self.size, 0, 0
 
+    def overhead(self) -> int:
+        """hdr_size + other_size of :meth:`space`: the bytes of the size that are no data."""
+        _, hdr, other = self.space()
+        return hdr + other
+
     def charge(self, data: int, hdr: int, other: int) -> None:
         """Bytes in the size but on no list (ZFS: held metadata blocks, their headers and
         dbufs); policies that do not model them ignore it."""

@@ -408,6 +408,11 @@ class ZfsArcPolicy(CachePolicy):
     def space(self) -> tuple[int, int, int]:
         return self.data_size, self.hdr_size, self.other_size
 
+    def overhead(self) -> int:
+        """:meth:`space`'s hdr_size + other_size, without adding up the data (after every
+        operation that moves memory: the ARC's headers are held in pages)."""
+        return self.hdr_size + self.other_size
+
     @property
     def target(self) -> int:
         return self.c

@@ -118,17 +118,23 @@ class LargeAllocator:
             return self.mapped[header] - (addr - header)
         return (self.runs[(header - MAIN_AREA) >> PAGE_SHIFT] << PAGE_SHIFT) - (addr - header)
 
-    def free(self, addr: int) -> None:
-        header = self.header_of(addr)
+    def free(self, addr: int) -> bool:
+        """Free the allocation at ``addr``; False (and nothing changes) if it is none of ours."""
+        header = (addr - 1) & ~(PAGE_SIZE - 1)  # header_of, inlined
         if header < MAIN_AREA:
-            total = self.mapped.pop(header)
+            total = self.mapped.pop(header, None)
+            if total is None:
+                return False
             self.mapped_bytes -= total
             self.mapper.unmap(header, total)
-            return
+            return True
         pfn = (header - MAIN_AREA) >> PAGE_SHIFT
-        npages = self.runs.pop(pfn)
+        npages = self.runs.pop(pfn, None)
+        if npages is None:
+            return False
         self.run_pages -= npages
         self.ranges.free(pfn, npages)
+        return True
 
     def owns(self, addr: int) -> bool:
         header = self.header_of(addr)

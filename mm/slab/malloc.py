@@ -133,7 +133,7 @@ class Malloc:
                     return addr
             pool.unlink(page)  # full: it leaves the list
             return addr
-        return self._std_malloc(size, malloc_alignment(size), cpu)
+        return self._std_malloc(size, 16 if size >= 16 else malloc_alignment(size), cpu)
 
     def memalign(self, align: int, size: int, cpu: int = 0) -> int:
         """posix_memalign/aligned_alloc/memalign; 0 if ``align`` is not a power of two.
@@ -178,28 +178,31 @@ class Malloc:
     def _std_malloc(self, size: int, align: int, cpu: int) -> int:
         if size > _MAX_SIZE:
             return 0
-        smp = self.pool.smp
-        kind, detail = route(size, align, smp)
-        if kind == "pool":
-            pool = self._pools[cpu][POOL_CLASSES.index(detail)]
-            if pool.head is None:
-                self._add_page(pool, cpu)
-            return pool.alloc()
-        if kind == "early":
-            before = self.early.npages
-            addr = self.early.alloc(size, align)
-            self._grow_heap((self.early.npages - before) << PAGE_SHIFT)
-            return addr
-        if kind == "page":
-            pfn = self.pool.alloc_page(cpu if smp else 0)
-            self._whole.add(pfn)
-            self._grow_heap(PAGE_SIZE)
-            return PAGE_AREA + (pfn << PAGE_SHIFT)
+        if size <= PAGE_SIZE:  # beyond a page, route() answers LARGE or MAPPED whatever else
+            smp = self.pool.smp
+            kind, detail = route(size, align, smp)
+            if kind == "pool":
+                pool = self._pools[cpu][POOL_CLASSES.index(detail)]
+                if pool.head is None:
+                    self._add_page(pool, cpu)
+                return pool.alloc()
+            if kind == "early":
+                before = self.early.npages
+                addr = self.early.alloc(size, align)
+                self._grow_heap((self.early.npages - before) << PAGE_SHIFT)
+                return addr
+            if kind == "page":
+                pfn = self.pool.alloc_page(cpu if smp else 0)
+                self._whole.add(pfn)
+                self._grow_heap(PAGE_SIZE)
+                return PAGE_AREA + (pfn << PAGE_SHIFT)
         self._cpu = cpu
         large = self.large
         before = (large.run_pages << PAGE_SHIFT) + large.mapped_bytes
         addr = large.alloc(size, align)
-        self._grow_heap((large.run_pages << PAGE_SHIFT) + large.mapped_bytes - before)
+        self.heap_bytes += (large.run_pages << PAGE_SHIFT) + large.mapped_bytes - before
+        if self.heap_bytes > self.heap_bytes_peak:  # _grow_heap, inlined
+            self.heap_bytes_peak = self.heap_bytes
         return addr
 
     def _add_page(self, pool: Pool, cpu: int) -> PoolPage:
@@ -243,12 +246,12 @@ class Malloc:
             self.heap_bytes -= PAGE_SIZE
             self.pool.free_page(pfn, cpu if self.pool.smp else 0)
         elif area == _AREA_MAIN or (0 < addr < MAIN_AREA):
-            if not self.large.owns(addr):
-                raise InvalidPointer(f"free({addr:#x}): not a large allocation")
-            self._cpu = cpu
             large = self.large
             before = (large.run_pages << PAGE_SHIFT) + large.mapped_bytes
-            large.free(addr)
+            cpu_was, self._cpu = self._cpu, cpu
+            if not large.free(addr):  # one lookup: owns() and free() in one
+                self._cpu = cpu_was
+                raise InvalidPointer(f"free({addr:#x}): not a large allocation")
             self.heap_bytes += (large.run_pages << PAGE_SHIFT) + large.mapped_bytes - before
         elif addr:
             raise InvalidPointer(f"free({addr:#x}): outside malloc's areas")
