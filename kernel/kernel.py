@@ -308,17 +308,9 @@ class Kernel:
         follows every operation, for the call before it (the fill threads, the kernel threads,
         the hooks) if anything moved, as after an operation of its own; then the event and
         line that a reclaim or an out-of-memory during this call reports."""
-        pool = self.pool
-        if pool.woken or self.ranges.free_pages != self._hooks_free or self._wakeups:
+        if self.pool.woken or self.ranges.free_pages != self._hooks_free or self._wakeups:
             self.events = self._batch_base + index
-            try:  # settle(), inlined: a large malloc's every call comes here
-                if pool.woken:
-                    pool.run_fill_threads()
-                if (self.clock_ns != self._hooks_clock or self._wakeups
-                        or self.ranges.free_pages != self._hooks_free):
-                    self._run_hooks()
-            except OutOfPages as e:
-                self._out_of_memory(e, _ThreadOp(self.line))
+            self.settle()
         self.events = self._batch_base + index
         self.line = line
         self.op_kind = kind
