@@ -45,6 +45,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, TextIO
 
 from .ops import Op, TraceError, quick_op
+from .source import MAX_LINE_BYTES, compression_of, open_trace_binary
 
 try:
     if os.environ.get("MMSIM_PURE_PYTHON"):
@@ -52,7 +53,6 @@ try:
     import mmsim.trace._mtrace_c as _mtrace_c  # not "from mmsim.trace import": no import cycle
 except ImportError:  # not compiled on this machine, or turned off: the pure-Python twin
     _mtrace_c = None
-from .source import MAX_LINE_BYTES, compression_of, open_trace_binary
 
 if TYPE_CHECKING:
     from .registry import TracePeek
