@@ -79,11 +79,15 @@ class PageRangeAllocator:
         piece_end = piece_start + piece_pages
         if piece_end < end:
             self._insert(piece_end, end - piece_end)
-        self.free_pages -= piece_pages
+        self._taken(piece_pages)
+
+    def _taken(self, npages: int) -> None:
+        """``npages`` left the free runs: the counts, the peak, the pressure hook."""
+        self.free_pages -= npages
         if self.total_pages - self.free_pages > self.peak_used_pages:
             self.peak_used_pages = self.total_pages - self.free_pages
         if self.on_alloc is not None:
-            self.on_alloc(piece_pages)
+            self.on_alloc(npages)
 
     # -- the allocator's interface -------------------------------------------------------
     def add_initial_range(self, start: int, npages: int) -> None:
@@ -137,11 +141,7 @@ class PageRangeAllocator:
             self._remove(start, run)
             if rest:
                 self._insert(new, rest)
-        self.free_pages -= npages  # as _take does
-        if self.total_pages - self.free_pages > self.peak_used_pages:
-            self.peak_used_pages = self.total_pages - self.free_pages
-        if self.on_alloc is not None:
-            self.on_alloc(npages)
+        self._taken(npages)
         return start
 
     def alloc_pages_bulk(self, npages: int) -> list[tuple[int, int]]:

@@ -75,10 +75,9 @@ class Reclaimer:
     # -- the allocator's pressure hook ---------------------------------------------------
     def on_alloc(self, npages: int) -> None:
         """Called each time the runs lose pages: wake the reclaimer under the watermark."""
-        ranges = self.ranges
-        jvm = self.jvm_heap_bytes
-        if (ranges.free_pages * PAGE_SIZE + (0 if jvm is _no_jvm_heap else jvm())
-                < ranges.total_pages * PAGE_SIZE * WATERMARK_LO_PERCENT // 100):  # watermark_lo
+        jvm = self.jvm_heap_bytes  # (not called when it is the default: a large malloc's path)
+        if (self.ranges.free_pages * PAGE_SIZE + (0 if jvm is _no_jvm_heap else jvm())
+                < self.watermark_lo):
             if self.pending:
                 self.lost_wakes += 1
             else:
@@ -177,7 +176,7 @@ class Reclaimer:
         """Before malloc_large and every L2 refill batch: with shrinkers present, a caller
         finding under 4 MiB free waits for the difference (and so gets a hard pass); with none,
         it goes on and uses up what is left (§5). The reclaimer's own allocations never wait."""
-        free = self.ranges.free_pages * PAGE_SIZE  # free_bytes(), inlined
+        free = self.free_bytes()
         if free < MIN_EMERGENCY_POOL and self.registry.active_count and not self.running:
             self._wait(MIN_EMERGENCY_POOL - free, needless_check=False)
 

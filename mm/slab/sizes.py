@@ -104,8 +104,8 @@ def large_layout(size: int, align: int) -> tuple[int, int]:
     The header is a page_range; the object follows it at the first aligned offset, or a whole
     page later for alignments of a page or more.
     """
-    offset = -(-RANGE_HEADER // align) * align if align < PAGE_SIZE else PAGE_SIZE
-    return offset, -(-(size + offset) // PAGE_SIZE) * PAGE_SIZE  # _align_up, inlined
+    offset = _align_up(RANGE_HEADER, align) if align < PAGE_SIZE else PAGE_SIZE
+    return offset, _align_up(size + offset, PAGE_SIZE)
 
 
 def _align_up(n: int, a: int) -> int:

@@ -764,18 +764,14 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
     if (nt == 0)
         goto done;
     return JUNK;
+fail:
+    status = -1;
 done:
     Py_XDECREF(k->kp);
     Py_XDECREF(h);
     Py_XDECREF(size);
     Py_XDECREF(site);
     return status;
-fail:
-    Py_XDECREF(k->kp);
-    Py_XDECREF(h);
-    Py_XDECREF(size);
-    Py_XDECREF(site);
-    return -1;
 }
 static PyObject *ChunkParser_parse(ChunkParser *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyList_Check(args[0])) {
