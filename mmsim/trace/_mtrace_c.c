@@ -28,8 +28,13 @@ static PyObject *deque_type;
 
 typedef struct {
     uint64_t key;
-    PyObject *val; /* NULL: an empty slot */
+    uintptr_t val; /* the value, a PyObject *, with MOVED in its low bit; 0: an empty slot */
 } Slot;
+
+/* the live map's mark that its value is in the moved set (a handle a realloc moved off its
+   pointer), so a free need not look it up there; objects are aligned, the bit is free */
+#define MOVED ((uintptr_t)1)
+#define VAL(slot) ((PyObject *)((slot).val & ~MOVED))
 
 typedef struct {
     Slot *slots;
@@ -350,15 +355,17 @@ static PyObject *key_str(Key *k) {
 }
 
 static inline size_t slot_of(uint64_t key, size_t mask) {
-    /* keyed by the process's str hash secret (PYTHONHASHSEED), as Python's dicts are: a log
-       cannot be made of pointers that all collide */
-    key ^= (uint64_t)_Py_HashSecret.siphash.k0;
-    key ^= key >> 33; /* murmur3's finalizer: each bit of the pointer moves the low ones */
-    key *= 0xff51afd7ed558ccdull;
-    key ^= key >> 33;
-    key *= 0xc4ceb9fe1a85ec53ull;
-    key ^= key >> 33;
-    return (size_t)key & mask;
+    /* a pointer's 4 KiB page is hashed, keyed by the process's str hash secret
+       (PYTHONHASHSEED) as Python's dicts are, so that a log cannot be made of pointers that
+       all collide; its 16-byte granule in the page is added, so that the blocks of one page
+       (made and freed together) share a few cache lines of the table */
+    uint64_t page = (key >> 12) ^ (uint64_t)_Py_HashSecret.siphash.k0;
+    page ^= page >> 33; /* murmur3's finalizer: each bit of the page number moves the low ones */
+    page *= 0xff51afd7ed558ccdull;
+    page ^= page >> 33;
+    page *= 0xc4ceb9fe1a85ec53ull;
+    page ^= page >> 33;
+    return (size_t)(page + ((key >> 4) & 255)) & mask;
 }
 
 static int pm_init(PtrMap *m) {
@@ -376,7 +383,10 @@ static int pm_init(PtrMap *m) {
 static void pm_clear(PtrMap *m) {
     if (m->slots && m->count)
         for (size_t i = 0; i <= m->mask; i++)
-            Py_CLEAR(m->slots[i].val);
+            if (m->slots[i].val) {
+                Py_DECREF(VAL(m->slots[i]));
+                m->slots[i].val = 0;
+            }
     m->count = 0;
 }
 
@@ -424,7 +434,7 @@ static void pm_delete_at(PtrMap *m, size_t i) {
             i = j;
         }
     }
-    m->slots[i].val = NULL;
+    m->slots[i].val = 0;
     m->count--;
 }
 
@@ -433,36 +443,44 @@ static Py_ssize_t pm_len(const PtrMap *m) { return (Py_ssize_t)m->count + PyDict
 /* m[k] (borrowed), NULL if none (an exception set if one failed) */
 static PyObject *pm_get(PtrMap *m, Key *k) {
     if (k->canon)
-        return m->slots[pm_find(m, k->v)].val;
+        return VAL(m->slots[pm_find(m, k->v)]);
     PyObject *kp = key_str(k);
     return kp ? PyDict_GetItemWithError(m->other, kp) : NULL;
 }
 
-static int pm_set(PtrMap *m, Key *k, PyObject *v) {
+/* m[k] = v, with the MOVED mark if moved (kept for a pointer of glibc's form only) */
+static int pm_set_mark(PtrMap *m, Key *k, PyObject *v, int moved) {
     if (!k->canon) {
         PyObject *kp = key_str(k);
         return kp ? PyDict_SetItem(m->other, kp, v) : -1;
     }
     size_t i = pm_find(m, k->v);
     if (!m->slots[i].val) {
-        if ((m->count + 1) * 4 > (m->mask + 1) * 3) {
+        if ((m->count + 1) * 2 > m->mask + 1) { /* at most half full: short runs to probe */
             if (pm_grow(m) < 0)
                 return -1;
             i = pm_find(m, k->v);
         }
         m->count++;
         m->slots[i].key = k->v;
+    } else {
+        Py_DECREF(VAL(m->slots[i]));
     }
     Py_INCREF(v);
-    Py_XSETREF(m->slots[i].val, v);
+    m->slots[i].val = (uintptr_t)v | (moved ? MOVED : 0);
     return 0;
 }
 
-/* m.pop(k, None): a new reference, or NULL (an exception set if one failed) */
-static PyObject *pm_pop(PtrMap *m, Key *k) {
+static int pm_set(PtrMap *m, Key *k, PyObject *v) { return pm_set_mark(m, k, v, 0); }
+
+/* m.pop(k, None): a new reference, or NULL (an exception set if one failed); *moved is its
+   MOVED mark, -1 if the map does not know (a pointer not of glibc's form) */
+static PyObject *pm_pop(PtrMap *m, Key *k, int *moved) {
+    *moved = -1;
     if (k->canon) {
         size_t i = pm_find(m, k->v);
-        PyObject *v = m->slots[i].val;
+        PyObject *v = VAL(m->slots[i]);
+        *moved = (m->slots[i].val & MOVED) != 0;
         if (v)
             pm_delete_at(m, i);
         return v;
@@ -626,15 +644,16 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
                 if (!h)
                     goto fail;
             }
+            int home = handle_is(h, k);
             if (old) {
                 if (!key_str(k))
                     goto fail;
                 TRY(later_append(self, k->kp, h));
                 TRY(count(self, k_reused));
             } else {
-                TRY(pm_set(&self->live, k, h));
+                TRY(pm_set_mark(&self->live, k, h, !home));
             }
-            if (!handle_is(h, k)) {
+            if (!home) {
                 TRY(PySet_Add(self->moved, h));
             } else if (PySet_GET_SIZE(self->moved)) {
                 TRY(PySet_Discard(self->moved, h));
@@ -666,7 +685,8 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
             if (nt > 2 && !at)
                 return CHECK;
             key_of(k, line, ascii, kind, data, ps, pe);
-            h = pm_pop(&self->live, k);
+            int was_moved;
+            h = pm_pop(&self->live, k, &was_moved);
             if (h) {
                 if (PyDict_GET_SIZE(self->later)) {
                     if (!key_str(k))
@@ -681,7 +701,8 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
                         Py_DECREF(younger);
                         if (!y)
                             goto fail;
-                        int rc = pm_set(&self->live, k, y);
+                        int mv = PySet_GET_SIZE(self->moved) ? PySet_Contains(self->moved, y) : 0;
+                        int rc = mv < 0 ? -1 : pm_set_mark(&self->live, k, y, mv);
                         Py_DECREF(y);
                         TRY(rc);
                         TRY(left);
@@ -689,7 +710,7 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
                             TRY(PyDict_DelItem(self->later, k->kp));
                     }
                 }
-                if (PySet_GET_SIZE(self->moved))
+                if (was_moved && PySet_GET_SIZE(self->moved)) /* -1: not known, look */
                     TRY(PySet_Discard(self->moved, h));
                 if (minus) {
                     TRY(pm_set(&self->dead, k, h));
@@ -742,11 +763,12 @@ static int parse_line(ChunkParser *self, PyObject *out, PyObject *line, Py_ssize
                     TRY(emit(out, s_free, n, h, s_zero, Py_None));
                     goto done;
                 }
-                PyObject *gone = pm_pop(&self->dead, k);
+                int unused;
+                PyObject *gone = pm_pop(&self->dead, k, &unused);
                 if (!gone && PyErr_Occurred())
                     goto fail;
                 Py_XDECREF(gone);
-                gone = pm_pop(&self->dead_old, k);
+                gone = pm_pop(&self->dead_old, k, &unused);
                 if (!gone && PyErr_Occurred())
                     goto fail;
                 Py_XDECREF(gone);
