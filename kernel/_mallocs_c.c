@@ -53,7 +53,7 @@ static PyObject *a_kernel, *a_live, *a__freed, *a__freed_old, *a_leaked, *a_mall
     *a_heap_at_peak, *a_heap_bytes, *a__add_page, *a_batch_failed, *a_kind, *a_line,
     *a_handle, *a_size, *a_site, *a_woken, *a_ranges, *a_free_pages, *a__hooks_free,
     *a__wakeups, *a__l1, *a__whole, *a_heap_bytes_peak, *a__at_live_peak, *a__stale_live, *a__stale_use, *a_pool_pages_returned;
-static PyObject *one;
+static PyObject *one, *zero;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
@@ -859,6 +859,16 @@ static PyObject *new_block(PyObject *addr, PyObject *size, PyObject *site)
     return t;
 }
 
+/* sys_malloc._hashed_dict(): an empty dict whose table keeps its keys' hashes (a key not a
+ * str has been in it) */
+static PyObject *hashed_dict(void)
+{
+    PyObject *d = PyDict_New();
+    if (d != NULL && (PyDict_SetItem(d, zero, Py_None) || PyDict_DelItem(d, zero)))
+        Py_CLEAR(d);
+    return d;
+}
+
 enum { K_MALLOC, K_FREE, K_REALLOC, K_OTHER };
 
 static int kind_of(PyObject *kind)
@@ -1033,7 +1043,7 @@ static int apply(Loop *L, PyObject *rec, long long size)
             if (PyDict_SetItem(L->freed, handle, L->line))
                 return -1;
             if (PyDict_GET_SIZE(L->freed) >= HALF) {
-                PyObject *fresh = PyDict_New();
+                PyObject *fresh = hashed_dict();
                 if (fresh == NULL || PyObject_SetAttr(L->face, a__freed_old, L->freed)
                     || PyObject_SetAttr(L->face, a__freed, fresh)) {
                     Py_XDECREF(fresh);
@@ -1362,7 +1372,7 @@ PyMODINIT_FUNC PyInit__mallocs_c(void)
     INTERN(a_heap_bytes_peak, "heap_bytes_peak");
     INTERN(a__stale_live, "_stale_live");
     INTERN(a__stale_use, "_stale_use");
-    if ((one = PyLong_FromLong(1)) == NULL)
+    if ((one = PyLong_FromLong(1)) == NULL || (zero = PyLong_FromLong(0)) == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -66,6 +66,19 @@ if _mallocs_c is not None:
     _mallocs_c.setup(Pool, PoolPage, VmError, OutOfPages, _HALF, MEMPOOL_AREA, PAGE_SHIFT,
                      PAGE_AREA, L1_LO, L1_HI)
 PEAK_SITES = 10  # call sites in the summary's peak snapshot
+
+
+def _hashed_dict() -> dict[Any, Any]:
+    """An empty dict whose table keeps each key's hash beside it, as it does once a key other
+    than a str has been in it (CPython keeps str-only tables without them, and a probe that
+    meets another key must then read that key's hash from the str itself: one more cache miss
+    in a table of 100 k handles). The handle maps of a replay are such tables; the C loop
+    makes its own the same way. Any other Python: a plain dict."""
+    d: dict[Any, Any] = {0: None}
+    del d[0]
+    return d
+
+
 _CLASS_NAMES = [str(s) for s in POOL_CLASSES]
 #: a live block: (address, requested size, the caller's site or None)
 Block = tuple[int, int, "str | None"]
@@ -81,9 +94,9 @@ class MallocFace:
         self.kernel = kernel
         self.malloc = Malloc(kernel.pool, space)
         self.malloc.wait_for_minimum_memory = reclaimer.wait_for_minimum_memory
-        self.live: dict[str, Block] = {}  # handle -> its block
+        self.live: dict[str, Block] = _hashed_dict()  # handle -> its block
         self.leaked: list[Block] = []  # blocks whose handle was bound again
-        self._freed: dict[str, int] = {}  # handle -> line of its free (newest half)
+        self._freed: dict[str, int] = _hashed_dict()  # handle -> line of its free (newest half)
         self._freed_old: dict[str, int] = {}
         self.n_malloc = self.n_calloc = self.n_memalign = self.n_realloc = self.n_free = 0
         self._malloc = self.malloc.malloc
@@ -286,7 +299,7 @@ class MallocFace:
                         freed[handle] = line
                         if len(freed) >= _HALF:
                             self._freed_old = freed
-                            self._freed = freed = {}
+                            self._freed = freed = _hashed_dict()
                     else:  # a realloc or a bad free: the general path
                         store(live_bytes, peak, pending, nm, nf, nr, nb, nbytes, unattributed)
                         nm = nf = nr = nb = nbytes = unattributed = 0
@@ -384,7 +397,7 @@ class MallocFace:
         freed[handle] = line
         if len(freed) >= _HALF:
             self._freed_old = freed
-            self._freed = {}
+            self._freed = _hashed_dict()
 
     def _fail(self, handle: str, line: int) -> None:
         """A call that binds ``handle`` returned NULL here (the application's did not)."""
