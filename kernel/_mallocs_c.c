@@ -37,7 +37,7 @@
 static PyObject *VmError, *OutOfPages;
 static PyTypeObject *PoolPageType, *PoolType;
 static Py_ssize_t HALF;
-static long long MEMPOOL_AREA, PAGE_AREA;
+static long long MEMPOOL_AREA, PAGE_AREA, MAIN_AREA, HUGE_PAGE, LARGE_OFFSET;
 static int PAGE_SHIFT;
 static Py_ssize_t L1_LO, L1_HI;
 
@@ -52,7 +52,9 @@ static PyObject *a_kernel, *a_live, *a__freed, *a__freed_old, *a_leaked, *a_mall
     *a_live_bytes_peak, *a_peak_pending, *a__store, *a__fail, *a_failed, *a__handlers,
     *a_heap_at_peak, *a_heap_bytes, *a__add_page, *a_batch_failed, *a_kind, *a_line,
     *a_handle, *a_size, *a_site, *a_woken, *a_ranges, *a_free_pages, *a__hooks_free,
-    *a__wakeups, *a__l1, *a__whole, *a_heap_bytes_peak, *a__at_live_peak, *a__stale_live, *a__stale_use, *a_pool_pages_returned;
+    *a__wakeups, *a__l1, *a__whole, *a_heap_bytes_peak, *a__at_live_peak, *a__stale_live, *a__stale_use, *a_pool_pages_returned,
+    *a_large, *a_runs, *a_run_pages, *a_mapped_bytes, *a_alloc, *a_wait_for_minimum_memory,
+    *a__map, *a__cpu;
 static PyObject *one, *zero;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -140,8 +142,9 @@ static PyObject *setup(PyObject *mod, PyObject *args)
     Py_ssize_t half, lo, hi;
     long long area, page_area;
     int shift;
-    if (!PyArg_ParseTuple(args, "O!O!OOnLiLnn", &PyType_Type, &pool_t, &PyType_Type, &page_t,
-                          &vm, &oop, &half, &area, &shift, &page_area, &lo, &hi))
+    if (!PyArg_ParseTuple(args, "O!O!OOnLiLnnLLL", &PyType_Type, &pool_t, &PyType_Type, &page_t,
+                          &vm, &oop, &half, &area, &shift, &page_area, &lo, &hi, &MAIN_AREA,
+                          &HUGE_PAGE, &LARGE_OFFSET))
         return NULL;
     if (slot_offset(page_t, "cpu", &pg_cpu) || slot_offset(page_t, "end", &pg_end)
         || slot_offset(page_t, "fresh", &pg_fresh) || slot_offset(page_t, "freed", &pg_freed)
@@ -543,14 +546,15 @@ static int page_cache(Loop *L, PyObject *pool)
     return 0;
 }
 
-/* Malloc._grow_heap(delta) (heap_bytes and its peak) */
-static int grow_heap(Loop *L, long long delta)
+/* Malloc._grow_heap(delta) (heap_bytes and its peak); heap_bytes += delta alone where the
+ * Python adds without a peak (a free) */
+static int add_heap(Loop *L, long long delta, int peak_too)
 {
     Py_CLEAR(L->heap);
     PyObject *hb = PyObject_GetAttr(L->m, a_heap_bytes), *d = PyLong_FromLongLong(delta);
     PyObject *nhb = hb && d ? PyNumber_Add(hb, d) : NULL, *peak = NULL;
     int r = nhb ? PyObject_SetAttr(L->m, a_heap_bytes, nhb) : -1;
-    if (r == 0 && delta > 0) {
+    if (r == 0 && peak_too) {
         peak = PyObject_GetAttr(L->m, a_heap_bytes_peak);
         r = peak ? PyObject_RichCompareBool(nhb, peak, Py_GT) : -1;
         if (r > 0)
@@ -562,6 +566,8 @@ static int grow_heap(Loop *L, long long delta)
     Py_XDECREF(peak);
     return r < 0 ? -1 : 0;
 }
+
+static inline int grow_heap(Loop *L, long long delta) { return add_heap(L, delta, delta > 0); }
 
 /* Malloc._std_malloc's whole page (1024 < size <= 4096 with SMP up), served from the L1
  * cache: a new reference to the address, or NULL with no error for Python */
@@ -597,6 +603,154 @@ static int page_free(Loop *L, PyObject *addr_o)
     if (r == 0 && (grow_heap(L, -(1LL << PAGE_SHIFT)) || PyList_Append(L->l1, pfn)))
         r = -1;
     Py_DECREF(pfn);
+    return r;
+}
+
+/* o.name as a C long long (an int within LIMIT): -1 if it is not one (an error set) */
+static int attr_long(PyObject *o, PyObject *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL)
+        return -1;
+    int ok = small_int_any(v, out);
+    Py_DECREF(v);
+    if (!ok)
+        PyErr_SetString(PyExc_TypeError, "a large allocator's count is not a small int");
+    return ok ? 0 : -1;
+}
+
+/* the bytes LargeAllocator holds, as Malloc counts them for heap_bytes */
+static int large_bytes(PyObject *large, long long *out)
+{
+    long long pages, mapped;
+    if (attr_long(large, a_run_pages, &pages) || attr_long(large, a_mapped_bytes, &mapped))
+        return -1;
+    *out = (pages << PAGE_SHIFT) + mapped;
+    return 0;
+}
+
+/* o.name += delta (an int attribute) */
+static int attr_add(PyObject *o, PyObject *name, long long delta)
+{
+    long long v;
+    if (attr_long(o, name, &v))
+        return -1;
+    PyObject *n = PyLong_FromLongLong(v + delta);
+    int r = n ? PyObject_SetAttr(o, name, n) : -1;
+    Py_XDECREF(n);
+    return r;
+}
+
+/* Malloc._std_malloc's large path for malloc(size), a page < size (LargeAllocator.alloc
+ * with malloc's alignment, 16): a run of pages, or the mapped path (LargeAllocator._map) if no
+ * run fits. A new reference to the address; NULL with no error for Python (2 MiB or more) */
+static PyObject *large_malloc(Loop *L, long long size)
+{
+    long long page = 1LL << PAGE_SHIFT, before, after, v;
+    long long total = (size + LARGE_OFFSET + page - 1) & ~(page - 1);
+    if (total >= HUGE_PAGE)
+        return NULL;
+    if (callout(L) || PyObject_SetAttr(L->m, a__cpu, L->cpu_obj))
+        return NULL;
+    PyObject *large = PyObject_GetAttr(L->m, a_large), *wait = NULL, *ranges = NULL;
+    PyObject *npages = NULL, *pfn = NULL, *runs = NULL, *base = NULL, *addr = NULL;
+    if (large == NULL || large_bytes(large, &before))
+        goto done;
+    wait = PyObject_GetAttr(large, a_wait_for_minimum_memory);
+    if (wait == NULL)
+        goto done;
+    if (wait != Py_None) {
+        PyObject *r = PyObject_CallNoArgs(wait);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
+    ranges = PyObject_GetAttr(large, a_ranges);
+    npages = PyLong_FromLongLong(total >> PAGE_SHIFT);
+    pfn = ranges && npages ? PyObject_CallMethodObjArgs(ranges, a_alloc, npages, Py_False, NULL)
+                           : NULL;
+    if (pfn == NULL)
+        goto done;
+    if (pfn == Py_None) {
+        PyObject *t = PyLong_FromLongLong(total);
+        base = t ? PyObject_CallMethodOneArg(large, a__map, t) : NULL;
+        Py_XDECREF(t);
+        if (base == NULL || !small_int_any(base, &v)) {
+            if (base != NULL)
+                PyErr_SetString(PyExc_TypeError, "a mapping's address is not a small int");
+            goto done;
+        }
+    } else {
+        runs = PyObject_GetAttr(large, a_runs);
+        if (runs == NULL || PyObject_SetItem(runs, pfn, npages)
+            || attr_add(large, a_run_pages, total >> PAGE_SHIFT))
+            goto done;
+        if (!small_int_any(pfn, &v)) {
+            PyErr_SetString(PyExc_TypeError, "a run's pfn is not a small int");
+            goto done;
+        }
+        v = MAIN_AREA + (v << PAGE_SHIFT);
+    }
+    if (large_bytes(large, &after) || add_heap(L, after - before, 1))
+        goto done;
+    addr = PyLong_FromLongLong(v + LARGE_OFFSET);
+done:
+    Py_XDECREF(large);
+    Py_XDECREF(wait);
+    Py_XDECREF(ranges);
+    Py_XDECREF(npages);
+    Py_XDECREF(pfn);
+    Py_XDECREF(runs);
+    Py_XDECREF(base);
+    return addr;
+}
+
+/* the run of pages LargeAllocator holds at addr (a new reference to its header's pfn and a
+ * borrowed one to its page count), or none: 1 (not a run: Python's path), -1 error */
+static int large_run(Loop *L, long long addr, PyObject **large, PyObject **runs, PyObject **pfn,
+                     PyObject **npages)
+{
+    long long header = (addr - 1) & ~((1LL << PAGE_SHIFT) - 1);
+    *large = *runs = *pfn = *npages = NULL;
+    if ((addr >> 44) != (MAIN_AREA >> 44) || header < MAIN_AREA)
+        return 1;
+    if ((*large = PyObject_GetAttr(L->m, a_large)) == NULL
+        || (*runs = PyObject_GetAttr(*large, a_runs)) == NULL
+        || (*pfn = PyLong_FromLongLong((header - MAIN_AREA) >> PAGE_SHIFT)) == NULL)
+        return -1;
+    if (!PyDict_CheckExact(*runs))
+        return 1;
+    *npages = PyDict_GetItemWithError(*runs, *pfn);
+    return *npages != NULL ? 0 : PyErr_Occurred() ? -1 : 1;
+}
+
+/* Malloc.free of a run of pages (LargeAllocator.free's run path): 0 done, 1 for Python, -1
+ * error */
+static int large_free(Loop *L, PyObject *addr_o)
+{
+    long long addr, before, after, n;
+    PyObject *large, *runs, *pfn, *npages;
+    if (!small_int_any(addr_o, &addr))
+        return 1;
+    int r = large_run(L, addr, &large, &runs, &pfn, &npages);
+    if (r == 0) {
+        Py_INCREF(npages);
+        r = callout(L) || large_bytes(large, &before)
+            || PyObject_SetAttr(L->m, a__cpu, L->cpu_obj) || PyDict_DelItem(runs, pfn)
+            || !small_int_any(npages, &n) || attr_add(large, a_run_pages, -n) ? -1 : 0;
+        PyObject *ranges = r ? NULL : PyObject_GetAttr(large, a_ranges);
+        PyObject *res = ranges ? PyObject_CallMethodObjArgs(ranges, s_free, pfn, npages, NULL)
+                               : NULL;
+        r = res == NULL || large_bytes(large, &after) || add_heap(L, after - before, 0) ? -1 : 0;
+        if (r && !PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "a run's page count is not a small int");
+        Py_XDECREF(ranges);
+        Py_XDECREF(res);
+        Py_DECREF(npages);
+    }
+    Py_XDECREF(large);
+    Py_XDECREF(runs);
+    Py_XDECREF(pfn);
     return r;
 }
 
@@ -728,6 +882,11 @@ static PyObject *do_malloc(Loop *L, long long size)
         if (addr != NULL || PyErr_Occurred())
             return addr;
     }
+    if (size > (1LL << PAGE_SHIFT)) {
+        PyObject *addr = large_malloc(L, size);
+        if (addr != NULL || PyErr_Occurred())
+            return addr;
+    }
 python:
     if (callout(L))
         return NULL;
@@ -795,6 +954,8 @@ static int do_free(Loop *L, PyObject *addr_o)
     if (pool_page_of(L, addr_o, &page))
         return -1;
     int r = page != NULL ? free_in_page(L, page, addr_o) : page_free(L, addr_o);
+    if (r == 1 && page == NULL)
+        r = large_free(L, addr_o);
     if (r <= 0)
         return r;
     if (callout(L))
@@ -824,6 +985,16 @@ static PyObject *do_realloc(Loop *L, PyObject *addr_o, long long size)
             return NULL;
         }
         Py_DECREF(pfn);
+    }
+    if (!inline_ok && small_int_any(addr_o, &a)) { /* or a run of pages */
+        PyObject *large, *runs, *pfn, *npages;
+        int r = large_run(L, a, &large, &runs, &pfn, &npages);
+        Py_XDECREF(large);
+        Py_XDECREF(runs);
+        Py_XDECREF(pfn);
+        if (r < 0)
+            return NULL;
+        inline_ok = r == 0;
     }
     if (!inline_ok) {
         if (callout(L))
@@ -1372,6 +1543,14 @@ PyMODINIT_FUNC PyInit__mallocs_c(void)
     INTERN(a_heap_bytes_peak, "heap_bytes_peak");
     INTERN(a__stale_live, "_stale_live");
     INTERN(a__stale_use, "_stale_use");
+    INTERN(a_large, "large");
+    INTERN(a_runs, "runs");
+    INTERN(a_run_pages, "run_pages");
+    INTERN(a_mapped_bytes, "mapped_bytes");
+    INTERN(a_alloc, "alloc");
+    INTERN(a_wait_for_minimum_memory, "wait_for_minimum_memory");
+    INTERN(a__map, "_map");
+    INTERN(a__cpu, "_cpu");
     if ((one = PyLong_FromLong(1)) == NULL || (zero = PyLong_FromLong(0)) == NULL)
         return NULL;
     return PyModule_Create(&module);

@@ -22,10 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 from mmsim.kernel.alloc_sites import AllocSites
 from mmsim.kernel.sys_pressure import extra_shrinkers
-from mmsim.mm.constants import MEMPOOL_AREA, PAGE_AREA, PAGE_SHIFT, PAGE_SIZE
+from mmsim.mm.constants import (
+    HUGE_PAGE_SIZE,
+    MAIN_AREA,
+    MEMPOOL_AREA,
+    PAGE_AREA,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+)
 from mmsim.mm.page_pool import L1_HI, L1_LO, OutOfPages, PagePool
 from mmsim.mm.slab import POOL_CLASSES, Malloc, MallocAbort
+from mmsim.mm.slab import large as large_module
+from mmsim.mm.slab.large import LargeAllocator
 from mmsim.mm.slab.pool import Pool, PoolPage
+from mmsim.mm.slab.sizes import large_layout
 
 try:
     if os.environ.get("MMSIM_PURE_PYTHON"):
@@ -58,13 +68,17 @@ _INLINED = [(Malloc, name, getattr(Malloc, name))
             for name in ("malloc", "free", "realloc", "usable_size", "_add_page", "_free_same_cpu",
                          "_std_malloc", "_grow_heap")]
 _INLINED += [(PagePool, name, getattr(PagePool, name)) for name in ("alloc_page", "free_page")]
+_INLINED += [(LargeAllocator, name, getattr(LargeAllocator, name))
+             for name in ("alloc", "free", "owns", "usable_size")]
+_INLINED += [(large_module, "large_layout", large_layout)]
 _INLINED += [(Pool, name, getattr(Pool, name))
              for name in ("add_page", "unlink", "alloc", "free", "push_front", "push_back")]
 _INLINED += [(AllocSites, name, getattr(AllocSites, name))
              for name in ("snapshot_live_peak", "_snapshot")]
 if _mallocs_c is not None:
     _mallocs_c.setup(Pool, PoolPage, VmError, OutOfPages, _HALF, MEMPOOL_AREA, PAGE_SHIFT,
-                     PAGE_AREA, L1_LO, L1_HI)
+                     PAGE_AREA, L1_LO, L1_HI, MAIN_AREA, HUGE_PAGE_SIZE,
+                     large_layout(PAGE_SIZE + 1, 16)[0])  # malloc's objects in a run
 PEAK_SITES = 10  # call sites in the summary's peak snapshot
 
 
@@ -212,6 +226,7 @@ class MallocFace:
         """The C loop may run: the allocator is the plain Malloc, whose methods it inlines."""
         m = self.malloc
         return (type(m) is Malloc and type(m.pool) is PagePool and type(self.live) is dict
+                and type(m.large) is LargeAllocator
                 and type(self.sites) is AllocSites
                 and getattr(self._malloc, "__func__", None) is _INLINED[0][2]
                 and getattr(self._free, "__func__", None) is _INLINED[1][2]

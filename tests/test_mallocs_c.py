@@ -25,6 +25,7 @@ import test_mtrace
 from hypothesis import given
 from hypothesis import strategies as st
 from mmsim.kernel import Kernel, KernelConfig, OutOfMemory, sys_malloc
+from mmsim.mm.slab.large import LargeAllocator
 
 from mmsim.trace.mtrace import MallocCalls, read_mtrace
 
@@ -175,6 +176,38 @@ def test_a_long_random_trace_fills_the_quarantine_the_same() -> None:
             records.append(("free", 2 * n + 1, h, 0, None))  # a double free
     ops = [MallocCalls(records[i:i + 1024]) for i in range(0, len(records), 1024)]
     _same(ops, 256 << 20, 2)
+
+
+@needs_c
+@pytest.mark.parametrize("spare_runs", [200, 40])
+def test_large_blocks_take_runs_then_mappings_when_no_run_fits_the_same(
+        spare_runs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large mallocs (over a page, under 2 MiB) take runs of pages until memory is nearly
+    all theirs; with every other one freed, memory is in holes too small for a 150-page block,
+    which becomes a mapping (the mapped path after no run fitted), or, with fewer pages
+    spare, the guest runs out of memory inside the large path."""
+    memory = 64 << 20
+    blocks = Kernel(KernelConfig(memory=memory, cpus=1)).ranges.free_pages // 4 - spare_runs
+    records: list[Any] = []
+    for i in range(blocks):
+        records.append(("malloc", len(records) + 1, f"p{i}", 3 * 4096, "site_a"))
+    for i in range(0, blocks, 2):
+        records.append(("free", len(records) + 1, f"p{i}", 0, None))
+    for size in (200 * 4096, 5000, 150 * 4096):
+        records.append(("malloc", len(records) + 1, f"big{size}", size, "site_b"))
+        records.append(("realloc", len(records) + 1, f"big{size}", size + 9000, "site_c"))
+    for i in range(1, blocks, 2):
+        records.append(("free", len(records) + 1, f"p{i}", 0, None))
+    ops = [MallocCalls(records[i:i + 256]) for i in range(0, len(records), 256)]
+    mapped: list[int] = []
+    monkeypatch.setattr(LargeAllocator, "_map", lambda self, total, _map=LargeAllocator._map:
+                        mapped.append(total) or _map(self, total))
+    a = _replay(ops, True, memory, 1)
+    assert a == _replay(ops, False, memory, 1)
+    if spare_runs == 200:
+        assert a["error"] is None and mapped, "no block took the mapped path"
+    else:
+        assert a["error"] is not None and "OutOfMemory" in a["error"]
 
 
 # -- the real logs, where this machine has them -------------------------------------------

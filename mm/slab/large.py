@@ -102,10 +102,14 @@ class LargeAllocator:
                 self.runs[pfn] = npages
                 self.run_pages += npages
                 return MAIN_AREA + (pfn << PAGE_SHIFT) + offset
+        return self._map(total) + offset
+
+    def _map(self, total: int) -> int:
+        """The mapped path: a populated anonymous mapping of ``total`` bytes, its address."""
         vaddr = self.mapper.map_anon(total, populate=True)
         self.mapped[vaddr] = total
         self.mapped_bytes += total
-        return vaddr + offset
+        return vaddr
 
     @staticmethod
     def header_of(addr: int) -> int:
