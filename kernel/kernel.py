@@ -97,11 +97,17 @@ class Kernel:
         self._reserved: dict[str, int] = {}  # boot-time memory by category, in pages
         self._sections: dict[str, Callable[[], Any]] = {}
         self._after_op: list[Callable[[], None]] = []
+        self._after_op_memory: list[Callable[[], None]] = []  # those memory alone may give work
+        self._memory_ops: set[str] = set()  # operations that touch nothing but memory
         self._due: list[Callable[[], int | None]] = []
         self._skips: list[Callable[[int], None]] = []
         self._hooks_clock = -1  # the clock and free pages when the hooks last ran
         self._hooks_free = -1
         self._wakeups = False
+        # something may have given a thread work since the threads last ran (a reclaim pass,
+        # a reclaimer wake, an operation after which they did not run): after a memory
+        # operation, all of them run, not only those that watch memory
+        self._armed = True
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._batch_base = 0  # the events before the batch being applied
         self._observers: list[Callable[[Kernel], object]] = []
@@ -132,11 +138,20 @@ class Kernel:
         self.virtio_balloon = parts.virtio_balloon
 
     # -- wiring for subsystems ----------------------------------------------------------
-    def add_handler(self, kind: str, handler: Handler) -> None:
-        """The handler of operation ``kind``, one of kernel/operations.py's table."""
+    def add_handler(self, kind: str, handler: Handler, memory_only: bool = False) -> None:
+        """The handler of operation ``kind``, one of kernel/operations.py's table.
+
+        ``memory_only``: the operation allocates and frees memory and reaches no other
+        subsystem but through memory pressure (malloc's calls), whose reclaimer wakes and
+        passes :meth:`arm_threads`. After it, a thread registered with ``memory=False`` runs
+        only if the clock moved or something woke or armed the threads."""
         if kind not in OPERATIONS:
             raise ValueError(f"'{kind}' is not an operation of kernel/operations.py")
         self._handlers[kind] = handler
+        if memory_only:
+            self._memory_ops.add(kind)
+        else:
+            self._memory_ops.discard(kind)
 
     def has_handler(self, kind: str) -> bool:
         """True if some subsystem already handles ``kind`` (so another can stand back)."""
@@ -216,8 +231,13 @@ class Kernel:
 
     def add_after_op(self, fn: Callable[[], None],
                      due: Callable[[], int | None] | None = None,
-                     skip: Callable[[int], None] | None = None) -> None:
-        """Deferred work (kernel threads) run after each operation, in registration order.
+                     skip: Callable[[int], None] | None = None, memory: bool = True) -> None:
+        """Deferred work (kernel threads) run after each operation that moved the clock or free
+        memory or woke the threads, in registration order.
+
+        ``memory=False``: free memory moving alone gives ``fn`` no work, whatever reclaim
+        does being reported by :meth:`arm_threads` (the reclaimer's wakes and passes). After a
+        memory-only operation (:meth:`add_handler`) that armed nothing, it does not run.
 
         ``due`` tells when the thread next wants to run (simulated ns, or None: not until an
         operation gives it work): while time passes (:meth:`advance_to`) the clock stops
@@ -225,6 +245,8 @@ class Kernel:
         with the thread idle, so that a periodic thread keeps its grid (its passes meanwhile
         were no-ops). A thread whose work depends on time alone must have a ``due``."""
         self._after_op.append(fn)
+        if memory:
+            self._after_op_memory.append(fn)
         if due is not None:
             self._due.append(due)
         if skip is not None:
@@ -263,7 +285,7 @@ class Kernel:
         else:
             self._apply_on_cpu(op, handler)
         self.events += 1
-        self.settle()
+        self.settle(op.kind in self._memory_ops)
         if self._observers:
             for observe in self._observers:
                 observe(self)
@@ -273,17 +295,23 @@ class Kernel:
         replay the expanded operations to observe each call, as mmsim.api does)."""
         self._observers.append(observe)
 
-    def settle(self) -> None:
+    def settle(self, memory_only: bool = False) -> None:
         """What follows every operation: the fill threads if woken, the kernel threads and
-        after-op hooks if the clock or free memory moved. A handler that applies many calls
+        after-op hooks if the clock or free memory moved (after a ``memory_only`` one that
+        armed nothing, only the threads that watch memory). A handler that applies many calls
         in one operation (a batch) calls it after each call it stands for."""
         pool = self.pool
         try:
             if pool.woken:
                 pool.run_fill_threads()
-            if (self.clock_ns != self._hooks_clock or self.ranges.free_pages != self._hooks_free
-                    or self._wakeups):
+            moved = self.ranges.free_pages != self._hooks_free
+            if (self.clock_ns != self._hooks_clock or self._wakeups
+                    or moved and (self._armed or not memory_only)):
                 self._run_hooks()
+            elif moved:
+                self._run_memory_hooks()
+            elif not memory_only:
+                self._armed = True  # the operation may have given a thread work
         except OutOfPages as e:  # a kernel thread could not be served: OSv aborts there too
             self._out_of_memory(e, _ThreadOp(self.line))
 
@@ -310,7 +338,7 @@ class Kernel:
         line that a reclaim or an out-of-memory during this call reports."""
         if self.pool.woken or self.ranges.free_pages != self._hooks_free or self._wakeups:
             self.events = self._batch_base + index
-            self.settle()
+            self.settle(kind in self._memory_ops)
         self.events = self._batch_base + index
         self.line = line
         self.op_kind = kind
@@ -322,6 +350,11 @@ class Kernel:
     def batch_failed(self, e: OutOfPages, kind: str, line: int, size: int) -> NoReturn:
         """A call of the batch found no memory: the guest's out-of-memory, naming that call."""
         self._out_of_memory(e, _CallOp(kind, line, size))
+
+    def arm_threads(self) -> None:
+        """Something may have given a thread that does not watch memory work (a reclaim pass
+        ran, the reclaimer was woken): they all run after the operation if memory moved."""
+        self._armed = True
 
     def wake_threads(self) -> None:
         """Make the kernel threads run after this operation even if neither the clock nor free
@@ -375,10 +408,18 @@ class Kernel:
         self._run_hooks()
 
     def _run_hooks(self) -> None:
-        self._wakeups = False
+        self._wakeups = self._armed = False
         for fn in self._after_op:
             fn()
         self._hooks_clock = self.clock_ns
+        self._hooks_free = self.ranges.free_pages
+        if self.ranges.peak_used_pages > self._peak_pages:
+            self._snapshot_peak()
+
+    def _run_memory_hooks(self) -> None:
+        """_run_hooks after a memory-only operation that armed nothing: the others are idle."""
+        for fn in self._after_op_memory:
+            fn()
         self._hooks_free = self.ranges.free_pages
         if self.ranges.peak_used_pages > self._peak_pages:
             self._snapshot_peak()

@@ -116,7 +116,8 @@ def attach(kernel: Kernel, registry: ShrinkerRegistry) -> VirtioBalloon:
     kernel.add_handler("host-balloon", host_balloon)
     # idle at its target, its polls do nothing (poll() skips them when it next runs)
     kernel.add_after_op(poll, lambda: balloon.next_poll_ns
-                        if balloon.actual_pages != balloon.target_pages else None)
+                        if balloon.actual_pages != balloon.target_pages else None,
+                        memory=False)  # polls are the clock's (and the host's, which wakes)
     kernel.add_category("virtio_balloon", lambda: balloon.actual_pages * PAGE_SIZE)
     kernel.add_section("virtio_balloon", balloon.summary)
     if cfg.deflate:

@@ -171,7 +171,9 @@ def attach(kernel: Kernel, mman: Mman, registry: ShrinkerRegistry,
     kernel.add_section("arc", fs.stats)
     kernel.add_section("disk", disk.stats)
     fs.reclaim_wake_latency_ns = cfg.arc_reclaim_wake_latency_ns
-    kernel.add_after_op(fs.after_op, fs.next_due_ns, fs.skip_to)
+    # its work is the clock's and what the ARC's operations and shrinker leave (a spare
+    # buffer): an operation on memory alone leaves it none unless a reclaim pass ran
+    kernel.add_after_op(fs.after_op, fs.next_due_ns, fs.skip_to, memory=False)
     # the ARC's headers and dbufs are malloc'ed in OSv (kmem_cache_alloc): as its size counts
     # them (hdr_size + other_size), the guest's memory holds them, packed in whole pages
     headers = HeldPages(lambda n: kernel.pool.alloc_pages(n, kernel.cpu),
@@ -185,7 +187,7 @@ def attach(kernel: Kernel, mman: Mman, registry: ShrinkerRegistry,
         if npages != headers.pages:  # hold() would do nothing (most operations touch no ARC)
             headers.hold(npages)
 
-    kernel.add_after_op(hold_headers)
+    kernel.add_after_op(hold_headers, memory=False)  # the ARC's size moves, not free memory
     pc = mman.use_page_cache(ArcMappings(fs))  # file mmap shares the ARC's buffers (§7)
     fs.on_unmap = pc.invalidate
     fs.on_file_gone = pc.forget  # an unlinked file's write-cache pages go with it

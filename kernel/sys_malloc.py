@@ -507,7 +507,7 @@ def attach(kernel: Kernel, space: AddressSpace, registry: ShrinkerRegistry,
     """Register malloc's handlers, its three memory categories and the ``malloc`` section."""
     face = MallocFace(kernel, space, reclaimer)
     for kind in ("malloc", "calloc", "memalign", "realloc", "free", "mallocs"):
-        kernel.add_handler(kind, getattr(face, f"op_{kind}"))
+        kernel.add_handler(kind, getattr(face, f"op_{kind}"), memory_only=True)
     m = face.malloc
     kernel.add_category("malloc_pools", lambda: m.pool_pages * PAGE_SIZE)
     kernel.add_category("malloc_pages", lambda: m.whole_pages * PAGE_SIZE)

@@ -229,7 +229,11 @@ def attach(kernel: Kernel) -> tuple[ShrinkerRegistry, Reclaimer]:
     def due() -> int | None:
         return reclaimer.woken_ns + latency if reclaimer.pending else None
 
-    kernel.add_after_op(reclaimer_thread, due)
+    # its work comes from a wake (which arms the threads), not from free memory as such; and
+    # what a pass frees or evicts may give the other threads work
+    kernel.add_after_op(reclaimer_thread, due, memory=False)
+    reclaimer.on_wake.append(kernel.arm_threads)
+    reclaimer.on_pass.append(lambda target, hard, freed: kernel.arm_threads())
     reclaimer.on_pass.append(lambda target, hard, freed: kernel.emit(
         "reclaim", target_bytes=target, hard=hard, freed_bytes=freed,
         by_shrinker={n: s["last_yield_bytes"] for n, s in registry.summary().items()}))

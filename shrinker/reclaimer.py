@@ -58,6 +58,8 @@ class Reclaimer:
         self.jvm_heap_bytes: Callable[[], int] = _no_jvm_heap
         #: observers told of each pass: fn(target, hard, freed)
         self.on_pass: list[Callable[[int, bool, int], None]] = []
+        #: observers told each time the thread is woken (a wake while pending is lost)
+        self.on_wake: list[Callable[[], None]] = []
 
     @property
     def watermark_lo(self) -> int:
@@ -81,15 +83,15 @@ class Reclaimer:
             if self.pending:
                 self.lost_wakes += 1
             else:
-                self.pending = True
-                self.woken_ns = self.clock()
-                self.wakes += 1
+                self.wake()
 
     def wake(self) -> None:
         if not self.pending:
             self.pending = True
             self.woken_ns = self.clock()
             self.wakes += 1
+            for fn in self.on_wake:
+                fn()
 
     # -- the thread ------------------------------------------------------------------------
     def run(self) -> int:
