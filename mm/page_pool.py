@@ -66,6 +66,7 @@ class PagePool:
         #: reclaimer pass) or raises OutOfPages
         self.min_memory: Callable[[], None] | None = None
         self._short: OutOfPages | None = None  # why the last L2 refill came up short
+        self._refilling = False  # an L2 refill is taking batches (and may wait for memory)
 
     # -- counters ------------------------------------------------------------------------
     @property
@@ -160,21 +161,26 @@ class PagePool:
         got_any = False
         waited = False
         self._short = None
-        while len(self._l2) < self.l2_max // 2:
-            if self.ranges.free_pages < MIN_POOL_PAGES and self.min_memory is not None:
-                self.min_memory()
-            if self.ranges.free_pages == 0 and self.wait_for_pages is not None and not waited:
-                waited = True
-                self.wait_for_pages(1)
-            extents = self.ranges.alloc_pages_bulk(PAGE_BATCH)
-            pages = [p for start, n in extents for p in range(start, start + n)]
-            if len(pages) < PAGE_BATCH:  # OSv aborts a partial batch
-                self._short = self._failure(PAGE_SIZE)  # as it failed, before the give-back
-                for p in pages:
-                    self.ranges.free(p, 1)
-                break
-            self._l2.append(pages)
-            got_any = True
+        self._refilling = True
+        try:
+            while len(self._l2) < self.l2_max // 2:
+                if self.ranges.free_pages < MIN_POOL_PAGES and self.min_memory is not None:
+                    self.min_memory()
+                if (self.ranges.free_pages == 0 and self.wait_for_pages is not None
+                        and not waited):
+                    waited = True
+                    self.wait_for_pages(1)
+                extents = self.ranges.alloc_pages_bulk(PAGE_BATCH)
+                pages = [p for start, n in extents for p in range(start, start + n)]
+                if len(pages) < PAGE_BATCH:  # OSv aborts a partial batch
+                    self._short = self._failure(PAGE_SIZE)  # as it failed, before the give-back
+                    for p in pages:
+                        self.ranges.free(p, 1)
+                    break
+                self._l2.append(pages)
+                got_any = True
+        finally:
+            self._refilling = False
         return got_any
 
     def _l2_unfill(self) -> None:
@@ -215,13 +221,18 @@ class PagePool:
         self.woken = bool(self._l1_woken)
 
     def drain(self) -> int:
-        """Return every cached page to the runs (a shrinker's last resort); pages returned."""
+        """Return every cached page to the runs (a shrinker's last resort); pages returned.
+
+        Not the L2's while an L2 refill is what waits for memory: it would take them back
+        batch by batch, under the 4 MiB rule wait again, and be drained again, for ever."""
         n = 0
         for l1 in self._l1:
             for p in l1:
                 self.ranges.free(p, 1)
             n += len(l1)
             l1.clear()
+        if self._refilling:
+            return n
         for batch in self._l2:
             for p in batch:
                 self.ranges.free(p, 1)

@@ -6,6 +6,9 @@ shrinker at all on a ROFS root."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from cli_helpers import run
 from helpers import apply_lines, assert_one_line_error, boot_kernel
@@ -101,3 +104,21 @@ def test_any_ram_size_the_layout_describes_is_accepted(trace):
     assert code == 3 and "does not fit" in err  # the kernel image itself is 9 MiB
     code, _, err = run("run", path, "--memory", "1M", "-q")
     assert_one_line_error(code, err, "--memory")
+
+
+def test_the_page_pool_shrinker_does_not_drain_the_l2_its_refill_waits_for(tmp_path):
+    """With mmsim's page_pool shrinker, an L2 refill under the 4 MiB rule waited, the hard
+    pass drained the L2 being refilled, and the refill took it back and waited again, for
+    ever (the fixture: a balloon inflating during a sleep). The replay must end; it runs in
+    a process, so that a regression fails on the timeout instead of hanging the suite."""
+    config = tmp_path / "c.yaml"
+    config.write_text("extra_shrinkers: [page_pool]\n")
+    fixture = Path(__file__).parent / "fixtures" / "native" / "page-pool-refill.trace"
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("mmsim")), "run", str(fixture), "--memory", "128M",
+         "--cpus", "2", "--config", str(config), "--json", "-", "-q"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode in (0, 3), done.stderr
+    s = json.loads(done.stdout)
+    passes = s["shrinker"]["reclaimer"]
+    assert s["shrinker"]["page_pool"]["calls"] == passes["passes"] and passes["hard_passes"] >= 1
