@@ -211,3 +211,23 @@ def test_the_c_reader_keeps_no_references() -> None:
         loop(5)
         gc.collect()
         assert abs(sys.gettotalrefcount() - total) < 100
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_pointers_crowding_pages_do_not_make_long_probes(aligned: bool) -> None:
+    """The pointer tables' hash spreads any set of pointers: here every 16-byte granule (or
+    every byte) of 64 pages live at once, then freed. A lookup steps past fewer than two slots
+    on average (a hash that kept a page's pointers together made runs of thousands)."""
+    parser = _mtrace_c.ChunkParser({})
+    step = 16 if aligned else 1
+    ptrs = [0x555555550000 + page * 0x1000 + off
+            for page in range(64) for off in range(0, 4096, step)]
+    for i in range(0, len(ptrs), 4096):
+        records, status, _ = parser.parse([f"+ {p:#x} 0x8\n" for p in ptrs[i:i + 4096]], i)
+        assert status == 0 and len(records) == len(ptrs[i:i + 4096])
+    for i in range(0, len(ptrs), 4096):
+        records, status, _ = parser.parse([f"- {p:#x}\n" for p in ptrs[i:i + 4096]], i)
+        assert status == 0 and {r[0] for r in records} == {"free"}
+    finds, steps = parser.probes
+    assert finds >= 2 * len(ptrs)
+    assert steps / finds < 2
