@@ -203,6 +203,15 @@ static void push(PyObject *pool, PyObject *page, int front)
     Py_DECREF(old);
 }
 
+/* a call site's counters (AllocSites.stats[site]: blocks and bytes allocated, freed) that the
+ * loop has yet to add: they go into the Python list before any Python code runs, and the
+ * site into the dirty set as Python's loop puts it there, at its first call since then */
+#define SITE_DELTAS 64 /* a power of two */
+typedef struct {
+    PyObject *site, *st; /* held while pending; NULL: a free slot */
+    long long d[4];
+} SiteDelta;
+
 /* the state of one run() */
 typedef struct {
     PyObject *face, *k, *m, *records, *call;
@@ -222,12 +231,18 @@ typedef struct {
     PyObject *heap_set; /* what this loop last set face.heap_at_peak to (idem) */
     int called;   /* batch_call was called for record i */
     int callout;  /* record i called Python code that may move the kernel */
+    SiteDelta sd[SITE_DELTAS];
+    int sd_used;
 } Loop;
+
+static int flush_sites(Loop *L);
 
 static int batch(Loop *L)
 {
     if (L->called)
         return 0;
+    if (flush_sites(L)) /* the kernel's peak snapshot reads the sites */
+        return -1;
     PyObject *i = PyLong_FromSsize_t(L->i);
     if (i == NULL)
         return -1;
@@ -243,6 +258,8 @@ static int batch(Loop *L)
 /* before Python code that may move the kernel: the record's batch_call first */
 static inline int callout(Loop *L)
 {
+    if (flush_sites(L))
+        return -1;
     L->callout = 1;
     Py_CLEAR(L->heap);
     L->heap_set = NULL;
@@ -289,6 +306,8 @@ static int moved(Loop *L)
 /* MallocFace._store(...): the counters back into the face, and zeroed */
 static int store(Loop *L)
 {
+    if (flush_sites(L))
+        return -1;
     long long v[8] = {L->live_bytes, L->peak, 0, L->nm, L->nf, L->nr, L->nb, L->nbytes};
     PyObject *a[10] = {L->face};
     int i, ok = 1;
@@ -400,6 +419,68 @@ static inline int dirty_add(Loop *L, PyObject *site)
     return 0;
 }
 
+/* st[idx] += v (a list of ints) */
+static int st_add_ll(PyObject *st, Py_ssize_t idx, long long v)
+{
+    PyObject *o = PyLong_FromLongLong(v);
+    int r = o ? st_add(st, idx, o) : -1;
+    Py_XDECREF(o);
+    return r;
+}
+
+/* the pending counters into the sites' lists (all of them are tried: -1 if one failed) */
+static int flush_sites(Loop *L)
+{
+    int r = 0;
+    for (int i = 0; L->sd_used && i < SITE_DELTAS; i++) {
+        SiteDelta *e = &L->sd[i];
+        if (e->site == NULL)
+            continue;
+        for (int k = 0; k < 4; k++)
+            if (e->d[k] && r == 0 && st_add_ll(e->st, k, e->d[k]))
+                r = -1;
+        memset(e->d, 0, sizeof e->d);
+        Py_CLEAR(e->site);
+        Py_CLEAR(e->st);
+        L->sd_used--;
+    }
+    return r;
+}
+
+/* the pending counters of site (st its stats list, looked up or made by the caller), taken at
+ * its first call since the last flush: dirty.add(site) then, as Python's loop does each call */
+static SiteDelta *site_delta(Loop *L, PyObject *site, PyObject *st)
+{
+    SiteDelta *e = &L->sd[((uintptr_t)site >> 4) & (SITE_DELTAS - 1)];
+    if (e->site == site)
+        return e;
+    if (e->site != NULL) { /* another site's: its counters go now */
+        for (int k = 0; k < 4; k++)
+            if (e->d[k] && st_add_ll(e->st, k, e->d[k]))
+                return NULL;
+        memset(e->d, 0, sizeof e->d);
+        Py_CLEAR(e->site);
+        Py_CLEAR(e->st);
+        L->sd_used--;
+    }
+    if (dirty_add(L, site))
+        return NULL;
+    Py_INCREF(site);
+    Py_INCREF(st);
+    e->site = site;
+    e->st = st;
+    L->sd_used++;
+    return e;
+}
+
+/* the slot of a site already pending, or NULL */
+static inline SiteDelta *pending_site(Loop *L, PyObject *site)
+{
+    SiteDelta *e = &L->sd[((uintptr_t)site >> 4) & (SITE_DELTAS - 1)];
+    return e->site == site ? e : NULL;
+}
+
+
 /* iterating over a set that the loop does not change meanwhile */
 typedef struct {
     Py_ssize_t pos;
@@ -483,6 +564,8 @@ static int snapshot_site(Loop *L, PyObject *site)
  * (dirty, and the stale ones) into the live-peak snapshot, dirty into the use peak's stale */
 static int snapshot(Loop *L)
 {
+    if (flush_sites(L))
+        return -1;
     if (L->at_live_peak == NULL) { /* not the plain containers: the Python method */
         PyObject *r = PyObject_CallNoArgs(L->snapshot);
         if (r == NULL)
@@ -514,16 +597,25 @@ static int snapshot(Loop *L)
 /* a block of live (site's freed counters: the block left it) */
 static int site_freed(Loop *L, PyObject *site, PyObject *bsize)
 {
-    PyObject *st = PyDict_GetItemWithError(L->stats, site); /* stats[site] */
-    if (st == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetObject(PyExc_KeyError, site);
+    long long n;
+    SiteDelta *e = pending_site(L, site);
+    if (e == NULL) {
+        PyObject *st = PyDict_GetItemWithError(L->stats, site); /* stats[site] */
+        if (st == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, site);
+            return -1;
+        }
+        if ((e = site_delta(L, site, st)) == NULL)
+            return -1;
+    }
+    if (!small_int(bsize, &n)) {
+        PyErr_SetString(PyExc_TypeError, "a block's size is not a small int");
         return -1;
     }
-    Py_INCREF(st);
-    int r = st_add(st, 2, one) || st_add(st, 3, bsize) || dirty_add(L, site);
-    Py_DECREF(st);
-    return r ? -1 : 0;
+    e->d[2] += 1;
+    e->d[3] += n;
+    return 0;
 }
 
 /* the CPU's L1 page cache (PagePool._l1[cpu]) and Malloc._whole, if they are the plain list
@@ -1251,22 +1343,27 @@ added: /* a new block is live (a malloc's, or a realloc's): _added, inlined */
     L->nb++;
     L->nbytes += size;
     if (site != Py_None) {
-        PyObject *st = PyDict_GetItemWithError(L->stats, site);
-        if (st == NULL && PyErr_Occurred())
-            return -1;
-        if (st != NULL && PyObject_IsTrue(st) > 0) {
-            Py_INCREF(st);
-        } else {
-            if (PyErr_Occurred())
+        SiteDelta *e = pending_site(L, site);
+        if (e == NULL) {
+            PyObject *st = PyDict_GetItemWithError(L->stats, site);
+            if (st == NULL && PyErr_Occurred())
                 return -1;
-            st = PyObject_CallOneArg(L->entry, site);
-            if (st == NULL)
+            if (st != NULL && PyObject_IsTrue(st) > 0) {
+                Py_INCREF(st);
+            } else {
+                if (PyErr_Occurred())
+                    return -1;
+                st = PyObject_CallOneArg(L->entry, site);
+                if (st == NULL)
+                    return -1;
+            }
+            e = site_delta(L, site, st);
+            Py_DECREF(st);
+            if (e == NULL)
                 return -1;
         }
-        int r = st_add(st, 0, one) || st_add(st, 1, L->size_o) || dirty_add(L, site);
-        Py_DECREF(st);
-        if (r)
-            return -1;
+        e->d[0] += 1;
+        e->d[1] += size;
     } else {
         L->unattributed += size;
     }
@@ -1446,6 +1543,13 @@ failed:
         PyErr_Restore(type, value, tb);
     }
 done:
+    if (L.sd_used) { /* an error left counters pending: add them if it can be done */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (flush_sites(&L))
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
     Py_XDECREF(L.k);
     Py_XDECREF(L.m);
     Py_XDECREF(L.live);
