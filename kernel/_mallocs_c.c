@@ -428,22 +428,27 @@ static int st_add_ll(PyObject *st, Py_ssize_t idx, long long v)
     return r;
 }
 
-/* the pending counters into the sites' lists (all of them are tried: -1 if one failed) */
+/* one site's pending counters into its list; the slot is free after (-1 if adding failed) */
+static int flush_site(Loop *L, SiteDelta *e)
+{
+    int r = 0;
+    for (int k = 0; k < 4; k++)
+        if (e->d[k] && r == 0 && st_add_ll(e->st, k, e->d[k]))
+            r = -1;
+    memset(e->d, 0, sizeof e->d);
+    Py_CLEAR(e->site);
+    Py_CLEAR(e->st);
+    L->sd_used--;
+    return r;
+}
+
+/* every pending site's counters into its list (all are tried: -1 if one failed) */
 static int flush_sites(Loop *L)
 {
     int r = 0;
-    for (int i = 0; L->sd_used && i < SITE_DELTAS; i++) {
-        SiteDelta *e = &L->sd[i];
-        if (e->site == NULL)
-            continue;
-        for (int k = 0; k < 4; k++)
-            if (e->d[k] && r == 0 && st_add_ll(e->st, k, e->d[k]))
-                r = -1;
-        memset(e->d, 0, sizeof e->d);
-        Py_CLEAR(e->site);
-        Py_CLEAR(e->st);
-        L->sd_used--;
-    }
+    for (int i = 0; L->sd_used && i < SITE_DELTAS; i++)
+        if (L->sd[i].site != NULL && flush_site(L, &L->sd[i]))
+            r = -1;
     return r;
 }
 
@@ -454,15 +459,8 @@ static SiteDelta *site_delta(Loop *L, PyObject *site, PyObject *st)
     SiteDelta *e = &L->sd[((uintptr_t)site >> 4) & (SITE_DELTAS - 1)];
     if (e->site == site)
         return e;
-    if (e->site != NULL) { /* another site's: its counters go now */
-        for (int k = 0; k < 4; k++)
-            if (e->d[k] && st_add_ll(e->st, k, e->d[k]))
-                return NULL;
-        memset(e->d, 0, sizeof e->d);
-        Py_CLEAR(e->site);
-        Py_CLEAR(e->st);
-        L->sd_used--;
-    }
+    if (e->site != NULL && flush_site(L, e)) /* another site's: its counters go now */
+        return NULL;
     if (dirty_add(L, site))
         return NULL;
     Py_INCREF(site);
