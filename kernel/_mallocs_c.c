@@ -478,7 +478,6 @@ static inline SiteDelta *pending_site(Loop *L, PyObject *site)
     return e->site == site ? e : NULL;
 }
 
-
 /* iterating over a set that the loop does not change meanwhile */
 typedef struct {
     Py_ssize_t pos;
