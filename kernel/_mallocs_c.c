@@ -822,17 +822,20 @@ static int large_free(Loop *L, PyObject *addr_o)
     if (!small_int_any(addr_o, &addr))
         return 1;
     int r = large_run(L, addr, &large, &runs, &pfn, &npages);
-    if (r == 0) {
+    if (r == 0 && !small_int_any(npages, &n)) {
+        PyErr_SetString(PyExc_TypeError, "a run's page count is not a small int");
+        r = -1;
+    }
+    if (r == 0) { /* runs.pop(pfn), run_pages -= n, ranges.free(pfn, n), heap_bytes moves */
+        PyObject *ranges = NULL, *res = NULL;
         Py_INCREF(npages);
-        r = callout(L) || large_bytes(large, &before)
+        if (callout(L) || large_bytes(large, &before)
             || PyObject_SetAttr(L->m, a__cpu, L->cpu_obj) || PyDict_DelItem(runs, pfn)
-            || !small_int_any(npages, &n) || attr_add(large, a_run_pages, -n) ? -1 : 0;
-        PyObject *ranges = r ? NULL : PyObject_GetAttr(large, a_ranges);
-        PyObject *res = ranges ? PyObject_CallMethodObjArgs(ranges, s_free, pfn, npages, NULL)
-                               : NULL;
-        r = res == NULL || large_bytes(large, &after) || add_heap(L, after - before, 0) ? -1 : 0;
-        if (r && !PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "a run's page count is not a small int");
+            || attr_add(large, a_run_pages, -n)
+            || (ranges = PyObject_GetAttr(large, a_ranges)) == NULL
+            || (res = PyObject_CallMethodObjArgs(ranges, s_free, pfn, npages, NULL)) == NULL
+            || large_bytes(large, &after) || add_heap(L, after - before, 0))
+            r = -1;
         Py_XDECREF(ranges);
         Py_XDECREF(res);
         Py_DECREF(npages);

@@ -87,7 +87,7 @@ def _hashed_dict() -> dict[Any, Any]:
     than a str has been in it (CPython keeps str-only tables without them, and a probe that
     meets another key must then read that key's hash from the str itself: one more cache miss
     in a table of 100 k handles). The handle maps of a replay are such tables; the C loop
-    makes its own the same way. Any other Python: a plain dict."""
+    makes its own the same way. Results do not depend on it: elsewhere it is a plain dict."""
     d: dict[Any, Any] = {0: None}
     del d[0]
     return d
