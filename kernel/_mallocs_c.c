@@ -52,7 +52,8 @@ static PyObject *a_kernel, *a_live, *a__freed, *a__freed_old, *a_leaked, *a_mall
     *a_live_bytes_peak, *a_peak_pending, *a__store, *a__fail, *a_failed, *a__handlers,
     *a_heap_at_peak, *a_heap_bytes, *a__add_page, *a_batch_failed, *a_kind, *a_line,
     *a_handle, *a_size, *a_site, *a_woken, *a_ranges, *a_free_pages, *a__hooks_free,
-    *a__wakeups, *a__l1, *a__whole, *a_heap_bytes_peak, *a__at_live_peak, *a__stale_live, *a__stale_use, *a_pool_pages_returned,
+    *a__wakeups, *a__l1, *a__whole, *a_heap_bytes_peak, *a__at_live_peak, *a__stale_live,
+    *a__stale_use, *a_pool_pages_returned,
     *a_large, *a_runs, *a_run_pages, *a_mapped_bytes, *a_alloc, *a_wait_for_minimum_memory,
     *a__map, *a__cpu;
 static PyObject *one, *zero;
