@@ -1,6 +1,8 @@
 /* The batch loop of kernel/sys_malloc.py (MallocFace._mallocs) in C: the same records applied
- * to the same Python state (the face's dicts, the sites' stats lists, the pools' pages), so
- * every Python reader of that state sees what the Python loop would have left.
+ * to the same Python state (the face's live blocks and quarantine, the sites' stats lists, the
+ * pools' pages), so every Python reader of that state sees what the Python loop would have
+ * left. The live blocks are this module's LiveBlocks (a mapping whose table holds each block
+ * in one slot: see there) where it is built, a dict in the pure-Python build.
  *
  * What it does in C: Malloc.malloc's pool fast path (a page on the pool's list: pop a freed
  * object or bump), Malloc.free's same-CPU path unless the page goes back to the page
@@ -30,6 +32,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define LIMIT ((long long)1 << 50)     /* a record's size or a block's that C takes */
 #define COUNTER_LIMIT ((long long)1 << 61)
@@ -593,9 +597,8 @@ static int snapshot(Loop *L)
 }
 
 /* a block of live (site's freed counters: the block left it) */
-static int site_freed(Loop *L, PyObject *site, PyObject *bsize)
+static int site_freed(Loop *L, PyObject *site, long long n)
 {
-    long long n;
     SiteDelta *e = pending_site(L, site);
     if (e == NULL) {
         PyObject *st = PyDict_GetItemWithError(L->stats, site); /* stats[site] */
@@ -606,10 +609,6 @@ static int site_freed(Loop *L, PyObject *site, PyObject *bsize)
         }
         if ((e = site_delta(L, site, st)) == NULL)
             return -1;
-    }
-    if (!small_int(bsize, &n)) {
-        PyErr_SetString(PyExc_TypeError, "a block's size is not a small int");
-        return -1;
     }
     e->d[2] += 1;
     e->d[3] += n;
@@ -1107,6 +1106,382 @@ static PyObject *do_realloc(Loop *L, PyObject *addr_o, long long size)
 
 /* a live block, (addr, size, site): no cycle can go through it (ints and a str or None), so
  * the collector need not track it (CPython untracks such tuples itself at a collection) */
+/* ---- LiveBlocks: MallocFace.live, handle -> (address, requested size, site) ----------------
+ *
+ * A dict would hold a tuple and an int object a block, and a lookup reads its index, its entry
+ * and the tuple: in a replay with 100 k blocks live (perl's log) each is a cache miss. Here a
+ * block is one slot of an open-addressed table (linear probing, deletion by backward shift),
+ * the handle's hash, address, size and site in it. To Python it is a mapping whose values are
+ * the same (address, size, site) tuples, built when asked for, and whose order is a dict's
+ * (insertion order, a key set again keeping its place). Keys are exact str (handles). */
+typedef struct {
+    PyObject *key; /* NULL: an empty slot */
+    Py_hash_t hash;
+    long long addr, size;
+    PyObject *site;
+    unsigned long long seq; /* insertion order */
+} LBSlot;
+
+typedef struct {
+    PyObject_HEAD
+    LBSlot *slots;
+    size_t mask, used;
+    unsigned long long seq;
+} LiveBlocks;
+
+static PyTypeObject LiveBlocksType;
+
+#define LB_MIN 8
+
+static inline int str_eq(PyObject *a, PyObject *b)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+           && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+}
+
+/* the slot of key (an exact str with its hash), or of the empty slot where it would go */
+static inline LBSlot *lb_probe(LiveBlocks *lb, PyObject *key, Py_hash_t hash)
+{
+    size_t i = (size_t)hash & lb->mask;
+    for (;;) {
+        LBSlot *s = &lb->slots[i];
+        if (s->key == NULL || s->key == key || (s->hash == hash && str_eq(s->key, key)))
+            return s;
+        i = (i + 1) & lb->mask;
+    }
+}
+
+/* key's hash if it can be a key (an exact str), else -1 (a str's is never -1) */
+static inline Py_hash_t lb_hash(PyObject *key)
+{
+    return PyUnicode_CheckExact(key) ? PyObject_Hash(key) : -1; /* a str's: cached, no error */
+}
+
+/* the live slot of key, or NULL */
+static inline LBSlot *lb_find(LiveBlocks *lb, PyObject *key)
+{
+    Py_hash_t h = lb_hash(key);
+    if (h == -1)
+        return NULL;
+    LBSlot *s = lb_probe(lb, key, h);
+    return s->key ? s : NULL;
+}
+
+static int lb_resize(LiveBlocks *lb, size_t nslots)
+{
+    LBSlot *old = lb->slots, *slots = PyMem_Calloc(nslots, sizeof(LBSlot));
+    size_t oldn = old ? lb->mask + 1 : 0;
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    lb->slots = slots;
+    lb->mask = nslots - 1;
+    for (size_t i = 0; i < oldn; i++)
+        if (old[i].key) {
+            size_t j = (size_t)old[i].hash & lb->mask;
+            while (slots[j].key)
+                j = (j + 1) & lb->mask;
+            slots[j] = old[i];
+        }
+    PyMem_Free(old);
+    return 0;
+}
+
+/* a new block for key (not in the table): its slot, filled in; NULL on error */
+static LBSlot *lb_add(LiveBlocks *lb, PyObject *key, Py_hash_t hash, long long addr,
+                      long long size, PyObject *site)
+{
+    if ((lb->used + 1) * 3 > (lb->mask + 1) * 2 && lb_resize(lb, (lb->mask + 1) * 2))
+        return NULL;
+    LBSlot *s = lb_probe(lb, key, hash);
+    Py_INCREF(key);
+    Py_INCREF(site);
+    s->key = key;
+    s->hash = hash;
+    s->addr = addr;
+    s->size = size;
+    s->site = site;
+    s->seq = lb->seq++;
+    lb->used++;
+    return s;
+}
+
+/* empty slot s (its references are the caller's now), moving later ones back */
+static void lb_remove(LiveBlocks *lb, LBSlot *s)
+{
+    size_t i = (size_t)(s - lb->slots), j = i;
+    for (;;) {
+        j = (j + 1) & lb->mask;
+        if (lb->slots[j].key == NULL)
+            break;
+        size_t k = (size_t)lb->slots[j].hash & lb->mask; /* where it would be */
+        /* it may move to i unless its home is cyclically in (i, j] */
+        if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+            continue;
+        lb->slots[i] = lb->slots[j];
+        i = j;
+    }
+    lb->slots[i].key = NULL;
+    lb->used--;
+}
+
+static PyObject *lb_tuple(LBSlot *s)
+{
+    PyObject *a = PyLong_FromLongLong(s->addr), *n = a ? PyLong_FromLongLong(s->size) : NULL;
+    PyObject *t = n ? PyTuple_Pack(3, a, n, s->site) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(n);
+    return t;
+}
+
+/* value as a block: (int, int, site) with both ints within a C long long */
+static int lb_unpack(PyObject *value, long long *addr, long long *size, PyObject **site)
+{
+    if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 3) {
+        PyErr_SetString(PyExc_TypeError, "a live block is (address, size, site)");
+        return -1;
+    }
+    *addr = PyLong_AsLongLong(PyTuple_GET_ITEM(value, 0));
+    if (*addr == -1 && PyErr_Occurred())
+        return -1;
+    *size = PyLong_AsLongLong(PyTuple_GET_ITEM(value, 1));
+    if (*size == -1 && PyErr_Occurred())
+        return -1;
+    *site = PyTuple_GET_ITEM(value, 2);
+    return 0;
+}
+
+/* live[key] = (addr, size, site) */
+static int lb_set(LiveBlocks *lb, PyObject *key, long long addr, long long size, PyObject *site)
+{
+    Py_hash_t h = lb_hash(key);
+    if (h == -1) {
+        PyErr_Format(PyExc_TypeError, "a handle is a str, not %.100s", Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    LBSlot *s = lb_probe(lb, key, h);
+    if (s->key == NULL)
+        return lb_add(lb, key, h, addr, size, site) ? 0 : -1;
+    s->addr = addr;
+    s->size = size;
+    Py_INCREF(site);
+    Py_SETREF(s->site, site);
+    return 0;
+}
+
+static void key_error(PyObject *key)
+{
+    PyObject *t = PyTuple_Pack(1, key);
+    if (t != NULL) {
+        PyErr_SetObject(PyExc_KeyError, t);
+        Py_DECREF(t);
+    }
+}
+
+static PyObject *lb_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "LiveBlocks() takes no arguments");
+        return NULL;
+    }
+    LiveBlocks *lb = (LiveBlocks *)type->tp_alloc(type, 0);
+    if (lb != NULL && lb_resize(lb, LB_MIN))
+        Py_CLEAR(lb);
+    return (PyObject *)lb;
+}
+
+/* the slot a record's handle would be looked up at, on its way to the cache (the handle
+ * itself is: the reader made or touched it for this batch) */
+#define PREFETCH 8
+static inline void lb_prefetch(LiveBlocks *lb, PyObject *rec)
+{
+    if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) != 5)
+        return;
+    PyObject *h = PyTuple_GET_ITEM(rec, 2);
+#if defined(__GNUC__)
+    if (PyUnicode_CheckExact(h)) /* a str's hash: computed once, kept in it, never fails */
+        __builtin_prefetch(&lb->slots[(size_t)PyObject_Hash(h) & lb->mask]);
+#endif
+}
+
+static void lb_clear_slots(LiveBlocks *lb)
+{
+    for (size_t i = 0; lb->slots && i <= lb->mask; i++)
+        if (lb->slots[i].key) {
+            Py_CLEAR(lb->slots[i].key);
+            Py_CLEAR(lb->slots[i].site);
+        }
+    lb->used = 0;
+}
+
+static void lb_dealloc(LiveBlocks *lb)
+{
+    lb_clear_slots(lb);
+    PyMem_Free(lb->slots);
+    Py_TYPE(lb)->tp_free((PyObject *)lb);
+}
+
+static Py_ssize_t lb_len(LiveBlocks *lb) { return (Py_ssize_t)lb->used; }
+
+static PyObject *lb_getitem(LiveBlocks *lb, PyObject *key)
+{
+    LBSlot *s = lb_find(lb, key);
+    if (s == NULL) {
+        if (!PyErr_Occurred())
+            key_error(key);
+        return NULL;
+    }
+    return lb_tuple(s);
+}
+
+static int lb_setitem(LiveBlocks *lb, PyObject *key, PyObject *value)
+{
+    if (value == NULL) {
+        LBSlot *s = lb_find(lb, key);
+        if (s == NULL) {
+            key_error(key);
+            return -1;
+        }
+        PyObject *k = s->key, *site = s->site;
+        lb_remove(lb, s);
+        Py_DECREF(k);
+        Py_DECREF(site);
+        return 0;
+    }
+    long long addr, size;
+    PyObject *site;
+    if (lb_unpack(value, &addr, &size, &site))
+        return -1;
+    return lb_set(lb, key, addr, size, site);
+}
+
+static int lb_contains(LiveBlocks *lb, PyObject *key) { return lb_find(lb, key) != NULL; }
+
+static PyObject *lb_get(LiveBlocks *lb, PyObject *const *args, Py_ssize_t n)
+{
+    if (n < 1 || n > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+        return NULL;
+    }
+    LBSlot *s = lb_find(lb, args[0]);
+    if (s)
+        return lb_tuple(s);
+    return Py_NewRef(n > 1 ? args[1] : Py_None);
+}
+
+static PyObject *lb_pop(LiveBlocks *lb, PyObject *const *args, Py_ssize_t n)
+{
+    if (n < 1 || n > 2) {
+        PyErr_SetString(PyExc_TypeError, "pop(key[, default])");
+        return NULL;
+    }
+    LBSlot *s = lb_find(lb, args[0]);
+    if (s == NULL) {
+        if (n > 1)
+            return Py_NewRef(args[1]);
+        key_error(args[0]);
+        return NULL;
+    }
+    PyObject *t = lb_tuple(s);
+    if (t != NULL) {
+        PyObject *k = s->key, *site = s->site;
+        lb_remove(lb, s);
+        Py_DECREF(k);
+        Py_DECREF(site);
+    }
+    return t;
+}
+
+static int seq_order(const void *a, const void *b)
+{
+    unsigned long long x = (*(LBSlot *const *)a)->seq, y = (*(LBSlot *const *)b)->seq;
+    return x < y ? -1 : x > y;
+}
+
+/* a list of the keys (what 0), values (1) or items (2), in insertion order */
+static PyObject *lb_list(LiveBlocks *lb, int what)
+{
+    LBSlot **order = PyMem_Malloc((lb->used ? lb->used : 1) * sizeof(LBSlot *));
+    if (order == NULL)
+        return PyErr_NoMemory();
+    size_t n = 0;
+    for (size_t i = 0; i <= lb->mask; i++)
+        if (lb->slots[i].key)
+            order[n++] = &lb->slots[i];
+    qsort(order, n, sizeof(LBSlot *), seq_order);
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; out && i < n; i++) {
+        PyObject *x = what == 0 ? Py_NewRef(order[i]->key) : lb_tuple(order[i]);
+        if (x && what == 2)
+            Py_SETREF(x, PyTuple_Pack(2, order[i]->key, x));
+        if (x == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, (Py_ssize_t)i, x);
+    }
+    PyMem_Free(order);
+    return out;
+}
+
+static PyObject *lb_keys(LiveBlocks *lb, PyObject *unused) { return lb_list(lb, 0); }
+static PyObject *lb_values(LiveBlocks *lb, PyObject *unused) { return lb_list(lb, 1); }
+static PyObject *lb_items(LiveBlocks *lb, PyObject *unused) { return lb_list(lb, 2); }
+
+static PyObject *lb_iter(LiveBlocks *lb)
+{
+    PyObject *keys = lb_list(lb, 0), *it = keys ? PyObject_GetIter(keys) : NULL;
+    Py_XDECREF(keys);
+    return it;
+}
+
+static PyObject *lb_clear(LiveBlocks *lb, PyObject *unused)
+{
+    lb_clear_slots(lb);
+    Py_RETURN_NONE;
+}
+
+static PyObject *lb_repr(LiveBlocks *lb)
+{
+    PyObject *items = lb_list(lb, 2), *d = items ? PyDict_New() : NULL;
+    for (Py_ssize_t i = 0; d && i < PyList_GET_SIZE(items); i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i);
+        if (PyDict_SetItem(d, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1)))
+            Py_CLEAR(d);
+    }
+    PyObject *r = d ? PyUnicode_FromFormat("LiveBlocks(%R)", d) : NULL;
+    Py_XDECREF(items);
+    Py_XDECREF(d);
+    return r;
+}
+
+static PyMappingMethods lb_mapping = {(lenfunc)lb_len, (binaryfunc)lb_getitem,
+                                      (objobjargproc)lb_setitem};
+static PySequenceMethods lb_sequence = {.sq_contains = (objobjproc)lb_contains};
+static PyMethodDef lb_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))lb_get, METH_FASTCALL, "get(handle, default=None)"},
+    {"pop", (PyCFunction)(void (*)(void))lb_pop, METH_FASTCALL, "pop(handle[, default])"},
+    {"keys", (PyCFunction)lb_keys, METH_NOARGS, "the handles, in insertion order (a list)"},
+    {"values", (PyCFunction)lb_values, METH_NOARGS, "the blocks, in insertion order (a list)"},
+    {"items", (PyCFunction)lb_items, METH_NOARGS, "(handle, block) pairs, in insertion order"},
+    {"clear", (PyCFunction)lb_clear, METH_NOARGS, "forget every block"},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject LiveBlocksType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mmsim.kernel._mallocs_c.LiveBlocks",
+    .tp_basicsize = sizeof(LiveBlocks),
+    .tp_dealloc = (destructor)lb_dealloc,
+    .tp_repr = (reprfunc)lb_repr,
+    .tp_as_sequence = &lb_sequence,
+    .tp_as_mapping = &lb_mapping,
+    .tp_iter = (getiterfunc)lb_iter,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "MallocFace.live in C: handle -> (address, size, site), a slot a block",
+    .tp_methods = lb_methods,
+    .tp_new = lb_new,
+};
+
 static PyObject *new_block(PyObject *addr, PyObject *size, PyObject *site)
 {
     PyObject *t = PyTuple_New(3);
@@ -1185,7 +1560,8 @@ static int general(Loop *L, PyObject *handle, PyObject *site)
  * now, -1 error */
 static int apply(Loop *L, PyObject *rec, long long size)
 {
-    PyObject *handle = PyTuple_GET_ITEM(rec, 2), *site = PyTuple_GET_ITEM(rec, 4), *block, *addr;
+    PyObject *handle = PyTuple_GET_ITEM(rec, 2), *site = PyTuple_GET_ITEM(rec, 4), *addr;
+    LBSlot *bs;
     long long grown, bsize;
     int k = kind_of(L->kind);
     if (k == K_MALLOC) { /* op_malloc, inlined */
@@ -1208,40 +1584,46 @@ static int apply(Loop *L, PyObject *rec, long long size)
             Py_DECREF(r);
             return 0;
         }
-        block = new_block(addr, L->size_o, site);
-        Py_DECREF(addr);
-        if (block == NULL)
-            return -1;
-        PyObject *old = PyDict_SetDefault(L->live, handle, block);
-        if (old == NULL) {
-            Py_DECREF(block);
+        long long a;
+        if (!small_int_any(addr, &a)) {
+            Py_DECREF(addr);
+            PyErr_SetString(PyExc_TypeError, "an address is not a small int");
             return -1;
         }
-        if (old != block) {
+        Py_DECREF(addr);
+        LiveBlocks *lb = (LiveBlocks *)L->live;
+        LBSlot *s = lb_find(lb, handle);
+        if (s != NULL) { /* live.setdefault(handle, block) is not block: the old one leaks */
             PyObject *leaked = PyObject_GetAttr(L->face, a_leaked), *x = NULL;
+            PyObject *old = leaked ? lb_tuple(s) : NULL;
             int r = -1;
-            if (leaked != NULL && PyList_CheckExact(leaked))
+            if (old != NULL && PyList_CheckExact(leaked))
                 r = PyList_Append(leaked, old);
-            else if (leaked != NULL && (x = PyObject_CallMethod(leaked, "append", "O", old)))
+            else if (old != NULL && (x = PyObject_CallMethod(leaked, "append", "O", old)))
                 r = 0;
             Py_XDECREF(x);
+            Py_XDECREF(old);
             Py_XDECREF(leaked);
-            if (r || PyDict_SetItem(L->live, handle, block)) {
-                Py_DECREF(block);
+            if (r || lb_set(lb, handle, a, size, site))
                 return -1;
-            }
+        } else if (lb_set(lb, handle, a, size, site)) {
+            return -1;
         }
-        Py_DECREF(block);
         grown = L->live_bytes + size;
-    } else if (k == K_REALLOC && size
-               && (block = PyDict_GetItemWithError(L->live, handle)) != NULL) {
+    } else if (k == K_REALLOC && size && (bs = lb_find((LiveBlocks *)L->live, handle)) != NULL) {
         /* op_realloc, inlined */
-        if (!PyTuple_CheckExact(block) || PyTuple_GET_SIZE(block) != 3
-            || !small_int(PyTuple_GET_ITEM(block, 1), &bsize))
+        if (bs->size >= LIMIT || bs->size < 0)
             return 1;
-        Py_INCREF(block);
+        long long baddr = bs->addr;
+        PyObject *bsite = Py_NewRef(bs->site), *baddr_o = PyLong_FromLongLong(baddr);
+        bsize = bs->size;
+        if (baddr_o == NULL) {
+            Py_DECREF(bsite);
+            return -1;
+        }
         L->nr++;
-        addr = do_realloc(L, PyTuple_GET_ITEM(block, 0), size);
+        addr = do_realloc(L, baddr_o, size);
+        Py_DECREF(baddr_o);
         if (addr == NULL) {
             if (!PyErr_ExceptionMatches(VmError))
                 goto realloc_error;
@@ -1251,7 +1633,7 @@ static int apply(Loop *L, PyObject *rec, long long size)
         int t = PyObject_IsTrue(addr);
         if (t <= 0) {
             Py_DECREF(addr);
-            Py_DECREF(block);
+            Py_DECREF(bsite);
             if (t < 0)
                 return -1;
             PyObject *f = PyObject_GetAttr(L->face, a_failed);
@@ -1262,48 +1644,52 @@ static int apply(Loop *L, PyObject *rec, long long size)
             return r;
         }
         grown = L->live_bytes + size - bsize;
-        PyObject *old_site = PyTuple_GET_ITEM(block, 2);
-        if (old_site != Py_None) { /* the new block is the realloc's caller's */
+        if (bsite != Py_None) { /* the new block is the realloc's caller's */
             if (L->pending && grown <= L->peak && snapshot(L)) /* before the old block leaves */
                 goto realloc_addr_error;
-            if (site_freed(L, old_site, PyTuple_GET_ITEM(block, 1)))
+            if (site_freed(L, bsite, bsize))
                 goto realloc_addr_error;
         }
-        PyObject *nb = new_block(addr, L->size_o, site);
-        Py_DECREF(addr);
-        if (nb == NULL || PyDict_SetItem(L->live, handle, nb)) {
-            Py_XDECREF(nb);
-            goto realloc_error;
+        long long a;
+        if (!small_int_any(addr, &a)) {
+            PyErr_SetString(PyExc_TypeError, "an address is not a small int");
+            goto realloc_addr_error;
         }
-        Py_DECREF(nb);
-        Py_DECREF(block);
+        Py_DECREF(addr);
+        Py_DECREF(bsite);
+        if (lb_set((LiveBlocks *)L->live, handle, a, size, site)) /* found again: Python ran */
+            return -1;
         goto added;
     realloc_addr_error:
         Py_DECREF(addr);
     realloc_error:
-        Py_DECREF(block);
+        Py_DECREF(bsite);
         return -1;
     } else {
         if (PyErr_Occurred())
             return -1;
-        block = k == K_FREE ? PyDict_GetItemWithError(L->live, handle) : NULL;
-        if (block != NULL) { /* op_free, inlined */
-            if (!PyTuple_CheckExact(block) || PyTuple_GET_SIZE(block) != 3
-                || !small_int(PyTuple_GET_ITEM(block, 1), &bsize))
+        bs = k == K_FREE ? lb_find((LiveBlocks *)L->live, handle) : NULL;
+        if (bs != NULL) { /* op_free, inlined */
+            if (bs->size >= LIMIT || bs->size < 0)
                 return 1;
-            Py_INCREF(block);
-            if (PyDict_DelItem(L->live, handle))
+            PyObject *bkey = bs->key, *bsite = bs->site; /* the slot's references, ours now */
+            long long baddr = bs->addr;
+            bsize = bs->size;
+            lb_remove((LiveBlocks *)L->live, bs);
+            Py_DECREF(bkey);
+            PyObject *baddr_o = PyLong_FromLongLong(baddr);
+            if (baddr_o == NULL)
                 goto free_error;
             L->nf++;
             if (L->pending && snapshot(L))
                 goto free_error;
-            if (do_free(L, PyTuple_GET_ITEM(block, 0)))
+            if (do_free(L, baddr_o))
                 goto free_error;
             L->live_bytes -= bsize;
-            PyObject *bsite = PyTuple_GET_ITEM(block, 2);
-            if (bsite != Py_None && site_freed(L, bsite, PyTuple_GET_ITEM(block, 1)))
+            if (bsite != Py_None && site_freed(L, bsite, bsize))
                 goto free_error;
-            Py_DECREF(block);
+            Py_DECREF(baddr_o);
+            Py_DECREF(bsite);
             if (PyDict_SetItem(L->freed, handle, L->line))
                 return -1;
             if (PyDict_GET_SIZE(L->freed) >= HALF) {
@@ -1317,7 +1703,8 @@ static int apply(Loop *L, PyObject *rec, long long size)
             }
             return 0;
         free_error:
-            Py_DECREF(block);
+            Py_XDECREF(baddr_o);
+            Py_DECREF(bsite);
             return -1;
         }
         if (PyErr_Occurred())
@@ -1417,7 +1804,7 @@ static PyObject *run(PyObject *mod, PyObject *args)
     L.py_realloc = attr(L.m, a_realloc);
     if (L.py_realloc == NULL)
         goto done;
-    if (!PyDict_CheckExact(L.live) || !PyDict_CheckExact(L.freed) || !PyDict_CheckExact(L.stats)
+    if (!Py_IS_TYPE(L.live, &LiveBlocksType) || !PyDict_CheckExact(L.freed) || !PyDict_CheckExact(L.stats)
         || !PyDict_CheckExact(L.pages) || !PyLong_CheckExact(L.cpu_obj)
         || !PyList_CheckExact(by_size)) {
         result = PyLong_FromLong(0); /* not what C knows: the Python loop */
@@ -1456,6 +1843,8 @@ static PyObject *run(PyObject *mod, PyObject *args)
             result = PyLong_FromSsize_t(L.i);
             goto done;
         }
+        if (L.i + PREFETCH < n) /* the live block of a record a few ahead: its miss overlaps */
+            lb_prefetch((LiveBlocks *)L.live, PyList_GET_ITEM(L.records, L.i + PREFETCH));
         Py_INCREF(rec);
         L.kind = PyTuple_GET_ITEM(rec, 0);
         L.line = PyTuple_GET_ITEM(rec, 1);
@@ -1658,5 +2047,12 @@ PyMODINIT_FUNC PyInit__mallocs_c(void)
     INTERN(a__cpu, "_cpu");
     if ((one = PyLong_FromLong(1)) == NULL || (zero = PyLong_FromLong(0)) == NULL)
         return NULL;
-    return PyModule_Create(&module);
+    if (PyType_Ready(&LiveBlocksType) < 0)
+        return NULL;
+    PyObject *mod = PyModule_Create(&module);
+    if (mod != NULL && PyModule_AddObjectRef(mod, "LiveBlocks", (PyObject *)&LiveBlocksType)) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
 }

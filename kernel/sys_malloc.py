@@ -17,6 +17,7 @@ succeeded in the real run), so it counts in ``frees_of_failed``, not as an appli
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,15 @@ def _hashed_dict() -> dict[Any, Any]:
     return d
 
 
+def _live_blocks() -> MutableMapping[str, Any]:
+    """An empty map of live blocks: the C loop's own (_mallocs_c.LiveBlocks, a mapping whose
+    values are the same tuples, a block a slot of its table rather than a dict entry, a tuple
+    and an int) where it is built, else a dict."""
+    if _mallocs_c is not None:
+        return _mallocs_c.LiveBlocks()  # type: ignore[no-any-return]
+    return _hashed_dict()
+
+
 _CLASS_NAMES = [str(s) for s in POOL_CLASSES]
 #: a live block: (address, requested size, the caller's site or None)
 Block = tuple[int, int, "str | None"]
@@ -108,7 +118,8 @@ class MallocFace:
         self.kernel = kernel
         self.malloc = Malloc(kernel.pool, space)
         self.malloc.wait_for_minimum_memory = reclaimer.wait_for_minimum_memory
-        self.live: dict[str, Block] = _hashed_dict()  # handle -> its block
+        # handle -> its block: in C a slot a block (_mallocs_c.LiveBlocks), where it is built
+        self.live: MutableMapping[str, Block] = _live_blocks()
         self.leaked: list[Block] = []  # blocks whose handle was bound again
         self._freed: dict[str, int] = _hashed_dict()  # handle -> line of its free (newest half)
         self._freed_old: dict[str, int] = {}
@@ -225,7 +236,8 @@ class MallocFace:
     def _c_ready(self) -> bool:
         """The C loop may run: the allocator is the plain Malloc, whose methods it inlines."""
         m = self.malloc
-        return (type(m) is Malloc and type(m.pool) is PagePool and type(self.live) is dict
+        return (type(m) is Malloc and type(m.pool) is PagePool
+                and type(self.live) is _mallocs_c.LiveBlocks
                 and type(m.large) is LargeAllocator
                 and type(self.sites) is AllocSites
                 and getattr(self._malloc, "__func__", None) is _INLINED[0][2]
@@ -236,7 +248,7 @@ class MallocFace:
         """The pure-Python loop of :meth:`op_mallocs`, from record ``start`` on."""
         k = self.kernel
         live = self.live
-        setdefault = live.setdefault
+        get = live.get
         pop = live.pop
         freed = self._freed
         malloc = self._malloc
@@ -269,11 +281,10 @@ class MallocFace:
                     if not addr:
                         self._fail(handle, line)
                         continue
-                    block = (addr, size, site)
-                    old = setdefault(handle, block)
-                    if old is not block:
+                    old = get(handle)
+                    if old is not None:  # the handle is bound again: its block leaks
                         self.leaked.append(old)
-                        live[handle] = block
+                    live[handle] = (addr, size, site)
                     grown = live_bytes + size
                 elif kind == "realloc" and size and handle in live:  # op_realloc, inlined
                     nr += 1
