@@ -1394,6 +1394,23 @@ static PyObject *lb_pop(LiveBlocks *lb, PyObject *const *args, Py_ssize_t n)
     return t;
 }
 
+/* dict.setdefault: the block there, or value itself once it is put there */
+static PyObject *lb_setdefault(LiveBlocks *lb, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 2) {
+        PyErr_SetString(PyExc_TypeError, "setdefault(handle, block)");
+        return NULL;
+    }
+    LBSlot *s = lb_find(lb, args[0]);
+    if (s)
+        return lb_tuple(s);
+    long long addr, size;
+    PyObject *site;
+    if (lb_unpack(args[1], &addr, &size, &site) || lb_set(lb, args[0], addr, size, site))
+        return NULL;
+    return Py_NewRef(args[1]);
+}
+
 static int seq_order(const void *a, const void *b)
 {
     unsigned long long x = (*(LBSlot *const *)a)->seq, y = (*(LBSlot *const *)b)->seq;
@@ -1462,6 +1479,8 @@ static PySequenceMethods lb_sequence = {.sq_contains = (objobjproc)lb_contains};
 static PyMethodDef lb_methods[] = {
     {"get", (PyCFunction)(void (*)(void))lb_get, METH_FASTCALL, "get(handle, default=None)"},
     {"pop", (PyCFunction)(void (*)(void))lb_pop, METH_FASTCALL, "pop(handle[, default])"},
+    {"setdefault", (PyCFunction)(void (*)(void))lb_setdefault, METH_FASTCALL,
+     "setdefault(handle, block): the block there, or block once it is put there"},
     {"keys", (PyCFunction)lb_keys, METH_NOARGS, "the handles, in insertion order (a list)"},
     {"values", (PyCFunction)lb_values, METH_NOARGS, "the blocks, in insertion order (a list)"},
     {"items", (PyCFunction)lb_items, METH_NOARGS, "(handle, block) pairs, in insertion order"},

@@ -248,7 +248,7 @@ class MallocFace:
         """The pure-Python loop of :meth:`op_mallocs`, from record ``start`` on."""
         k = self.kernel
         live = self.live
-        get = live.get
+        setdefault = live.setdefault
         pop = live.pop
         freed = self._freed
         malloc = self._malloc
@@ -281,10 +281,11 @@ class MallocFace:
                     if not addr:
                         self._fail(handle, line)
                         continue
-                    old = get(handle)
-                    if old is not None:  # the handle is bound again: its block leaks
+                    block = (addr, size, site)
+                    old = setdefault(handle, block)
+                    if old is not block:  # the handle is bound again: its block leaks
                         self.leaked.append(old)
-                    live[handle] = (addr, size, site)
+                        live[handle] = block
                     grown = live_bytes + size
                 elif kind == "realloc" and size and handle in live:  # op_realloc, inlined
                     nr += 1
