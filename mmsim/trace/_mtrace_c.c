@@ -922,6 +922,66 @@ static PyObject *ChunkParser_ready(ChunkParser *self, PyObject *const *args, Py_
     return PyBool_FromLong(lines >= every);
 }
 
+/* Looks ahead, so that a line's lookup in a large live table does not wait for memory (perl's
+   log keeps 286 k pointers live: each lookup was a cache miss, and the handle it found another).
+   AHEAD_SLOT lines ahead the slot of the line's pointer is fetched; AHEAD_HANDLE lines ahead
+   that slot, in the cache by then, is read and the handle it holds is fetched (a free or a
+   realloc hands it on). Only looks: nothing is counted or changed, and a line that is not a
+   record with a pointer in canonical form is passed over, so no result depends on them. */
+#define AHEAD_SLOT 12
+#define AHEAD_HANDLE 4
+#define AHEAD_RING 16 /* > AHEAD_SLOT */
+
+/* the pointer of the line from s to e (1-byte text), or 0; its slot on its way to the cache */
+static inline uint64_t look_slot(PtrMap *m, const Py_UCS1 *c, Py_ssize_t s, Py_ssize_t e) {
+    Py_ssize_t j = e, ps, pe;
+    while (j > s && ws1[c[j - 1]])
+        j--;
+    pe = j; /* the last token: the pointer of '-' and '<', the size of '+' and '>' */
+    while (j > s && !ws1[c[j - 1]])
+        j--;
+    ps = j;
+    while (j > s && ws1[c[j - 1]])
+        j--;
+    if (j - 1 > s && !ws1[c[j - 2]]) { /* the token before it is longer than '-': the pointer */
+        pe = j;
+        while (j > s && !ws1[c[j - 1]])
+            j--;
+        ps = j;
+    } else if (!(j > s && (c[j - 1] == '-' || c[j - 1] == '<'))) {
+        return 0;
+    }
+    if (pe - ps < 4 || pe - ps > 18 || c[ps] != '0' || c[ps + 1] != 'x' || c[ps + 2] == '0')
+        return 0;
+    uint64_t v = 0;
+    for (Py_ssize_t i = ps + 2; i < pe; i++) {
+        int d = hex_digit[c[i]];
+        if (d < 0)
+            return 0;
+        v = (v << 4) | (uint64_t)d;
+    }
+#if defined(__GNUC__)
+    __builtin_prefetch(&m->slots[slot_of(v, m->mask)]);
+#endif
+    return v;
+}
+
+/* the handle live at pointer v (if any) on its way to the cache: pm_find, without its counts */
+static inline void look_handle(PtrMap *m, uint64_t v) {
+#if defined(__GNUC__)
+    if (!v)
+        return;
+    size_t i = slot_of(v, m->mask);
+    while (m->slots[i].val && m->slots[i].key != v)
+        i = (i + 1) & m->mask;
+    if (m->slots[i].val)
+        __builtin_prefetch(VAL(m->slots[i]));
+#else
+    (void)m;
+    (void)v;
+#endif
+}
+
 /* parse_text(text, pos, base, every) -> (records, status, index, end, lines): parse()
    of the chunk of the next every lines of text (a block of the log, newlines translated),
    which ends at end and, the log's cut last line dropped (stats["truncated_at_line"] set, as
@@ -974,8 +1034,17 @@ static PyObject *ChunkParser_parse_text(ChunkParser *self, PyObject *const *args
     }
     int status = OK, ptrs_bad = 0;
     Py_ssize_t start = pos;
+    uint64_t ahead[AHEAD_RING] = {0}; /* the pointers of the lines ahead (0: none) */
+    const Py_UCS1 *bytes = kind == PyUnicode_1BYTE_KIND ? (const Py_UCS1 *)data : NULL;
+    for (i = 0; bytes && i < AHEAD_SLOT && i < lines; i++)
+        ahead[i] = look_slot(&self->live, bytes, i ? self->ends[i - 1] : pos, self->ends[i]);
     for (i = 0; i < lines; i++) {
         Py_ssize_t stop = self->ends[i];
+        if (bytes && i + AHEAD_SLOT < lines)
+            ahead[(i + AHEAD_SLOT) % AHEAD_RING] = look_slot(
+                &self->live, bytes, self->ends[i + AHEAD_SLOT - 1], self->ends[i + AHEAD_SLOT]);
+        if (bytes && i + AHEAD_HANDLE < lines)
+            look_handle(&self->live, ahead[(i + AHEAD_HANDLE) % AHEAD_RING]);
         status = parse_line(self, out, text, start, stop, base + 1 + i, &ptrs_bad);
         if (status < 0) {
             Py_DECREF(out);
