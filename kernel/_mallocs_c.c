@@ -1293,8 +1293,10 @@ static PyObject *lb_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 }
 
 /* the slot a record's handle would be looked up at, on its way to the cache (the handle
- * itself is: the reader made or touched it for this batch) */
+ * itself is: the reader made or touched it for this batch); in a table past PREFETCH_FROM
+ * slots only, as a smaller one stays cached and the look would only cost */
 #define PREFETCH 8
+#define PREFETCH_FROM (((size_t)1 << 16) - 1) /* a mask: 3 MiB of slots, past a core's L2 */
 static inline void lb_prefetch(LiveBlocks *lb, PyObject *rec)
 {
     if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) != 5)
@@ -1862,7 +1864,7 @@ static PyObject *run(PyObject *mod, PyObject *args)
             result = PyLong_FromSsize_t(L.i);
             goto done;
         }
-        if (L.i + PREFETCH < n) /* the live block of a record a few ahead: its miss overlaps */
+        if (L.i + PREFETCH < n && ((LiveBlocks *)L.live)->mask >= PREFETCH_FROM)
             lb_prefetch((LiveBlocks *)L.live, PyList_GET_ITEM(L.records, L.i + PREFETCH));
         Py_INCREF(rec);
         L.kind = PyTuple_GET_ITEM(rec, 0);
