@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 import test_mtrace
+import test_mtrace_c
 from hypothesis import given
 from hypothesis import strategies as st
 from mmsim.kernel import Kernel, KernelConfig, OutOfMemory, sys_malloc
@@ -109,6 +110,17 @@ def test_reclaim_and_oom_inside_a_batch_are_the_same(tmp_path: Path) -> None:
     a = _replay(list(read_mtrace(oom, 64)), True, 64 << 20, 2)
     assert a["error"] and a["summary"]["oom"]["line"] > 2
     assert a == _replay(list(read_mtrace(oom, 64)), False, 64 << 20, 2)
+
+
+@needs_c
+def test_many_live_blocks_are_the_same(tmp_path: Path) -> None:
+    """100 k blocks live at once: the C loop's table of live blocks past the size from which it
+    looks ahead in it (2**16 slots), a realloc in ten, a double and an invalid free."""
+    path = test_mtrace_c._many_live_log(tmp_path / "many.mtrace", 100_000)
+    a = _replay(list(read_mtrace(path)), True, 256 << 20, 2)
+    assert a["summary"]["malloc"]["calls"]["realloc"] == 10_000
+    assert a["summary"]["app_errors"]["by_kind"] == {"double_free": 1, "invalid_free": 1}
+    assert a == _replay(list(read_mtrace(path)), False, 256 << 20, 2)
 
 
 # -- the existing batched-replay tests, with the Python loop (they run with C by default) ----

@@ -166,6 +166,40 @@ def test_a_long_log_reads_the_same_in_blocks(tmp_path: Path) -> None:
     _same(path, batches=(1024, 0))
 
 
+def _many_live_log(path: Path, live: int = 150_000, seed: int = 5) -> Path:
+    """A log that keeps ``live`` pointers live at once (perl's holds 286 k), each then freed
+    or moved by a realloc in a random order, with a free of a pointer never allocated and a
+    double free among them: past the size from which the C loops look ahead in their tables."""
+    import random
+
+    rng = random.Random(seed)
+    ptrs = rng.sample(range(0x10000, 0x10000 + 64 * live * 4, 16), live + live // 9)
+    out = ["= Start"]
+    out += [f"@ /bin/p:(f+{i % 7:x})[0x{i % 13:x}] + {p:#x} {16 + i % 200:#x}"
+            for i, p in enumerate(ptrs[:live])]
+    order = ptrs[:live]
+    rng.shuffle(order)
+    spare = iter(ptrs[live:])
+    for i, p in enumerate(order):
+        if i % 10 == 3:
+            out += [f"@ /bin/p:(g+1)[0x20] < {p:#x}", f"@ /bin/p:(g+1)[0x20] > {next(spare):#x} 0x40"]
+        else:
+            out.append(f"@ /bin/p:(h+2)[0x30] - {p:#x}")
+        if i == live // 2:
+            out += [f"@ /bin/p:(h+2)[0x30] - {p:#x}", "@ /bin/p:(h+2)[0x30] - 0x8"]
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_a_log_of_many_live_pointers_reads_the_same(tmp_path: Path) -> None:
+    """The live table past the size from which the C reader looks ahead in it."""
+    live = 150_000  # a table of 2**19 slots at most half full: looked ahead in from 2**17
+    batches = _same(_many_live_log(tmp_path / "many.mtrace", live), batches=(1024,))[0]
+    records = [r for b in batches for r in b]
+    assert len(records) == 2 * live + 2  # each pointer's malloc, free or realloc; the 2 bad frees
+    assert sum(r[0] == "realloc" for r in records) == live // 10
+
+
 def test_the_c_reader_gives_what_the_rules_say(tmp_path: Path) -> None:
     """Not only the same as the twin: the records themselves (a reused live pointer, a move, a
     realloc without its '>', huge sizes, a caller with spaces)."""
