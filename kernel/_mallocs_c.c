@@ -1104,8 +1104,6 @@ static PyObject *do_realloc(Loop *L, PyObject *addr_o, long long size)
     return addr;
 }
 
-/* a live block, (addr, size, site): no cycle can go through it (ints and a str or None), so
- * the collector need not track it (CPython untracks such tuples itself at a collection) */
 /* ---- LiveBlocks: MallocFace.live, handle -> (address, requested size, site) ----------------
  *
  * A dict would hold a tuple and an int object a block, and a lookup reads its index, its entry
@@ -1503,22 +1501,6 @@ static PyTypeObject LiveBlocksType = {
     .tp_new = lb_new,
 };
 
-static PyObject *new_block(PyObject *addr, PyObject *size, PyObject *site)
-{
-    PyObject *t = PyTuple_New(3);
-    if (t == NULL)
-        return NULL;
-    Py_INCREF(addr);
-    Py_INCREF(size);
-    Py_INCREF(site);
-    PyTuple_SET_ITEM(t, 0, addr);
-    PyTuple_SET_ITEM(t, 1, size);
-    PyTuple_SET_ITEM(t, 2, site);
-    if (PyLong_CheckExact(addr) && (site == Py_None || PyUnicode_CheckExact(site)))
-        PyObject_GC_UnTrack(t);
-    return t;
-}
-
 /* sys_malloc._hashed_dict(): an empty dict whose table keeps its keys' hashes (a key not a
  * str has been in it) */
 static PyObject *hashed_dict(void)
@@ -1825,9 +1807,9 @@ static PyObject *run(PyObject *mod, PyObject *args)
     L.py_realloc = attr(L.m, a_realloc);
     if (L.py_realloc == NULL)
         goto done;
-    if (!Py_IS_TYPE(L.live, &LiveBlocksType) || !PyDict_CheckExact(L.freed) || !PyDict_CheckExact(L.stats)
-        || !PyDict_CheckExact(L.pages) || !PyLong_CheckExact(L.cpu_obj)
-        || !PyList_CheckExact(by_size)) {
+    if (!Py_IS_TYPE(L.live, &LiveBlocksType) || !PyDict_CheckExact(L.freed)
+        || !PyDict_CheckExact(L.stats) || !PyDict_CheckExact(L.pages)
+        || !PyLong_CheckExact(L.cpu_obj) || !PyList_CheckExact(by_size)) {
         result = PyLong_FromLong(0); /* not what C knows: the Python loop */
         goto done;
     }
