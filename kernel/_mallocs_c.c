@@ -7,19 +7,27 @@
  * What it does in C: Malloc.malloc's pool fast path (a page on the pool's list: pop a freed
  * object or bump), Malloc.free's same-CPU path unless the page goes back to the page
  * allocator (Pool.free, re-listing a page that was full), whole pages (1025..4096 bytes) while
- * the CPU's L1 page cache is between its marks, realloc of those blocks (OSv's: allocate,
- * free), the live blocks, the quarantine, the live-bytes peak, the sites' counters and their
- * live-peak snapshot. Everything else calls the Python methods (a "call-out"): a pool with no
- * page, a free that releases a page, cross-CPU frees, large and mapped sizes, the L1 cache at
- * a mark, realloc(NULL) and realloc(p, 0), bad frees.
+ * the CPU's L1 page cache is between its marks, large sizes (a run of pages under 2 MiB) while
+ * the page allocator is its C twin (mm/_page_ranges_c.c, called through its capsule) and
+ * neither the reclaimer's wait for minimum memory nor its pressure hook has work, realloc of
+ * those blocks (OSv's: allocate, free), the live blocks, the quarantine, the live-bytes peak,
+ * the sites' counters and their live-peak snapshot. Everything else calls the Python methods
+ * (a "call-out"): a pool with no page, a free that releases a page, cross-CPU frees, a large
+ * size near the watermarks or with no run that fits, mapped sizes, the L1 cache at a mark,
+ * realloc(NULL) and realloc(p, 0), bad frees. Counters of Python objects that C moves often
+ * (Malloc.heap_bytes and its peak, LargeAllocator.run_pages) are held in the loop and written
+ * back before any Python code runs (sync_out).
  *
  * Kernel.batch_call(i, line, kind) settles the kernel only if the fill threads were woken,
- * free memory moved or a wakeup is due: only Python code does any of that (the C paths above
- * touch neither the page runs nor the fill threads' marks). So it is called for record 0,
- * for record i when Kernel.batch_call's own test, made after record i-1 if that one called
- * Python or batch_call, says it would settle, and otherwise just before the first call-out of
- * record i (so that a reclaim or an OOM during it reports its event, line and kind); the last
- * record always gets one, so the kernel's line and op_kind end as the Python loop leaves them.
+ * free memory moved or a wakeup is due. Only Python code wakes threads; free memory moves in
+ * C only by a large run taken or given, after which c_settle does in C what batch_call(i + 1)
+ * would if that is trivial (nothing but _hooks_free to follow free memory) and otherwise
+ * leaves it to batch_call. So batch_call is called for record 0, for record i when
+ * Kernel.batch_call's own test, made after record i-1 if that one called Python or
+ * batch_call, says it would settle (or c_settle left it), and otherwise just before the first
+ * call-out of record i (so that a reclaim or an OOM during it reports its event, line and
+ * kind); the last record always gets one, so the kernel's line and op_kind end as the Python
+ * loop leaves them (which is why its large runs are taken through Python).
  * AllocSites.entry, MallocFace._fail and _store are called without it: they only touch the
  * face's and the sites' own containers.
  *
@@ -34,6 +42,8 @@
 #include <structmember.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "../mm/page_ranges_c.h"
 
 #define LIMIT ((long long)1 << 50)     /* a record's size or a block's that C takes */
 #define COUNTER_LIMIT ((long long)1 << 61)
@@ -59,8 +69,10 @@ static PyObject *a_kernel, *a_live, *a__freed, *a__freed_old, *a_leaked, *a_mall
     *a__wakeups, *a__l1, *a__whole, *a_heap_bytes_peak, *a__at_live_peak, *a__stale_live,
     *a__stale_use, *a_pool_pages_returned,
     *a_large, *a_runs, *a_run_pages, *a_mapped_bytes, *a_alloc, *a_wait_for_minimum_memory,
-    *a__map, *a__cpu;
+    *a__map, *a__cpu, *a__hooks_clock, *a_clock_ns, *a__armed, *a__after_op_memory,
+    *a__memory_ops, *a__peak_pages, *a__c_wait_below, *a_op_kind;
 static PyObject *one, *zero;
+static PageRangesAPI *ranges_api; /* the page allocator's C twin (NULL: not built) */
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
@@ -168,6 +180,9 @@ static PyObject *setup(PyObject *mod, PyObject *args)
     Py_XSETREF(PoolPageType, (PyTypeObject *)page_t);
     Py_XSETREF(VmError, vm);
     Py_XSETREF(OutOfPages, oop);
+    ranges_api = PyCapsule_Import(PAGE_RANGES_CAPSULE, 0);
+    if (ranges_api == NULL) /* not built (or turned off): large runs through Python's methods */
+        PyErr_Clear();
     HALF = half;
     MEMPOOL_AREA = area;
     PAGE_SHIFT = shift;
@@ -232,8 +247,20 @@ typedef struct {
     PyObject *kind, *line, *size_o;
     PyObject *at_live_peak, *stale_live, *stale_use; /* AllocSites' (NULL: its method) */
     PyObject *l1, *whole; /* the CPU's L1 page cache and Malloc._whole (NULL: Python's) */
-    PyObject *heap;     /* Malloc.heap_bytes as last read (valid until a call-out) */
-    PyObject *heap_set; /* what this loop last set face.heap_at_peak to (idem) */
+    /* the page allocator's C twin when the large runs can be taken and given in C (NULL:
+     * Python's methods), Malloc.large and its runs */
+    PyObject *ranges, *large, *runs;
+    long long wait_below; /* free bytes from which wait_for_minimum_memory has no work */
+    /* counters of Python objects held here between Python calls (sync_out() writes them back):
+     * LargeAllocator.run_pages to add, Malloc.heap_bytes and its peak (while hb_loaded),
+     * and what face.heap_at_peak was last set to (while hap_valid) */
+    long long rp_delta, hb, hbp, hap;
+    int hb_loaded, hb_dirty, hbp_dirty, hap_valid;
+    int pages_moved; /* record i took or gave pages, in C alone */
+    /* the kernel's state that decides whether a settle is trivial (see c_settle), as read
+     * after the last Python call (while quiet_valid) */
+    int quiet_valid, quiet;
+    long long peak_pages;
     int called;   /* batch_call was called for record i */
     int callout;  /* record i called Python code that may move the kernel */
     SiteDelta sd[SITE_DELTAS];
@@ -241,12 +268,15 @@ typedef struct {
 } Loop;
 
 static int flush_sites(Loop *L);
+static int sync_out(Loop *L);
+static int get_counter(PyObject *o, PyObject *name, long long *out);
+static int set_long(PyObject *o, PyObject *name, long long v);
 
 static int batch(Loop *L)
 {
     if (L->called)
         return 0;
-    if (flush_sites(L)) /* the kernel's peak snapshot reads the sites */
+    if (flush_sites(L) || sync_out(L)) /* the kernel's peak snapshot reads the sites, the heap */
         return -1;
     PyObject *i = PyLong_FromSsize_t(L->i);
     if (i == NULL)
@@ -263,11 +293,9 @@ static int batch(Loop *L)
 /* before Python code that may move the kernel: the record's batch_call first */
 static inline int callout(Loop *L)
 {
-    if (flush_sites(L))
+    if (flush_sites(L) || sync_out(L))
         return -1;
     L->callout = 1;
-    Py_CLEAR(L->heap);
-    L->heap_set = NULL;
     return batch(L);
 }
 
@@ -308,10 +336,77 @@ static int moved(Loop *L)
     return attr_true(L->k, a__wakeups, NULL);
 }
 
+/* the kernel's state that makes a settle after a memory-only call trivial (c_settle) */
+static int load_quiet(Loop *L)
+{
+    PyObject *clock = NULL, *hooks_clock = NULL, *after = NULL, *ops = NULL;
+    int t, r = -1;
+    L->quiet = 0;
+    if ((t = attr_true(L->k, a_pool, a_woken)) || (t = attr_true(L->k, a__wakeups, NULL))
+        || (t = attr_true(L->k, a__armed, NULL))) {
+        r = t < 0 ? -1 : 0;
+        goto done;
+    }
+    if ((after = PyObject_GetAttr(L->k, a__after_op_memory)) == NULL
+        || (ops = PyObject_GetAttr(L->k, a__memory_ops)) == NULL
+        || (clock = PyObject_GetAttr(L->k, a_clock_ns)) == NULL
+        || (hooks_clock = PyObject_GetAttr(L->k, a__hooks_clock)) == NULL)
+        goto done;
+    if (!PyList_CheckExact(after) || PyList_GET_SIZE(after) || !PyAnySet_CheckExact(ops)) {
+        r = 0;
+        goto done;
+    }
+    int in[3] = {PySet_Contains(ops, s_malloc), PySet_Contains(ops, s_free),
+                 PySet_Contains(ops, s_realloc)};
+    int eq = PyObject_RichCompareBool(clock, hooks_clock, Py_EQ);
+    if (eq < 0 || in[0] < 0 || in[1] < 0 || in[2] < 0)
+        goto done;
+    if ((t = get_counter(L->k, a__peak_pages, &L->peak_pages)) < 0)
+        goto done;
+    L->quiet = t == 0 && eq && in[0] && in[1] && in[2]; /* t 1: a peak beyond C's longs */
+    r = 0;
+done:
+    Py_XDECREF(clock);
+    Py_XDECREF(hooks_clock);
+    Py_XDECREF(after);
+    Py_XDECREF(ops);
+    if (r == 0)
+        L->quiet_valid = 1;
+    return r;
+}
+
+/* Kernel.batch_call(i + 1)'s settle after record i took or gave pages in C alone, in C when it
+ * is trivial: with the fill threads asleep, the clock where the hooks last ran, no wakeup,
+ * nothing armed, no thread that watches memory alone, a memory-only call next and no new peak
+ * of used pages, settle() runs _run_memory_hooks with nothing to run, whose one effect is
+ * _hooks_free = free pages (what batch_call then tests). 0 done, 1 for Python, -1 error */
+static int c_settle(Loop *L, PyObject *next)
+{
+    if (!PyTuple_CheckExact(next) || PyTuple_GET_SIZE(next) != 5)
+        return 1;
+    PyObject *kind = PyTuple_GET_ITEM(next, 0);
+    if (kind != s_malloc && kind != s_free && kind != s_realloc) {
+        if (!PyUnicode_CheckExact(kind) || !(PyUnicode_Compare(kind, s_malloc) == 0
+                                             || PyUnicode_Compare(kind, s_free) == 0
+                                             || PyUnicode_Compare(kind, s_realloc) == 0))
+            return PyErr_Occurred() ? -1 : 1;
+    }
+    if (!L->quiet_valid && load_quiet(L))
+        return -1;
+    const PageRangesHead *h = (const PageRangesHead *)L->ranges;
+    if (L->quiet && h->peak_used_pages <= L->peak_pages)
+        return set_long(L->k, a__hooks_free, h->free_pages) ? -1 : 0;
+    /* Python settles, in batch_call(i + 1): the line and kind it reports (a peak's, a
+     * reclaim's) are record i's, as batch_call(i) would have left them */
+    if (PyObject_SetAttr(L->k, a_line, L->line) || PyObject_SetAttr(L->k, a_op_kind, L->kind))
+        return -1;
+    return 1;
+}
+
 /* MallocFace._store(...): the counters back into the face, and zeroed */
 static int store(Loop *L)
 {
-    if (flush_sites(L))
+    if (flush_sites(L) || sync_out(L))
         return -1;
     long long v[8] = {L->live_bytes, L->peak, 0, L->nm, L->nf, L->nr, L->nb, L->nbytes};
     PyObject *a[10] = {L->face};
@@ -635,25 +730,64 @@ static int page_cache(Loop *L, PyObject *pool)
     return 0;
 }
 
+/* o.name = v */
+static int set_long(PyObject *o, PyObject *name, long long v)
+{
+    PyObject *n = PyLong_FromLongLong(v);
+    int r = n ? PyObject_SetAttr(o, name, n) : -1;
+    Py_XDECREF(n);
+    return r;
+}
+
+/* Malloc.heap_bytes and its peak into the loop, if they are not there since the last Python
+ * call */
+static int hb_load(Loop *L)
+{
+    if (L->hb_loaded)
+        return 0;
+    int r = get_counter(L->m, a_heap_bytes, &L->hb);
+    if (r == 0)
+        r = get_counter(L->m, a_heap_bytes_peak, &L->hbp);
+    if (r > 0)
+        PyErr_SetString(PyExc_OverflowError, "Malloc.heap_bytes is beyond what C holds");
+    if (r)
+        return -1;
+    L->hb_loaded = 1;
+    return 0;
+}
+
 /* Malloc._grow_heap(delta) (heap_bytes and its peak); heap_bytes += delta alone where the
- * Python adds without a peak (a free) */
+ * Python adds without a peak (a free). Held in the loop until sync_out() */
 static int add_heap(Loop *L, long long delta, int peak_too)
 {
-    Py_CLEAR(L->heap);
-    PyObject *hb = PyObject_GetAttr(L->m, a_heap_bytes), *d = PyLong_FromLongLong(delta);
-    PyObject *nhb = hb && d ? PyNumber_Add(hb, d) : NULL, *peak = NULL;
-    int r = nhb ? PyObject_SetAttr(L->m, a_heap_bytes, nhb) : -1;
-    if (r == 0 && peak_too) {
-        peak = PyObject_GetAttr(L->m, a_heap_bytes_peak);
-        r = peak ? PyObject_RichCompareBool(nhb, peak, Py_GT) : -1;
-        if (r > 0)
-            r = PyObject_SetAttr(L->m, a_heap_bytes_peak, nhb);
+    if (hb_load(L))
+        return -1;
+    L->hb += delta;
+    L->hb_dirty = 1;
+    if (peak_too && L->hb > L->hbp) {
+        L->hbp = L->hb;
+        L->hbp_dirty = 1;
     }
-    Py_XDECREF(hb);
-    Py_XDECREF(d);
-    Py_XDECREF(nhb);
-    Py_XDECREF(peak);
-    return r < 0 ? -1 : 0;
+    return 0;
+}
+
+static int attr_add(PyObject *o, PyObject *name, long long delta);
+
+/* before Python code runs: what the loop holds of Python objects' counters goes back into
+ * them, and is read again after (the code may read or move it) */
+static int sync_out(Loop *L)
+{
+    if (L->hb_dirty && set_long(L->m, a_heap_bytes, L->hb))
+        return -1;
+    L->hb_dirty = 0;
+    if (L->hbp_dirty && set_long(L->m, a_heap_bytes_peak, L->hbp))
+        return -1;
+    L->hbp_dirty = 0;
+    if (L->rp_delta && attr_add(L->large, a_run_pages, L->rp_delta))
+        return -1;
+    L->rp_delta = 0;
+    L->hb_loaded = L->hap_valid = L->quiet_valid = 0;
+    return 0;
 }
 
 static inline int grow_heap(Loop *L, long long delta) { return add_heap(L, delta, delta > 0); }
@@ -722,12 +856,7 @@ static int large_bytes(PyObject *large, long long *out)
 static int attr_add(PyObject *o, PyObject *name, long long delta)
 {
     long long v;
-    if (attr_long(o, name, &v))
-        return -1;
-    PyObject *n = PyLong_FromLongLong(v + delta);
-    int r = n ? PyObject_SetAttr(o, name, n) : -1;
-    Py_XDECREF(n);
-    return r;
+    return attr_long(o, name, &v) ? -1 : set_long(o, name, v + delta);
 }
 
 /* Malloc._std_malloc's large path for malloc(size), a page < size (LargeAllocator.alloc
@@ -739,6 +868,27 @@ static PyObject *large_malloc(Loop *L, long long size)
     long long total = (size + LARGE_OFFSET + page - 1) & ~(page - 1);
     if (total >= HUGE_PAGE)
         return NULL;
+    /* a run of pages, if the wait and the pressure hook have no work (not for the last
+     * record: its batch_call comes after it, and would settle it with its line unset) */
+    if (L->ranges != NULL && L->i + 1 < PyList_GET_SIZE(L->records)) {
+        long long npages = total >> PAGE_SHIFT, pfn;
+        if ((((PageRangesHead *)L->ranges)->free_pages << PAGE_SHIFT) >= L->wait_below
+            && !ranges_api->hook_due(L->ranges, npages)) {
+            if (ranges_api->alloc(L->ranges, npages, 0, &pfn))
+                return NULL;
+            if (pfn >= 0) { /* runs[pfn] = npages, run_pages += npages, heap_bytes grows */
+                PyObject *k = PyLong_FromLongLong(pfn), *v = PyLong_FromLongLong(npages);
+                int r = k && v ? PyDict_SetItem(L->runs, k, v) : -1;
+                Py_XDECREF(k);
+                Py_XDECREF(v);
+                if (r || add_heap(L, total, 1))
+                    return NULL;
+                L->rp_delta += npages;
+                L->pages_moved = 1;
+                return PyLong_FromLongLong(MAIN_AREA + (pfn << PAGE_SHIFT) + LARGE_OFFSET);
+            } /* none fits: the mapped path, in Python (its alloc fails again, as nothing moved) */
+        }
+    }
     if (callout(L) || PyObject_SetAttr(L->m, a__cpu, L->cpu_obj))
         return NULL;
     PyObject *large = PyObject_GetAttr(L->m, a_large), *wait = NULL, *ranges = NULL;
@@ -803,9 +953,14 @@ static int large_run(Loop *L, long long addr, PyObject **large, PyObject **runs,
     *large = *runs = *pfn = *npages = NULL;
     if ((addr >> 44) != (MAIN_AREA >> 44) || header < MAIN_AREA)
         return 1;
-    if ((*large = PyObject_GetAttr(L->m, a_large)) == NULL
-        || (*runs = PyObject_GetAttr(*large, a_runs)) == NULL
-        || (*pfn = PyLong_FromLongLong((header - MAIN_AREA) >> PAGE_SHIFT)) == NULL)
+    if (L->ranges != NULL) { /* held by the loop (none of it changes while C runs) */
+        *large = Py_NewRef(L->large);
+        *runs = Py_NewRef(L->runs);
+    } else if ((*large = PyObject_GetAttr(L->m, a_large)) == NULL
+               || (*runs = PyObject_GetAttr(*large, a_runs)) == NULL) {
+        return -1;
+    }
+    if ((*pfn = PyLong_FromLongLong((header - MAIN_AREA) >> PAGE_SHIFT)) == NULL)
         return -1;
     if (!PyDict_CheckExact(*runs))
         return 1;
@@ -826,7 +981,19 @@ static int large_free(Loop *L, PyObject *addr_o)
         PyErr_SetString(PyExc_TypeError, "a run's page count is not a small int");
         r = -1;
     }
-    if (r == 0) { /* runs.pop(pfn), run_pages -= n, ranges.free(pfn, n), heap_bytes moves */
+    if (r == 0 && L->ranges != NULL && L->i + 1 < PyList_GET_SIZE(L->records)) {
+        /* the same in C (the page allocator's free calls nothing; as for a malloc, not for
+         * the last record) */
+        if (PyDict_DelItem(runs, pfn)
+            || ranges_api->free(L->ranges, (((addr - 1) & ~((1LL << PAGE_SHIFT) - 1)) - MAIN_AREA)
+                                               >> PAGE_SHIFT, n)
+            || add_heap(L, -(n << PAGE_SHIFT), 0)) {
+            r = -1;
+        } else {
+            L->rp_delta -= n;
+            L->pages_moved = 1;
+        }
+    } else if (r == 0) { /* runs.pop(pfn), run_pages -= n, ranges.free(pfn, n), heap_bytes moves */
         PyObject *ranges = NULL, *res = NULL;
         Py_INCREF(npages);
         if (callout(L) || large_bytes(large, &before)
@@ -1720,12 +1887,13 @@ added: /* a new block is live (a malloc's, or a realloc's): _added, inlined */
         L->peak = grown;
         L->pending = 1;
         /* self.heap_at_peak = self.malloc.heap_bytes: only Python code changes either */
-        if (L->heap == NULL && (L->heap = PyObject_GetAttr(L->m, a_heap_bytes)) == NULL)
+        if (hb_load(L))
             return -1;
-        if (L->heap_set != L->heap) {
-            if (PyObject_SetAttr(L->face, a_heap_at_peak, L->heap))
+        if (!L->hap_valid || L->hap != L->hb) {
+            if (set_long(L->face, a_heap_at_peak, L->hb))
                 return -1;
-            L->heap_set = L->heap;
+            L->hap = L->hb;
+            L->hap_valid = 1;
         }
     } else if (L->pending && snapshot(L)) { /* not a new peak: before its site counts it */
         return -1;
@@ -1764,6 +1932,29 @@ added: /* a new block is live (a malloc's, or a realloc's): _added, inlined */
 static PyObject *attr(PyObject *o, PyObject *name)
 {
     return o ? PyObject_GetAttr(o, name) : NULL;
+}
+
+/* L->ranges (and large, runs, wait_below) if the large runs can be taken in C: the kernel's
+ * and the large allocator's page allocator is the C twin, the runs a dict, and the face says
+ * from which free memory wait_for_minimum_memory has no work (None: unknown, Python's path) */
+static int large_in_c(Loop *L)
+{
+    PyObject *kr = attr(L->k, a_ranges), *lr = NULL, *wb = NULL;
+    int r = -1;
+    L->large = attr(L->m, a_large);
+    if (kr == NULL || L->large == NULL || (lr = attr(L->large, a_ranges)) == NULL
+        || (L->runs = attr(L->large, a_runs)) == NULL
+        || (wb = attr(L->face, a__c_wait_below)) == NULL)
+        goto done;
+    r = 0;
+    if (kr == lr && Py_TYPE(kr) == ranges_api->type && PyDict_CheckExact(L->runs)
+        && small_int_any(wb, &L->wait_below) && L->wait_below >= 0)
+        L->ranges = Py_NewRef(kr);
+done:
+    Py_XDECREF(kr);
+    Py_XDECREF(lr);
+    Py_XDECREF(wb);
+    return r;
 }
 
 static PyObject *run(PyObject *mod, PyObject *args)
@@ -1827,6 +2018,8 @@ static PyObject *run(PyObject *mod, PyObject *args)
         result = PyLong_FromLong(0);
         goto done;
     }
+    if (ranges_api != NULL && large_in_c(&L))
+        goto done;
     int r = load(&L);
     if (r) {
         if (r > 0)
@@ -1852,7 +2045,7 @@ static PyObject *run(PyObject *mod, PyObject *args)
         L.kind = PyTuple_GET_ITEM(rec, 0);
         L.line = PyTuple_GET_ITEM(rec, 1);
         L.size_o = PyTuple_GET_ITEM(rec, 3);
-        L.called = L.callout = 0;
+        L.called = L.callout = L.pages_moved = 0;
         long long size;
         if (!PyUnicode_CheckExact(L.kind) || !small_int(L.size_o, &size)) {
             Py_DECREF(rec); /* not for C: the Python loop goes on from this record */
@@ -1884,6 +2077,11 @@ static PyObject *run(PyObject *mod, PyObject *args)
         }
         if (L.callout || L.called) { /* does batch_call(i + 1) have something to settle? */
             if ((need = moved(&L)) < 0) {
+                Py_DECREF(rec);
+                goto failed;
+            }
+        } else if (L.pages_moved && L.i + 1 < n) { /* settled here if that is trivial */
+            if ((need = c_settle(&L, PyList_GET_ITEM(L.records, L.i + 1))) < 0) {
                 Py_DECREF(rec);
                 goto failed;
             }
@@ -1936,10 +2134,11 @@ failed:
         PyErr_Restore(type, value, tb);
     }
 done:
-    if (L.sd_used) { /* an error left counters pending: add them if it can be done */
+    if (L.sd_used || L.hb_dirty || L.hbp_dirty || L.rp_delta) {
+        /* an error (or counters beyond C's) left counters here: back if it can be done */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        if (flush_sites(&L))
+        if (flush_sites(&L) | sync_out(&L))
             PyErr_Clear();
         PyErr_Restore(type, value, tb);
     }
@@ -1967,7 +2166,9 @@ done:
     Py_XDECREF(L.py_free);
     Py_XDECREF(L.py_realloc);
     Py_XDECREF(L.row);
-    Py_XDECREF(L.heap);
+    Py_XDECREF(L.ranges);
+    Py_XDECREF(L.large);
+    Py_XDECREF(L.runs);
     return result;
 }
 
@@ -2033,6 +2234,14 @@ PyMODINIT_FUNC PyInit__mallocs_c(void)
     INTERN(a_free_pages, "free_pages");
     INTERN(a__hooks_free, "_hooks_free");
     INTERN(a__wakeups, "_wakeups");
+    INTERN(a__hooks_clock, "_hooks_clock");
+    INTERN(a_op_kind, "op_kind");
+    INTERN(a_clock_ns, "clock_ns");
+    INTERN(a__armed, "_armed");
+    INTERN(a__after_op_memory, "_after_op_memory");
+    INTERN(a__memory_ops, "_memory_ops");
+    INTERN(a__peak_pages, "_peak_pages");
+    INTERN(a__c_wait_below, "_c_wait_below");
     INTERN(a__at_live_peak, "_at_live_peak");
     INTERN(a__l1, "_l1");
     INTERN(a_pool_pages_returned, "pool_pages_returned");

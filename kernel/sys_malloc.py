@@ -27,6 +27,7 @@ from mmsim.mm.constants import (
     HUGE_PAGE_SIZE,
     MAIN_AREA,
     MEMPOOL_AREA,
+    MIN_EMERGENCY_POOL,
     PAGE_AREA,
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -37,6 +38,7 @@ from mmsim.mm.slab import large as large_module
 from mmsim.mm.slab.large import LargeAllocator
 from mmsim.mm.slab.pool import Pool, PoolPage
 from mmsim.mm.slab.sizes import large_layout
+from mmsim.shrinker import Reclaimer
 
 try:
     if os.environ.get("MMSIM_PURE_PYTHON"):
@@ -56,7 +58,7 @@ except ImportError:  # no virtual memory in this build: the stand-in mapper neve
 if TYPE_CHECKING:
     from mmsim.kernel.kernel import Kernel
     from mmsim.mm.address_space import AddressSpace
-    from mmsim.shrinker import Reclaimer, ShrinkerRegistry
+    from mmsim.shrinker import ShrinkerRegistry
 
 __all__ = ["QUARANTINE", "MallocFace", "attach"]
 
@@ -118,6 +120,7 @@ class MallocFace:
         self.kernel = kernel
         self.malloc = Malloc(kernel.pool, space)
         self.malloc.wait_for_minimum_memory = reclaimer.wait_for_minimum_memory
+        self._c_wait_below: int | None = None  # (see _c_ready)
         # handle -> its block: in C a slot a block (_mallocs_c.LiveBlocks), where it is built
         self.live: MutableMapping[str, Block] = _live_blocks()
         self.leaked: list[Block] = []  # blocks whose handle was bound again
@@ -234,8 +237,15 @@ class MallocFace:
         k.end_batch(len(records))
 
     def _c_ready(self) -> bool:
-        """The C loop may run: the allocator is the plain Malloc, whose methods it inlines."""
+        """The C loop may run: the allocator is the plain Malloc, whose methods it inlines.
+        It takes large runs itself while free memory is at least ``_c_wait_below`` bytes, from
+        which the reclaimer's wait_for_minimum_memory has no work (None: another wait)."""
         m = self.malloc
+        wait = m.large.wait_for_minimum_memory
+        self._c_wait_below = (
+            0 if wait is None else MIN_EMERGENCY_POOL
+            if (getattr(wait, "__func__", None) is Reclaimer.wait_for_minimum_memory
+                and wait.__self__.ranges is m.large.ranges) else None)
         return (type(m) is Malloc and type(m.pool) is PagePool
                 and type(self.live) is _mallocs_c.LiveBlocks
                 and type(m.large) is LargeAllocator

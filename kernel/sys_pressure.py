@@ -19,7 +19,7 @@ from mmsim.kernel.config import (
 )
 from mmsim.kernel.held_pages import HeldPages
 from mmsim.kernel.units import parse_duration
-from mmsim.mm.constants import PAGE_SIZE
+from mmsim.mm.constants import PAGE_SIZE, WATERMARK_LO_PERCENT
 from mmsim.shrinker import Reclaimer, ShrinkerRegistry
 
 if TYPE_CHECKING:
@@ -216,6 +216,9 @@ def attach(kernel: Kernel) -> tuple[ShrinkerRegistry, Reclaimer]:
     registry = ShrinkerRegistry(lambda: kernel.ranges.free_pages * PAGE_SIZE)
     reclaimer = Reclaimer(kernel.ranges, registry)
     kernel.ranges.on_alloc = reclaimer.on_alloc
+    # the reclaimer wakes only under its watermark (the JVM heap it may count is never
+    # negative): above it the allocator need not call it
+    kernel.ranges.on_alloc_percent = WATERMARK_LO_PERCENT
     kernel.pool.wait_for_pages = reclaimer.wait_for_pages
     kernel.pool.min_memory = reclaimer.wait_for_minimum_memory  # before every L2 refill batch
     latency = _wake_latency(kernel.config.extra.get("reclaimer_wake_latency", 0))

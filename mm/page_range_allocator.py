@@ -9,14 +9,26 @@ The size-ordered set holds only runs of 2**16 pages (256 MiB) or more, so it is 
 runs: a plain list kept sorted (bisect) serves it faster than a balanced structure would. The
 hot paths (taking the low part of a run, freeing) inline the container updates; each does the
 same inserts and deletes, in the same order, as :meth:`_remove` then :meth:`_insert` would.
+
+Where mm/_page_ranges_c.c is built, :data:`PageRangeAllocator` is its ``PageRanges``: the same
+runs and choices (tests/test_page_ranges_c.py holds the two equal), with no Python objects per
+run, so that the C malloc loop takes and returns pages without calling Python.
 """
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator
 
-from mmsim.mm.constants import PAGE_RANGES_MAX_ORDER
+from mmsim.mm.constants import PAGE_RANGES_MAX_ORDER, PAGE_SIZE
+
+try:
+    if os.environ.get("MMSIM_PURE_PYTHON"):
+        raise ImportError
+    from mmsim.mm import _page_ranges_c
+except ImportError:  # not compiled on this machine, or turned off: the pure-Python twin
+    _page_ranges_c = None
 
 TREE = PAGE_RANGES_MAX_ORDER  # container index of the size-ordered set
 _LISTS = (1 << TREE) - 1  # mask bits of the lists
@@ -27,7 +39,7 @@ def run_order(npages: int) -> int:
     return min(npages.bit_length() - 1, TREE)
 
 
-class PageRangeAllocator:
+class PyPageRangeAllocator:
     """Free physical memory as coalesced runs of pages, with OSv's allocation policy."""
 
     def __init__(self) -> None:
@@ -42,6 +54,9 @@ class PageRangeAllocator:
         self.peak_used_pages = 0
         #: called with the number of pages each time the runs lose pages (OSv's on_alloc)
         self.on_alloc: Callable[[int], None] | None = None
+        #: on_alloc only while free memory is under this % of the total (None: always): the
+        #: reclaimer acts only under its watermark, and a call above it would be for nothing
+        self.on_alloc_percent: int | None = None
 
     # -- containers ---------------------------------------------------------------------
     def _insert(self, start: int, npages: int) -> None:
@@ -86,7 +101,9 @@ class PageRangeAllocator:
         self.free_pages -= npages
         if self.total_pages - self.free_pages > self.peak_used_pages:
             self.peak_used_pages = self.total_pages - self.free_pages
-        if self.on_alloc is not None:
+        if self.on_alloc is not None and (
+                self.on_alloc_percent is None or self.free_pages * PAGE_SIZE
+                < self.total_pages * PAGE_SIZE * self.on_alloc_percent // 100):
             self.on_alloc(npages)
 
     # -- the allocator's interface -------------------------------------------------------
@@ -277,3 +294,11 @@ class PageRangeAllocator:
         for order in range(TREE + 1):
             nonempty = bool(self._tree) if order == TREE else bool(self._lists[order])
             assert bool(self._mask >> order & 1) == nonempty, f"mask bit {order} is stale"
+
+
+PageRangeAllocator: type[PyPageRangeAllocator]
+if _page_ranges_c is not None and _page_ranges_c.PAGE_SIZE == PAGE_SIZE \
+        and _page_ranges_c.TREE == TREE:
+    PageRangeAllocator = _page_ranges_c.PageRanges  # type: ignore[assignment]
+else:
+    PageRangeAllocator = PyPageRangeAllocator
