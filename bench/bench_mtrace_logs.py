@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bench_mtrace import DEBUG_LIB, best, read_and_split, reader_only  # noqa: E402
 from mmsim.kernel import Kernel, KernelConfig  # noqa: E402
 
+from mmsim.api import replay_ops  # noqa: E402
 from mmsim.trace.mtrace import read_mtrace  # noqa: E402
 
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "mmsim-bench"
@@ -264,10 +265,11 @@ def count_records(path: Path) -> int:
 
 
 def replay(path: Path) -> tuple[float, Kernel]:
-    """Seconds of ``mmsim run``'s replay (boot excluded) and the kernel it left."""
+    """Seconds of ``mmsim run``'s replay (boot excluded: the call mmsim run makes after it)
+    and the kernel it left."""
     kernel = Kernel(KernelConfig(memory=2 << 30, cpus=4))
     t = time.perf_counter()
-    kernel.run(read_mtrace(path))
+    replay_ops(kernel, read_mtrace(path), str(path))
     return time.perf_counter() - t, kernel
 
 

@@ -125,3 +125,26 @@ def test_an_out_of_memory_report_stays_on_its_lines_whatever_the_file_name(tmp_p
     code, _out, err = run("run", trace, "--memory", "256M", "-q")
     assert code == EXIT_OOM
     assert all(line.startswith("mmsim: ") for line in err.splitlines()), err
+
+
+def test_a_replay_keeps_the_booted_guest_out_of_the_collectors_passes() -> None:
+    """The guest booted before a replay is frozen (gc.freeze) while it runs, and thawed after
+    it; a process that froze objects itself keeps its own freeze."""
+    import gc
+
+    from mmsim.api import boot, replay_ops
+    from mmsim.trace import read_trace
+
+    seen: list[int] = []
+    kernel = boot(configure(memory="512M"))
+    replay_ops(kernel, read_trace(MTRACE), MTRACE, observers=[lambda k: seen.append(
+        gc.get_freeze_count())])
+    assert seen and min(seen) > 0, "nothing was frozen during the replay"
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        replay_ops(boot(configure(memory="512M")), read_trace(MTRACE), MTRACE)
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
