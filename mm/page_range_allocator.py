@@ -192,7 +192,8 @@ class PyPageRangeAllocator:
         Visits the size-ordered set ascending, then lists 15 down to max(log2 pages, 1) - 1,
         taking the first run the piece fits in.
         """
-        if npages <= 0 or align_pages <= 0 or align_pages & (align_pages - 1):
+        if (npages <= 0 or align_pages <= 0 or align_pages & (align_pages - 1)
+                or offset_pages < 0):
             raise ValueError("bad aligned allocation")
 
         def fit(start: int, run: int) -> int | None:

@@ -155,6 +155,8 @@ def test_bad_calls_are_errors_as_in_python():
             r.alloc(0)
         with pytest.raises(ValueError):
             r.alloc_aligned(4, 3)
+        with pytest.raises(ValueError):
+            r.alloc_aligned(4, 4, -1)
         with pytest.raises(TypeError):
             r.alloc("4")
     with pytest.raises(ValueError):
