@@ -69,6 +69,7 @@ def test_pure_python_gives_the_same_summary_and_loads_no_extension(trace: str) -
     pure, loaded = _run(FIXTURES / trace, pure=True)
     assert loaded == []
     fast, loaded = _run(FIXTURES / trace, pure=False)
-    used = {"mmsim.trace._mtrace_c", "mmsim.kernel._mallocs_c"}  # an mtrace replay's
+    used = {"mmsim.trace._mtrace_c", "mmsim.kernel._mallocs_c",  # an mtrace replay's
+            "mmsim.mm._page_ranges_c"}
     assert {n for n in used if _built(n)} <= set(loaded)
     assert pure == fast
