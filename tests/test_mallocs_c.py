@@ -269,3 +269,38 @@ def test_replays_leak_no_references_nor_memory(tmp_path: Path,
     drift = {repr(objs[i])[:60]: (before[i], after[i]) for i in objs if after[i] != before[i]}
     assert not drift
     assert rss[1] - rss[0] < 8 << 20
+
+
+@needs_c
+@pytest.mark.parametrize("memory_hook", [False, True])
+def test_a_thread_that_watches_memory_sees_every_large_call_as_in_python(
+        memory_hook: bool) -> None:
+    """Large blocks' runs are taken and given in C, and the kernel settled there when nothing
+    watches memory alone; a thread that does (add_after_op, memory=True: a JVM's) must run
+    after each call that moved free memory, at the same lines, as the Python loop runs it."""
+    records: list[Any] = []
+    for i in range(300):
+        records.append(("malloc", len(records) + 1, f"p{i}", 4096 * (1 + i % 5), "site_a"))
+        if i % 3:
+            records.append(("free", len(records) + 1, f"p{i - 1}", 0, None))
+    ops = [MallocCalls(records[i:i + 128]) for i in range(0, len(records), 128)]
+
+    def replay(use_c: bool) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+        saved = sys_malloc._mallocs_c
+        sys_malloc._mallocs_c = C if use_c else None
+        try:
+            k = Kernel(KernelConfig(memory=256 << 20, cpus=2))
+            seen: list[tuple[int, int]] = []
+            if memory_hook:
+                k.add_after_op(lambda: seen.append((k.line, k.ranges.free_pages)))
+            for op in ops:
+                k.apply(op)
+            return _outcome(k, [], None), seen
+        finally:
+            sys_malloc._mallocs_c = saved
+
+    (on_c, seen_c), (on_py, seen_py) = replay(True), replay(False)
+    assert on_c == on_py
+    assert seen_c == seen_py
+    if memory_hook:
+        assert len(seen_c) > 300, "the thread did not run after each large call"
