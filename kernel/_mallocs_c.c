@@ -1692,6 +1692,219 @@ static PyTypeObject LiveBlocksType = {
     .tp_new = lb_new,
 };
 
+/* -- the freed handles' quarantine ------------------------------------------------------------
+ * MallocFace._freed (and _freed_old): handle -> line of its free, for the last QUARANTINE frees.
+ * A dict held each handle and its line as objects until its half of the quarantine was dropped,
+ * 32 k to 64 k frees later: the line's int lived on, and the drop decref'd every key and value,
+ * long out of the cache (perl's replay: 12 % of the kernel side). Here a slot holds the handle's
+ * text itself (up to FH_INLINE ASCII characters, a longer or wider one by reference) with its
+ * hash and the line as a C long long, so nothing outlives the record that freed it and a drop
+ * frees one table. To Python: a mapping str -> int (in, [], get, []=, len, iteration in no set
+ * order); the Python loop and the bad-free reports use it as they used the dict. */
+#define FH_INLINE 23
+#define FH_OBJ 255 /* the tag of a slot whose key is held by reference */
+
+typedef struct {
+    Py_hash_t hash;
+    long long line;
+    union {
+        char s[FH_INLINE + 1]; /* the text, then the tag: 0 empty, n + 1 for n characters */
+        PyObject *o;
+    } k;
+} FHSlot; /* 40 bytes */
+
+#define FH_TAG(slot) (((unsigned char *)(slot)->k.s)[FH_INLINE])
+
+typedef struct {
+    PyObject_HEAD
+    FHSlot *slots;
+    size_t mask, used;
+} FreedHandles;
+
+static PyTypeObject FreedHandlesType;
+
+static inline int fh_inline(PyObject *key)
+{
+    return PyUnicode_IS_COMPACT_ASCII(key) && PyUnicode_GET_LENGTH(key) <= FH_INLINE;
+}
+
+/* the slot of key (an exact str, hash its hash), or the empty slot where it would go */
+_Static_assert(sizeof(FHSlot) == 40, "a slot is two words and the key's 24 bytes");
+
+static FHSlot *fh_probe(FreedHandles *fh, PyObject *key, Py_hash_t hash)
+{
+    int in = fh_inline(key);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(key);
+    for (size_t i = (size_t)hash & fh->mask;; i = (i + 1) & fh->mask) {
+        FHSlot *s = &fh->slots[i];
+        if (FH_TAG(s) == 0)
+            return s;
+        if (s->hash != hash)
+            continue;
+        if (FH_TAG(s) == FH_OBJ ? !in && (s->k.o == key || str_eq(s->k.o, key))
+                             : in && FH_TAG(s) == n + 1 && memcmp(s->k.s, PyUnicode_DATA(key), n) == 0)
+            return s;
+    }
+}
+
+static int fh_resize(FreedHandles *fh, size_t nslots)
+{
+    FHSlot *old = fh->slots, *slots = PyMem_Calloc(nslots, sizeof(FHSlot));
+    size_t oldn = old ? fh->mask + 1 : 0;
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < oldn; i++)
+        if (FH_TAG(&old[i])) {
+            size_t j = (size_t)old[i].hash & (nslots - 1);
+            while (FH_TAG(&slots[j]))
+                j = (j + 1) & (nslots - 1);
+            slots[j] = old[i];
+        }
+    PyMem_Free(old);
+    fh->slots = slots;
+    fh->mask = nslots - 1;
+    return 0;
+}
+
+/* fh[key] = line (key an exact str) */
+static int fh_set(FreedHandles *fh, PyObject *key, long long line)
+{
+    if ((fh->used + 1) * 2 > fh->mask + 1 && fh_resize(fh, (fh->mask + 1) * 2))
+        return -1;
+    Py_hash_t hash = PyObject_Hash(key); /* a str's: cached, no error */
+    FHSlot *s = fh_probe(fh, key, hash);
+    if (FH_TAG(s) == 0) {
+        s->hash = hash;
+        if (fh_inline(key)) {
+            memcpy(s->k.s, PyUnicode_DATA(key), (size_t)PyUnicode_GET_LENGTH(key));
+            FH_TAG(s) = (unsigned char)(PyUnicode_GET_LENGTH(key) + 1);
+        } else {
+            s->k.o = Py_NewRef(key);
+            FH_TAG(s) = FH_OBJ;
+        }
+        fh->used++;
+    }
+    s->line = line;
+    return 0;
+}
+
+/* the slot of key, or NULL (not a str, or not there) */
+static FHSlot *fh_find(FreedHandles *fh, PyObject *key)
+{
+    if (!PyUnicode_CheckExact(key))
+        return NULL;
+    FHSlot *s = fh_probe(fh, key, PyObject_Hash(key));
+    return FH_TAG(s) ? s : NULL;
+}
+
+static PyObject *fh_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    if (PyTuple_GET_SIZE(args) || (kw != NULL && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "FreedHandles() takes no arguments");
+        return NULL;
+    }
+    FreedHandles *fh = (FreedHandles *)type->tp_alloc(type, 0);
+    if (fh != NULL && fh_resize(fh, 16))
+        Py_CLEAR(fh);
+    return (PyObject *)fh;
+}
+
+static void fh_dealloc(FreedHandles *fh)
+{
+    for (size_t i = 0; fh->slots && i <= fh->mask; i++)
+        if (FH_TAG(&fh->slots[i]) == FH_OBJ)
+            Py_DECREF(fh->slots[i].k.o);
+    PyMem_Free(fh->slots);
+    Py_TYPE(fh)->tp_free((PyObject *)fh);
+}
+
+static Py_ssize_t fh_len(FreedHandles *fh) { return (Py_ssize_t)fh->used; }
+
+static PyObject *fh_subscript(FreedHandles *fh, PyObject *key)
+{
+    FHSlot *s = fh_find(fh, key);
+    if (s == NULL) {
+        key_error(key);
+        return NULL;
+    }
+    return PyLong_FromLongLong(s->line);
+}
+
+static int fh_ass_subscript(FreedHandles *fh, PyObject *key, PyObject *value)
+{
+    long long line;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "freed handles are never deleted, only dropped whole");
+        return -1;
+    }
+    if (!PyUnicode_CheckExact(key) || !small_int_any(value, &line)) {
+        PyErr_SetString(PyExc_TypeError, "a freed handle is a str and its line an int");
+        return -1;
+    }
+    return fh_set(fh, key, line);
+}
+
+static int fh_contains(FreedHandles *fh, PyObject *key) { return fh_find(fh, key) != NULL; }
+
+static PyObject *fh_get(FreedHandles *fh, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(handle, default=None)");
+        return NULL;
+    }
+    FHSlot *s = fh_find(fh, args[0]);
+    return s ? PyLong_FromLongLong(s->line) : Py_NewRef(nargs == 2 ? args[1] : Py_None);
+}
+
+static PyObject *fh_key(const FHSlot *s)
+{
+    return FH_TAG(s) == FH_OBJ ? Py_NewRef(s->k.o)
+                               : PyUnicode_FromStringAndSize(s->k.s, FH_TAG(s) - 1);
+}
+
+static PyObject *fh_iter(FreedHandles *fh)
+{
+    PyObject *keys = PyList_New(0);
+    for (size_t i = 0; keys && i <= fh->mask; i++)
+        if (FH_TAG(&fh->slots[i])) {
+            PyObject *k = fh_key(&fh->slots[i]);
+            if (k == NULL || PyList_Append(keys, k))
+                Py_CLEAR(keys);
+            Py_XDECREF(k);
+        }
+    PyObject *it = keys ? PyObject_GetIter(keys) : NULL;
+    Py_XDECREF(keys);
+    return it;
+}
+
+static PyMappingMethods fh_mapping = {
+    .mp_length = (lenfunc)fh_len,
+    .mp_subscript = (binaryfunc)fh_subscript,
+    .mp_ass_subscript = (objobjargproc)fh_ass_subscript,
+};
+
+static PySequenceMethods fh_sequence = {.sq_contains = (objobjproc)fh_contains};
+
+static PyMethodDef fh_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))fh_get, METH_FASTCALL, "the line of handle's free"},
+    {NULL},
+};
+
+static PyTypeObject FreedHandlesType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mmsim.kernel._mallocs_c.FreedHandles",
+    .tp_basicsize = sizeof(FreedHandles),
+    .tp_dealloc = (destructor)fh_dealloc,
+    .tp_as_sequence = &fh_sequence,
+    .tp_as_mapping = &fh_mapping,
+    .tp_iter = (getiterfunc)fh_iter,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "MallocFace._freed in C: handle -> line of its free, the handle's text in its slot",
+    .tp_methods = fh_methods,
+    .tp_new = fh_new,
+};
+
 /* sys_malloc._hashed_dict(): an empty dict whose table keeps its keys' hashes (a key not a
  * str has been in it) */
 static PyObject *hashed_dict(void)
@@ -1884,10 +2097,15 @@ static int apply(Loop *L, PyObject *rec, long long size)
                 goto free_error;
             Py_DECREF(baddr_o);
             Py_DECREF(bsite);
-            if (PyDict_SetItem(L->freed, handle, L->line))
+            long long line;
+            int fh = Py_IS_TYPE(L->freed, &FreedHandlesType);
+            if (fh && small_int_any(L->line, &line)
+                    ? fh_set((FreedHandles *)L->freed, handle, line)
+                    : PyObject_SetItem(L->freed, handle, L->line))
                 return -1;
-            if (PyDict_GET_SIZE(L->freed) >= HALF) {
-                PyObject *fresh = hashed_dict();
+            if (PyObject_Length(L->freed) >= HALF) {
+                PyObject *fresh = fh ? PyObject_CallNoArgs((PyObject *)&FreedHandlesType)
+                                     : hashed_dict();
                 if (fresh == NULL || PyObject_SetAttr(L->face, a__freed_old, L->freed)
                     || PyObject_SetAttr(L->face, a__freed, fresh)) {
                     Py_XDECREF(fresh);
@@ -2023,7 +2241,8 @@ static PyObject *run(PyObject *mod, PyObject *args)
     L.py_realloc = attr(L.m, a_realloc);
     if (L.py_realloc == NULL)
         goto done;
-    if (!Py_IS_TYPE(L.live, &LiveBlocksType) || !PyDict_CheckExact(L.freed)
+    if (!Py_IS_TYPE(L.live, &LiveBlocksType)
+        || !(PyDict_CheckExact(L.freed) || Py_IS_TYPE(L.freed, &FreedHandlesType))
         || !PyDict_CheckExact(L.stats) || !PyDict_CheckExact(L.pages)
         || !PyLong_CheckExact(L.cpu_obj) || !PyList_CheckExact(by_size)) {
         result = PyLong_FromLong(0); /* not what C knows: the Python loop */
@@ -2284,10 +2503,12 @@ PyMODINIT_FUNC PyInit__mallocs_c(void)
     INTERN(a__cpu, "_cpu");
     if ((one = PyLong_FromLong(1)) == NULL || (zero = PyLong_FromLong(0)) == NULL)
         return NULL;
-    if (PyType_Ready(&LiveBlocksType) < 0)
+    if (PyType_Ready(&LiveBlocksType) < 0 || PyType_Ready(&FreedHandlesType) < 0)
         return NULL;
     PyObject *mod = PyModule_Create(&module);
-    if (mod != NULL && PyModule_AddObjectRef(mod, "LiveBlocks", (PyObject *)&LiveBlocksType)) {
+    if (mod != NULL && (PyModule_AddObjectRef(mod, "LiveBlocks", (PyObject *)&LiveBlocksType)
+                        || PyModule_AddObjectRef(mod, "FreedHandles",
+                                                 (PyObject *)&FreedHandlesType))) {
         Py_DECREF(mod);
         return NULL;
     }

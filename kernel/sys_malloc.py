@@ -105,6 +105,15 @@ def _live_blocks() -> MutableMapping[str, Any]:
     return _hashed_dict()
 
 
+def _freed_handles() -> MutableMapping[str, int]:
+    """An empty half of the freed-handle quarantine (handle -> line of its free): the C loop's
+    own (_mallocs_c.FreedHandles, whose slots hold a handle's text and line, so that neither
+    object lives on for the 32 k frees a half lasts) where it is built, else a dict."""
+    if _mallocs_c is not None:
+        return _mallocs_c.FreedHandles()  # type: ignore[no-any-return]
+    return _hashed_dict()
+
+
 _CLASS_NAMES = [str(s) for s in POOL_CLASSES]
 #: a live block: (address, requested size, the caller's site or None)
 Block = tuple[int, int, "str | None"]
@@ -124,8 +133,8 @@ class MallocFace:
         # handle -> its block: in C a slot a block (_mallocs_c.LiveBlocks), where it is built
         self.live: MutableMapping[str, Block] = _live_blocks()
         self.leaked: list[Block] = []  # blocks whose handle was bound again
-        self._freed: dict[str, int] = _hashed_dict()  # handle -> line of its free (newest half)
-        self._freed_old: dict[str, int] = {}
+        self._freed = _freed_handles()  # handle -> line of its free (newest half)
+        self._freed_old: MutableMapping[str, int] = {}
         self.n_malloc = self.n_calloc = self.n_memalign = self.n_realloc = self.n_free = 0
         self._malloc = self.malloc.malloc
         self._free = self.malloc.free
@@ -336,7 +345,7 @@ class MallocFace:
                         freed[handle] = line
                         if len(freed) >= _HALF:
                             self._freed_old = freed
-                            self._freed = freed = _hashed_dict()
+                            self._freed = freed = _freed_handles()
                     else:  # a realloc or a bad free: the general path
                         store(live_bytes, peak, pending, nm, nf, nr, nb, nbytes, unattributed)
                         nm = nf = nr = nb = nbytes = unattributed = 0
@@ -434,7 +443,7 @@ class MallocFace:
         freed[handle] = line
         if len(freed) >= _HALF:
             self._freed_old = freed
-            self._freed = _hashed_dict()
+            self._freed = _freed_handles()
 
     def _fail(self, handle: str, line: int) -> None:
         """A call that binds ``handle`` returned NULL here (the application's did not)."""
