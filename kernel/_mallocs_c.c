@@ -348,6 +348,25 @@ static int moved(Loop *L)
     return attr_true(L->k, a__wakeups, NULL);
 }
 
+enum { K_MALLOC, K_FREE, K_REALLOC, K_OTHER };
+
+static int kind_of(PyObject *kind)
+{
+    if (kind == s_malloc)
+        return K_MALLOC;
+    if (kind == s_free)
+        return K_FREE;
+    if (kind == s_realloc)
+        return K_REALLOC;
+    if (PyUnicode_Compare(kind, s_malloc) == 0)
+        return K_MALLOC;
+    if (PyUnicode_Compare(kind, s_free) == 0)
+        return K_FREE;
+    if (PyUnicode_Compare(kind, s_realloc) == 0)
+        return K_REALLOC;
+    return K_OTHER;
+}
+
 /* the kernel's state that makes a settle after a memory-only call trivial (c_settle) */
 static int load_quiet(Loop *L)
 {
@@ -397,12 +416,8 @@ static int c_settle(Loop *L, PyObject *next)
     if (!PyTuple_CheckExact(next) || PyTuple_GET_SIZE(next) != 5)
         return 1;
     PyObject *kind = PyTuple_GET_ITEM(next, 0);
-    if (kind != s_malloc && kind != s_free && kind != s_realloc) {
-        if (!PyUnicode_CheckExact(kind) || !(PyUnicode_Compare(kind, s_malloc) == 0
-                                             || PyUnicode_Compare(kind, s_free) == 0
-                                             || PyUnicode_Compare(kind, s_realloc) == 0))
-            return PyErr_Occurred() ? -1 : 1;
-    }
+    if (!PyUnicode_CheckExact(kind) || kind_of(kind) == K_OTHER)
+        return 1;
     if (!L->quiet_valid && load_quiet(L))
         return -1;
     const PageRangesHead *h = (const PageRangesHead *)L->ranges;
@@ -957,6 +972,12 @@ done:
     return addr;
 }
 
+/* the page frame of a large block's header: the page below the object, in the main area */
+static inline long long header_pfn(long long addr)
+{
+    return (((addr - 1) & ~((1LL << PAGE_SHIFT) - 1)) - MAIN_AREA) >> PAGE_SHIFT;
+}
+
 /* the run of pages LargeAllocator holds at addr (a new reference to its header's pfn and a
  * borrowed one to its page count), or none: 1 (not a run: Python's path), -1 error */
 static int large_run(Loop *L, long long addr, PyObject **large, PyObject **runs, PyObject **pfn,
@@ -973,7 +994,7 @@ static int large_run(Loop *L, long long addr, PyObject **large, PyObject **runs,
                || (*runs = PyObject_GetAttr(*large, a_runs)) == NULL) {
         return -1;
     }
-    if ((*pfn = PyLong_FromLongLong((header - MAIN_AREA) >> PAGE_SHIFT)) == NULL)
+    if ((*pfn = PyLong_FromLongLong(header_pfn(addr))) == NULL)
         return -1;
     if (!PyDict_CheckExact(*runs))
         return 1;
@@ -998,8 +1019,7 @@ static int large_free(Loop *L, PyObject *addr_o)
         /* the same in C (the page allocator's free calls nothing; as for a malloc, not for
          * the last record) */
         if (PyDict_DelItem(runs, pfn)
-            || ranges_api->free(L->ranges, (((addr - 1) & ~((1LL << PAGE_SHIFT) - 1)) - MAIN_AREA)
-                                               >> PAGE_SHIFT, n)
+            || ranges_api->free(L->ranges, header_pfn(addr), n)
             || add_heap(L, -(n << PAGE_SHIFT), 0)) {
             r = -1;
         } else {
@@ -1913,25 +1933,6 @@ static PyObject *hashed_dict(void)
     if (d != NULL && (PyDict_SetItem(d, zero, Py_None) || PyDict_DelItem(d, zero)))
         Py_CLEAR(d);
     return d;
-}
-
-enum { K_MALLOC, K_FREE, K_REALLOC, K_OTHER };
-
-static int kind_of(PyObject *kind)
-{
-    if (kind == s_malloc)
-        return K_MALLOC;
-    if (kind == s_free)
-        return K_FREE;
-    if (kind == s_realloc)
-        return K_REALLOC;
-    if (PyUnicode_Compare(kind, s_malloc) == 0)
-        return K_MALLOC;
-    if (PyUnicode_Compare(kind, s_free) == 0)
-        return K_FREE;
-    if (PyUnicode_Compare(kind, s_realloc) == 0)
-        return K_REALLOC;
-    return K_OTHER;
 }
 
 /* the general path: the face's handler of the record's kind (a realloc, a bad free) */

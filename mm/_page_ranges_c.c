@@ -51,7 +51,8 @@ typedef struct {
     PyObject *on_alloc;
     int percent; /* on_alloc_percent, -1 for None */
     Run *nodes;
-    int cap, free_node, nruns;
+    Py_ssize_t cap;
+    int free_node, nruns;
     int head[TREE];
     int *tree; /* node indices by (npages, start) ascending */
     Py_ssize_t tree_len, tree_cap;
@@ -148,36 +149,35 @@ static int map_reserve(Map *m, size_t more)
 }
 
 /* -- the containers ----------------------------------------------------------------------- */
+/* *p, an array of *cap elements of size bytes, holding at least need (doubling): 0, or -1 */
+static int grow(void **p, Py_ssize_t *cap, Py_ssize_t need, size_t size)
+{
+    if (need <= *cap)
+        return 0;
+    Py_ssize_t n = *cap ? *cap : 8;
+    while (n < need)
+        n *= 2;
+    void *q = PyMem_Realloc(*p, (size_t)n * size);
+    if (q == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* room for `more` new runs: nodes, the set's array and the tables */
 static int reserve(PageRanges *r, int more)
 {
-    if (r->nruns + more > r->cap) {
-        int cap = r->cap ? r->cap : 16;
-        while (r->nruns + more > cap)
-            cap *= 2;
-        Run *n = PyMem_Realloc(r->nodes, (size_t)cap * sizeof(Run));
-        if (n == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        for (int i = r->cap; i < cap; i++) { /* the new nodes onto the free chain */
-            n[i].next = i + 1 < cap ? i + 1 : r->free_node;
-        }
-        r->free_node = r->cap < cap ? r->cap : r->free_node;
-        r->nodes = n;
-        r->cap = cap;
-    }
-    if (r->tree_len + more > r->tree_cap) {
-        Py_ssize_t cap = r->tree_cap ? r->tree_cap * 2 : 8;
-        while (r->tree_len + more > cap)
-            cap *= 2;
-        int *t = PyMem_Realloc(r->tree, (size_t)cap * sizeof(int));
-        if (t == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        r->tree = t;
-        r->tree_cap = cap;
-    }
+    Py_ssize_t old = r->cap;
+    if (grow((void **)&r->nodes, &r->cap, r->nruns + more, sizeof(Run))
+        || grow((void **)&r->tree, &r->tree_cap, r->tree_len + more, sizeof(int)))
+        return -1;
+    for (Py_ssize_t i = old; i < r->cap; i++) /* the new nodes onto the free chain */
+        r->nodes[i].next = i + 1 < r->cap ? (int)i + 1 : r->free_node;
+    if (old < r->cap)
+        r->free_node = (int)old;
     return map_reserve(&r->by_start, more) || map_reserve(&r->by_end, more) ? -1 : 0;
 }
 
@@ -187,20 +187,20 @@ static inline int order_of(long long npages)
     return order >= TREE ? TREE : order;
 }
 
-/* (npages, start) of node a before that of b */
-static inline int tree_less(const PageRanges *r, long long npages, long long start, int b)
+/* node a's (npages, start) before node b's */
+static inline int tree_less(const PageRanges *r, int a, int b)
 {
-    const Run *y = &r->nodes[b];
-    return npages < y->npages || (npages == y->npages && start < y->start);
+    const Run *x = &r->nodes[a], *y = &r->nodes[b];
+    return x->npages < y->npages || (x->npages == y->npages && x->start < y->start);
 }
 
-/* the set's position of (npages, start): the first entry not below it */
-static Py_ssize_t tree_pos(const PageRanges *r, long long npages, long long start)
+/* the set's position of node i: the first entry not below it (its own, if it is there) */
+static Py_ssize_t tree_pos(const PageRanges *r, int i)
 {
     Py_ssize_t lo = 0, hi = r->tree_len;
     while (lo < hi) {
         Py_ssize_t mid = (lo + hi) / 2;
-        if (!tree_less(r, npages, start, r->tree[mid])) /* (npages, start) is in no list twice */
+        if (tree_less(r, r->tree[mid], i))
             lo = mid + 1;
         else
             hi = mid;
@@ -218,7 +218,7 @@ static void insert(PageRanges *r, long long start, long long npages)
     n->npages = npages;
     n->order = order;
     if (order == TREE) {
-        Py_ssize_t p = tree_pos(r, npages, start);
+        Py_ssize_t p = tree_pos(r, i);
         memmove(r->tree + p + 1, r->tree + p, (size_t)(r->tree_len - p) * sizeof(int));
         r->tree[p] = i;
         r->tree_len++;
@@ -239,14 +239,7 @@ static void remove_run(PageRanges *r, int i)
 {
     Run *n = &r->nodes[i];
     if (n->order == TREE) {
-        Py_ssize_t lo = 0, hi = r->tree_len; /* its place: the first entry not below it */
-        while (lo < hi) {
-            Py_ssize_t mid = (lo + hi) / 2;
-            if (tree_less(r, r->nodes[r->tree[mid]].npages, r->nodes[r->tree[mid]].start, i))
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
+        Py_ssize_t lo = tree_pos(r, i);
         memmove(r->tree + lo, r->tree + lo + 1, (size_t)(r->tree_len - lo - 1) * sizeof(int));
         if (--r->tree_len == 0)
             r->mask &= ~(1u << TREE);
@@ -703,8 +696,7 @@ static PyObject *pr_check(PageRanges *r, PyObject *unused)
     }
     for (Py_ssize_t t = 0; t < r->tree_len; t++)
         if (r->nodes[r->tree[t]].order != TREE
-            || (t && !tree_less(r, r->nodes[r->tree[t - 1]].npages,
-                                r->nodes[r->tree[t - 1]].start, r->tree[t]))) {
+            || (t && !tree_less(r, r->tree[t - 1], r->tree[t]))) {
             fail("the size-ordered set is out of order at %lld (%lld)", t,
                  r->nodes[r->tree[t]].start);
             goto done;
