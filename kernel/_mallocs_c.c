@@ -73,10 +73,13 @@ static PyObject *a_kernel, *a_live, *a__freed, *a__freed_old, *a_leaked, *a_mall
     *a__memory_ops, *a__peak_pages, *a__c_wait_below, *a_op_kind;
 static PyObject *one, *zero;
 /* the pool pages found lately: pfn -> PoolPage (borrowed: Malloc._pages holds it), valid while
- * gen is page_gen, which moves whenever a page may leave _pages (Python code about to run, the
- * C loop releasing one) or a run starts. A replay calls Python every few hundred records (perl's
- * log: 2,272 times in 427 k lookups) over a few thousand pages, so nearly every free finds its
- * page here, with no int made and no dict probed */
+ * gen is page_gen. The loop releasing a page forgets its entry; page_gen moves when the cache
+ * may be wrong: a run of another Malloc (or of another _pages), or Python code that released
+ * pages since they were seen, which Malloc.pool_pages_returned counts (Python's two sites and
+ * the loop's each add one per page leaving _pages). Runs are of 1024 records and a replay calls
+ * Python every few hundred (perl's log: 2,272 times in 427 k lookups): forgetting the whole
+ * cache at each, as a first version did, left 41 % of lookups to the dict; now 6 %, the pages
+ * the table's 4096 entries cannot hold at once */
 #define PAGES_SEEN 4096
 static struct {
     long long pfn;
@@ -84,6 +87,10 @@ static struct {
     unsigned long long gen;
 } pages_seen[PAGES_SEEN];
 static unsigned long long page_gen = 1;
+static PyObject *seen_malloc;    /* a weak reference to the Malloc the cache is of */
+static PyObject *seen_pages;     /* its _pages, by identity (never dereferenced) */
+static long long seen_returned;  /* its pool_pages_returned when last checked */
+static void forget_page(PyObject *page);
 static PageRangesAPI *ranges_api; /* the page allocator's C twin (NULL: not built) */
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -269,6 +276,7 @@ typedef struct {
     long long rp_delta, hb, hbp, hap;
     int hb_loaded, hb_dirty, hbp_dirty, hap_valid;
     int pages_moved; /* record i took or gave pages, in C alone */
+    int seen_check;  /* Python code ran: pool_pages_returned to be read before the cache is */
     /* the kernel's state that decides whether a settle is trivial (see c_settle), as read
      * after the last Python call (while quiet_valid) */
     int quiet_valid, quiet;
@@ -814,7 +822,7 @@ static int sync_out(Loop *L)
         return -1;
     L->rp_delta = 0;
     L->hb_loaded = L->hap_valid = L->quiet_valid = 0;
-    page_gen++;
+    L->seen_check = 1;
     return 0;
 }
 
@@ -1093,12 +1101,13 @@ static int release_page(Loop *L, PyObject *pool, PyObject *page, int listed)
     int err = slot_put_long(page, pg_nalloc, 0);
     if (!err && listed)
         unlink_page(pool, page);
-    page_gen++; /* the page leaves _pages */
+    forget_page(page); /* it leaves _pages */
     err = err || slot_add(pool, pl_npages, -1) || PyDict_DelItem(L->pages, pfn);
     if (!err) { /* self.pool_pages_returned += 1 */
         r = PyObject_GetAttr(L->m, a_pool_pages_returned);
         n = r ? PyNumber_Add(r, one) : NULL;
         err = n == NULL || PyObject_SetAttr(L->m, a_pool_pages_returned, n);
+        seen_returned++;
     }
     err = err || grow_heap(L, -(1LL << PAGE_SHIFT)) || PyList_Append(L->l1, pfn);
     Py_XDECREF(r);
@@ -1186,10 +1195,52 @@ python:
     return PyObject_CallFunctionObjArgs(L->py_malloc, L->size_o, L->cpu_obj, NULL);
 }
 
+/* the cache's check, at a run's start (start) or after Python code ran: page_gen moves
+ * unless the cache is of this run's Malloc and _pages and no page left them since */
+static int pages_seen_check(Loop *L, int start)
+{
+    long long returned;
+    int rc = get_counter(L->m, a_pool_pages_returned, &returned);
+    if (rc) { /* not an int C holds: the cache is of no run */
+        Py_CLEAR(seen_malloc);
+        page_gen++;
+        return rc < 0 ? -1 : 0;
+    }
+    if (start && (seen_malloc == NULL || PyWeakref_GET_OBJECT(seen_malloc) != L->m
+                  || seen_pages != L->pages)) {
+        PyObject *ref = PyWeakref_NewRef(L->m, NULL);
+        if (ref == NULL)
+            return -1;
+        Py_XSETREF(seen_malloc, ref);
+        seen_pages = L->pages;
+        page_gen++;
+    } else if (returned != seen_returned) {
+        page_gen++;
+    }
+    seen_returned = returned;
+    L->seen_check = 0;
+    return 0;
+}
+
+/* the page's entry, if the cache holds it (the page leaves _pages) */
+static void forget_page(PyObject *page)
+{
+    long long v;
+    if (int_value(SLOT(page, pg_pfn), &v)) {
+        size_t c = (size_t)v & (PAGES_SEEN - 1);
+        if (pages_seen[c].page == page)
+            pages_seen[c].gen = 0;
+    } else {
+        page_gen++;
+    }
+}
+
 /* the PoolPage of a pool object's address (Malloc._pages), or NULL: -1 on an error */
 static int pool_page_of(Loop *L, PyObject *addr_o, PyObject **page)
 {
     *page = NULL;
+    if (L->seen_check && pages_seen_check(L, 0))
+        return -1;
     if (!PyLong_CheckExact(addr_o))
         return 0;
     int overflow;
@@ -1512,8 +1563,12 @@ static inline void lb_prefetch(LiveBlocks *lb, PyObject *rec)
         return;
     PyObject *h = PyTuple_GET_ITEM(rec, 2);
 #if defined(__GNUC__)
-    if (PyUnicode_CheckExact(h)) /* a str's hash: computed once, kept in it, never fails */
-        __builtin_prefetch(&lb->slots[(size_t)PyObject_Hash(h) & lb->mask]);
+    if (PyUnicode_CheckExact(h)) { /* a str's hash: computed once, kept in it, never fails */
+        LBSlot *sl = &lb->slots[(size_t)PyObject_Hash(h) & lb->mask];
+        __builtin_prefetch(sl);
+        __builtin_prefetch((char *)sl + sizeof(LBSlot) - 1); /* its end: 48 bytes, it may
+                                                                 straddle two lines */
+    }
 #endif
 }
 
@@ -1765,6 +1820,21 @@ static FHSlot *fh_probe(FreedHandles *fh, PyObject *key, Py_hash_t hash)
                              : in && FH_TAG(s) == n + 1 && memcmp(s->k.s, PyUnicode_DATA(key), n) == 0)
             return s;
     }
+}
+
+/* the slot a free record's handle goes to, on its way to the cache (with lb_prefetch: the
+ * quarantine's half is up to 2.5 MiB, past a core's L2, and each free writes a slot of it) */
+static inline void fh_prefetch(PyObject *freed, PyObject *rec)
+{
+#if defined(__GNUC__)
+    if (!Py_IS_TYPE(freed, &FreedHandlesType) || !PyTuple_CheckExact(rec)
+        || PyTuple_GET_SIZE(rec) != 5 || PyTuple_GET_ITEM(rec, 0) != s_free)
+        return;
+    PyObject *h = PyTuple_GET_ITEM(rec, 2);
+    FreedHandles *fh = (FreedHandles *)freed;
+    if (PyUnicode_CheckExact(h))
+        __builtin_prefetch(&fh->slots[(size_t)PyObject_Hash(h) & fh->mask], 1);
+#endif
 }
 
 static int fh_resize(FreedHandles *fh, size_t nslots)
@@ -2107,6 +2177,13 @@ static int apply(Loop *L, PyObject *rec, long long size)
             if (PyObject_Length(L->freed) >= HALF) {
                 PyObject *fresh = fh ? PyObject_CallNoArgs((PyObject *)&FreedHandlesType)
                                      : hashed_dict();
+                /* the new half as large as the full one: growing it from 16 slots again
+                 * cost perl's kernel side 4-8 % */
+                if (fresh != NULL && fh
+                    && fh_resize((FreedHandles *)fresh, ((FreedHandles *)L->freed)->mask + 1)) {
+                    Py_DECREF(fresh);
+                    return -1;
+                }
                 if (fresh == NULL || PyObject_SetAttr(L->face, a__freed_old, L->freed)
                     || PyObject_SetAttr(L->face, a__freed, fresh)) {
                     Py_XDECREF(fresh);
@@ -2206,7 +2283,6 @@ static PyObject *run(PyObject *mod, PyObject *args)
     memset(&L, 0, sizeof L);
     if (!PyArg_ParseTuple(args, "OOO", &L.face, &L.records, &L.call))
         return NULL;
-    page_gen++; /* Python code ran since the last run */
     if (PoolType == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_mallocs_c.setup() was not called");
         return NULL;
@@ -2249,6 +2325,8 @@ static PyObject *run(PyObject *mod, PyObject *args)
         result = PyLong_FromLong(0); /* not what C knows: the Python loop */
         goto done;
     }
+    if (pages_seen_check(&L, 1))
+        goto done;
     if ((L.smp = PyObject_IsTrue(smp)) < 0)
         goto done;
     L.cpu = PyLong_AsLongLong(L.cpu_obj);
@@ -2284,8 +2362,10 @@ static PyObject *run(PyObject *mod, PyObject *args)
             result = PyLong_FromSsize_t(L.i);
             goto done;
         }
-        if (L.i + PREFETCH < n && ((LiveBlocks *)L.live)->mask >= PREFETCH_FROM)
+        if (L.i + PREFETCH < n && ((LiveBlocks *)L.live)->mask >= PREFETCH_FROM) {
             lb_prefetch((LiveBlocks *)L.live, PyList_GET_ITEM(L.records, L.i + PREFETCH));
+            fh_prefetch(L.freed, PyList_GET_ITEM(L.records, L.i + PREFETCH));
+        }
         Py_INCREF(rec);
         L.kind = PyTuple_GET_ITEM(rec, 0);
         L.line = PyTuple_GET_ITEM(rec, 1);

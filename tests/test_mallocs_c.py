@@ -191,6 +191,54 @@ def test_a_long_random_trace_fills_the_quarantine_the_same() -> None:
 
 
 @needs_c
+@pytest.mark.parametrize("inside", [False, True])
+def test_pages_python_releases_and_other_kernels_pages_are_not_taken_for_seen_ones(
+        inside: bool) -> None:
+    """The C loop remembers the pool pages it found, across its runs: pages released by Python
+    code (the pools' shrinker, between two runs or inside one, from a thread that watches
+    memory) and the pages of another kernel, which have the same numbers, must not be taken
+    for the pages it remembers."""
+    records = []
+    for n in range(40):
+        for r in "ab":  # a page of 64-byte blocks filled and emptied, twice; the shrinker
+            # takes it back when a large block takes pages in between
+            records += [("malloc", 0, f"p{n}{r}{i}", 64, "site_a") for i in range(64)]
+            records += [("free", 0, f"p{n}{r}{i}", 0, None) for i in range(0, 64, 2)]
+            records += [("free", 0, f"p{n}{r}{i}", 0, None) for i in range(1, 64, 2)]
+            records += [("malloc", 0, f"q{n}{r}", 8192, "site_b"), ("free", 0, f"q{n}{r}", 0, None)]
+    records = [(kind, n, h, size, site) for n, (kind, _, h, size, site) in enumerate(records, 1)]
+    ops = [MallocCalls(records[i:i + 96]) for i in range(0, len(records), 96)]
+
+    def replay(use_c: bool, kernels: int) -> list[dict[str, Any]]:
+        saved = sys_malloc._mallocs_c
+        sys_malloc._mallocs_c = C if use_c else None
+        held: list[Any] = []  # released pages kept alive: a new page cannot take one's place
+
+        def shrink(k: Kernel) -> None:
+            held.extend(k.malloc.malloc._pages.values())
+            k.malloc.malloc.release_empty_pages()
+
+        try:
+            ks = [Kernel(KernelConfig(memory=256 << 20, cpus=1)) for _ in range(kernels)]
+            for k in ks:
+                if inside:
+                    k.add_after_op(lambda k=k: shrink(k))
+            for op in ops:
+                for k in ks:
+                    k.apply(op)
+                    if not inside:
+                        shrink(k)
+            assert all(k.malloc.malloc.pool_pages_returned >= len(ops) // 2 for k in ks)
+            return [_outcome(k, [], None) for k in ks]
+        finally:
+            sys_malloc._mallocs_c = saved
+
+    alone = replay(False, 1)[0]
+    assert replay(True, 1) == [alone]
+    assert replay(True, 2) == [alone, alone]
+
+
+@needs_c
 @pytest.mark.parametrize("spare_runs", [200, 40])
 def test_large_blocks_take_runs_then_mappings_when_no_run_fits_the_same(
         spare_runs: int, monkeypatch: pytest.MonkeyPatch) -> None:
