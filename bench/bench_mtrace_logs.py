@@ -11,7 +11,10 @@ start-up shim of tools/mtrace_shim/ (docs/mtrace.md), and measures each log in t
   ``Kernel.run``; the kernel's boot excluded, it does not depend on the trace).
 
 Each figure is the best of ``--repeat`` runs; events/s is the kernel's events over the replay's
-seconds, and the ratios are against base, measured in the same process. The worst log decides:
+seconds, and the ratios are against base, measured in the same process. Each log is measured
+in a process of its own, as ``mmsim run`` replays one log a process, so that no log runs on
+the heap and the collector's state that the logs before it left (``--in-process`` measures
+them one after another in this process). The worst log decides:
 ``--check`` exits 1 when it replays below 1,000,000 events/s or above 3x base (issue 17's
 target). ``--cli`` also replays each log with ``mmsim run LOG --json -`` in a process and fails
 on anything but a clean exit (application errors are reported, not failures).
@@ -323,6 +326,16 @@ def measure(path: Path, repeat: int) -> dict[str, float | int]:
             "ratio": seconds / base, "reader_ratio": reader / base}
 
 
+def measure_in_child(path: Path, args: argparse.Namespace) -> dict[str, float | int]:
+    """measure() (or kernel_only()) of one log in a new process of this script."""
+    cmd = [sys.executable, __file__, "--one", str(path), "--repeat", str(args.repeat)]
+    p = subprocess.run(cmd + (["--kernel-only"] if args.kernel_only else []),
+                       capture_output=True, text=True, check=False)
+    if p.returncode:
+        raise SystemExit(f"measuring {path} failed:\n{p.stderr.strip()}")
+    return json.loads(p.stdout)
+
+
 def table(rows: list[tuple[str, str, dict[str, float | int]]]) -> str:
     """The measures of each log (replay and reader, or the kernel side alone)."""
     kernel = "kernel_s" in rows[0][2]
@@ -354,7 +367,15 @@ def main() -> int:
     ap.add_argument("--kernel-only", action="store_true",
                     help="time only Kernel.run over the log's operations, read into a list "
                          "beforehand (the reader is left out), as a ratio to base")
+    ap.add_argument("--in-process", action="store_true",
+                    help="measure every log in this process, one after another (default: each "
+                         "in a process of its own, as mmsim run replays it)")
+    ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # a child: one log, as JSON
     args = ap.parse_args()
+    if args.one is not None:
+        measured = (kernel_only if args.kernel_only else measure)(args.one, args.repeat)
+        print(json.dumps(measured))
+        return 0
     by_name = {log.name: log for log in LOGS}
     wanted = [s for s in args.logs.split(",") if s]
     unknown = [s for s in wanted if s not in by_name]
@@ -373,10 +394,11 @@ def main() -> int:
             print(f"mmsim run {path.name}: {verdict}", file=sys.stderr)
             if not verdict.startswith("ok"):
                 failures.append(name)
-        if args.kernel_only:
-            rows.append((name, log.program, kernel_only(path, args.repeat)))
+        if args.in_process:
+            rows.append((name, log.program,
+                         (kernel_only if args.kernel_only else measure)(path, args.repeat)))
         else:
-            rows.append((name, log.program, measure(path, args.repeat)))
+            rows.append((name, log.program, measure_in_child(path, args)))
     print(table(rows))
     if args.kernel_only:
         widest = max(rows, key=lambda r: r[2]["ratio"])

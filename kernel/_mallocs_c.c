@@ -48,11 +48,13 @@
 #include <sys/mman.h>
 #endif
 
-/* A table of n slots of size bytes, zeroed. One of 2 MiB or more is a mapping of its own,
- * aligned to 2 MiB and asked to be backed by huge pages (Linux's transparent huge pages in their
- * "madvise" mode, the common default) before it is touched: a probe is then a cache miss
- * without a TLB miss. From malloc, such a table was mostly memory already touched, so on 4 KiB
- * pages whatever it was advised. */
+/* A table of n slots of size bytes, zeroed (LiveBlocks'). One of 2 MiB or more is a mapping of
+ * its own, aligned to 2 MiB and asked to be backed by huge pages (Linux's transparent huge pages
+ * in their "madvise" mode, the common default) before it is touched: a probe is then a cache
+ * miss without a TLB miss. From malloc, such a table was mostly memory already touched, so on
+ * 4 KiB pages whatever it was advised. (The quarantine's halves, a new one each 32 k frees,
+ * stay on malloc: mapped afresh each time, their huge pages cost more kernel time than they
+ * saved.) */
 #define HUGE_BYTES ((size_t)2 << 20)
 static void *table_new(size_t n, size_t size)
 {
@@ -1884,7 +1886,7 @@ static inline void fh_prefetch(PyObject *freed, PyObject *rec)
 
 static int fh_resize(FreedHandles *fh, size_t nslots)
 {
-    FHSlot *old = fh->slots, *slots = table_new(nslots, sizeof(FHSlot));
+    FHSlot *old = fh->slots, *slots = PyMem_Calloc(nslots, sizeof(FHSlot));
     size_t oldn = old ? fh->mask + 1 : 0;
     if (slots == NULL) {
         PyErr_NoMemory();
@@ -1897,8 +1899,7 @@ static int fh_resize(FreedHandles *fh, size_t nslots)
                 j = (j + 1) & (nslots - 1);
             slots[j] = old[i];
         }
-    if (old)
-        table_free(old, oldn, sizeof(FHSlot));
+    PyMem_Free(old);
     fh->slots = slots;
     fh->mask = nslots - 1;
     return 0;
@@ -1952,8 +1953,7 @@ static void fh_dealloc(FreedHandles *fh)
     for (size_t i = 0; fh->slots && i <= fh->mask; i++)
         if (FH_TAG(&fh->slots[i]) == FH_OBJ)
             Py_DECREF(fh->slots[i].k.o);
-    if (fh->slots)
-        table_free(fh->slots, fh->mask + 1, sizeof(FHSlot));
+    PyMem_Free(fh->slots);
     Py_TYPE(fh)->tp_free((PyObject *)fh);
 }
 
