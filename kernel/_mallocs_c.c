@@ -1254,8 +1254,11 @@ static int pages_seen_check(Loop *L, int start)
     if (start && (seen_malloc == NULL || PyWeakref_GET_OBJECT(seen_malloc) != L->m
                   || seen_pages != L->pages)) {
         PyObject *ref = PyWeakref_NewRef(L->m, NULL);
-        if (ref == NULL)
-            return -1;
+        if (ref == NULL) { /* a Malloc that takes no weak reference: the cache is of no run */
+            if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                return -1;
+            PyErr_Clear();
+        }
         Py_XSETREF(seen_malloc, ref);
         seen_pages = L->pages;
         page_gen++;

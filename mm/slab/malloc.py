@@ -78,6 +78,8 @@ class Malloc:
         self._sink_count: list[list[int]] = [[0] * self.ncpus for _ in range(self.ncpus)]
         self.cross_cpu_frees = 0
         self.collections = 0
+        #: pages that left _pages: the C batch loop knows from it that the pool pages it found
+        #: may be gone, so whatever takes a page out of _pages counts it here
         self.pool_pages_returned = 0
         #: bytes of memory malloc holds, mappings included (the heap size for utilization)
         self.heap_bytes = 0
