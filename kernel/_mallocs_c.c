@@ -1961,11 +1961,20 @@ static PyObject *fh_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     return (PyObject *)fh;
 }
 
-static void fh_dealloc(FreedHandles *fh)
+/* forget every handle, keeping the table */
+static void fh_empty(FreedHandles *fh)
 {
     for (size_t i = 0; fh->slots && i <= fh->mask; i++)
         if (FH_TAG(&fh->slots[i]) == FH_OBJ)
             Py_DECREF(fh->slots[i].k.o);
+    if (fh->slots)
+        memset(fh->slots, 0, (fh->mask + 1) * sizeof(FHSlot));
+    fh->used = 0;
+}
+
+static void fh_dealloc(FreedHandles *fh)
+{
+    fh_empty(fh);
     PyMem_Free(fh->slots);
     Py_TYPE(fh)->tp_free((PyObject *)fh);
 }
@@ -2057,6 +2066,30 @@ static PyTypeObject FreedHandlesType = {
 
 /* sys_malloc._hashed_dict(): an empty dict whose table keeps its keys' hashes (a key not a
  * str has been in it) */
+/* The quarantine's new half (the full one is about to become the old one): as large as the
+ * full one, as growing it from 16 slots again cost perl's kernel side 4-8 %, and in the table
+ * of the old half being dropped when nothing but the face holds that half. A new table each
+ * 32 k frees (2.5 MiB from malloc, so mapped afresh) was a page fault each 4 KiB of it: 7 k of
+ * the 20 k faults of perl's replay. */
+static PyObject *fh_fresh_half(Loop *L)
+{
+    size_t nslots = ((FreedHandles *)L->freed)->mask + 1;
+    PyObject *old = PyObject_GetAttr(L->face, a__freed_old);
+    if (old == NULL)
+        return NULL;
+    /* two references, the face's and this one: no one else can see it emptied */
+    if (Py_IS_TYPE(old, &FreedHandlesType) && Py_REFCNT(old) == 2
+        && ((FreedHandles *)old)->mask + 1 == nslots) {
+        fh_empty((FreedHandles *)old);
+        return old;
+    }
+    Py_DECREF(old);
+    PyObject *fresh = PyObject_CallNoArgs((PyObject *)&FreedHandlesType);
+    if (fresh != NULL && fh_resize((FreedHandles *)fresh, nslots))
+        Py_CLEAR(fresh);
+    return fresh;
+}
+
 static PyObject *hashed_dict(void)
 {
     PyObject *d = PyDict_New();
@@ -2235,15 +2268,7 @@ static int apply(Loop *L, PyObject *rec, long long size)
                     : PyObject_SetItem(L->freed, handle, L->line))
                 return -1;
             if (PyObject_Length(L->freed) >= HALF) {
-                PyObject *fresh = fh ? PyObject_CallNoArgs((PyObject *)&FreedHandlesType)
-                                     : hashed_dict();
-                /* the new half as large as the full one: growing it from 16 slots again
-                 * cost perl's kernel side 4-8 % */
-                if (fresh != NULL && fh
-                    && fh_resize((FreedHandles *)fresh, ((FreedHandles *)L->freed)->mask + 1)) {
-                    Py_DECREF(fresh);
-                    return -1;
-                }
+                PyObject *fresh = fh ? fh_fresh_half(L) : hashed_dict();
                 if (fresh == NULL || PyObject_SetAttr(L->face, a__freed_old, L->freed)
                     || PyObject_SetAttr(L->face, a__freed, fresh)) {
                     Py_XDECREF(fresh);

@@ -191,6 +191,36 @@ def test_a_long_random_trace_fills_the_quarantine_the_same() -> None:
 
 
 @needs_c
+def test_a_dropped_quarantine_half_forgets_its_handles_and_a_held_one_is_kept() -> None:
+    """The C loop makes the quarantine's new half of the table of the half it drops: what that
+    half held must be forgotten (a free of a handle freed three halves ago is an invalid free,
+    not a double free), and a half that someone still holds must be left as it is."""
+    half = sys_malloc._HALF
+    records: list[Any] = []
+    for n in range(4 * half):
+        records.append(("malloc", 0, f"p{n}", 32, "site_a"))
+        records.append(("free", 0, f"p{n}", 0, None))
+        if n >= 3 * half and n % 1000 == 0:
+            records.append(("free", 0, f"p{n - 3 * half + 1}", 0, None))  # long out of it
+            records.append(("free", 0, f"p{n - 1}", 0, None))  # a double free
+    records = [(kind, i, h, size, site) for i, (kind, _, h, size, site) in enumerate(records, 1)]
+    ops = [MallocCalls(records[i:i + 1024]) for i in range(0, len(records), 1024)]
+    _same(ops, 256 << 20, 1)
+    errors = _replay(ops, True, 256 << 20, 1)["summary"]
+    assert "invalid_free" in json.dumps(errors) and "double_free" in json.dumps(errors)
+
+    k = Kernel(KernelConfig(memory=256 << 20, cpus=1))
+    held: list[tuple[Any, dict[str, int]]] = []
+    for op in ops:
+        k.apply(op)
+        old = k.malloc._freed_old
+        if len(old) and not any(o is old for o, _ in held):
+            held.append((old, {h: old[h] for h in old}))
+    assert len(held) >= 3
+    assert all({h: old[h] for h in old} == seen for old, seen in held)
+
+
+@needs_c
 @pytest.mark.parametrize("inside", [False, True])
 def test_pages_python_releases_and_other_kernels_pages_are_not_taken_for_seen_ones(
         inside: bool) -> None:
