@@ -15,10 +15,12 @@ from mmsim.kernel.config import (
     nesting_depth,
 )
 from mmsim.kernel.kernel import Kernel, OutOfMemory, TraceFault, UnsupportedOperation
+from mmsim.kernel.sys_malloc import MALLOC_RECORDS_API  # a reader's packed batches (or None)
 from mmsim.kernel.units import parse_size  # the one definition; sizes' grammar is `units`
 from mmsim.shrinker import ShrinkerError
 
 __all__ = [
+    "MALLOC_RECORDS_API",
     "MAX_NESTING",
     "AppThread",
     "BootError",

@@ -31,6 +31,10 @@
  * AllocSites.entry, MallocFace._fail and _store are called without it: they only touch the
  * face's and the sites' own containers.
  *
+ * The records are a list of 5-tuples or a MallocRecords (the same fields packed, five references
+ * a record, as the C mtrace reader fills it: no tuple made or freed a record); the loop reads
+ * a record's fields where either holds them (rec_at).
+ *
  * run() returns the index of the first record it did not apply: the Python loop goes on from
  * there (a size beyond 2**50 or counters that C longs could not hold, a record that is not
  * a 5-tuple of an exact str kind and an exact int size). Where a live block's size is beyond
@@ -44,6 +48,7 @@
 #include <string.h>
 
 #include "../mm/page_ranges_c.h"
+#include "malloc_records_c.h"
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
@@ -464,11 +469,11 @@ done:
  * nothing armed, no thread that watches memory alone, a memory-only call next and no new peak
  * of used pages, settle() runs _run_memory_hooks with nothing to run, whose one effect is
  * _hooks_free = free pages (what batch_call then tests). 0 done, 1 for Python, -1 error */
-static int c_settle(Loop *L, PyObject *next)
+static int c_settle(Loop *L, PyObject *const *next)
 {
-    if (!PyTuple_CheckExact(next) || PyTuple_GET_SIZE(next) != 5)
+    if (next == NULL)
         return 1;
-    PyObject *kind = PyTuple_GET_ITEM(next, 0);
+    PyObject *kind = next[0];
     if (!PyUnicode_CheckExact(kind) || kind_of(kind) == K_OTHER)
         return 1;
     if (!L->quiet_valid && load_quiet(L))
@@ -1616,11 +1621,11 @@ static PyObject *lb_new(PyTypeObject *type, PyObject *args, PyObject *kw)
  * slots only, as a smaller one stays cached and the look would only cost */
 #define PREFETCH 8
 #define PREFETCH_FROM (((size_t)1 << 16) - 1) /* a mask: 3 MiB of slots, past a core's L2 */
-static inline void lb_prefetch(LiveBlocks *lb, PyObject *rec)
+static inline void lb_prefetch(LiveBlocks *lb, PyObject *const *rec)
 {
-    if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) != 5)
+    if (rec == NULL)
         return;
-    PyObject *h = PyTuple_GET_ITEM(rec, 2);
+    PyObject *h = rec[2];
 #if defined(__GNUC__)
     if (PyUnicode_CheckExact(h)) { /* a str's hash: computed once, kept in it, never fails */
         LBSlot *sl = &lb->slots[(size_t)PyObject_Hash(h) & lb->mask];
@@ -1884,13 +1889,12 @@ static FHSlot *fh_probe(FreedHandles *fh, PyObject *key, Py_hash_t hash)
 
 /* the slot a free record's handle goes to, on its way to the cache (with lb_prefetch: the
  * quarantine's half is up to 2.5 MiB, past a core's L2, and each free writes a slot of it) */
-static inline void fh_prefetch(PyObject *freed, PyObject *rec)
+static inline void fh_prefetch(PyObject *freed, PyObject *const *rec)
 {
 #if defined(__GNUC__)
-    if (!Py_IS_TYPE(freed, &FreedHandlesType) || !PyTuple_CheckExact(rec)
-        || PyTuple_GET_SIZE(rec) != 5 || PyTuple_GET_ITEM(rec, 0) != s_free)
+    if (!Py_IS_TYPE(freed, &FreedHandlesType) || rec == NULL || rec[0] != s_free)
         return;
-    PyObject *h = PyTuple_GET_ITEM(rec, 2);
+    PyObject *h = rec[2];
     FreedHandles *fh = (FreedHandles *)freed;
     if (PyUnicode_CheckExact(h))
         __builtin_prefetch(&fh->slots[(size_t)PyObject_Hash(h) & fh->mask], 1);
@@ -2090,6 +2094,180 @@ static PyObject *fh_fresh_half(Loop *L)
     return fresh;
 }
 
+/* -- MallocRecords: a batch's records packed (malloc_records_c.h) -------------------------------
+ * Made by the mtrace reader's C loop through the capsule, or from Python out of 5-tuples whose
+ * fields are a kind, a line, a handle, a size and a site (str, int, str, int, str or None, so
+ * that it holds no container and needs no garbage collection). To Python a read-only sequence
+ * of the records' tuples, equal to a list of the same tuples. */
+#define REC_FIELDS 5
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t n, cap;
+    PyObject **f; /* REC_FIELDS references a record */
+} MallocRecords;
+
+static PyTypeObject MallocRecordsType;
+
+static PyObject *mr_create(Py_ssize_t hint)
+{
+    MallocRecords *r = PyObject_New(MallocRecords, &MallocRecordsType);
+    if (r == NULL)
+        return NULL;
+    r->n = 0;
+    r->cap = hint > 0 ? hint : 0;
+    r->f = r->cap ? PyMem_Malloc((size_t)r->cap * REC_FIELDS * sizeof(PyObject *)) : NULL;
+    if (r->cap && r->f == NULL) {
+        r->cap = 0;
+        Py_DECREF(r);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)r;
+}
+
+static int mr_append(PyObject *self, PyObject *kind, PyObject *line, PyObject *handle,
+                     PyObject *size, PyObject *site)
+{
+    MallocRecords *r = (MallocRecords *)self;
+    if (r->n == r->cap) {
+        Py_ssize_t cap = r->cap ? r->cap * 2 : 64;
+        PyObject **f = PyMem_Realloc(r->f, (size_t)cap * REC_FIELDS * sizeof(PyObject *));
+        if (f == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        r->f = f;
+        r->cap = cap;
+    }
+    PyObject **p = r->f + r->n * REC_FIELDS;
+    p[0] = Py_NewRef(kind);
+    p[1] = Py_NewRef(line);
+    p[2] = Py_NewRef(handle);
+    p[3] = Py_NewRef(size);
+    p[4] = Py_NewRef(site);
+    r->n++;
+    return 0;
+}
+
+static MallocRecordsAPI records_api = {&MallocRecordsType, mr_create, mr_append};
+
+static PyObject *mr_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *src = NULL;
+    if ((kw != NULL && PyDict_GET_SIZE(kw)) || !PyArg_ParseTuple(args, "|O:MallocRecords", &src))
+        return kw != NULL && PyDict_GET_SIZE(kw)
+                   ? (PyErr_SetString(PyExc_TypeError, "MallocRecords() takes no keywords"), NULL)
+                   : NULL;
+    PyObject *r = mr_create(0), *seq = src ? PySequence_Fast(src, "records are an iterable") : NULL;
+    if (r == NULL || (src != NULL && seq == NULL)) {
+        Py_XDECREF(r);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; seq != NULL && i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(seq, i), **x;
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != REC_FIELDS
+            || !PyUnicode_CheckExact((x = &PyTuple_GET_ITEM(t, 0))[0]) || !PyLong_CheckExact(x[1])
+            || !PyUnicode_CheckExact(x[2]) || !PyLong_CheckExact(x[3])
+            || !(PyUnicode_CheckExact(x[4]) || x[4] == Py_None)) {
+            PyErr_Format(PyExc_TypeError, "record %zd is not (kind: str, line: int, handle: str, "
+                         "size: int, site: str | None)", i);
+            goto fail;
+        }
+        if (mr_append(r, x[0], x[1], x[2], x[3], x[4]))
+            goto fail;
+    }
+    Py_XDECREF(seq);
+    return r;
+fail:
+    Py_XDECREF(seq);
+    Py_DECREF(r);
+    return NULL;
+}
+
+static void mr_dealloc(MallocRecords *r)
+{
+    for (Py_ssize_t i = 0; i < r->n * REC_FIELDS; i++)
+        Py_DECREF(r->f[i]);
+    PyMem_Free(r->f);
+    PyObject_Free(r);
+}
+
+static Py_ssize_t mr_len(MallocRecords *r) { return r->n; }
+
+static PyObject *mr_item(MallocRecords *r, Py_ssize_t i)
+{
+    if (i < 0 || i >= r->n) {
+        PyErr_SetString(PyExc_IndexError, "record index out of range");
+        return NULL;
+    }
+    PyObject **p = r->f + i * REC_FIELDS;
+    return PyTuple_Pack(REC_FIELDS, p[0], p[1], p[2], p[3], p[4]);
+}
+
+static PyObject *mr_richcompare(PyObject *a, PyObject *b, int op)
+{
+    if ((op != Py_EQ && op != Py_NE)
+        || !(PyList_Check(b) || Py_IS_TYPE(b, &MallocRecordsType))
+        || !(PyList_Check(a) || Py_IS_TYPE(a, &MallocRecordsType)))
+        Py_RETURN_NOTIMPLEMENTED;
+    PyObject *la = PySequence_List(a), *lb = la ? PySequence_List(b) : NULL;
+    PyObject *r = lb ? PyObject_RichCompare(la, lb, op) : NULL;
+    Py_XDECREF(la);
+    Py_XDECREF(lb);
+    return r;
+}
+
+static PyObject *mr_reduce(PyObject *r, PyObject *unused)
+{
+    PyObject *l = PySequence_List(r);
+    return l ? Py_BuildValue("(O(N))", Py_TYPE(r), l) : NULL;
+}
+
+static PyObject *mr_repr(PyObject *r)
+{
+    PyObject *l = PySequence_List(r);
+    PyObject *s = l ? PyUnicode_FromFormat("MallocRecords(%R)", l) : NULL;
+    Py_XDECREF(l);
+    return s;
+}
+
+static PySequenceMethods mr_sequence = {.sq_length = (lenfunc)mr_len,
+                                        .sq_item = (ssizeargfunc)mr_item};
+static PyMethodDef mr_methods[] = {{"__reduce__", mr_reduce, METH_NOARGS, NULL}, {NULL}};
+
+static PyTypeObject MallocRecordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mmsim.kernel._mallocs_c.MallocRecords",
+    .tp_basicsize = sizeof(MallocRecords),
+    .tp_dealloc = (destructor)mr_dealloc,
+    .tp_repr = mr_repr,
+    .tp_as_sequence = &mr_sequence,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "MallocRecords(records=()): a batch's (kind, line, handle, size, site) records, "
+              "packed",
+    .tp_richcompare = mr_richcompare,
+    .tp_methods = mr_methods,
+    .tp_new = mr_new,
+};
+
+/* the fields of record i of a batch (a list of tuples or MallocRecords), borrowed; NULL if a
+ * list's item is not a 5-tuple */
+static inline PyObject *const *rec_at(PyObject *records, Py_ssize_t i)
+{
+    if (Py_IS_TYPE(records, &MallocRecordsType))
+        return ((MallocRecords *)records)->f + i * REC_FIELDS;
+    PyObject *rec = PyList_GET_ITEM(records, i);
+    return PyTuple_CheckExact(rec) && PyTuple_GET_SIZE(rec) == REC_FIELDS ? &PyTuple_GET_ITEM(rec, 0)
+                                                                        : NULL;
+}
+
+/* the records of a batch now (a list may change while Python code runs) */
+static inline Py_ssize_t rec_count(PyObject *records)
+{
+    return Py_IS_TYPE(records, &MallocRecordsType) ? ((MallocRecords *)records)->n
+                                                   : PyList_GET_SIZE(records);
+}
+
 static PyObject *hashed_dict(void)
 {
     PyObject *d = PyDict_New();
@@ -2129,9 +2307,9 @@ static int general(Loop *L, PyObject *handle, PyObject *site)
 /* record i, of an exact str kind and a size within LIMIT: 0 applied, 1 not for C (nothing
  * done: a live block of another shape or size), 2 applied but the counters are beyond C's
  * now, -1 error */
-static int apply(Loop *L, PyObject *rec, long long size)
+static int apply(Loop *L, PyObject *const *rec, long long size)
 {
-    PyObject *handle = PyTuple_GET_ITEM(rec, 2), *site = PyTuple_GET_ITEM(rec, 4), *addr;
+    PyObject *handle = rec[2], *site = rec[4], *addr;
     LBSlot *bs;
     long long grown, bsize;
     int k = kind_of(L->kind);
@@ -2372,7 +2550,8 @@ static PyObject *run(PyObject *mod, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "_mallocs_c.setup() was not called");
         return NULL;
     }
-    if (!PyList_CheckExact(L.records))
+    int packed = Py_IS_TYPE(L.records, &MallocRecordsType);
+    if (!packed && !PyList_CheckExact(L.records))
         return PyLong_FromLong(0);
     PyObject *result = NULL, *sites = NULL, *by_size = NULL, *pool = NULL, *smp = NULL;
     L.k = attr(L.face, a_kernel);
@@ -2435,10 +2614,10 @@ static PyObject *run(PyObject *mod, PyObject *args)
         goto done;
     }
     int need = 1; /* batch_call for record i */
-    Py_ssize_t n = PyList_GET_SIZE(L.records);
-    for (L.i = 0; L.i < PyList_GET_SIZE(L.records); L.i++) {
-        PyObject *rec = PyList_GET_ITEM(L.records, L.i);
-        if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) != 5 || L.nbytes >= COUNTER_LIMIT
+    Py_ssize_t n = rec_count(L.records);
+    for (L.i = 0; L.i < rec_count(L.records); L.i++) {
+        PyObject *const *rec = rec_at(L.records, L.i);
+        if (rec == NULL || L.nbytes >= COUNTER_LIMIT
             || L.unattributed >= COUNTER_LIMIT || L.live_bytes >= COUNTER_LIMIT
             || L.live_bytes <= -COUNTER_LIMIT || L.nbytes <= -COUNTER_LIMIT
             || L.unattributed <= -COUNTER_LIMIT || L.peak >= COUNTER_LIMIT) {
@@ -2448,61 +2627,64 @@ static PyObject *run(PyObject *mod, PyObject *args)
             goto done;
         }
         if (L.i + PREFETCH < n && ((LiveBlocks *)L.live)->mask >= PREFETCH_FROM) {
-            lb_prefetch((LiveBlocks *)L.live, PyList_GET_ITEM(L.records, L.i + PREFETCH));
-            fh_prefetch(L.freed, PyList_GET_ITEM(L.records, L.i + PREFETCH));
+            PyObject *const *ahead = rec_at(L.records, L.i + PREFETCH);
+            lb_prefetch((LiveBlocks *)L.live, ahead);
+            fh_prefetch(L.freed, ahead);
         }
-        Py_INCREF(rec);
-        L.kind = PyTuple_GET_ITEM(rec, 0);
-        L.line = PyTuple_GET_ITEM(rec, 1);
-        L.size_o = PyTuple_GET_ITEM(rec, 3);
+        /* a list's tuple is held while its record is applied, as Python code may change the
+         * list; a packed batch has no method that changes it */
+        PyObject *hold = packed ? NULL : Py_NewRef(PyList_GET_ITEM(L.records, L.i));
+        L.kind = rec[0];
+        L.line = rec[1];
+        L.size_o = rec[3];
         L.called = L.callout = L.pages_moved = 0;
         long long size;
         if (!PyUnicode_CheckExact(L.kind) || !small_int(L.size_o, &size)) {
-            Py_DECREF(rec); /* not for C: the Python loop goes on from this record */
+            Py_XDECREF(hold); /* not for C: the Python loop goes on from this record */
             if (store(&L))
                 goto failed;
             result = PyLong_FromSsize_t(L.i);
             goto done;
         }
         if (need && batch(&L)) {
-            Py_DECREF(rec);
+            Py_XDECREF(hold);
             goto failed;
         }
         r = apply(&L, rec, size);
         if (r < 0) {
-            Py_DECREF(rec);
+            Py_XDECREF(hold);
             goto failed;
         }
         if (r == 1) { /* not for C: the Python loop goes on from this record */
-            Py_DECREF(rec);
+            Py_XDECREF(hold);
             if (store(&L))
                 goto failed;
             result = PyLong_FromSsize_t(L.i);
             goto done;
         }
         if (r == 2) { /* applied, but the counters are beyond C's now */
-            Py_DECREF(rec);
+            Py_XDECREF(hold);
             result = PyLong_FromSsize_t(L.i + 1);
             goto done;
         }
         if (L.callout || L.called) { /* does batch_call(i + 1) have something to settle? */
             if ((need = moved(&L)) < 0) {
-                Py_DECREF(rec);
+                Py_XDECREF(hold);
                 goto failed;
             }
         } else if (L.pages_moved && L.i + 1 < n) { /* settled here if that is trivial */
-            if ((need = c_settle(&L, PyList_GET_ITEM(L.records, L.i + 1))) < 0) {
-                Py_DECREF(rec);
+            if ((need = c_settle(&L, rec_at(L.records, L.i + 1))) < 0) {
+                Py_XDECREF(hold);
                 goto failed;
             }
         } else {
             need = 0;
         }
         if (L.i == n - 1 && !L.called && batch(&L)) { /* the last record's line and kind */
-            Py_DECREF(rec);
+            Py_XDECREF(hold);
             goto failed;
         }
-        Py_DECREF(rec);
+        Py_XDECREF(hold);
     }
     if (store(&L))
         goto done;
@@ -2669,12 +2851,19 @@ PyMODINIT_FUNC PyInit__mallocs_c(void)
     INTERN(a__cpu, "_cpu");
     if ((one = PyLong_FromLong(1)) == NULL || (zero = PyLong_FromLong(0)) == NULL)
         return NULL;
-    if (PyType_Ready(&LiveBlocksType) < 0 || PyType_Ready(&FreedHandlesType) < 0)
+    if (PyType_Ready(&LiveBlocksType) < 0 || PyType_Ready(&FreedHandlesType) < 0
+        || PyType_Ready(&MallocRecordsType) < 0)
         return NULL;
     PyObject *mod = PyModule_Create(&module);
-    if (mod != NULL && (PyModule_AddObjectRef(mod, "LiveBlocks", (PyObject *)&LiveBlocksType)
+    PyObject *cap = mod ? PyCapsule_New(&records_api, MALLOC_RECORDS_CAPSULE, NULL) : NULL;
+    int bad = cap == NULL || PyModule_AddObjectRef(mod, "_RECORDS", cap);
+    Py_XDECREF(cap);
+    if (mod != NULL && (bad
+                        || PyModule_AddObjectRef(mod, "LiveBlocks", (PyObject *)&LiveBlocksType)
                         || PyModule_AddObjectRef(mod, "FreedHandles",
-                                                 (PyObject *)&FreedHandlesType))) {
+                                                 (PyObject *)&FreedHandlesType)
+                        || PyModule_AddObjectRef(mod, "MallocRecords",
+                                                 (PyObject *)&MallocRecordsType))) {
         Py_DECREF(mod);
         return NULL;
     }

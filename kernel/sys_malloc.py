@@ -17,7 +17,7 @@ succeeded in the real run), so it counts in ``frees_of_failed``, not as an appli
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,11 @@ try:
 except ImportError:  # not compiled on this machine, or turned off: the pure-Python twin
     _mallocs_c = None
 
+#: The C loop's packed batch of records (MallocRecords: a sequence of the records' tuples, which
+#: it reads with no tuple made) as a capsule for a trace reader's C code to fill
+#: (kernel/malloc_records_c.h); None where the C loop is not built.
+MALLOC_RECORDS_API = None if _mallocs_c is None else _mallocs_c._RECORDS
+
 try:
     from mmsim.mm.address_space import VmError
 except ImportError:  # no virtual memory in this build: the stand-in mapper never raises it
@@ -60,7 +65,7 @@ if TYPE_CHECKING:
     from mmsim.mm.address_space import AddressSpace
     from mmsim.shrinker import ShrinkerRegistry
 
-__all__ = ["QUARANTINE", "MallocFace", "attach"]
+__all__ = ["MALLOC_RECORDS_API", "QUARANTINE", "MallocFace", "attach"]
 
 #: freed handles remembered to tell a double free from an invalid one (two halves of this)
 QUARANTINE = 1 << 16
@@ -263,7 +268,7 @@ class MallocFace:
                 and getattr(self._free, "__func__", None) is _INLINED[1][2]
                 and all(getattr(cls, name) is fn for cls, name, fn in _INLINED))
 
-    def _mallocs(self, records: list[Any], start: int) -> None:  # noqa: C901 - one hot loop, kept flat
+    def _mallocs(self, records: Sequence[Any], start: int) -> None:  # noqa: C901 - one hot loop, kept flat
         """The pure-Python loop of :meth:`op_mallocs`, from record ``start`` on."""
         k = self.kernel
         live = self.live

@@ -14,6 +14,7 @@ import gc
 import gzip
 import json
 import os
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -310,6 +311,44 @@ def test_the_real_logs_give_the_same_results(name: str) -> None:
         pytest.skip(f"{path} is not on this machine (bench/bench_mtrace_logs.py records it)")
     ops = list(read_mtrace(path))
     _same(ops, 2 << 30, 4)
+
+
+# -- packed batches ------------------------------------------------------------------------
+_RECS = [("malloc", 3, "p0x10", 24, "a.out:(main+4)[0x1]"), ("realloc", 4, "p0x10", 5000, None),
+         ("free", 9, "p0x10", 0, None)]
+
+
+@needs_c
+def test_a_packed_batch_is_the_sequence_of_its_records() -> None:
+    """MallocRecords, the batch the C reader fills for the C loop, reads as the list of its
+    records' tuples: length, indexing, iteration, equality both ways, pickling."""
+    recs = C.MallocRecords(_RECS)
+    assert len(recs) == 3 and recs[0] == _RECS[0] and recs[-1] == _RECS[-1]
+    assert list(recs) == _RECS and recs == _RECS and _RECS == recs and recs == C.MallocRecords(_RECS)
+    assert recs != _RECS[:2] and recs != [*_RECS[:2], ("free", 9, "p0x11", 0, None)]
+    assert not C.MallocRecords() and C.MallocRecords() == []
+    with pytest.raises(IndexError):
+        recs[3]
+    assert pickle.loads(pickle.dumps(recs)) == _RECS
+    assert repr(recs) == f"MallocRecords({_RECS!r})"
+    with pytest.raises(TypeError):
+        hash(recs)
+    for bad in ([("malloc", 3, "p0x10", 24)], [("malloc", "3", "p0x10", 24, None)],
+                [("malloc", 3, "p0x10", 24, ["a list"])], [["malloc", 3, "p0x10", 24, None]]):
+        with pytest.raises(TypeError, match="record 0 is not"):
+            C.MallocRecords(bad)
+
+
+@needs_c
+@pytest.mark.parametrize("name", ["python3.mtrace.gz", "bad_frees.mtrace"])
+def test_the_c_loop_reads_a_packed_batch_as_its_list(name: str) -> None:
+    """The reader's packed batches replay as the same records in lists do, through the C loop
+    and through the Python one (which iterates them)."""
+    ops = list(read_mtrace(FIXTURES / name, 64))
+    assert all(type(op.records) is C.MallocRecords for op in ops)
+    as_lists = [MallocCalls(list(op.records)) for op in ops]
+    a = _replay(ops, True, 256 << 20, 2)
+    assert a == _replay(as_lists, True, 256 << 20, 2) == _replay(ops, False, 256 << 20, 2)
 
 
 # -- references ---------------------------------------------------------------------------

@@ -80,6 +80,22 @@ def test_fixtures_read_the_same_in_c(name: str, tmp_path: Path) -> None:
     assert batches and error is None
 
 
+@pytest.mark.parametrize("name", ["python3.mtrace.gz", "bad_frees.mtrace"])
+def test_batches_packed_for_the_kernel_hold_the_records_of_lists(name: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the kernel's C loop is built, the C reader packs each batch in its MallocRecords
+    (no tuple a record); without it, lists: the same records either way."""
+    path = tmp_path / name
+    path.write_bytes((FIXTURES / name).read_bytes())
+    packed, stats, _ = _read(path, 64, True)
+    if mtrace_mod.MALLOC_RECORDS_API is not None:
+        assert {type(b).__name__ for b in packed} == {"MallocRecords"}
+    monkeypatch.setattr(mtrace_mod, "MALLOC_RECORDS_API", None)
+    lists, stats_lists, _ = _read(path, 64, True)
+    assert {type(b) for b in lists} == {list}
+    assert [list(b) for b in packed] == lists and stats == stats_lists
+
+
 # the pieces of a log: pointers (glibc's form, and others a dict holds), sizes, callers
 _PTRS = ["0x10", "0x20", "0x30", "0x0", "0x1a", "0xAB", "0x0010", "(nil)",
          "0x" + "f" * 20, "0xffffffffffffffff"]

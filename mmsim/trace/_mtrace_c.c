@@ -1,8 +1,9 @@
 /* The hot loop of the mtrace reader (mmsim/trace/mtrace.py, MtraceReader._records) in C.
 
-ChunkParser(stats).parse(chunk, base) reads one chunk of lines (a list of str, the first one
-line base + 1) and returns (records, status, index): the chunk's records, the same 5-tuples as
-the pure-Python loop gives, and what went wrong, if anything, for the Python side to report with
+ChunkParser(stats, records).parse(chunk, base) reads one chunk of lines (a list of str, the
+first one line base + 1) and returns (records, status, index): the chunk's records, the same
+5-tuples as the pure-Python loop gives (in a list, or packed in the kernel's MallocRecords if
+records is its capsule: kernel/malloc_records_c.h), and what went wrong, if anything, for the Python side to report with
 its own messages (status 0: nothing; 1: a '+' or '>' pointer is not 0x and hex, so the chunk is
 checked again line by line; 2: the record at chunk[index] fails _check_record; 3: its size is
 bad; 4: it is not a record). Every rule is the pure loop's, in the same order; the state is
@@ -17,6 +18,8 @@ place at the same moments as the pure loop does it, so its keys come in the same
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
+
+#include "../../kernel/malloc_records_c.h"
 
 #define DEAD_HALF (1 << 15) /* as _DEAD_HALF */
 #define SMALL_SIZES 4096    /* sizes below this get one shared int object */
@@ -51,6 +54,7 @@ typedef struct {
     PyObject *stats, *later, *moved;
     PtrMap live, dead, dead_old;
     PyObject *pending; /* handle of a realloc whose '>' line is next, or NULL */
+    int packed;        /* records go in the kernel's packed batches, not lists */
     Py_ssize_t pending_line, serial;
     Py_ssize_t *ends, ends_size; /* where parse_text's lines end */
     PyObject *sizes[SMALL_SIZES];
@@ -275,11 +279,25 @@ static int count(ChunkParser *self, PyObject *key) {
     return r;
 }
 
+/* The kernel's packed batch of records (kernel/malloc_records_c.h), from the capsule a
+   ChunkParser was given (there is one kernel module a process, so one capsule) */
+static MallocRecordsAPI *packed_api;
+
+/* an empty batch for up to about n records: the kernel's packed one if packed, else a list */
+static PyObject *new_batch(int packed, Py_ssize_t n) {
+    return packed ? packed_api->create(n) : PyList_New(0);
+}
+
 static int emit(PyObject *out, PyObject *kind, Py_ssize_t n, PyObject *h, PyObject *size,
                 PyObject *site) {
     PyObject *line = PyLong_FromSsize_t(n);
     if (!line)
         return -1;
+    if (!PyList_CheckExact(out)) { /* the kernel's packed batch (new_batch) */
+        int rc = packed_api->append(out, kind, line, h, size, site);
+        Py_DECREF(line);
+        return rc;
+    }
     PyObject *r = PyTuple_New(5);
     if (!r) {
         Py_DECREF(line);
@@ -842,7 +860,7 @@ static PyObject *ChunkParser_parse(ChunkParser *self, PyObject *const *args, Py_
     Py_ssize_t base = PyLong_AsSsize_t(args[1]);
     if (base == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *out = PyList_New(0);
+    PyObject *out = new_batch(self->packed, PyList_GET_SIZE(args[0]));
     if (!out)
         return NULL;
     int status = OK, ptrs_bad = 0;
@@ -1038,7 +1056,7 @@ static PyObject *ChunkParser_parse_text(ChunkParser *self, PyObject *const *args
             lines--;
         }
     }
-    PyObject *out = PyList_New(0);
+    PyObject *out = new_batch(self->packed, lines);
     if (!out) {
         Py_DECREF(text);
         return NULL;
@@ -1079,12 +1097,19 @@ static PyObject *ChunkParser_parse_text(ChunkParser *self, PyObject *const *args
 }
 
 static PyObject *ChunkParser_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    PyObject *stats;
-    if (!PyArg_ParseTuple(args, "O!:ChunkParser", &PyDict_Type, &stats))
+    PyObject *stats, *records = Py_None;
+    if (!PyArg_ParseTuple(args, "O!|O:ChunkParser", &PyDict_Type, &stats, &records))
         return NULL;
+    if (records != Py_None) {
+        MallocRecordsAPI *api = PyCapsule_GetPointer(records, MALLOC_RECORDS_CAPSULE);
+        if (!api)
+            return NULL;
+        packed_api = api;
+    }
     ChunkParser *self = (ChunkParser *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
+    self->packed = records != Py_None;
     Py_INCREF(stats);
     self->stats = stats;
     self->later = PyDict_New();
@@ -1147,7 +1172,8 @@ static PyTypeObject ChunkParserType = {
     .tp_basicsize = sizeof(ChunkParser),
     .tp_dealloc = (destructor)ChunkParser_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ChunkParser(stats): the state of one read of an mtrace log",
+    .tp_doc = "ChunkParser(stats, records=None): the state of one read of an mtrace log "
+              "(records: the kernel's capsule of packed batches, else lists)",
     .tp_new = ChunkParser_new,
     .tp_methods = ChunkParser_methods,
     .tp_getset = ChunkParser_getset,

@@ -40,9 +40,11 @@ import mmap
 import os
 import re
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, TextIO
+
+from mmsim.kernel import MALLOC_RECORDS_API  # the kernel's packed batches of records, if built
 
 from .ops import Op, TraceError, quick_op
 from .source import MAX_LINE_BYTES, compression_of, open_trace_binary
@@ -129,13 +131,15 @@ class MallocCalls(Op):
 
     ``kind`` is ``mallocs``, ``line`` the first record's line; ``records`` holds each call as
     ``(kind, line, handle, size, site)``: ``site`` is the caller as the log writes it (what
-    stands between ``@ `` and the record), or None. :meth:`expand` gives the same calls as plain Ops, which is
+    stands between ``@ `` and the record), or None. From the C reader they are packed in the
+    kernel's MallocRecords (a read-only sequence of those tuples, which the kernel's C loop reads
+    with no tuple made), else a list. :meth:`expand` gives the same calls as plain Ops, which is
     what it means: the kernel replays it record by record, with the same results.
     """
 
     __slots__ = ("records",)
 
-    def __init__(self, records: list[Record]) -> None:
+    def __init__(self, records: Sequence[Record]) -> None:
         super().__init__(MALLOC_CALLS, records[0][1], count=len(records))
         self.records = records
 
@@ -197,7 +201,7 @@ class MtraceReader:
                     for kind, line, handle, nbytes, site in records:
                         yield quick_op(kind, line, handle, nbytes, site)
 
-    def _records(self, text: TextIO, every: int, plain: bool = False) -> Iterator[list[Record]]:
+    def _records(self, text: TextIO, every: int, plain: bool = False) -> Iterator[Sequence[Record]]:
         """The records of the log, a list every ``every`` lines (a power of two): the C loop
         of _mtrace_c where it is built, else its pure-Python twin (the same records and stats).
         A ``plain`` file is read in blocks (a decompressing stream line by line, so that a
@@ -208,12 +212,12 @@ class MtraceReader:
             return self._records_blocks(text, every)
         return self._records_c(text, every)
 
-    def _records_blocks(self, text: TextIO, every: int) -> Iterator[list[Record]]:
+    def _records_blocks(self, text: TextIO, every: int) -> Iterator[Sequence[Record]]:
         """_records_c with the file read in blocks of text, whose lines the C loop finds
         itself: no str a line (newlines are translated as when reading lines)."""
-        parser = _mtrace_c.ChunkParser(self.stats)
+        parser = _mtrace_c.ChunkParser(self.stats, MALLOC_RECORDS_API)
         buf, pos, end_of_file = "", 0, False
-        out: list[Record] = []
+        out: Sequence[Record] = []
         base = 0  # lines before the chunk
         while True:
             if not end_of_file and not parser.ready(buf, pos, every):
@@ -236,12 +240,12 @@ class MtraceReader:
         if out:
             yield out
 
-    def _records_c(self, text: TextIO, every: int) -> Iterator[list[Record]]:
+    def _records_c(self, text: TextIO, every: int) -> Iterator[Sequence[Record]]:
         """_records_py's loop with each chunk's lines read by _mtrace_c.ChunkParser, which
         stops at a line in error and says what is wrong; the messages are made here, by the
         same methods, so they and their precedence are the pure loop's."""
-        parse = _mtrace_c.ChunkParser(self.stats).parse
-        out: list[Record] = []
+        parse = _mtrace_c.ChunkParser(self.stats, MALLOC_RECORDS_API).parse
+        out: Sequence[Record] = []
         base = 0  # lines before the chunk
         try:
             for chunk in iter(lambda: list(islice(text, every)), []):
@@ -291,7 +295,7 @@ class MtraceReader:
             raise e
         raise TraceError(self.path, self._lines_readable() + 1, e.message) from None
 
-    def _records_py(self, text: TextIO, every: int) -> Iterator[list[Record]]:  # noqa: C901 - one hot loop, kept flat
+    def _records_py(self, text: TextIO, every: int) -> Iterator[Sequence[Record]]:  # noqa: C901 - one hot loop, kept flat
         """The pure-Python twin of _records_c (the reference for what it must give)."""
         live: dict[str, str] = {}  # pointer -> handle of its oldest live block
         later: dict[str, deque[str]] = {}  # pointer -> handles of its younger live blocks
