@@ -432,13 +432,22 @@ static int pm_init(PtrMap *m) {
     return 0;
 }
 
+/* A dead map's half is dropped whole, 32 k handles freed long before (so out of the cache), each
+   released here: they are fetched CLEAR_AHEAD slots ahead, many misses at once rather than one
+   after another (8 % of perl's reader was this loop waiting). */
+#define CLEAR_AHEAD 32
 static void pm_clear(PtrMap *m) {
     if (m->slots && m->count)
-        for (size_t i = 0; i <= m->mask; i++)
+        for (size_t i = 0; i <= m->mask; i++) {
+#if defined(__GNUC__)
+            if (i + CLEAR_AHEAD <= m->mask && m->slots[i + CLEAR_AHEAD].val)
+                __builtin_prefetch(VAL(m->slots[i + CLEAR_AHEAD]), 1);
+#endif
             if (m->slots[i].val) {
                 Py_DECREF(VAL(m->slots[i]));
                 m->slots[i].val = 0;
             }
+        }
     m->count = 0;
 }
 
