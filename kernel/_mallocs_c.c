@@ -53,22 +53,37 @@
 #include <sys/mman.h>
 #endif
 
-/* A table of n slots of size bytes, zeroed (LiveBlocks'). One of 2 MiB or more is a mapping of
- * its own, aligned to 2 MiB and asked to be backed by huge pages (Linux's transparent huge pages
- * in their "madvise" mode, the common default) before it is touched: a probe is then a cache
- * miss without a TLB miss. From malloc, such a table was mostly memory already touched, so on
- * 4 KiB pages whatever it was advised. (The quarantine's halves, a new one each 32 k frees,
- * stay on malloc: mapped afresh each time, their huge pages cost more kernel time than they
- * saved.) */
+/* LiveBlocks' table, grown: n slots of size bytes at t become 2n, the first n kept and the
+ * others zeroed. Once 2 MiB, the table is the start of a mapping of its own that reserves
+ * TABLE_RESERVE bytes of address space (no memory: MAP_NORESERVE, and a page is only backed
+ * when first touched), aligned to 2 MiB and asked to be backed by huge pages (Linux's
+ * transparent huge pages in their "madvise" mode, the common default) before it is touched:
+ * a probe is then a cache miss without a TLB miss, and the table doubles in place, its
+ * entries moving within it (lb_grow). A new table each time, the old one copied and dropped,
+ * faulted in twice the final table's memory (perl's replay: 48 MiB for a table of 24 MiB),
+ * a cost this machine's busy spells made 10-100 ms. *reserved is the mapping's size, 0 for a
+ * table from malloc (below 2 MiB, as a small table stays cached whatever its pages).
+ * NULL if there is no memory (t is then unchanged). */
 #define HUGE_BYTES ((size_t)2 << 20)
-static void *table_new(size_t n, size_t size)
+#define TABLE_RESERVE ((size_t)16 << 30)
+static void *table_grow(void *t, size_t n, size_t size, size_t *reserved)
 {
-    size_t bytes = n * size;
+    size_t bytes = 2 * n * size;
+    if (*reserved >= bytes)
+        return t; /* in its mapping: the second half was never touched, so zero */
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (bytes >= HUGE_BYTES) {
         size_t len = (bytes + HUGE_BYTES - 1) & ~(HUGE_BYTES - 1);
-        char *p = mmap(NULL, len + HUGE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                       -1, 0);
+        char *p = MAP_FAILED;
+        if (len < TABLE_RESERVE) { /* refused where memory is not overcommitted: just len */
+            p = mmap(NULL, TABLE_RESERVE + HUGE_BYTES, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (p != MAP_FAILED)
+                len = TABLE_RESERVE;
+        }
+        if (p == MAP_FAILED)
+            p = mmap(NULL, len + HUGE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0);
         if (p == MAP_FAILED)
             return NULL;
         char *a = (char *)(((uintptr_t)p + HUGE_BYTES - 1) & ~(uintptr_t)(HUGE_BYTES - 1));
@@ -77,18 +92,26 @@ static void *table_new(size_t n, size_t size)
         if (a + len < p + len + HUGE_BYTES)
             munmap(a + len, (size_t)(p + len + HUGE_BYTES - (a + len)));
         madvise(a, len, MADV_HUGEPAGE); /* advice: without it, ordinary pages */
+        memcpy(a, t, n * size);
+        if (*reserved)
+            munmap(t, *reserved);
+        else
+            PyMem_Free(t);
+        *reserved = len;
         return a;
     }
 #endif
-    return PyMem_Calloc(n, size);
+    char *g = PyMem_Realloc(t, bytes);
+    if (g != NULL)
+        memset(g + n * size, 0, n * size);
+    return g;
 }
 
-static void table_free(void *t, size_t n, size_t size)
+static void table_free(void *t, size_t reserved)
 {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    size_t bytes = n * size;
-    if (bytes >= HUGE_BYTES) {
-        munmap(t, (bytes + HUGE_BYTES - 1) & ~(HUGE_BYTES - 1));
+    if (reserved) {
+        munmap(t, reserved);
         return;
     }
 #endif
@@ -1449,6 +1472,7 @@ typedef struct {
     PyObject_HEAD
     LBSlot *slots;
     size_t mask, used;
+    size_t reserved; /* the table's mapping (table_grow), 0: from malloc */
     unsigned long long seq;
 } LiveBlocks;
 
@@ -1491,25 +1515,58 @@ static inline LBSlot *lb_find(LiveBlocks *lb, PyObject *key)
     return s->key ? s : NULL;
 }
 
-static int lb_resize(LiveBlocks *lb, size_t nslots)
+/* The table doubled in place (table_grow), each block moved to where its hash puts it now. The
+ * old slots are taken in order, each emptied and its block put back from its new home: a block
+ * whose home is in the first half lands at or before the slot it left (the slots between its
+ * home and that one were all taken, and are this pass's own now), one whose home is in the
+ * second half lands there or, past the end, at or before the slot it left too, so no block
+ * ever lands among or beyond those not yet taken. The exception is a run of blocks that wrapped
+ * around from the end to the table's start (their home is past their slot): they are set aside
+ * first and put back last. Only the moves of this pass touch the table's memory: from its start
+ * and from its middle on, two streams. */
+static int lb_grow(LiveBlocks *lb)
 {
-    LBSlot *old = lb->slots, *slots = table_new(nslots, sizeof(LBSlot));
-    size_t oldn = old ? lb->mask + 1 : 0;
-    if (slots == NULL) {
+    size_t n = lb->mask + 1, run = 0, nw = 0, k = 0;
+    LBSlot *t = lb->slots;
+    while (run < n && t[run].key != NULL)
+        run++;
+    for (size_t i = 0; i < run; i++)
+        nw += ((size_t)t[i].hash & (n - 1)) > i;
+    LBSlot *wrapped = nw ? PyMem_Malloc(nw * sizeof(LBSlot)) : NULL;
+    if (nw && wrapped == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    lb->slots = slots;
-    lb->mask = nslots - 1;
-    for (size_t i = 0; i < oldn; i++)
-        if (old[i].key) {
-            size_t j = (size_t)old[i].hash & lb->mask;
-            while (slots[j].key)
-                j = (j + 1) & lb->mask;
-            slots[j] = old[i];
+    if ((t = table_grow(t, n, sizeof(LBSlot), &lb->reserved)) == NULL) {
+        PyMem_Free(wrapped);
+        PyErr_NoMemory();
+        return -1;
+    }
+    lb->slots = t;
+    size_t mask = 2 * n - 1;
+    for (size_t i = 0; i < run; i++)
+        if (((size_t)t[i].hash & (n - 1)) > i) {
+            wrapped[k++] = t[i];
+            t[i].key = NULL;
         }
-    if (old)
-        table_free(old, oldn, sizeof(LBSlot));
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].key == NULL)
+            continue;
+        LBSlot e = t[i];
+        t[i].key = NULL;
+        size_t j = (size_t)e.hash & mask;
+        while (t[j].key != NULL)
+            j = (j + 1) & mask;
+        t[j] = e;
+    }
+    for (k = 0; k < nw; k++) {
+        size_t j = (size_t)wrapped[k].hash & mask;
+        while (t[j].key != NULL)
+            j = (j + 1) & mask;
+        t[j] = wrapped[k];
+    }
+    PyMem_Free(wrapped);
+    lb->mask = mask;
     return 0;
 }
 
@@ -1517,7 +1574,7 @@ static int lb_resize(LiveBlocks *lb, size_t nslots)
 static LBSlot *lb_add(LiveBlocks *lb, PyObject *key, Py_hash_t hash, long long addr,
                       long long size, PyObject *site)
 {
-    if ((lb->used + 1) * 3 > (lb->mask + 1) * 2 && lb_resize(lb, (lb->mask + 1) * 2))
+    if ((lb->used + 1) * 3 > (lb->mask + 1) * 2 && lb_grow(lb))
         return NULL;
     LBSlot *s = lb_probe(lb, key, hash);
     Py_INCREF(key);
@@ -1611,8 +1668,13 @@ static PyObject *lb_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     }
     LiveBlocks *lb = (LiveBlocks *)type->tp_alloc(type, 0);
-    if (lb != NULL && lb_resize(lb, LB_MIN))
-        Py_CLEAR(lb);
+    if (lb == NULL)
+        return NULL;
+    lb->mask = LB_MIN - 1;
+    if ((lb->slots = PyMem_Calloc(LB_MIN, sizeof(LBSlot))) == NULL) {
+        Py_DECREF(lb);
+        return PyErr_NoMemory();
+    }
     return (PyObject *)lb;
 }
 
@@ -1653,7 +1715,7 @@ static void lb_dealloc(LiveBlocks *lb)
 {
     lb_clear_slots(lb);
     if (lb->slots)
-        table_free(lb->slots, lb->mask + 1, sizeof(LBSlot));
+        table_free(lb->slots, lb->reserved);
     Py_TYPE(lb)->tp_free((PyObject *)lb);
 }
 
