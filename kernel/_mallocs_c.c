@@ -2133,8 +2133,6 @@ static PyTypeObject FreedHandlesType = {
     .tp_new = fh_new,
 };
 
-/* sys_malloc._hashed_dict(): an empty dict whose table keeps its keys' hashes (a key not a
- * str has been in it) */
 /* The quarantine's new half (the full one is about to become the old one): as large as the
  * full one, as growing it from 16 slots again cost perl's kernel side 4-8 %, and in the table
  * of the old half being dropped when nothing but the face holds that half. A new table each
@@ -2219,10 +2217,12 @@ static MallocRecordsAPI records_api = {&MallocRecordsType, mr_create, mr_append}
 static PyObject *mr_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     PyObject *src = NULL;
-    if ((kw != NULL && PyDict_GET_SIZE(kw)) || !PyArg_ParseTuple(args, "|O:MallocRecords", &src))
-        return kw != NULL && PyDict_GET_SIZE(kw)
-                   ? (PyErr_SetString(PyExc_TypeError, "MallocRecords() takes no keywords"), NULL)
-                   : NULL;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "MallocRecords() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "|O:MallocRecords", &src))
+        return NULL;
     PyObject *r = mr_create(0), *seq = src ? PySequence_Fast(src, "records are an iterable") : NULL;
     if (r == NULL || (src != NULL && seq == NULL)) {
         Py_XDECREF(r);
@@ -2333,6 +2333,8 @@ static inline Py_ssize_t rec_count(PyObject *records)
                                                    : PyList_GET_SIZE(records);
 }
 
+/* sys_malloc._hashed_dict(): an empty dict whose table keeps its keys' hashes (a key not a
+ * str has been in it) */
 static PyObject *hashed_dict(void)
 {
     PyObject *d = PyDict_New();
@@ -2680,15 +2682,15 @@ static PyObject *run(PyObject *mod, PyObject *args)
     }
     int need = 1; /* batch_call for record i */
     Py_ssize_t n = rec_count(L.records);
+    int ahead_on = ((LiveBlocks *)L.live)->mask >= PREFETCH_FROM;
 #if defined(__GNUC__)
-    for (Py_ssize_t j = 0; j < PREFETCH_HANDLE && j < n && ((LiveBlocks *)L.live)->mask >= PREFETCH_FROM;
-         j++) {
+    for (Py_ssize_t j = 0; ahead_on && j < PREFETCH_HANDLE && j < n; j++) {
         PyObject *const *ahead = rec_at(L.records, j);
         if (ahead != NULL)
             __builtin_prefetch(ahead[2]);
     }
 #endif
-    for (L.i = 0; L.i < rec_count(L.records); L.i++) {
+    for (L.i = 0; L.i < (n = rec_count(L.records)); L.i++) { /* a list may have changed */
         PyObject *const *rec = rec_at(L.records, L.i);
         if (rec == NULL || L.nbytes >= COUNTER_LIMIT
             || L.unattributed >= COUNTER_LIMIT || L.live_bytes >= COUNTER_LIMIT

@@ -3,10 +3,10 @@
 ChunkParser(stats, records).parse(chunk, base) reads one chunk of lines (a list of str, the
 first one line base + 1) and returns (records, status, index): the chunk's records, the same
 5-tuples as the pure-Python loop gives (in a list, or packed in the kernel's MallocRecords if
-records is its capsule: kernel/malloc_records_c.h), and what went wrong, if anything, for the Python side to report with
-its own messages (status 0: nothing; 1: a '+' or '>' pointer is not 0x and hex, so the chunk is
-checked again line by line; 2: the record at chunk[index] fails _check_record; 3: its size is
-bad; 4: it is not a record). Every rule is the pure loop's, in the same order; the state is
+records is its capsule: kernel/malloc_records_c.h), and what went wrong, if anything, for the
+Python side to report with its own messages (status 0: nothing; 1: a '+' or '>' pointer is not
+0x and hex, so the chunk is checked again line by line; 2: the record at chunk[index] fails
+_check_record; 3: its size is bad; 4: it is not a record). Every rule is the pure loop's, in the same order; the state is
 kept in Python dicts, keyed by "p" + pointer (the pointer's handle name) instead of the
 pointer, which is the same mapping and saves a string per line. stats (a Counter) is updated in
 place at the same moments as the pure loop does it, so its keys come in the same order. */
@@ -434,7 +434,7 @@ static int pm_init(PtrMap *m) {
 
 /* A dead map's half is dropped whole, 32 k handles freed long before (so out of the cache), each
    released here: they are fetched CLEAR_AHEAD slots ahead, many misses at once rather than one
-   after another (8 % of perl's reader was this loop waiting). */
+   after another (4 % of perl's reader was this loop waiting on them). */
 #define CLEAR_AHEAD 32
 static void pm_clear(PtrMap *m) {
     if (m->slots && m->count)
