@@ -9,10 +9,11 @@ _FLAGS = ["-O2", "-std=c11", "-Wall", "-Wno-unused-function"]
 setup(ext_modules=[
     Extension("mmsim.mm._page_ranges_c", ["mm/_page_ranges_c.c"], depends=["mm/page_ranges_c.h"],
               extra_compile_args=_FLAGS, optional=True),
-    Extension("mmsim.trace._mtrace_c", ["mmsim/trace/_mtrace_c.c"], depends=["kernel/malloc_records_c.h"],
+    Extension("mmsim.trace._mtrace_c", ["mmsim/trace/_mtrace_c.c"],
+              depends=["kernel/malloc_records_c.h", "kernel/host_tables_c.h"],
               extra_compile_args=_FLAGS, optional=True),
     Extension("mmsim.kernel._mallocs_c", ["kernel/_mallocs_c.c"],
-              depends=["mm/page_ranges_c.h", "kernel/malloc_records_c.h"],
+              depends=["mm/page_ranges_c.h", "kernel/malloc_records_c.h", "kernel/host_tables_c.h"],
               extra_compile_args=_FLAGS, optional=True),
     Extension("mmsim._stack_distance_c", ["mmsim/_stack_distance_c.c"],
               extra_compile_args=_FLAGS, optional=True),

@@ -216,6 +216,46 @@ def test_a_log_of_many_live_pointers_reads_the_same(tmp_path: Path) -> None:
     assert sum(r[0] == "realloc" for r in records) == live // 10
 
 
+def test_pointer_tables_that_double_in_place_lose_no_pointer(tmp_path: Path) -> None:
+    """The live table doubles in place, its pointers moved within it while others come and go:
+    every free still finds the handle its pointer holds, the one a realloc moved there (a run
+    of pointers that wrapped around the table's end, moved as the others are, would leave some
+    out of reach, their frees named after the pointer). 150 logs, each with about 2,000
+    pointers live at the end: the table grows from 1,024 slots to 4,096 or 8,192."""
+    import random
+
+    for seed in range(150):
+        rng = random.Random(seed)
+        fresh = iter(rng.sample(range(1 << 20, 1 << 36), 9_000))
+        live: list[int] = []  # live pointers
+        handles: dict[int, str] = {}  # each one's handle
+        out, expected = [], []
+        while len(out) < 8_000:
+            r = rng.random()
+            if live and r < 0.5:
+                i = rng.randrange(len(live))
+                p, live[i] = live[i], live[-1]
+                live.pop()
+                if r < 0.15:
+                    out.append(f"- {p * 16:#x}")
+                    expected.append(handles.pop(p))
+                else:  # moved: the block keeps its first pointer's name
+                    q = next(fresh)
+                    live.append(q)
+                    handles[q] = handles.pop(p)
+                    out += [f"< {p * 16:#x}", f"> {q * 16:#x} 0x40"]
+            else:
+                p = next(fresh)
+                live.append(p)
+                handles[p] = f"p{p * 16:#x}"
+                out.append(f"+ {p * 16:#x} 0x20")
+        path = tmp_path / f"churn{seed}.mtrace"
+        path.write_text("\n".join(out) + "\n")
+        batches, _, error = _read(path, 1024, True)
+        assert error is None
+        assert [r[2] for b in batches for r in b if r[0] == "free"] == expected, seed
+
+
 def test_the_c_reader_gives_what_the_rules_say(tmp_path: Path) -> None:
     """Not only the same as the twin: the records themselves (a reused live pointer, a move, a
     realloc without its '>', huge sizes, a caller with spaces)."""

@@ -19,6 +19,7 @@ place at the same moments as the pure loop does it, so its keys come in the same
 #include <sys/mman.h>
 #endif
 
+#include "../../kernel/host_tables_c.h"
 #include "../../kernel/malloc_records_c.h"
 
 #define DEAD_HALF (1 << 15) /* as _DEAD_HALF */
@@ -45,6 +46,7 @@ typedef struct {
 typedef struct {
     Slot *slots;
     size_t mask, count;
+    size_t reserved; /* the slots' mapping (kernel/host_tables_c.h), 0: from malloc */
     uint64_t finds, steps; /* lookups, and slots stepped past in them (the hash's quality) */
     PyObject *other; /* dict: "p" + text -> handle */
 } PtrMap;
@@ -390,40 +392,11 @@ static inline size_t slot_of(uint64_t key, size_t mask) {
     return (size_t)key & mask;
 }
 
-/* A table of n slots, zeroed. Past 2 MiB, one probe is one cache miss and, on 4 KiB pages, one
-   TLB miss too: such tables are aligned to 2 MiB and asked to be backed by huge pages (Linux's
-   transparent huge pages in their "madvise" mode, the common default). */
-#define HUGE_BYTES ((size_t)2 << 20)
-
-static Slot *slots_new(size_t n) {
-    size_t bytes = n * sizeof(Slot);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (bytes >= HUGE_BYTES) {
-        void *p = NULL;
-        if (posix_memalign(&p, HUGE_BYTES, bytes) != 0)
-            return NULL;
-        madvise(p, bytes, MADV_HUGEPAGE); /* advice: without it, ordinary pages */
-        memset(p, 0, bytes);
-        return p;
-    }
-#endif
-    return PyMem_Calloc(n, sizeof(Slot));
-}
-
-static void slots_free(Slot *slots, size_t n) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (n * sizeof(Slot) >= HUGE_BYTES) {
-        free(slots);
-        return;
-    }
-#endif
-    PyMem_Free(slots);
-}
-
 static int pm_init(PtrMap *m) {
     m->mask = 1023;
     m->count = 0;
-    m->slots = slots_new(m->mask + 1);
+    m->reserved = 0;
+    m->slots = PyMem_Calloc(m->mask + 1, sizeof(Slot));
     m->other = PyDict_New();
     if (!m->slots || !m->other) {
         PyErr_NoMemory();
@@ -454,7 +427,7 @@ static void pm_clear(PtrMap *m) {
 static void pm_free(PtrMap *m) {
     pm_clear(m);
     if (m->slots)
-        slots_free(m->slots, m->mask + 1);
+        table_free(m->slots, m->reserved);
     m->slots = NULL;
     Py_CLEAR(m->other);
 }
@@ -469,19 +442,52 @@ static inline size_t pm_find(PtrMap *m, uint64_t key) {
     return i;
 }
 
+/* The table doubled in place (kernel/host_tables_c.h), each entry moved from its old slot to
+   where its key's mix puts it now, as the kernel's lb_grow moves its blocks (see there why no
+   entry lands among those not yet moved): a run that wrapped around the end to the table's
+   start is set aside first and put back last. */
 static int pm_grow(PtrMap *m) {
-    size_t old = m->mask + 1;
-    Slot *slots = m->slots, *fresh = slots_new(old * 2);
-    if (!fresh) {
+    size_t n = m->mask + 1, run = 0, nw = 0, k = 0;
+    Slot *t = m->slots;
+    while (run < n && t[run].val)
+        run++;
+    for (size_t i = 0; i < run; i++)
+        nw += slot_of(t[i].key, n - 1) > i;
+    Slot *wrapped = nw ? PyMem_Malloc(nw * sizeof(Slot)) : NULL;
+    if (nw && !wrapped) {
         PyErr_NoMemory();
         return -1;
     }
-    m->slots = fresh;
-    m->mask = old * 2 - 1;
-    for (size_t i = 0; i < old; i++)
-        if (slots[i].val)
-            m->slots[pm_find(m, slots[i].key)] = slots[i];
-    slots_free(slots, old);
+    if (!(t = table_grow(t, n, sizeof(Slot), &m->reserved))) {
+        PyMem_Free(wrapped);
+        PyErr_NoMemory();
+        return -1;
+    }
+    m->slots = t;
+    size_t mask = 2 * n - 1;
+    for (size_t i = 0; i < run; i++)
+        if (slot_of(t[i].key, n - 1) > i) {
+            wrapped[k++] = t[i];
+            t[i].val = 0;
+        }
+    for (size_t i = 0; i < n; i++) {
+        if (!t[i].val)
+            continue;
+        Slot e = t[i];
+        t[i].val = 0;
+        size_t j = slot_of(e.key, mask);
+        while (t[j].val)
+            j = (j + 1) & mask;
+        t[j] = e;
+    }
+    for (k = 0; k < nw; k++) {
+        size_t j = slot_of(wrapped[k].key, mask);
+        while (t[j].val)
+            j = (j + 1) & mask;
+        t[j] = wrapped[k];
+    }
+    PyMem_Free(wrapped);
+    m->mask = mask;
     return 0;
 }
 
