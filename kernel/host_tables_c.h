@@ -20,9 +20,9 @@
  * entries moving within it (the kernel's lb_grow, the mtrace reader's pm_grow). A new table
  * each time, the old one copied and dropped, faulted in twice the final table's memory
  * (perl's replay: 48 MiB for a live-block table of 24 MiB), a cost this machine's busy spells
- * made 10-100 ms. *reserved is the mapping's size, 0 for a
- * table from malloc (below 2 MiB, as a small table stays cached whatever its pages).
- * NULL if there is no memory (t is then unchanged). */
+ * made 10-100 ms. *reserved is the mapping's size, 0 for a table from malloc (below 2 MiB, as
+ * a small table stays cached whatever its pages). NULL if there is no memory (t is then
+ * unchanged). */
 #define HUGE_BYTES ((size_t)2 << 20)
 #define TABLE_RESERVE ((size_t)16 << 30)
 static inline void *table_grow(void *t, size_t n, size_t size, size_t *reserved)
