@@ -1451,58 +1451,19 @@ static inline LBSlot *lb_find(LiveBlocks *lb, PyObject *key)
     return s->key ? s : NULL;
 }
 
-/* The table doubled in place (table_grow), each block moved to where its hash puts it now. The
- * old slots are taken in order, each emptied and its block put back from its new home: a block
- * whose home is in the first half lands at or before the slot it left (the slots between its
- * home and that one were all taken, and are this pass's own now), one whose home is in the
- * second half lands there or, past the end, at or before the slot it left too, so no block
- * ever lands among or beyond those not yet taken. The exception is a run of blocks that wrapped
- * around from the end to the table's start (their home is past their slot): they are set aside
- * first and put back last. Only the moves of this pass touch the table's memory: from its start
- * and from its middle on, two streams. */
+static int lb_used(const void *s) { return ((const LBSlot *)s)->key != NULL; }
+static size_t lb_home(const void *s, size_t mask) { return (size_t)((const LBSlot *)s)->hash & mask; }
+static void lb_empty(void *s) { ((LBSlot *)s)->key = NULL; }
+static const SlotKind lb_slots = {sizeof(LBSlot), lb_used, lb_home, lb_empty};
+
+/* the table doubled in place, each block moved to its new home (table_double) */
 static int lb_grow(LiveBlocks *lb)
 {
-    size_t n = lb->mask + 1, run = 0, nw = 0, k = 0;
-    LBSlot *t = lb->slots;
-    while (run < n && t[run].key != NULL)
-        run++;
-    for (size_t i = 0; i < run; i++)
-        nw += ((size_t)t[i].hash & (n - 1)) > i;
-    LBSlot *wrapped = nw ? PyMem_Malloc(nw * sizeof(LBSlot)) : NULL;
-    if (nw && wrapped == NULL) {
+    if (table_double((void **)&lb->slots, lb->mask + 1, &lb->reserved, &lb_slots)) {
         PyErr_NoMemory();
         return -1;
     }
-    if ((t = table_grow(t, n, sizeof(LBSlot), &lb->reserved)) == NULL) {
-        PyMem_Free(wrapped);
-        PyErr_NoMemory();
-        return -1;
-    }
-    lb->slots = t;
-    size_t mask = 2 * n - 1;
-    for (size_t i = 0; i < run; i++)
-        if (((size_t)t[i].hash & (n - 1)) > i) {
-            wrapped[k++] = t[i];
-            t[i].key = NULL;
-        }
-    for (size_t i = 0; i < n; i++) {
-        if (t[i].key == NULL)
-            continue;
-        LBSlot e = t[i];
-        t[i].key = NULL;
-        size_t j = (size_t)e.hash & mask;
-        while (t[j].key != NULL)
-            j = (j + 1) & mask;
-        t[j] = e;
-    }
-    for (k = 0; k < nw; k++) {
-        size_t j = (size_t)wrapped[k].hash & mask;
-        while (t[j].key != NULL)
-            j = (j + 1) & mask;
-        t[j] = wrapped[k];
-    }
-    PyMem_Free(wrapped);
-    lb->mask = mask;
+    lb->mask = 2 * lb->mask + 1;
     return 0;
 }
 

@@ -77,4 +77,61 @@ static inline void table_free(void *t, size_t reserved)
     PyMem_Free(t);
 }
 
+
+/* What table_double needs of a table's slots. */
+typedef struct {
+    size_t size;                                   /* a slot's bytes, at most 64 */
+    int (*used)(const void *slot);                 /* it holds an entry */
+    size_t (*home)(const void *slot, size_t mask); /* its entry's home in mask + 1 slots */
+    void (*empty)(void *slot);                     /* it holds none now */
+} SlotKind;
+
+/* A table of n slots at *slots (linear probing), doubled in place (table_grow) and each entry
+ * moved to where its hash puts it now. The old slots are taken in order, each emptied and its
+ * entry put back from its new home: one whose home is in the first half lands at or before the
+ * slot it left (the slots between its home and that one were all taken, and are this pass's
+ * own now), one whose home is in the second half lands there or, past the end, at or before the
+ * slot it left too, so no entry ever lands among or beyond those not yet taken. The exception
+ * is a run of entries that wrapped around from the end to the table's start (their home is past
+ * their slot): they are set aside first and put back last. Only this pass's moves touch the
+ * table's memory: from its start and from its middle on, two streams. 0, or -1 with no memory
+ * (the table unchanged); the caller sets its mask to 2n - 1. */
+static inline int table_double(void **slots, size_t n, size_t *reserved, const SlotKind *k)
+{
+    size_t sz = k->size, run = 0, nw = 0, w = 0, mask = 2 * n - 1;
+    char *t = *slots, e[64];
+    while (run < n && k->used(t + run * sz))
+        run++;
+    for (size_t i = 0; i < run; i++)
+        nw += k->home(t + i * sz, n - 1) > i;
+    char *wrapped = nw ? PyMem_Malloc(nw * sz) : NULL;
+    if (nw && wrapped == NULL)
+        return -1;
+    if ((t = table_grow(t, n, sz, reserved)) == NULL) {
+        PyMem_Free(wrapped);
+        return -1;
+    }
+    *slots = t;
+    for (size_t i = 0; i < run; i++)
+        if (k->home(t + i * sz, n - 1) > i) {
+            memcpy(wrapped + w++ * sz, t + i * sz, sz);
+            k->empty(t + i * sz);
+        }
+    for (size_t i = 0; i < n + nw; i++) { /* the old slots, then the ones set aside */
+        char *from = i < n ? t + i * sz : wrapped + (i - n) * sz;
+        if (!k->used(from))
+            continue;
+        memcpy(e, from, sz);
+        if (i < n)
+            k->empty(from);
+        size_t j = k->home(e, mask);
+        while (k->used(t + j * sz))
+            j = (j + 1) & mask;
+        memcpy(t + j * sz, e, sz);
+    }
+    PyMem_Free(wrapped);
+    return 0;
+}
+
+
 #endif

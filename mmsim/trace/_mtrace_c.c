@@ -442,52 +442,19 @@ static inline size_t pm_find(PtrMap *m, uint64_t key) {
     return i;
 }
 
-/* The table doubled in place (kernel/host_tables_c.h), each entry moved from its old slot to
-   where its key's mix puts it now, as the kernel's lb_grow moves its blocks (see there why no
-   entry lands among those not yet moved): a run that wrapped around the end to the table's
-   start is set aside first and put back last. */
+static int pm_used(const void *s) { return ((const Slot *)s)->val != 0; }
+static size_t pm_home(const void *s, size_t mask) { return slot_of(((const Slot *)s)->key, mask); }
+static void pm_empty(void *s) { ((Slot *)s)->val = 0; }
+static const SlotKind pm_slots = {sizeof(Slot), pm_used, pm_home, pm_empty};
+
+/* the table doubled in place, each entry moved to where its key's mix puts it now
+   (kernel/host_tables_c.h's table_double, as the kernel's live blocks grow) */
 static int pm_grow(PtrMap *m) {
-    size_t n = m->mask + 1, run = 0, nw = 0, k = 0;
-    Slot *t = m->slots;
-    while (run < n && t[run].val)
-        run++;
-    for (size_t i = 0; i < run; i++)
-        nw += slot_of(t[i].key, n - 1) > i;
-    Slot *wrapped = nw ? PyMem_Malloc(nw * sizeof(Slot)) : NULL;
-    if (nw && !wrapped) {
+    if (table_double((void **)&m->slots, m->mask + 1, &m->reserved, &pm_slots)) {
         PyErr_NoMemory();
         return -1;
     }
-    if (!(t = table_grow(t, n, sizeof(Slot), &m->reserved))) {
-        PyMem_Free(wrapped);
-        PyErr_NoMemory();
-        return -1;
-    }
-    m->slots = t;
-    size_t mask = 2 * n - 1;
-    for (size_t i = 0; i < run; i++)
-        if (slot_of(t[i].key, n - 1) > i) {
-            wrapped[k++] = t[i];
-            t[i].val = 0;
-        }
-    for (size_t i = 0; i < n; i++) {
-        if (!t[i].val)
-            continue;
-        Slot e = t[i];
-        t[i].val = 0;
-        size_t j = slot_of(e.key, mask);
-        while (t[j].val)
-            j = (j + 1) & mask;
-        t[j] = e;
-    }
-    for (k = 0; k < nw; k++) {
-        size_t j = slot_of(wrapped[k].key, mask);
-        while (t[j].val)
-            j = (j + 1) & mask;
-        t[j] = wrapped[k];
-    }
-    PyMem_Free(wrapped);
-    m->mask = mask;
+    m->mask = 2 * m->mask + 1;
     return 0;
 }
 
